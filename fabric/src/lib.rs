@@ -1,0 +1,2 @@
+//! NVMe over Fabrics for the storage fabric: the wire protocol (free of I/O),
+//! the target core, the host library and the transports (TCP; RDMA next).
