@@ -1,0 +1,442 @@
+//! The NVMe/TCP host side: one connection per queue.
+//!
+//! `submit` registers the command under a free CID and hands the capsule to
+//! the writer task; the reader task matches responses, C2HData and R2Ts to
+//! their commands. At most `queue_size - 1` commands are outstanding.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use slab::Slab;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::target::PortAddress;
+use crate::transport::{
+    CommandResult, HostData, HostQueue, HostTransport, QueueParams, TransportError,
+};
+use crate::wire::sgl::SglDescriptor;
+use crate::wire::tcp::{
+    encode, fes, DataHeader, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, R2t, Role,
+};
+use crate::wire::{Command, Completion, Status};
+
+use super::{read_one_pdu, TcpTransport};
+
+struct Pending {
+    done: Option<oneshot::Sender<Result<CommandResult, TransportError>>>,
+    out: Option<Bytes>,
+    read: Option<BytesMut>,
+    failed: Option<Status>,
+}
+
+struct Shared {
+    pending: Mutex<Slab<Pending>>,
+    closed: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Slab<Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fail every pending command and mark the queue closed.
+    fn fail_all(&self, why: &str) {
+        self.closed.store(true, Ordering::Release);
+        self.token.cancel();
+        let drained: Vec<Pending> = self.lock().drain().collect();
+        for mut p in drained {
+            if let Some(done) = p.done.take() {
+                let _ = done.send(Err(TransportError::Closed(why.to_string())));
+            }
+        }
+    }
+}
+
+/// A host queue over NVMe/TCP.
+pub struct TcpHostQueue {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    slots: Semaphore,
+    inline_data_size: u32,
+    digests: Digests,
+    cpda: u8,
+    timeout: std::time::Duration,
+}
+
+#[async_trait]
+impl HostTransport for TcpTransport {
+    async fn connect(
+        &self,
+        address: &PortAddress,
+        params: &QueueParams,
+    ) -> Result<Arc<dyn HostQueue>, TransportError> {
+        let stream = TcpStream::connect(address.socket_string())
+            .await
+            .map_err(|e| TransportError::io(format!("cannot connect to {address}"), e))?;
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let mut out = BytesMut::new();
+        let icreq = IcReq {
+            pfv: 0,
+            hpda: 0,
+            digests: params.digests,
+            maxr2t: 0,
+        };
+        encode(
+            &PduHeader::IcReq(icreq),
+            &[],
+            Digests::default(),
+            0,
+            &mut out,
+        );
+        wr.write_all(&out)
+            .await
+            .map_err(|e| TransportError::io("send ICReq", e))?;
+        let mut dec = PduDecoder::new(Role::Host, u32::MAX as usize >> 2);
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let resp = match read_one_pdu(&mut rd, &dec, &mut rbuf).await? {
+            Pdu::IcResp(r) => r,
+            Pdu::C2hTermReq(t) => {
+                return Err(TransportError::Protocol(format!(
+                    "controller refused the connection (FES {:#x})",
+                    t.fes
+                )))
+            }
+            _ => return Err(TransportError::Protocol("expected ICResp".into())),
+        };
+        if resp.digests != params.digests {
+            return Err(TransportError::Protocol(format!(
+                "controller enabled digests {:?}, asked for {:?}",
+                resp.digests, params.digests
+            )));
+        }
+        dec.digests = resp.digests;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Slab::with_capacity(params.queue_size as usize)),
+            closed: AtomicBool::new(false),
+            token: CancellationToken::new(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(wr, rx, shared.clone()));
+        let queue = Arc::new(TcpHostQueue {
+            shared: shared.clone(),
+            tx: tx.clone(),
+            slots: Semaphore::new(params.queue_size.saturating_sub(1).max(1) as usize),
+            inline_data_size: params.inline_data_size,
+            digests: resp.digests,
+            cpda: resp.cpda,
+            timeout: params.timeout,
+        });
+        let reader = Reader {
+            shared,
+            tx,
+            digests: resp.digests,
+            cpda: resp.cpda,
+            maxh2cdata: resp.maxh2cdata as usize,
+        };
+        tokio::spawn(reader.run(rd, dec, rbuf));
+        Ok(queue)
+    }
+}
+
+#[async_trait]
+impl HostQueue for TcpHostQueue {
+    async fn submit(
+        &self,
+        mut cmd: Command,
+        data: HostData,
+    ) -> Result<CommandResult, TransportError> {
+        if self.is_closed() {
+            return Err(TransportError::Closed("queue closed".into()));
+        }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Closed("queue closed".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let (inline, out, read) = match &data {
+            HostData::Out(b) if b.len() <= self.inline_data_size as usize => {
+                (Some(b.clone()), None, None)
+            }
+            HostData::Out(b) => (None, Some(b.clone()), None),
+            HostData::In(n) => (None, None, Some(BytesMut::with_capacity(*n as usize))),
+            HostData::None => (None, None, None),
+        };
+        let cid = {
+            let mut pending = self.shared.lock();
+            if self.is_closed() {
+                return Err(TransportError::Closed("queue closed".into()));
+            }
+            pending.insert(Pending {
+                done: Some(tx),
+                out,
+                read,
+                failed: None,
+            })
+        };
+        cmd.cid = cid as u16;
+        cmd.dptr = match &inline {
+            Some(b) => SglDescriptor::in_capsule(b.len() as u32),
+            None => SglDescriptor::transport_data_block(data.len()),
+        };
+        let mut pdu = BytesMut::new();
+        encode(
+            &PduHeader::CapsuleCmd(cmd),
+            inline.as_deref().unwrap_or(&[]),
+            self.digests,
+            self.cpda,
+            &mut pdu,
+        );
+        if self.tx.send(pdu.freeze()).is_err() {
+            self.shared.lock().try_remove(cid);
+            return Err(TransportError::Closed("queue closed".into()));
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(TransportError::Closed("queue closed".into())),
+            Err(_) => {
+                // The command's fate is unknown: the queue is no longer usable.
+                self.shared.fail_all("command timed out");
+                Err(TransportError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.shared.fail_all("queue closed by the host");
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for TcpHostQueue {
+    fn drop(&mut self) {
+        self.shared.fail_all("queue dropped");
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let mut batch = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            _ = shared.token.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.extend_from_slice(&first);
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.extend_from_slice(&m),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&batch).await {
+            shared.fail_all(&format!("write failed: {e}"));
+            break;
+        }
+        batch.clear();
+    }
+    let _ = wr.shutdown().await;
+}
+
+struct Reader {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    digests: Digests,
+    cpda: u8,
+    maxh2cdata: usize,
+}
+
+impl Reader {
+    async fn run(self, mut rd: OwnedReadHalf, dec: PduDecoder, mut rbuf: BytesMut) {
+        let why = loop {
+            match dec.decode(&mut rbuf) {
+                Ok(Some(d)) => {
+                    if let Err(why) = self.handle(d) {
+                        break why;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "fatal PDU error from the controller");
+                    let mut b = BytesMut::new();
+                    encode(
+                        &PduHeader::TermReq {
+                            h2c: true,
+                            fes: e.fes,
+                            fei: e.fei,
+                        },
+                        &e.header,
+                        self.digests,
+                        0,
+                        &mut b,
+                    );
+                    let _ = self.tx.send(b.freeze());
+                    break format!("fatal PDU error: {}", e.reason);
+                }
+            }
+            if rbuf.capacity() - rbuf.len() < 16 * 1024 {
+                rbuf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut rbuf) => match r {
+                    Ok(0) => break "controller closed the connection".to_string(),
+                    Ok(_) => {}
+                    Err(e) => break format!("read failed: {e}"),
+                },
+                _ = self.shared.token.cancelled() => break "queue closed".to_string(),
+            }
+        };
+        self.shared.fail_all(&why);
+    }
+
+    fn complete(&self, cqe: Completion) {
+        let Some(mut p) = self.shared.lock().try_remove(cqe.cid as usize) else {
+            tracing::warn!(cid = cqe.cid, "completion for an unknown command");
+            return;
+        };
+        let result = match p.failed {
+            Some(status) if cqe.status.is_success() => CommandResult {
+                cqe: Completion { status, ..cqe },
+                data: None,
+            },
+            _ => CommandResult {
+                cqe,
+                data: p
+                    .read
+                    .take()
+                    .filter(|_| cqe.status.is_success())
+                    .map(BytesMut::freeze),
+            },
+        };
+        if let Some(done) = p.done.take() {
+            let _ = done.send(Ok(result));
+        }
+    }
+
+    fn handle(&self, d: Decoded) -> Result<(), String> {
+        match d {
+            Decoded::Pdu(Pdu::CapsuleResp(cqe)) => self.complete(cqe),
+            Decoded::Pdu(Pdu::C2hData {
+                hdr, success, data, ..
+            }) => {
+                self.c2h_data(hdr, &data, false)?;
+                if success {
+                    self.complete(Completion::new(hdr.cccid, Status::SUCCESS));
+                }
+            }
+            Decoded::BadDataDigest(m) => match m.pdu {
+                Pdu::C2hData {
+                    hdr, success, data, ..
+                } => {
+                    self.c2h_data(hdr, &data, true)?;
+                    if success {
+                        self.complete(Completion::new(hdr.cccid, Status::SUCCESS));
+                    }
+                }
+                _ => return Err("data digest error".into()),
+            },
+            Decoded::Pdu(Pdu::R2t(r)) => self.r2t(r)?,
+            Decoded::Pdu(Pdu::C2hTermReq(t)) => {
+                return Err(format!(
+                    "controller terminated the connection (FES {:#x}, FEI {})",
+                    t.fes, t.fei
+                ));
+            }
+            Decoded::Pdu(_) => return Err("unexpected PDU from the controller".into()),
+        }
+        Ok(())
+    }
+
+    fn c2h_data(&self, hdr: DataHeader, data: &[u8], bad_digest: bool) -> Result<(), String> {
+        let mut pending = self.shared.lock();
+        let Some(p) = pending.get_mut(hdr.cccid as usize) else {
+            return Err(format!("C2HData for unknown command {}", hdr.cccid));
+        };
+        let Some(buf) = p.read.as_mut() else {
+            return Err(format!(
+                "C2HData for command {} that reads nothing",
+                hdr.cccid
+            ));
+        };
+        let want = buf.capacity();
+        if hdr.datao as usize != buf.len() || buf.len() + data.len() > want {
+            return Err(format!(
+                "C2HData out of order or range for command {}",
+                hdr.cccid
+            ));
+        }
+        buf.extend_from_slice(data);
+        if bad_digest {
+            p.failed = Some(Status::DATA_TRANSFER_ERROR);
+        }
+        Ok(())
+    }
+
+    fn r2t(&self, r: R2t) -> Result<(), String> {
+        let out = {
+            let pending = self.shared.lock();
+            let p = pending
+                .get(r.cccid as usize)
+                .ok_or_else(|| format!("R2T for unknown command {}", r.cccid))?;
+            p.out
+                .clone()
+                .ok_or_else(|| format!("R2T for command {} that writes nothing", r.cccid))?
+        };
+        let (start, len) = (r.offset as usize, r.length as usize);
+        if len == 0 || start.checked_add(len).is_none_or(|end| end > out.len()) {
+            let mut b = BytesMut::new();
+            encode(
+                &PduHeader::TermReq {
+                    h2c: true,
+                    fes: fes::DATA_OUT_OF_RANGE,
+                    fei: 12,
+                },
+                &[],
+                self.digests,
+                0,
+                &mut b,
+            );
+            let _ = self.tx.send(b.freeze());
+            return Err("R2T outside the command's data".into());
+        }
+        let mut off = start;
+        while off < start + len {
+            let n = self.maxh2cdata.min(start + len - off);
+            let hdr = DataHeader {
+                cccid: r.cccid,
+                ttag: r.ttag,
+                datao: off as u32,
+                datal: n as u32,
+            };
+            let mut b = BytesMut::new();
+            let h = PduHeader::Data {
+                h2c: true,
+                hdr,
+                last: off + n == start + len,
+                success: false,
+            };
+            encode(&h, &out[off..off + n], self.digests, self.cpda, &mut b);
+            self.tx
+                .send(b.freeze())
+                .map_err(|_| "writer gone".to_string())?;
+            off += n;
+        }
+        Ok(())
+    }
+}

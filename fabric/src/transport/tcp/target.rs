@@ -1,0 +1,502 @@
+//! The NVMe/TCP target: a listener and one task per connection.
+//!
+//! Each connection runs a reader loop (PDUs in, commands into the core) and a
+//! writer task (responses, data and R2Ts out, batched into few syscalls).
+//! Commands execute concurrently inside the reader task; their responses go
+//! to the writer in completion order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use slab::Slab;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::target::{
+    Port, Queue, Request, Response, Target, Transfer, TransportCaps, TransportKind,
+};
+use crate::transport::{ListenerHandle, TargetTransport, TransportError};
+use crate::wire::sgl::{kind, subtype};
+use crate::wire::tcp::{
+    encode, encode_prefix, fes, DataHeader, Decoded, Digests, IcResp, Pdu, PduDecoder, PduError,
+    PduHeader, R2t, Role,
+};
+use crate::wire::{Command, Completion, Status};
+
+use super::{read_one_pdu, TcpTransport};
+
+/// How long a closing connection waits for its in-flight commands.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Data at least this large is written straight from its buffer.
+const DIRECT_WRITE: usize = 32 * 1024;
+
+#[async_trait]
+impl TargetTransport for TcpTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Tcp
+    }
+
+    fn caps(&self) -> TransportCaps {
+        TcpTransport::caps(self)
+    }
+
+    async fn listen(
+        &self,
+        target: Arc<Target>,
+        port: Arc<Port>,
+    ) -> Result<ListenerHandle, TransportError> {
+        let addr = port.address();
+        let listener = TcpListener::bind(addr.socket_string())
+            .await
+            .map_err(|e| TransportError::io(format!("cannot listen on {addr}"), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| TransportError::io("local address", e))?;
+        port.set_bound_port(bound.port());
+        let local = port.address();
+        let token = target.shutdown_token().child_token();
+        let caps = TcpTransport::caps(self);
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            tracing::debug!(%peer, port = port.id, "tcp connection");
+                            tokio::spawn(serve(stream, target.clone(), port.clone(), caps));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(ListenerHandle { local, token, task })
+    }
+}
+
+/// What the reader hands the writer.
+enum Out {
+    Response(Response),
+    R2t(R2t),
+    Term(PduError),
+}
+
+/// A write waiting for its data (R2T sent).
+struct H2cTransfer {
+    req: Request,
+    buf: BytesMut,
+    len: usize,
+    failed: bool,
+}
+
+async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: TransportCaps) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let max_transfer = target.config().max_transfer;
+    let mut dec = PduDecoder::new(
+        Role::Controller,
+        max_transfer.max(crate::target::queue::ADMIN_INLINE_DATA) as usize,
+    );
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    // Connection initialization.
+    let icreq = match read_one_pdu(&mut rd, &dec, &mut rbuf).await {
+        Ok(Pdu::IcReq(r)) => r,
+        Ok(_) => {
+            tracing::warn!(?peer, "first PDU is not an ICReq; closing");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(?peer, error = %e, "connection initialization failed");
+            return;
+        }
+    };
+    let digests = icreq.digests;
+    let resp = IcResp {
+        pfv: 0,
+        cpda: 0,
+        digests,
+        maxh2cdata: max_transfer,
+    };
+    let mut out = BytesMut::new();
+    encode(
+        &PduHeader::IcResp(resp),
+        &[],
+        Digests::default(),
+        0,
+        &mut out,
+    );
+    if wr.write_all(&out).await.is_err() {
+        return;
+    }
+    dec.digests = digests;
+    let queue = Queue::new(target, port, caps);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, rx, digests, icreq.hpda, queue.clone()));
+    let mut conn = Connection {
+        queue: queue.clone(),
+        tx,
+        transfers: Slab::new(),
+    };
+    let reason = conn.run(&mut rd, &dec, rbuf).await;
+    tracing::debug!(?peer, qid = ?queue.qid(), reason, "tcp connection closing");
+    queue.close();
+    drop(conn.tx);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+}
+
+type Inflight = FuturesUnordered<futures::future::BoxFuture<'static, Response>>;
+
+struct Connection {
+    queue: Arc<Queue>,
+    tx: mpsc::UnboundedSender<Out>,
+    transfers: Slab<H2cTransfer>,
+}
+
+impl Connection {
+    /// Serve until the connection ends; returns why.
+    async fn run(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        dec: &PduDecoder,
+        mut rbuf: BytesMut,
+    ) -> &'static str {
+        let mut inflight: Inflight = FuturesUnordered::new();
+        let token = self.queue.token().clone();
+        let reason = loop {
+            // Handle every complete PDU already received.
+            let mut stop = None;
+            loop {
+                match dec.decode(&mut rbuf) {
+                    Ok(Some(d)) => {
+                        if let Err(why) = self.handle(d, &mut inflight) {
+                            stop = Some(why);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(qid = ?self.queue.qid(), error = %e, "fatal PDU error; terminating the connection");
+                        let _ = self.tx.send(Out::Term(e));
+                        stop = Some("fatal PDU error");
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = stop {
+                break why;
+            }
+            if rbuf.capacity() - rbuf.len() < 16 * 1024 {
+                rbuf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                Some(resp) = inflight.next(), if !inflight.is_empty() => {
+                    let close = resp.close_queue;
+                    let _ = self.tx.send(Out::Response(resp));
+                    if close {
+                        break "disconnect command";
+                    }
+                }
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) => break "peer closed",
+                    Ok(_) => {}
+                    Err(_) => break "read error",
+                },
+                _ = token.cancelled() => break "controller or target shut down",
+            }
+        };
+        // Let commands already accepted finish (their writes land before the
+        // queue is gone); the responses still go out if the socket is alive.
+        let drain = async {
+            while let Some(resp) = inflight.next().await {
+                let _ = self.tx.send(Out::Response(resp));
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+        reason
+    }
+
+    fn respond(&self, resp: Response) {
+        let _ = self.tx.send(Out::Response(resp));
+    }
+
+    fn start(&self, req: Request, data: Option<Bytes>, inflight: &mut Inflight) {
+        inflight.push(Box::pin(self.queue.clone().execute(req, data)));
+    }
+
+    fn handle(&mut self, d: Decoded, inflight: &mut Inflight) -> Result<(), &'static str> {
+        match d {
+            Decoded::Pdu(Pdu::CapsuleCmd { cmd, data }) => self.command(cmd, data, inflight),
+            Decoded::Pdu(Pdu::H2cData { hdr, last, data }) => {
+                self.h2c_data(hdr, last, data, false, inflight)
+            }
+            Decoded::Pdu(Pdu::H2cTermReq(t)) => {
+                tracing::warn!(fes = t.fes, fei = t.fei, "host terminated the connection");
+                Err("host sent H2CTermReq")
+            }
+            Decoded::Pdu(_) => {
+                self.fatal(
+                    fes::PDU_SEQUENCE_ERROR,
+                    0,
+                    "unexpected PDU after initialization",
+                );
+                Err("PDU sequence error")
+            }
+            Decoded::BadDataDigest(m) => match m.pdu {
+                Pdu::CapsuleCmd { cmd, .. } => {
+                    tracing::warn!(cid = cmd.cid, "data digest error in a command capsule");
+                    self.respond(self.queue.fail(&cmd, Status::TRANSIENT_TRANSPORT_ERROR));
+                    Ok(())
+                }
+                Pdu::H2cData { hdr, last, data } => self.h2c_data(hdr, last, data, true, inflight),
+                _ => Err("data digest error"),
+            },
+        }
+    }
+
+    fn fatal(&self, fes: u16, fei: u32, reason: &'static str) {
+        tracing::warn!(qid = ?self.queue.qid(), reason, "terminating the connection");
+        let _ = self.tx.send(Out::Term(PduError {
+            fes,
+            fei,
+            reason,
+            header: Bytes::new(),
+        }));
+    }
+
+    fn command(
+        &mut self,
+        cmd: Command,
+        data: Bytes,
+        inflight: &mut Inflight,
+    ) -> Result<(), &'static str> {
+        let sgl = cmd.dptr;
+        let in_capsule = match (sgl.kind(), sgl.subtype()) {
+            (kind::DATA_BLOCK, subtype::OFFSET) => {
+                if sgl.address != 0 {
+                    self.respond(self.queue.fail(&cmd, Status::SGL_INVALID_OFFSET));
+                    return Ok(());
+                }
+                if sgl.length as usize != data.len()
+                    || data.len() > self.queue.max_inline_data() as usize
+                {
+                    self.respond(self.queue.fail(&cmd, Status::SGL_INVALID_DATA_LENGTH));
+                    return Ok(());
+                }
+                true
+            }
+            (kind::TRANSPORT_DATA_BLOCK, subtype::TRANSPORT_A | 0) if data.is_empty() => false,
+            _ => {
+                self.respond(self.queue.fail(&cmd, Status::SGL_INVALID_TYPE));
+                return Ok(());
+            }
+        };
+        let req = match self.queue.prepare(cmd, sgl.length) {
+            Ok(r) => r,
+            Err(resp) => {
+                self.respond(resp);
+                return Ok(());
+            }
+        };
+        match req.transfer {
+            Transfer::ToController(n) if !in_capsule => {
+                let entry = self.transfers.vacant_entry();
+                let ttag = entry.key();
+                if ttag > u16::MAX as usize {
+                    self.respond(self.queue.fail(&cmd, Status::INTERNAL));
+                    return Ok(());
+                }
+                entry.insert(H2cTransfer {
+                    req,
+                    buf: BytesMut::new(),
+                    len: n as usize,
+                    failed: false,
+                });
+                let _ = self.tx.send(Out::R2t(R2t {
+                    cccid: cmd.cid,
+                    ttag: ttag as u16,
+                    offset: 0,
+                    length: n,
+                }));
+            }
+            Transfer::ToController(_) => self.start(req, Some(data), inflight),
+            _ => self.start(req, None, inflight),
+        }
+        Ok(())
+    }
+
+    fn h2c_data(
+        &mut self,
+        hdr: DataHeader,
+        last: bool,
+        data: Bytes,
+        bad_digest: bool,
+        inflight: &mut Inflight,
+    ) -> Result<(), &'static str> {
+        let Some(t) = self.transfers.get_mut(hdr.ttag as usize) else {
+            self.fatal(
+                fes::INVALID_HEADER_FIELD,
+                10,
+                "H2CData for an unknown transfer tag",
+            );
+            return Err("unknown transfer tag");
+        };
+        if t.req.cmd.cid != hdr.cccid {
+            self.fatal(
+                fes::INVALID_HEADER_FIELD,
+                8,
+                "H2CData command ID does not match its transfer tag",
+            );
+            return Err("bad CCCID");
+        }
+        if hdr.datao as usize != t.buf.len() || t.buf.len() + data.len() > t.len {
+            self.fatal(
+                fes::DATA_OUT_OF_RANGE,
+                12,
+                "H2CData outside the requested range",
+            );
+            return Err("data out of range");
+        }
+        t.failed |= bad_digest;
+        let complete = t.buf.len() + data.len() == t.len;
+        if last && !complete {
+            self.fatal(
+                fes::PDU_SEQUENCE_ERROR,
+                1,
+                "LAST_PDU before all requested data",
+            );
+            return Err("early LAST_PDU");
+        }
+        if !complete {
+            t.buf.extend_from_slice(&data);
+            return Ok(());
+        }
+        let t = self.transfers.remove(hdr.ttag as usize);
+        if t.failed {
+            tracing::warn!(cid = hdr.cccid, "data digest error in H2CData");
+            self.respond(
+                self.queue
+                    .fail(&t.req.cmd, Status::TRANSIENT_TRANSPORT_ERROR),
+            );
+            return Ok(());
+        }
+        // A transfer that arrived in one PDU is used without copying.
+        let full = if t.buf.is_empty() {
+            data
+        } else {
+            let mut b = t.buf;
+            b.extend_from_slice(&data);
+            b.freeze()
+        };
+        self.start(t.req, Some(full), inflight);
+        Ok(())
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    digests: Digests,
+    hpda: u8,
+    queue: Arc<Queue>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut terminate = false;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Response(resp) => {
+                    if let Err(e) =
+                        put_response(&mut wr, &mut buf, resp, digests, hpda, &queue).await
+                    {
+                        tracing::debug!(error = %e, "write failed");
+                        return;
+                    }
+                }
+                Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, &mut buf),
+                Out::Term(e) => {
+                    encode(
+                        &PduHeader::TermReq {
+                            h2c: false,
+                            fes: e.fes,
+                            fei: e.fei,
+                        },
+                        &e.header,
+                        digests,
+                        hpda,
+                        &mut buf,
+                    );
+                    terminate = true;
+                }
+            }
+            if buf.len() < 256 * 1024 && !terminate {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if terminate {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn put_response(
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    resp: Response,
+    digests: Digests,
+    hpda: u8,
+    queue: &Queue,
+) -> std::io::Result<()> {
+    let cqe: Completion = resp.cqe;
+    let mut need_capsule = true;
+    if let Some(data) = resp
+        .data
+        .filter(|d| !d.is_empty() && cqe.status.is_success())
+    {
+        let success = queue.sq_flow_disabled();
+        let hdr = DataHeader {
+            cccid: cqe.cid,
+            ttag: 0,
+            datao: 0,
+            datal: data.len() as u32,
+        };
+        let h = PduHeader::Data {
+            h2c: false,
+            hdr,
+            last: true,
+            success,
+        };
+        if data.len() >= DIRECT_WRITE {
+            encode_prefix(&h, data.len(), digests, hpda, buf);
+            wr.write_all(buf).await?;
+            buf.clear();
+            wr.write_all(&data).await?;
+            if digests.data {
+                buf.extend_from_slice(&crate::wire::tcp::digest(&data));
+            }
+        } else {
+            encode(&h, &data, digests, hpda, buf);
+        }
+        need_capsule = !success;
+    }
+    if need_capsule {
+        encode(&PduHeader::CapsuleResp(cqe), &[], digests, hpda, buf);
+    }
+    Ok(())
+}

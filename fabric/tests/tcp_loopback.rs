@@ -1,0 +1,187 @@
+//! Our host library against our target over NVMe/TCP on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fabric::host::{HostController, HostOptions};
+use fabric::wire::log_page::AnaState;
+use fabric::wire::tcp::Digests;
+use raid::{buf, BlockDevice};
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_read_verify_small_and_large_with_and_without_digests() {
+    let t = common::start(64 << 20, vec![]).await;
+    for digests in [
+        Digests::default(),
+        Digests {
+            header: true,
+            data: true,
+        },
+    ] {
+        let opts = HostOptions {
+            digests,
+            io_queues: 3,
+            ..Default::default()
+        };
+        let ctrl = HostController::connect(&t.address, common::NQN, &opts)
+            .await
+            .unwrap();
+        assert_eq!(ctrl.io_queue_count(), 3);
+        let ns = ctrl.namespace(1).await.unwrap();
+        assert_eq!(ns.block_size(), 4096);
+        assert_eq!(ns.num_blocks(), (64 << 20) / 4096);
+        // 4 KiB (in-capsule), 64 KiB (R2T), 1 MiB (R2T, at MDTS) and 3 MiB (split).
+        for (i, len) in [4096usize, 65536, 1 << 20, 3 << 20].into_iter().enumerate() {
+            let data = pattern(i as u64 + digests.header as u64 * 10, len);
+            let lba = (i as u64) * 1024;
+            ns.write(lba, Bytes::from(data.clone())).await.unwrap();
+            let back = ns.read(lba, buf::alloc(len)).await.unwrap();
+            assert!(back[..] == data[..], "mismatch for {len} bytes");
+        }
+        ns.flush().await.unwrap();
+        ctrl.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_commands_on_many_queues() {
+    let t = common::start(16 << 20, vec![]).await;
+    let opts = HostOptions {
+        io_queues: 4,
+        queue_size: 32,
+        ..Default::default()
+    };
+    let ctrl = HostController::connect(&t.address, common::NQN, &opts)
+        .await
+        .unwrap();
+    let ns = std::sync::Arc::new(ctrl.namespace(1).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..256u64 {
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = pattern(i, 8192);
+            ns.write(i * 2, Bytes::from(data.clone())).await.unwrap();
+            let back = ns.read(i * 2, buf::alloc(8192)).await.unwrap();
+            assert!(back[..] == data[..]);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_and_write_zeroes_read_back_zeroes() {
+    let t = common::start(8 << 20, vec![]).await;
+    let ctrl = HostController::connect(&t.address, common::NQN, &HostOptions::default())
+        .await
+        .unwrap();
+    let ns = ctrl.namespace(1).await.unwrap();
+    ns.write(0, Bytes::from(vec![0xaa; 16 * 4096]))
+        .await
+        .unwrap();
+    ns.discard(2, 3).await.unwrap();
+    ns.write_zeroes(8, 2).await.unwrap();
+    let back = ns.read(0, buf::alloc(16 * 4096)).await.unwrap();
+    for blk in 0..16 {
+        let zero = (2..5).contains(&blk) || (8..10).contains(&blk);
+        let b = &back[blk * 4096..(blk + 1) * 4096];
+        assert!(
+            b.iter().all(|&x| x == if zero { 0 } else { 0xaa }),
+            "block {blk}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_the_port_and_identify_reports_ana() {
+    let t = common::start(8 << 20, vec![]).await;
+    let entries = HostController::discover(&t.address, &HostOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].subnqn, common::NQN);
+    assert_eq!(entries[0].traddr, "127.0.0.1");
+    assert_eq!(entries[0].trsvcid, t.address.port.to_string());
+
+    let ctrl = HostController::connect(&t.address, common::NQN, &HostOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ctrl.identify.subnqn, common::NQN);
+    assert!(ctrl.identify.kas > 0);
+    assert_eq!(ctrl.active_namespaces().await.unwrap(), vec![1, 2]);
+    let descs = ctrl.namespace_descriptors(1).await.unwrap();
+    assert!(descs.iter().any(|d| d.nidt == 2 && d.nid.len() == 16));
+    let (_, groups) = ctrl.ana_log().await.unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0].nsids, vec![1]);
+    assert_eq!(groups[0].state, AnaState::Optimized);
+
+    // An ANA change is visible in the log through this controller's port.
+    t.target
+        .set_ana_state(1, 1, AnaState::Inaccessible)
+        .unwrap();
+    let (_, groups) = ctrl.ana_log().await.unwrap();
+    assert_eq!(groups[0].state, AnaState::Inaccessible);
+    let ns = ctrl.namespace(1).await.unwrap();
+    let err = ns.read(0, buf::alloc(4096)).await.unwrap_err();
+    assert!(err.to_string().contains("ANA_INACCESSIBLE"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_not_allowed_is_rejected_and_allowed_host_connects() {
+    let good = HostOptions::default();
+    let t = common::start(8 << 20, vec![good.hostnqn.clone()]).await;
+    let bad = HostOptions::default();
+    let err = HostController::connect(&t.address, common::NQN, &bad)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("CONNECT_INVALID_HOST"), "{err}");
+    HostController::connect(&t.address, common::NQN, &good)
+        .await
+        .unwrap();
+    // Discovery hides the subsystem from the host that may not use it.
+    let entries = HostController::discover(&t.address, &bad).await.unwrap();
+    assert!(entries.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout_tears_the_controller_down() {
+    let t = common::start(8 << 20, vec![]).await;
+    // A host that sends no keep alives (KATO 0 at connect); the target then
+    // gets a short timeout, as Set Features Keep Alive Timer would set it.
+    let opts = HostOptions {
+        kato: Duration::ZERO,
+        ..Default::default()
+    };
+    let ctrl = HostController::connect(&t.address, common::NQN, &opts)
+        .await
+        .unwrap();
+    let sub = t.target.subsystem(common::NQN).unwrap();
+    assert_eq!(sub.controllers().len(), 1);
+    sub.controllers()[0].set_kato_ms(300);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ctrl.is_connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "controller not torn down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sub.controllers().is_empty());
+}
