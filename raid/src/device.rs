@@ -41,9 +41,9 @@ pub enum BlockError {
         /// Maximum bytes per operation.
         max: u64,
     },
-    /// An operating-system I/O error.
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    /// An operating-system I/O error (its message names the device).
+    #[error("{0}")]
+    Io(std::io::Error),
     /// A thin pool (or similar) has no free space left.
     #[error("no space left: {0}")]
     NoSpace(String),
@@ -99,6 +99,12 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Tell the device the range is unused; later reads return zeroes.
     async fn discard(&self, lba: u64, blocks: u64) -> BlockResult<()>;
+}
+
+impl From<std::io::Error> for BlockError {
+    fn from(e: std::io::Error) -> Self {
+        BlockError::Io(e)
+    }
 }
 
 /// Check that `len` bytes at `lba` form whole blocks inside `dev` and within

@@ -21,12 +21,12 @@ use crate::wire::{Command, Completion, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// A socket or device error.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
@@ -46,10 +46,10 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> TransportError {
+    pub(crate) fn io(context: impl Into<String>, error: std::io::Error) -> TransportError {
         TransportError::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 }

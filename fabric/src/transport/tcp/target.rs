@@ -23,12 +23,12 @@ use crate::target::{
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
-    encode, encode_prefix, fes, DataHeader, Decoded, Digests, IcResp, Pdu, PduDecoder, PduError,
-    PduHeader, R2t, Role,
+    encode, encode_prefix, fes, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu, PduDecoder,
+    PduError, PduHeader, R2t, Role,
 };
 use crate::wire::{Command, Completion, Status};
 
-use super::{read_one_pdu, TcpTransport};
+use super::{TcpTransport, IC_TIMEOUT};
 
 /// How long a closing connection waits for its in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,17 +108,9 @@ async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: Tr
         max_transfer.max(crate::target::queue::ADMIN_INLINE_DATA) as usize,
     );
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    // Connection initialization.
-    let icreq = match read_one_pdu(&mut rd, &dec, &mut rbuf).await {
-        Ok(Pdu::IcReq(r)) => r,
-        Ok(_) => {
-            tracing::warn!(?peer, "first PDU is not an ICReq; closing");
-            return;
-        }
-        Err(e) => {
-            tracing::debug!(?peer, error = %e, "connection initialization failed");
-            return;
-        }
+    let Some(icreq) = initialize(&mut rd, &mut wr, &dec, &mut rbuf).await else {
+        tracing::debug!(?peer, "connection initialization failed");
+        return;
     };
     let digests = icreq.digests;
     let resp = IcResp {
@@ -148,10 +140,69 @@ async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: Tr
         transfers: Slab::new(),
     };
     let reason = conn.run(&mut rd, &dec, rbuf).await;
-    tracing::debug!(?peer, qid = ?queue.qid(), reason, "tcp connection closing");
-    queue.close();
+    tracing::debug!(?peer, qid = ?queue.qid(), reason, "tcp connection closed");
     drop(conn.tx);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+}
+
+/// Read the ICReq; on anything else answer with a C2HTermReq and give up.
+async fn initialize(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    dec: &PduDecoder,
+    rbuf: &mut BytesMut,
+) -> Option<IcReq> {
+    let read = async {
+        loop {
+            match dec.decode(rbuf) {
+                Ok(Some(Decoded::Pdu(Pdu::IcReq(r)))) => return Ok(r),
+                Ok(Some(_)) => {
+                    return Err(PduError {
+                        fes: fes::PDU_SEQUENCE_ERROR,
+                        fei: 0,
+                        reason: "first PDU is not an ICReq",
+                        header: Bytes::new(),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            rbuf.reserve(256);
+            match rd.read_buf(rbuf).await {
+                Ok(0) | Err(_) => {
+                    return Err(PduError {
+                        fes: 0,
+                        fei: 0,
+                        reason: "closed",
+                        header: Bytes::new(),
+                    })
+                }
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(IC_TIMEOUT, read).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) if e.fes != 0 => {
+            tracing::warn!(error = %e, "bad connection initialization");
+            let mut out = BytesMut::new();
+            encode(
+                &PduHeader::TermReq {
+                    h2c: false,
+                    fes: e.fes,
+                    fei: e.fei,
+                },
+                &e.header,
+                Digests::default(),
+                0,
+                &mut out,
+            );
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            None
+        }
+        _ => None,
+    }
 }
 
 type Inflight = FuturesUnordered<futures::future::BoxFuture<'static, Response>>;
@@ -214,8 +265,10 @@ impl Connection {
                 _ = token.cancelled() => break "controller or target shut down",
             }
         };
-        // Let commands already accepted finish (their writes land before the
-        // queue is gone); the responses still go out if the socket is alive.
+        // Release the queue (outstanding AERs end), then let commands already
+        // accepted finish so their writes land before the connection is gone;
+        // their responses still go out if the socket is alive.
+        self.queue.close();
         let drain = async {
             while let Some(resp) = inflight.next().await {
                 let _ = self.tx.send(Out::Response(resp));

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Guest tier: the Linux NVMe/TCP host (nvme-cli, the kernel initiator, fio)
+# against `fabricd target`. Run inside ci/guest-run.
+. "$(dirname "$0")/lib.sh"
+NQN=nqn.2026-11.io.fabric:guest-tcp
+
+modprobe nvme-tcp && modprobe brd rd_nr=1 rd_size=131072 || exit 1
+start_fabricd tcp --listen tcp://127.0.0.1:4420 --listen tcp://10.77.0.1:4420 --nqn "$NQN" \
+    --namespace mem:256M --namespace file:/dev/ram0 --discovery --serial guest-tcp-1 || exit 1
+
+expect_output "nvme discover lists the subsystem on both ports" "traddr: *10\.77\.0\.1" \
+    nvme discover -t tcp -a 127.0.0.1 -s 4420 --hostnqn="$HOSTNQN"
+expect_output "discovery entry names our NQN" "$NQN" nvme discover -t tcp -a 127.0.0.1 -s 4420 --hostnqn="$HOSTNQN"
+
+check "nvme connect -t tcp" nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$NQN" --hostnqn="$HOSTNQN"
+wait_for "two namespaces" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+ctrl=$(controllers_of "$NQN" | head -1)
+echo "     namespaces: ${ns[*]}; controller: $ctrl"
+expect_output "nvme list-subsys shows the tcp path" "tcp traddr=127\.0\.0\.1" nvme list-subsys
+expect_output "nvme id-ctrl: subsystem NQN" "subnqn +: $NQN" nvme id-ctrl "$ctrl"
+expect_output "nvme id-ctrl: serial" "sn +: guest-tcp-1" nvme id-ctrl "$ctrl"
+expect_output "nvme id-ctrl: ANA reporting (cmic bit 3)" "cmic +: 0xb" nvme id-ctrl "$ctrl"
+expect_output "nvme id-ns: 256M in 4K blocks" "nsze +: 0x10000" nvme id-ns "${ns[0]}"
+expect_output "nvme id-ns: NGUID present" "nguid +: [0-9a-f]{32}" nvme id-ns "${ns[0]}"
+expect_output "nvme ana-log: optimized" "optimized" nvme ana-log "$ctrl"
+expect_output "nvme smart-log" "data_units_written|Data Units Written" nvme smart-log "$ctrl"
+check "nvme error-log" nvme error-log "$ctrl"
+
+fio_verify mem-4k "${ns[0]}" 4k
+fio_verify mem-128k "${ns[0]}" 128k
+fio_verify file-4k "${ns[1]}" 4k 8M
+fio_verify file-128k "${ns[1]}" 128k 8M
+
+# Malformed traffic while a host does I/O: the I/O still verifies and the
+# target keeps running.
+malformed() {
+    for i in 1 2 3 4 5; do
+        { printf 'GET / HTTP/1.0\r\n\r\n'; head -c 300 /dev/urandom; } > /dev/tcp/127.0.0.1/4420 2>/dev/null
+        # A valid ICReq followed by a capsule with a bad header length.
+        { printf '\x00\x00\x80\x00\x80\x00\x00\x00'; head -c 120 /dev/zero;
+          printf '\x04\x00\x20\x00\x48\x00\x00\x00'; head -c 64 /dev/zero; } > /dev/tcp/127.0.0.1/4420 2>/dev/null
+    done
+}
+malformed & garbage=$!
+fio_verify mem-4k-under-garbage "${ns[0]}" 4k 8M
+wait "$garbage"
+check "fabricd survived malformed connections" kill -0 "$FABRICD_PID"
+
+check "blkdiscard" blkdiscard "${ns[0]}"
+check "discarded blocks read back as zeroes" cmp -n 16777216 "${ns[0]}" /dev/zero
+
+head -c 1048576 /dev/urandom > /tmp/pattern
+check "write a pattern before disconnecting" dd if=/tmp/pattern of="${ns[0]}" bs=64k seek=1600 oflag=direct status=none
+check "nvme disconnect" nvme disconnect -n "$NQN"
+wait_for "namespaces gone" 30 bash -c "! count_namespaces $NQN 1"
+
+check "reconnect with header and data digests (-g -G)" \
+    nvme connect -t tcp -a 10.77.0.1 -s 4420 -n "$NQN" --hostnqn="$HOSTNQN" -g -G
+wait_for "namespaces back" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+check "pattern reads back after reconnect" cmp -n 1048576 /tmp/pattern <(dd if="${ns[0]}" bs=64k skip=1600 count=16 iflag=direct status=none)
+fio_verify digests-4k "${ns[0]}" 4k 8M
+fio_verify digests-128k "${ns[0]}" 128k 8M
+check "nvme disconnect (digests)" nvme disconnect -n "$NQN"
+
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+finish

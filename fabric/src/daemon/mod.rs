@@ -1,0 +1,5 @@
+//! The roles of `fabricd`, the node daemon: each is a clap argument struct
+//! and an async `run`.
+
+pub mod logging;
+pub mod target;

@@ -1,0 +1,412 @@
+//! `fabricd target`: a standalone NVMe-oF target, from flags or a TOML file.
+//!
+//! Flags override the file; list flags (`--listen`, `--namespace`,
+//! `--allow-host`) replace the file's list when given. With neither, the
+//! target serves a 1 GiB memory namespace on `tcp://127.0.0.1:4420`.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use raid::{parse_size, DeviceRef, FileDevice, FileOptions, MemoryDevice, NullDevice};
+use serde::Deserialize;
+
+use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
+use crate::transport::target_transport;
+
+/// The NQN served when none is given.
+pub const DEFAULT_NQN: &str = "nqn.2026-11.io.fabric:target";
+/// The address listened on when none is given.
+pub const DEFAULT_LISTEN: &str = "tcp://127.0.0.1:4420";
+/// The namespace served when none is given.
+pub const DEFAULT_NAMESPACE: &str = "mem:1G";
+
+/// A namespace backend: `mem:SIZE`, `null:SIZE` or `file:PATH[:SIZE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceSpec {
+    /// RAM, lost on exit.
+    Memory(u64),
+    /// Discards writes, reads zeroes.
+    Null(u64),
+    /// A file (created and sized when SIZE is given) or a block device.
+    File(PathBuf, Option<u64>),
+}
+
+impl FromStr for NamespaceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let size = |v: &str| parse_size(v).map_err(|e| format!("{s:?}: {e}"));
+        match s.split_once(':') {
+            Some(("mem", v)) => Ok(NamespaceSpec::Memory(size(v)?)),
+            Some(("null", v)) => Ok(NamespaceSpec::Null(size(v)?)),
+            Some(("file", rest)) if !rest.is_empty() => match rest.rsplit_once(':') {
+                Some((path, v)) if !path.is_empty() && parse_size(v).is_ok() => {
+                    Ok(NamespaceSpec::File(path.into(), Some(size(v)?)))
+                }
+                _ => Ok(NamespaceSpec::File(rest.into(), None)),
+            },
+            _ => Err(format!(
+                "{s:?}: expected mem:SIZE, null:SIZE or file:PATH[:SIZE]"
+            )),
+        }
+    }
+}
+
+impl NamespaceSpec {
+    /// Open the backend with `block_size`-byte blocks.
+    pub fn open(&self, block_size: u32) -> anyhow::Result<DeviceRef> {
+        let too_small = |size: u64| size < block_size as u64;
+        Ok(match self {
+            NamespaceSpec::Memory(size) if too_small(*size) => bail!(
+                "memory namespace of {size} bytes is smaller than one {block_size}-byte block"
+            ),
+            NamespaceSpec::Null(size) if too_small(*size) => {
+                bail!("null namespace of {size} bytes is smaller than one {block_size}-byte block")
+            }
+            NamespaceSpec::Memory(size) => Arc::new(MemoryDevice::new(*size, block_size)),
+            NamespaceSpec::Null(size) => Arc::new(NullDevice::new(*size, block_size)),
+            NamespaceSpec::File(path, size) => {
+                let opts = FileOptions {
+                    size: *size,
+                    block_size,
+                    ..Default::default()
+                };
+                Arc::new(FileDevice::open(path, &opts)?)
+            }
+        })
+    }
+}
+
+/// Arguments of `fabricd target`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct TargetArgs {
+    /// TOML file with the same settings as the flags (flags win).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; repeat for several [default: tcp://127.0.0.1:4420].
+    #[arg(long = "listen", value_name = "tcp://ADDR:PORT")]
+    pub listen: Vec<PortAddress>,
+    /// Subsystem NQN [default: nqn.2026-11.io.fabric:target].
+    #[arg(long, value_name = "NQN")]
+    pub nqn: Option<String>,
+    /// Namespace backend, NSIDs in order from 1; repeat for several
+    /// (SIZE takes K, M, G, T suffixes, powers of two) [default: mem:1G].
+    #[arg(
+        long = "namespace",
+        value_name = "mem:SIZE | null:SIZE | file:PATH[:SIZE]"
+    )]
+    pub namespaces: Vec<NamespaceSpec>,
+    /// Host NQN allowed to connect; repeat for several [default: any host].
+    #[arg(long = "allow-host", value_name = "NQN")]
+    pub allow_hosts: Vec<String>,
+    /// Also serve the discovery subsystem on the listen addresses.
+    #[arg(long)]
+    pub discovery: bool,
+    /// Serial number reported in Identify (at most 20 characters).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Logical block size of every namespace, in bytes [default: 4096].
+    #[arg(long, value_name = "BYTES")]
+    pub block_size: Option<u32>,
+    /// Largest transfer of one command (power of two, at least 4K) [default: 1M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_transfer: Option<u64>,
+    /// Controller IDs this target hands out, MIN-MAX (distinct per node of a
+    /// multipath subsystem) [default: 1-65519].
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
+    pub cntlid_range: Option<(u16, u16)>,
+    /// Log filter when RUST_LOG is unset.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?}: expected MIN-MAX with 1 <= MIN <= MAX <= 65519");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b) = (
+        a.trim().parse::<u16>().map_err(|_| bad())?,
+        b.trim().parse::<u16>().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b || b > crate::wire::CNTLID_MAX {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// The TOML file's form (every key optional).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Subsystem NQN.
+    pub nqn: Option<String>,
+    /// Namespace specs.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Allowed host NQNs.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Serve discovery.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Serial number.
+    pub serial: Option<String>,
+    /// Block size.
+    pub block_size: Option<u32>,
+    /// Largest transfer (size string).
+    pub max_transfer: Option<String>,
+    /// Controller ID range "MIN-MAX".
+    pub cntlid_range: Option<String>,
+}
+
+/// Settings after merging the file and the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSettings {
+    /// Listen addresses.
+    pub listen: Vec<PortAddress>,
+    /// NQN.
+    pub nqn: String,
+    /// Namespaces.
+    pub namespaces: Vec<NamespaceSpec>,
+    /// Allowed hosts (empty: any).
+    pub allow_hosts: Vec<String>,
+    /// Serve discovery.
+    pub discovery: bool,
+    /// Serial.
+    pub serial: Option<String>,
+    /// Block size.
+    pub block_size: u32,
+    /// Largest transfer.
+    pub max_transfer: u32,
+    /// Controller ID range.
+    pub cntlid_range: (u16, u16),
+}
+
+fn read_file(path: &Path) -> anyhow::Result<TargetFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
+}
+
+impl TargetArgs {
+    /// Merge the config file (if any) with the flags and check the result.
+    pub fn settings(&self) -> anyhow::Result<TargetSettings> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => TargetFile::default(),
+        };
+        let listen = if !self.listen.is_empty() {
+            self.listen.clone()
+        } else if !file.listen.is_empty() {
+            file.listen
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e: String| anyhow::anyhow!("config listen: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            vec![DEFAULT_LISTEN
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?]
+        };
+        let namespaces = if !self.namespaces.is_empty() {
+            self.namespaces.clone()
+        } else if !file.namespaces.is_empty() {
+            file.namespaces
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e: String| anyhow::anyhow!("config namespaces: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            vec![DEFAULT_NAMESPACE
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?]
+        };
+        let max_transfer = match (self.max_transfer, &file.max_transfer) {
+            (Some(v), _) => v,
+            (None, Some(s)) => {
+                parse_size(s).map_err(|e| anyhow::anyhow!("config max_transfer: {e}"))?
+            }
+            (None, None) => 1 << 20,
+        };
+        if !max_transfer.is_power_of_two() || !(4096..=1 << 24).contains(&max_transfer) {
+            bail!("--max-transfer {max_transfer} must be a power of two from 4K to 16M");
+        }
+        let block_size = self.block_size.or(file.block_size).unwrap_or(4096);
+        if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+            bail!("--block-size {block_size} must be a power of two from 512 to 65536");
+        }
+        let cntlid_range = match (self.cntlid_range, &file.cntlid_range) {
+            (Some(r), _) => r,
+            (None, Some(s)) => {
+                parse_range(s).map_err(|e| anyhow::anyhow!("config cntlid_range: {e}"))?
+            }
+            (None, None) => (1, crate::wire::CNTLID_MAX),
+        };
+        Ok(TargetSettings {
+            listen,
+            nqn: self
+                .nqn
+                .clone()
+                .or(file.nqn)
+                .unwrap_or_else(|| DEFAULT_NQN.to_string()),
+            namespaces,
+            allow_hosts: if self.allow_hosts.is_empty() {
+                file.allow_hosts
+            } else {
+                self.allow_hosts.clone()
+            },
+            discovery: self.discovery || file.discovery,
+            serial: self.serial.clone().or(file.serial),
+            block_size,
+            max_transfer: max_transfer as u32,
+            cntlid_range,
+        })
+    }
+}
+
+/// Build the target from settings and start listening; returns the target
+/// and the addresses actually bound.
+pub async fn start(
+    s: &TargetSettings,
+) -> anyhow::Result<(Arc<Target>, Vec<crate::transport::ListenerHandle>)> {
+    let cfg = TargetConfig {
+        max_transfer: s.max_transfer,
+        ..TargetConfig::default()
+    };
+    let target = Target::new(cfg)?;
+    let mut sc = SubsystemConfig::new(&s.nqn);
+    sc.serial = s.serial.clone();
+    sc.allowed_hosts = s.allow_hosts.clone();
+    (sc.cntlid_min, sc.cntlid_max) = s.cntlid_range;
+    let sub = target.add_subsystem(sc)?;
+    for (i, spec) in s.namespaces.iter().enumerate() {
+        let dev = spec
+            .open(s.block_size)
+            .with_context(|| format!("namespace {}", i + 1))?;
+        sub.add_namespace(i as u32 + 1, dev, 1)?;
+    }
+    let mut listeners = Vec::new();
+    for addr in &s.listen {
+        let transport = target_transport(addr.kind)?;
+        let port = target.add_port(addr.clone(), s.discovery);
+        let handle = transport.listen(target.clone(), port).await?;
+        listeners.push(handle);
+    }
+    Ok((target, listeners))
+}
+
+/// Run `fabricd target` until SIGINT or SIGTERM.
+pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let (target, listeners) = start(&settings).await?;
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local.to_string()).collect();
+    tracing::info!(
+        nqn = %settings.nqn,
+        namespaces = settings.namespaces.len(),
+        discovery = settings.discovery,
+        "ready: serving on {}",
+        addrs.join(", ")
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    target.shutdown();
+    for l in listeners {
+        l.stop().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_specs_parse() {
+        assert_eq!("mem:1G".parse(), Ok(NamespaceSpec::Memory(1 << 30)));
+        assert_eq!("null:2T".parse(), Ok(NamespaceSpec::Null(2 << 40)));
+        assert_eq!(
+            "file:/a/b".parse(),
+            Ok(NamespaceSpec::File("/a/b".into(), None))
+        );
+        assert_eq!(
+            "file:/a/b:64M".parse(),
+            Ok(NamespaceSpec::File("/a/b".into(), Some(64 << 20)))
+        );
+        assert_eq!(
+            "file:/a:b".parse(),
+            Ok(NamespaceSpec::File("/a:b".into(), None))
+        );
+        for bad in ["mem:12X", "mem:", "disk:1G", "file:", "1G"] {
+            assert!(bad.parse::<NamespaceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_flags_override_file() {
+        let s = TargetArgs::default().settings().unwrap();
+        assert_eq!(s.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        assert_eq!(s.nqn, DEFAULT_NQN);
+        assert_eq!(s.namespaces, vec![NamespaceSpec::Memory(1 << 30)]);
+        assert_eq!(s.max_transfer, 1 << 20);
+
+        let dir = std::env::temp_dir().join(format!("fabricd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "nqn = \"nqn.x:file\"\nnamespaces = [\"null:1M\"]\ndiscovery = true\nmax_transfer = \"128K\"\n").unwrap();
+        let args = TargetArgs {
+            config: Some(path.clone()),
+            nqn: Some("nqn.x:flag".into()),
+            ..Default::default()
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.nqn, "nqn.x:flag");
+        assert_eq!(s.namespaces, vec![NamespaceSpec::Null(1 << 20)]);
+        assert!(s.discovery);
+        assert_eq!(s.max_transfer, 128 << 10);
+
+        std::fs::write(&path, "nqn = \"x\"\nbogus = 1\n").unwrap();
+        let err = TargetArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .settings()
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("1-100"), Ok((1, 100)));
+        assert!(parse_range("0-5").is_err());
+        assert!(parse_range("9-5").is_err());
+        assert!(parse_range("1-65535").is_err());
+    }
+}
