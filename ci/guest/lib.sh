@@ -2,7 +2,10 @@
 
 set -uo pipefail
 PROJECT=${PROJECT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
-FABRICD=${FABRICD:-$PROJECT/target/release/fabricd}
+if [[ -z ${FABRICD:-} ]]; then
+    FABRICD=$PROJECT/target/ci/fabricd
+    [[ -x $FABRICD ]] || FABRICD=$PROJECT/target/release/fabricd
+fi
 LOGDIR=${LOGDIR:-$PROJECT/target/guest-logs}
 mkdir -p "$LOGDIR"
 HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:$(cat /proc/sys/kernel/random/uuid)
@@ -86,7 +89,7 @@ fio_verify() {
     check "fio verify $name (bs=$bs, iodepth 32, 4 jobs)" \
         fio --name="$name" --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite --bs="$bs" \
             --iodepth=32 --numjobs=4 --size="$size" --offset_increment="$size" --verify=crc32c \
-            --do_verify=1 --verify_fatal=1 --verify_backlog=0 --group_reporting --output="$LOGDIR/fio-$name.txt"
+            --do_verify=1 --verify_fatal=1 --verify_state_save=0 --group_reporting --output="$LOGDIR/fio-$name.txt"
 }
 
 finish() {

@@ -346,7 +346,7 @@ pub fn encode(h: &PduHeader, data: &[u8], digests: Digests, pda: u8, out: &mut B
 }
 
 fn digest_bits(d: Digests) -> u8 {
-    (d.header as u8) * dgst::HEADER | (d.data as u8) * dgst::DATA
+    ((d.header as u8) * dgst::HEADER) | ((d.data as u8) * dgst::DATA)
 }
 
 fn digests_of(bits: u8) -> Digests {
@@ -997,5 +997,32 @@ mod tests {
             dec.decode(&mut b),
             Ok(Some(Decoded::BadDataDigest(_)))
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), flags in 0u8..8) {
+            let role = if flags & 1 == 0 { Role::Controller } else { Role::Host };
+            let mut dec = PduDecoder::new(role, 4096);
+            dec.digests = Digests { header: flags & 2 != 0, data: flags & 4 != 0 };
+            let mut buf = BytesMut::from(&bytes[..]);
+            for _ in 0..16 {
+                match dec.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+
+        #[test]
+        fn valid_headers_with_random_bodies_decode_or_fail_cleanly(t in 0u8..10, fl in 0u8..16, plen in 0u32..300, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let hlen = header_len(t).unwrap_or(24) as u8;
+            let mut b = BytesMut::new();
+            b.put_slice(&[t, fl, hlen, hlen, 0, 0, 0, 0]);
+            b[4..8].copy_from_slice(&plen.to_le_bytes());
+            b.put_slice(&body);
+            let dec = PduDecoder::new(Role::Controller, 4096);
+            let _ = dec.decode(&mut b);
+        }
     }
 }

@@ -1,0 +1,183 @@
+//! The `fabricd target` binary as a user runs it: the ready line, serving a
+//! host, and one-line errors with a non-zero exit for bad input.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fabric::host::{HostController, HostOptions};
+use fabric::target::PortAddress;
+use raid::{buf, BlockDevice};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fabricd");
+
+/// Kills the daemon when the test ends, pass or fail.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `fabricd target ARGS` and wait for its ready line; returns the
+/// daemon and the line.
+fn start(args: &[&str]) -> (Daemon, String) {
+    let mut child = Command::new(BIN)
+        .arg("target")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let daemon = Daemon(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no ready line within 30 s");
+    (daemon, line)
+}
+
+/// Run `fabricd target ARGS` expecting it to fail; returns (code, stderr).
+fn fails(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).arg("target").args(args).output().unwrap();
+    assert!(!out.status.success(), "fabricd {args:?} succeeded");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn one_line(s: &str) -> &str {
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {s}");
+    lines[0]
+}
+
+#[test]
+fn bad_input_gets_one_line_naming_it() {
+    let (code, err) = fails(&["--namespace", "mem:12X"]);
+    assert_eq!(code, 2);
+    assert!(
+        one_line(&err).contains("--namespace") && err.contains("12X"),
+        "{err}"
+    );
+
+    let (code, err) = fails(&["--listen", "tcp://localhost:4420"]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("--listen"), "{err}");
+
+    let (code, err) = fails(&["--bogus"]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("--bogus"), "{err}");
+
+    let (_, err) = fails(&[
+        "--namespace",
+        "file:/nonexistent/dir/disk.img",
+        "--listen",
+        "tcp://127.0.0.1:0",
+    ]);
+    assert!(
+        one_line(&err).contains("/nonexistent/dir/disk.img") && err.contains("no such file"),
+        "{err}"
+    );
+
+    let (_, err) = fails(&["--max-transfer", "3K", "--listen", "tcp://127.0.0.1:0"]);
+    assert!(one_line(&err).contains("--max-transfer"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("fabricd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"tcp://127.0.0.1:0\"]\nnamespace = [\"mem:1M\"]\n",
+    )
+    .unwrap();
+    let (_, err) = fails(&["--config", cfg.to_str().unwrap()]);
+    assert!(one_line(&err).contains("namespace"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://127.0.0.1:{}", taken.local_addr().unwrap().port());
+    let (code, err) = fails(&["--listen", &addr]);
+    assert_eq!(code, 1);
+    assert!(
+        one_line(&err).contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serves_a_host_after_the_ready_line() {
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("fabricd-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = format!("file:{}:8M", dir.join("disk.img").display());
+    let (_daemon, line) = start(&[
+        "--listen",
+        &addr,
+        "--nqn",
+        "nqn.2026-11.io.fabric:cli",
+        "--namespace",
+        "mem:4M",
+        "--namespace",
+        &img,
+        "--discovery",
+    ]);
+    assert!(line.contains(&addr), "{line}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let address: PortAddress = addr.parse().unwrap();
+        let entries = HostController::discover(&address, &HostOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(entries[0].subnqn, "nqn.2026-11.io.fabric:cli");
+        let ctrl = HostController::connect(
+            &address,
+            "nqn.2026-11.io.fabric:cli",
+            &HostOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ctrl.active_namespaces().await.unwrap(), vec![1, 2]);
+        for nsid in [1, 2] {
+            let ns = ctrl.namespace(nsid).await.unwrap();
+            ns.write(3, Bytes::from(vec![nsid as u8; 8192]))
+                .await
+                .unwrap();
+            ns.flush().await.unwrap();
+            let back = ns.read(3, buf::alloc(8192)).await.unwrap();
+            assert!(back.iter().all(|&b| b == nsid as u8));
+        }
+        ctrl.disconnect().await;
+    });
+    drop(_daemon);
+    // The file namespace kept the data.
+    let data = std::fs::read(dir.join("disk.img")).unwrap();
+    assert_eq!(data.len(), 8 << 20);
+    assert!(data[3 * 4096..5 * 4096].iter().all(|&b| b == 2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
