@@ -1,0 +1,432 @@
+//! Controllers: one per host association with a subsystem, created by the
+//! admin queue's Connect. A controller owns its properties (CC, CSTS), its
+//! features, its asynchronous events, its error log and the keep-alive timer
+//! that tears it down when the host goes silent.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::wire::fabrics::{cc, csts};
+use crate::wire::identify::oaes;
+use crate::wire::log_page::ErrorEntry;
+use crate::wire::opcode::log;
+use crate::wire::Status;
+
+use super::port::Port;
+use super::subsystem::Subsystem;
+use super::Limits;
+
+/// Outstanding Asynchronous Event Requests allowed (AERL + 1).
+pub const MAX_AERS: usize = 4;
+/// Error log entries kept (ELPE + 1).
+pub const ERROR_LOG_ENTRIES: usize = 64;
+
+/// Asynchronous events a controller reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncEvent {
+    /// A namespace was added, removed or changed.
+    NamespaceAttribute,
+    /// An ANA group changed state.
+    AnaChange,
+    /// The discovery log changed.
+    DiscoveryChange,
+}
+
+impl AsyncEvent {
+    fn config_bit(self) -> u32 {
+        match self {
+            AsyncEvent::NamespaceAttribute => oaes::NAMESPACE_ATTRIBUTE,
+            AsyncEvent::AnaChange => oaes::ANA_CHANGE,
+            AsyncEvent::DiscoveryChange => oaes::DISCOVERY_CHANGE,
+        }
+    }
+
+    fn log_page(self) -> u8 {
+        match self {
+            AsyncEvent::NamespaceAttribute => log::CHANGED_NAMESPACES,
+            AsyncEvent::AnaChange => log::ANA,
+            AsyncEvent::DiscoveryChange => log::DISCOVERY,
+        }
+    }
+
+    /// The AER completion dword 0: notice type, event information, log page.
+    pub fn completion_dw0(self) -> u32 {
+        const NOTICE: u32 = 2;
+        let info: u32 = match self {
+            AsyncEvent::NamespaceAttribute => 0x00,
+            AsyncEvent::AnaChange => 0x03,
+            AsyncEvent::DiscoveryChange => 0xf0,
+        };
+        NOTICE | info << 8 | (self.log_page() as u32) << 16
+    }
+}
+
+struct AenState {
+    config: u32,
+    waiters: VecDeque<oneshot::Sender<u32>>,
+    pending: VecDeque<u32>,
+    masked_logs: BTreeSet<u8>,
+    changed_namespaces: BTreeSet<u32>,
+}
+
+struct State {
+    cc: u32,
+    csts: u32,
+    io_queues_granted: u16,
+    connected_queues: BTreeSet<u16>,
+    queue_tokens: Vec<CancellationToken>,
+    aen: AenState,
+    errors: VecDeque<ErrorEntry>,
+    error_count: u64,
+    write_cache: bool,
+}
+
+/// Who a controller serves: the host NQN and host identifier of its Connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// Host NQN.
+    pub nqn: String,
+    /// Host identifier.
+    pub id: [u8; 16],
+}
+
+/// A controller.
+pub struct Controller {
+    /// Controller ID.
+    pub cntlid: u16,
+    /// The subsystem.
+    pub subsystem: Arc<Subsystem>,
+    /// The port its admin queue connected through.
+    pub port: Arc<Port>,
+    /// The host it serves.
+    pub host: HostIdentity,
+    /// Limits of the transport and target.
+    pub limits: Limits,
+    state: Mutex<State>,
+    created: Instant,
+    last_activity_ms: AtomicU64,
+    kato: watch::Sender<u32>,
+    dead: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Controller {
+    pub(crate) fn new(
+        cntlid: u16,
+        subsystem: Arc<Subsystem>,
+        port: Arc<Port>,
+        host: HostIdentity,
+        kato_ms: u32,
+        limits: Limits,
+        token: CancellationToken,
+    ) -> Arc<Controller> {
+        Arc::new(Controller {
+            cntlid,
+            subsystem,
+            port,
+            host,
+            limits,
+            state: Mutex::new(State {
+                cc: 0,
+                csts: 0,
+                io_queues_granted: limits.max_io_queues,
+                connected_queues: BTreeSet::new(),
+                queue_tokens: Vec::new(),
+                aen: AenState {
+                    config: 0,
+                    waiters: VecDeque::new(),
+                    pending: VecDeque::new(),
+                    masked_logs: BTreeSet::new(),
+                    changed_namespaces: BTreeSet::new(),
+                },
+                errors: VecDeque::new(),
+                error_count: 0,
+                write_cache: true,
+            }),
+            created: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            kato: watch::Sender::new(kato_ms),
+            dead: AtomicBool::new(false),
+            token,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this is a discovery controller.
+    pub fn is_discovery(&self) -> bool {
+        self.subsystem.is_discovery
+    }
+
+    /// Cancelled when the controller is torn down.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Whether the controller has been torn down.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Note host activity (any command resets the keep-alive timer: the
+    /// controller advertises traffic based keep alive).
+    pub fn touch(&self) {
+        let ms = self.created.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Start the keep-alive monitor (no-op while KATO is 0).
+    pub(crate) fn start_keep_alive(self: &Arc<Self>) {
+        self.touch();
+        let weak = Arc::downgrade(self);
+        let token = self.token.clone();
+        let mut kato_rx = self.kato.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Some(ctrl) = weak.upgrade() else { return };
+                let kato = *kato_rx.borrow_and_update();
+                let wait = if kato == 0 {
+                    None
+                } else {
+                    let now = ctrl.created.elapsed().as_millis() as u64;
+                    let idle = now.saturating_sub(ctrl.last_activity_ms.load(Ordering::Relaxed));
+                    if idle >= kato as u64 {
+                        ctrl.shutdown("keep-alive timeout expired");
+                        return;
+                    }
+                    Some(Duration::from_millis(kato as u64 - idle))
+                };
+                drop(ctrl);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = kato_rx.changed() => {}
+                    _ = async {
+                        match wait {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+            }
+        });
+    }
+
+    /// The keep-alive timeout in milliseconds (0: none).
+    pub fn kato_ms(&self) -> u32 {
+        *self.kato.borrow()
+    }
+
+    /// Change the keep-alive timeout.
+    pub fn set_kato_ms(&self, ms: u32) {
+        self.touch();
+        self.kato.send_replace(ms);
+    }
+
+    /// Tear the controller down: every queue connection closes and the
+    /// controller leaves its subsystem. Idempotent.
+    pub fn shutdown(&self, reason: &str) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(cntlid = self.cntlid, subnqn = %self.subsystem.nqn, hostnqn = %self.host.nqn, reason, "controller torn down");
+        let tokens = {
+            let mut st = self.lock();
+            st.aen.waiters.clear();
+            std::mem::take(&mut st.queue_tokens)
+        };
+        self.token.cancel();
+        for t in tokens {
+            t.cancel();
+        }
+        self.subsystem.unregister_controller(self.cntlid);
+    }
+
+    /// Attach a queue; fails if the ID is out of range or already connected.
+    pub(crate) fn attach_queue(&self, qid: u16, token: CancellationToken) -> Result<(), Status> {
+        let mut st = self.lock();
+        if qid > st.io_queues_granted {
+            return Err(Status::CONNECT_INVALID_PARAMETERS);
+        }
+        if qid > 0 && st.csts & csts::RDY == 0 {
+            return Err(Status::COMMAND_SEQUENCE_ERROR);
+        }
+        if !st.connected_queues.insert(qid) {
+            return Err(Status::CONNECT_INVALID_PARAMETERS);
+        }
+        st.queue_tokens.push(token);
+        Ok(())
+    }
+
+    /// Detach a queue whose connection ended; the admin queue's end tears
+    /// the controller down.
+    pub(crate) fn detach_queue(&self, qid: u16) {
+        self.lock().connected_queues.remove(&qid);
+        if qid == 0 {
+            self.shutdown("admin queue disconnected");
+        }
+    }
+
+    /// Number of I/O queues granted (Set Features Number of Queues).
+    pub fn io_queues(&self) -> u16 {
+        self.lock().io_queues_granted
+    }
+
+    /// Grant up to `requested` I/O queues; returns the number granted.
+    pub(crate) fn grant_io_queues(&self, requested: u32) -> u16 {
+        let granted = requested.min(self.limits.max_io_queues as u32) as u16;
+        self.lock().io_queues_granted = granted.max(1);
+        granted.max(1)
+    }
+
+    /// Controller configuration.
+    pub fn cc(&self) -> u32 {
+        self.lock().cc
+    }
+
+    /// Controller status.
+    pub fn csts(&self) -> u32 {
+        self.lock().csts
+    }
+
+    /// Apply a write to CC: enabling checks the queue entry sizes and page
+    /// size and sets RDY (or CFS when they are unsupported); disabling clears
+    /// RDY; a shutdown notification completes at once.
+    pub(crate) fn write_cc(&self, new: u32) {
+        let mut st = self.lock();
+        let old = st.cc;
+        st.cc = new;
+        if new & cc::EN != 0 && old & cc::EN == 0 {
+            let ok = cc::iosqes(new) == 6
+                && cc::iocqes(new) == 4
+                && cc::mps(new) == 0
+                && cc::css(new) == 0;
+            st.csts = if ok { csts::RDY } else { csts::CFS };
+        } else if new & cc::EN == 0 && old & cc::EN != 0 {
+            st.csts = 0;
+        }
+        if new & cc::SHN_MASK != 0 {
+            st.csts |= csts::SHST_COMPLETE;
+        } else {
+            st.csts &= !csts::SHST_COMPLETE;
+        }
+    }
+
+    /// Whether the volatile write cache is enabled (when off, every write is
+    /// made durable before it completes).
+    pub fn write_cache(&self) -> bool {
+        self.lock().write_cache
+    }
+
+    pub(crate) fn set_write_cache(&self, on: bool) {
+        self.lock().write_cache = on;
+    }
+
+    /// Asynchronous event configuration.
+    pub fn aen_config(&self) -> u32 {
+        self.lock().aen.config
+    }
+
+    pub(crate) fn set_aen_config(&self, config: u32) {
+        self.lock().aen.config = config;
+    }
+
+    /// Raise an asynchronous event: completes a waiting AER or queues it.
+    /// Ignored when the host did not enable it, or while an earlier event
+    /// of the same log page has not been read yet.
+    pub fn raise(&self, event: AsyncEvent) {
+        let mut st = self.lock();
+        let aen = &mut st.aen;
+        if aen.config & event.config_bit() == 0 || !aen.masked_logs.insert(event.log_page()) {
+            return;
+        }
+        let dw0 = event.completion_dw0();
+        while let Some(w) = aen.waiters.pop_front() {
+            match w.send(dw0) {
+                Ok(()) => return,
+                Err(_) => continue,
+            }
+        }
+        aen.pending.push_back(dw0);
+    }
+
+    /// Record a changed namespace and raise the notice.
+    pub(crate) fn namespace_changed(&self, nsid: u32) {
+        self.lock().aen.changed_namespaces.insert(nsid);
+        self.raise(AsyncEvent::NamespaceAttribute);
+    }
+
+    /// Take the changed namespace list (cleared unless `retain`).
+    pub(crate) fn changed_namespaces(&self, retain: bool) -> Vec<u32> {
+        let mut st = self.lock();
+        let list: Vec<u32> = st.aen.changed_namespaces.iter().copied().collect();
+        if !retain {
+            st.aen.changed_namespaces.clear();
+        }
+        list
+    }
+
+    /// A log page was read: without RAE its event may be reported again.
+    pub(crate) fn log_page_read(&self, lid: u8, retain: bool) {
+        if !retain {
+            self.lock().aen.masked_logs.remove(&lid);
+        }
+    }
+
+    /// Wait for an asynchronous event (an AER command): `Err` with the limit
+    /// status when too many are outstanding.
+    pub(crate) fn wait_event(&self) -> Result<oneshot::Receiver<u32>, Status> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if let Some(dw0) = st.aen.pending.pop_front() {
+            let _ = tx.send(dw0);
+            return Ok(rx);
+        }
+        st.aen.waiters.retain(|w| !w.is_closed());
+        if st.aen.waiters.len() >= MAX_AERS {
+            return Err(Status::AER_LIMIT_EXCEEDED);
+        }
+        st.aen.waiters.push_back(tx);
+        Ok(rx)
+    }
+
+    /// Add an entry to the error log.
+    pub(crate) fn record_error(&self, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
+        let mut st = self.lock();
+        st.error_count += 1;
+        let entry = ErrorEntry {
+            error_count: st.error_count,
+            sqid,
+            cid,
+            status,
+            param_location: 0xffff,
+            lba,
+            nsid,
+        };
+        if st.errors.len() == ERROR_LOG_ENTRIES {
+            st.errors.pop_back();
+        }
+        st.errors.push_front(entry);
+    }
+
+    /// Error log entries, newest first.
+    pub fn error_log(&self) -> Vec<ErrorEntry> {
+        self.lock().errors.iter().copied().collect()
+    }
+
+    /// Total errors recorded.
+    pub fn error_count(&self) -> u64 {
+        self.lock().error_count
+    }
+
+    /// Seconds since the controller was created.
+    pub fn uptime(&self) -> Duration {
+        self.created.elapsed()
+    }
+}
