@@ -13,6 +13,7 @@ pub mod identify;
 pub mod le;
 pub mod log_page;
 pub mod opcode;
+pub mod rdma;
 pub mod sgl;
 pub mod status;
 pub mod tcp;
