@@ -11,13 +11,22 @@
 //! [`service`] (the gRPC API), [`client`], [`cli`] and [`run`] (the role's
 //! entry point), and [`lincheck`] (a linearizability checker for tests).
 
+pub mod cli;
+pub mod client;
 pub mod error;
 pub mod json;
 pub mod keys;
+pub mod liveness;
+pub mod node;
 pub mod objects;
 pub mod placement;
+mod raft_logger;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod storage;
+pub mod transport;
+pub mod validate;
 
 /// The public API types and the `Meta` service (package `fabric.meta.v1`).
 #[allow(missing_docs)]
@@ -32,4 +41,6 @@ pub mod peer {
     tonic::include_proto!("fabric.meta.peer.v1");
 }
 
+pub use client::MetaClient;
 pub use error::MetaError;
+pub use server::{run, serve, RunError};
