@@ -145,22 +145,19 @@ impl MetaService {
         Ok(client)
     }
 
-    fn replicas(&self) -> Vec<Replica> {
-        let view = self.node.view();
-        let address = |id: &u64| view.addresses.get(id).cloned().unwrap_or_default();
-        let voters = view.voters.iter().map(|id| Replica {
+    /// The members as of the applied configuration, with their addresses.
+    fn replicas(&self) -> Result<Vec<Replica>, MetaError> {
+        let conf = self.node.reader().conf_state()?;
+        let addresses = self.node.transport().addresses();
+        let member = |id: &u64, voter: bool| Replica {
             id: *id,
-            address: address(id),
-            voter: true,
-        });
-        let learners = view.learners.iter().map(|id| Replica {
-            id: *id,
-            address: address(id),
-            voter: false,
-        });
-        let mut all: Vec<Replica> = voters.chain(learners).collect();
+            address: addresses.get(id).cloned().unwrap_or_default(),
+            voter,
+        };
+        let mut all: Vec<Replica> = conf.voters.iter().map(|id| member(id, true)).collect();
+        all.extend(conf.learners.iter().map(|id| member(id, false)));
         all.sort_by_key(|r| r.id);
-        all
+        Ok(all)
     }
 }
 
@@ -390,7 +387,7 @@ impl Meta for MetaService {
             applied_index: view.applied_index,
             first_log_index: view.first_log_index,
             revision: self.node.reader().revision()?,
-            replicas: self.replicas(),
+            replicas: self.replicas()?,
         }))
     }
 
@@ -407,7 +404,7 @@ impl Meta for MetaService {
             return Err(MetaError::AlreadyExists(format!("replica {} is already a member", req.id)).into());
         }
         self.node.add_replica(req.id, &req.address).await?;
-        Ok(Response::new(MembershipResponse { replicas: self.replicas() }))
+        Ok(Response::new(MembershipResponse { replicas: self.replicas()? }))
     }
 
     async fn remove_replica(
@@ -426,8 +423,15 @@ impl Meta for MetaService {
             ))
             .into());
         }
+        // A leader that removes itself keeps leading until it notices; hand
+        // leadership over first so the group never waits out an election.
+        if view.leader_id == req.id {
+            if let Some(next) = view.voters.iter().copied().find(|id| *id != req.id) {
+                self.node.transfer_leadership(next).await?;
+            }
+        }
         self.node.remove_replica(req.id).await?;
-        Ok(Response::new(MembershipResponse { replicas: self.replicas() }))
+        Ok(Response::new(MembershipResponse { replicas: self.replicas()? }))
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) enum Input {
     ConfChange { change: ConfChange, reply: Reply<CommandResult> },
     /// Confirm a linearizable read point.
     Read { reply: Reply<()> },
+    /// Hand leadership to this replica.
+    TransferLeader(u64),
     /// Stop the driver.
     Stop,
 }
@@ -151,6 +153,7 @@ impl Driver {
                 self.reads.insert(ctx, PendingRead { issued: None, reply });
                 self.issue_read(ctx);
             }
+            Input::TransferLeader(to) => self.raw.transfer_leader(to),
             Input::Stop => {}
         }
     }

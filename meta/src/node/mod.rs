@@ -306,6 +306,24 @@ impl MetaNode {
         self.wait_write(rx).await.map(|_| ())
     }
 
+    /// Moves leadership to replica `to` and waits until this replica sees it
+    /// lead.
+    pub async fn transfer_leadership(&self, to: u64) -> Result<(), MetaError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            if self.view().leader_id == to {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::Unavailable(format!(
+                    "leadership did not move to replica {to} in time; retry"
+                )));
+            }
+            self.submit(Input::TransferLeader(to))?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Returns once the local state machine reflects every write committed
     /// before the call: reads made after it are linearizable.
     pub async fn read_barrier(&self) -> Result<(), MetaError> {

@@ -99,6 +99,11 @@ impl StateReader {
         }
     }
 
+    /// The Raft configuration as of the applied index.
+    pub fn conf_state(&self) -> Result<raft::eraftpb::ConfState, MetaError> {
+        crate::storage::read_conf_state(&self.db)
+    }
+
     /// Addresses of replicas added by membership changes, by Raft id.
     pub fn members(&self) -> Result<BTreeMap<u64, String>, MetaError> {
         let mut members = BTreeMap::new();
