@@ -16,6 +16,7 @@ pub mod client;
 pub mod error;
 pub mod json;
 pub mod keys;
+pub mod lincheck;
 pub mod liveness;
 pub mod node;
 pub mod objects;

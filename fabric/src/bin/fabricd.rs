@@ -14,11 +14,20 @@ struct Cli {
 enum Command {
     /// Serve a standalone NVMe-oF target.
     Target,
+    /// Run a replica of the metadata group.
+    Meta(meta::cli::MetaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Target => anyhow::bail!("the target role is not built yet"),
+        Command::Meta(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+            tokio::runtime::Runtime::new()?.block_on(meta::run(args))?;
+            Ok(())
+        }
     }
 }
