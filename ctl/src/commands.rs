@@ -1,7 +1,7 @@
 //! What each subcommand does: one client call, then printing.
 
 use anyhow::Context as _;
-use meta::objects::{kind_of, key_name, snapshot_key, MetaObject};
+use meta::objects::{key_name, kind_of, snapshot_key, MetaObject};
 use meta::proto::{
     Cluster, ControllerNode, ControllerNodeSpec, CreateClusterRequest, CreateHostRequest,
     CreateVolumeRequest, DiskNode, DiskNodeSpec, EventType, Host, NodeKind, ObjectKind, Operation,
@@ -28,30 +28,55 @@ pub async fn run(client: &MetaClient, command: Command, json: bool) -> anyhow::R
     }
 }
 
-async fn get<T: MetaObject + Show>(client: &MetaClient, name: &str, json: bool) -> anyhow::Result<()> {
+async fn get<T: MetaObject + Show>(
+    client: &MetaClient,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     print_one(&client.get::<T>(name).await?, json);
     Ok(())
 }
 
-async fn list<T: MetaObject + Show>(client: &MetaClient, volume: &str, json: bool) -> anyhow::Result<()> {
+async fn list<T: MetaObject + Show>(
+    client: &MetaClient,
+    volume: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     let (items, revision) = client.list::<T>(volume).await?;
     print_list(&items, revision, json);
     Ok(())
 }
 
-async fn delete(client: &MetaClient, kind: ObjectKind, name: &str, json: bool) -> anyhow::Result<()> {
+async fn delete(
+    client: &MetaClient,
+    kind: ObjectKind,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     let revision = client.delete(kind, name).await?;
     if json {
-        println!("{}", to_json(&serde_json::json!({ "deleted": name, "revision": revision })));
+        println!(
+            "{}",
+            to_json(&serde_json::json!({ "deleted": name, "revision": revision }))
+        );
     } else {
-        println!("deleted {} {name} (revision {revision})", meta::objects::kind_label(kind));
+        println!(
+            "deleted {} {name} (revision {revision})",
+            meta::objects::kind_label(kind)
+        );
     }
     Ok(())
 }
 
 async fn cluster(client: &MetaClient, cmd: ClusterCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        ClusterCmd::Create { name, extent_size, raid0_chunk, thin_block, raid1_region } => {
+        ClusterCmd::Create {
+            name,
+            extent_size,
+            raid0_chunk,
+            thin_block,
+            raid1_region,
+        } => {
             let req = CreateClusterRequest {
                 name,
                 extent_size_bytes: extent_size.unwrap_or(0),
@@ -68,21 +93,36 @@ async fn cluster(client: &MetaClient, cmd: ClusterCmd, json: bool) -> anyhow::Re
             let rows: Vec<ReplicaRow> = status
                 .replicas
                 .into_iter()
-                .map(|replica| ReplicaRow { leader: replica.id == status.leader_id, replica })
+                .map(|replica| ReplicaRow {
+                    leader: replica.id == status.leader_id,
+                    replica,
+                })
                 .collect();
             print_list(&rows, status.revision, json);
         }
         ClusterCmd::Status => print_one(&client.status().await?, json),
         ClusterCmd::AddReplica { id, address } => {
             let members = client.add_replica(id, &address).await?;
-            let rows: Vec<ReplicaRow> =
-                members.replicas.into_iter().map(|replica| ReplicaRow { replica, leader: false }).collect();
+            let rows: Vec<ReplicaRow> = members
+                .replicas
+                .into_iter()
+                .map(|replica| ReplicaRow {
+                    replica,
+                    leader: false,
+                })
+                .collect();
             print_list(&rows, 0, json);
         }
         ClusterCmd::RemoveReplica { id } => {
             let members = client.remove_replica(id).await?;
-            let rows: Vec<ReplicaRow> =
-                members.replicas.into_iter().map(|replica| ReplicaRow { replica, leader: false }).collect();
+            let rows: Vec<ReplicaRow> = members
+                .replicas
+                .into_iter()
+                .map(|replica| ReplicaRow {
+                    replica,
+                    leader: false,
+                })
+                .collect();
             print_list(&rows, 0, json);
         }
     }
@@ -116,7 +156,10 @@ async fn controller_node(
     cmd: NodeCmd<crate::args::ControllerNodeArgs>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let spec = |a: crate::args::ControllerNodeArgs| ControllerNodeSpec { name: a.name, address: a.address };
+    let spec = |a: crate::args::ControllerNodeArgs| ControllerNodeSpec {
+        name: a.name,
+        address: a.address,
+    };
     match cmd {
         NodeCmd::Create(a) => print_one(&client.create_controller_node(spec(a)).await?, json),
         NodeCmd::Register(a) => print_one(&client.register_controller_node(spec(a)).await?, json),
@@ -128,7 +171,12 @@ async fn controller_node(
     Ok(())
 }
 
-async fn heartbeat(client: &MetaClient, kind: NodeKind, name: &str, json: bool) -> anyhow::Result<()> {
+async fn heartbeat(
+    client: &MetaClient,
+    kind: NodeKind,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     let reply = client.heartbeat(kind, name).await?;
     if json {
         println!("{}", to_json(&reply));
@@ -143,9 +191,10 @@ async fn heartbeat(client: &MetaClient, kind: NodeKind, name: &str, json: bool) 
 
 async fn host(client: &MetaClient, cmd: HostCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        HostCmd::Create { name, nqn } => {
-            print_one(&client.create_host(CreateHostRequest { name, nqn }).await?, json)
-        }
+        HostCmd::Create { name, nqn } => print_one(
+            &client.create_host(CreateHostRequest { name, nqn }).await?,
+            json,
+        ),
         HostCmd::Get { name } => get::<Host>(client, &name, json).await?,
         HostCmd::List => list::<Host>(client, "", json).await?,
         HostCmd::Delete { name } => delete(client, ObjectKind::Host, &name, json).await?,
@@ -155,7 +204,15 @@ async fn host(client: &MetaClient, cmd: HostCmd, json: bool) -> anyhow::Result<(
 
 async fn volume(client: &MetaClient, cmd: VolCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        VolCmd::Create { name, size, replicas, legs, active, standby, hosts } => {
+        VolCmd::Create {
+            name,
+            size,
+            replicas,
+            legs,
+            active,
+            standby,
+            hosts,
+        } => {
             let req = CreateVolumeRequest {
                 name,
                 size_bytes: size,
@@ -176,11 +233,23 @@ async fn volume(client: &MetaClient, cmd: VolCmd, json: bool) -> anyhow::Result<
 
 async fn snapshot(client: &MetaClient, cmd: SnapCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        SnapCmd::Create { volume, name } => print_one(&client.create_snapshot(&volume, &name).await?, json),
-        SnapCmd::Get { volume, name } => print_one(&client.get_snapshot(&volume, &name).await?, json),
-        SnapCmd::List { volume } => list::<Snapshot>(client, volume.as_deref().unwrap_or(""), json).await?,
+        SnapCmd::Create { volume, name } => {
+            print_one(&client.create_snapshot(&volume, &name).await?, json)
+        }
+        SnapCmd::Get { volume, name } => {
+            print_one(&client.get_snapshot(&volume, &name).await?, json)
+        }
+        SnapCmd::List { volume } => {
+            list::<Snapshot>(client, volume.as_deref().unwrap_or(""), json).await?
+        }
         SnapCmd::Delete { volume, name } => {
-            delete(client, ObjectKind::Snapshot, &snapshot_key(&volume, &name), json).await?
+            delete(
+                client,
+                ObjectKind::Snapshot,
+                &snapshot_key(&volume, &name),
+                json,
+            )
+            .await?
         }
     }
     Ok(())
@@ -209,7 +278,11 @@ async fn watch(client: &MetaClient, after: Option<u64>, json: bool) -> anyhow::R
         }
         let object = event.object.unwrap_or_default();
         let kind = meta::objects::kind_label(kind_of(&object));
-        let verb = if event.r#type == EventType::Delete as i32 { "deleted" } else { "put" };
+        let verb = if event.r#type == EventType::Delete as i32 {
+            "deleted"
+        } else {
+            "put"
+        };
         println!("{} {verb} {kind} {}", event.revision, key_name(&object));
     }
     Ok(())

@@ -40,7 +40,12 @@ fn message(error: &anyhow::Error) -> String {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "fabric-ctl", &mut std::io::stdout());
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "fabric-ctl",
+            &mut std::io::stdout(),
+        );
         return ExitCode::SUCCESS;
     }
     let result = match meta::MetaClient::new(&cli.endpoint, Duration::from_secs(cli.timeout)) {

@@ -117,8 +117,14 @@ fn or_dash(s: &str) -> String {
 }
 
 impl Show for Cluster {
-    const HEADERS: &'static [&'static str] =
-        &["NAME", "EXTENT", "RAID0-CHUNK", "THIN-BLOCK", "RAID1-REGION", "REVISION"];
+    const HEADERS: &'static [&'static str] = &[
+        "NAME",
+        "EXTENT",
+        "RAID0-CHUNK",
+        "THIN-BLOCK",
+        "RAID1-REGION",
+        "REVISION",
+    ];
     fn row(&self) -> Vec<String> {
         vec![
             self.name.clone(),
@@ -132,8 +138,9 @@ impl Show for Cluster {
 }
 
 impl Show for DiskNode {
-    const HEADERS: &'static [&'static str] =
-        &["NAME", "ADDRESS", "CAPACITY", "FREE", "DOMAIN", "STATE", "EXTENTS"];
+    const HEADERS: &'static [&'static str] = &[
+        "NAME", "ADDRESS", "CAPACITY", "FREE", "DOMAIN", "STATE", "EXTENTS",
+    ];
     fn row(&self) -> Vec<String> {
         vec![
             self.name.clone(),
@@ -166,7 +173,11 @@ impl Show for DiskNode {
 impl Show for ControllerNode {
     const HEADERS: &'static [&'static str] = &["NAME", "ADDRESS", "STATE"];
     fn row(&self) -> Vec<String> {
-        vec![self.name.clone(), self.address.clone(), node_state(self.state)]
+        vec![
+            self.name.clone(),
+            self.address.clone(),
+            node_state(self.state),
+        ]
     }
 }
 
@@ -178,8 +189,9 @@ impl Show for Host {
 }
 
 impl Show for Volume {
-    const HEADERS: &'static [&'static str] =
-        &["NAME", "SIZE", "REPLICAS", "LEGS", "ACTIVE", "STANDBY", "HOSTS"];
+    const HEADERS: &'static [&'static str] = &[
+        "NAME", "SIZE", "REPLICAS", "LEGS", "ACTIVE", "STANDBY", "HOSTS",
+    ];
     fn row(&self) -> Vec<String> {
         let with_role = |role: PathRole| {
             let names: Vec<&str> = self
@@ -211,7 +223,15 @@ impl Show for Volume {
                 short_name::<AnaState>(p.ana_state),
             ]);
         }
-        let mut layout = Table::new(&["LEG", "OWNER", "GROUP", "SIZE", "MEMBER", "DISK-NODE", "OFFSET"]);
+        let mut layout = Table::new(&[
+            "LEG",
+            "OWNER",
+            "GROUP",
+            "SIZE",
+            "MEMBER",
+            "DISK-NODE",
+            "OFFSET",
+        ]);
         for leg in &self.legs {
             for (g, group) in leg.groups.iter().enumerate() {
                 for (m, member) in group.members.iter().enumerate() {
@@ -227,7 +247,13 @@ impl Show for Volume {
                 }
             }
         }
-        format!("{}NQN  {}\n\n{}\n{}", t.render(), self.nqn, paths.render(), layout.render())
+        format!(
+            "{}NQN  {}\n\n{}\n{}",
+            t.render(),
+            self.nqn,
+            paths.render(),
+            layout.render()
+        )
     }
 }
 
@@ -244,7 +270,8 @@ impl Show for Snapshot {
 }
 
 impl Show for Operation {
-    const HEADERS: &'static [&'static str] = &["NAME", "KIND", "TARGET", "STATE", "STEPS-DONE", "REVISION"];
+    const HEADERS: &'static [&'static str] =
+        &["NAME", "KIND", "TARGET", "STATE", "STEPS-DONE", "REVISION"];
     fn row(&self) -> Vec<String> {
         let done = self
             .steps
@@ -277,8 +304,16 @@ impl Show for Operation {
 }
 
 impl Show for StatusResponse {
-    const HEADERS: &'static [&'static str] =
-        &["ID", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "FIRST-LOG", "REVISION"];
+    const HEADERS: &'static [&'static str] = &[
+        "ID",
+        "ROLE",
+        "LEADER",
+        "TERM",
+        "COMMIT",
+        "APPLIED",
+        "FIRST-LOG",
+        "REVISION",
+    ];
     fn row(&self) -> Vec<String> {
         vec![
             self.id.to_string(),

@@ -86,17 +86,35 @@ fn objects_tables_json_and_exit_codes() {
     assert_eq!(err.trim(), "fabric-ctl: cluster 'demo' already exists");
 
     for (name, domain) in [("d1", "r1"), ("d2", "r2"), ("d3", "r3")] {
-        s.ok(&["dn", "create", name, "--address", "tcp:127.0.0.1:4420", "--capacity", "100G", "--failure-domain", domain]);
+        s.ok(&[
+            "dn",
+            "create",
+            name,
+            "--address",
+            "tcp:127.0.0.1:4420",
+            "--capacity",
+            "100G",
+            "--failure-domain",
+            domain,
+        ]);
     }
     s.ok(&["cn", "create", "c1", "--address", "tcp:127.0.0.1:4430"]);
     s.ok(&["cn", "register", "c2", "--address", "tcp:127.0.0.1:4431"]);
-    s.ok(&["host", "create", "h1", "--nqn", "nqn.2014-08.org.nvmexpress:uuid:h1"]);
+    s.ok(&[
+        "host",
+        "create",
+        "h1",
+        "--nqn",
+        "nqn.2014-08.org.nvmexpress:uuid:h1",
+    ]);
     let table = s.ok(&["dn", "list"]);
     let mut lines = table.lines();
     assert!(lines.next().expect("header").starts_with("NAME"), "{table}");
     assert_eq!(lines.count(), 3, "{table}");
 
-    s.ok(&["vol", "create", "v1", "--size", "10G", "--legs", "2", "--host", "h1"]);
+    s.ok(&[
+        "vol", "create", "v1", "--size", "10G", "--legs", "2", "--host", "h1",
+    ]);
     let json: serde_json::Value =
         serde_json::from_str(&s.ok(&["--json", "vol", "get", "v1"])).expect("JSON");
     assert_eq!(json["legs"].as_array().expect("legs").len(), 2);
@@ -108,14 +126,18 @@ fn objects_tables_json_and_exit_codes() {
     assert_eq!(err.trim(), "fabric-ctl: volume 'nope' does not exist");
     let err = s.fails(5, &["host", "delete", "h1"]);
     assert!(err.contains("v1"), "{err}");
-    let err = s.fails(5, &["vol", "create", "big", "--size", "1T", "--replicas", "3"]);
+    let err = s.fails(
+        5,
+        &["vol", "create", "big", "--size", "1T", "--replicas", "3"],
+    );
     assert!(err.contains("cannot place"), "{err}");
     s.fails(2, &["vol", "create", "v2"]);
     s.fails(2, &["host", "create", "bad/name", "--nqn", "nqn.x"]);
 
     s.ok(&["snap", "create", "v1", "s1"]);
     assert!(s.ok(&["snap", "list", "v1"]).contains("s1"));
-    let ops: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "op", "list"])).expect("JSON");
+    let ops: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "op", "list"])).expect("JSON");
     assert_eq!(ops["items"][0]["kind"], "snapshot-create");
     s.fails(5, &["snap", "delete", "v1", "s1"]);
 
@@ -124,7 +146,14 @@ fn objects_tables_json_and_exit_codes() {
 
     // Unreachable meta group: exit 6 after the timeout.
     let out = Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
-        .args(["--endpoint", "127.0.0.1:1", "--timeout", "1", "cluster", "get"])
+        .args([
+            "--endpoint",
+            "127.0.0.1:1",
+            "--timeout",
+            "1",
+            "cluster",
+            "get",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(6));

@@ -127,7 +127,11 @@ impl Group {
     }
 
     fn endpoints(&self) -> String {
-        self.replicas.iter().map(|r| r.address.as_str()).collect::<Vec<_>>().join(",")
+        self.replicas
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn client(&self) -> MetaClient {
@@ -135,7 +139,10 @@ impl Group {
     }
 
     fn replica(&mut self, id: u64) -> &mut Replica {
-        self.replicas.iter_mut().find(|r| r.id == id).expect("replica id")
+        self.replicas
+            .iter_mut()
+            .find(|r| r.id == id)
+            .expect("replica id")
     }
 
     fn logs(&self) -> &Path {
@@ -149,13 +156,19 @@ impl Group {
             let mut leaders = Vec::new();
             for r in self.replicas.iter().filter(|r| r.child.is_some()) {
                 if let Ok(s) = r.client().status().await {
-                    leaders.push((s.leader_id, s.role == RaftRole::Leader as i32 && s.id == r.id));
+                    leaders.push((
+                        s.leader_id,
+                        s.role == RaftRole::Leader as i32 && s.id == r.id,
+                    ));
                 }
             }
             let running = self.replicas.iter().filter(|r| r.child.is_some()).count();
             if leaders.len() == running && !leaders.is_empty() {
                 let id = leaders[0].0;
-                if id != 0 && leaders.iter().all(|(l, _)| *l == id) && leaders.iter().any(|(_, me)| *me) {
+                if id != 0
+                    && leaders.iter().all(|(l, _)| *l == id)
+                    && leaders.iter().any(|(_, me)| *me)
+                {
                     return id;
                 }
             }
@@ -210,12 +223,19 @@ async fn leader_failover_keeps_acknowledged_writes() {
     let c = group.client();
     let start = Instant::now();
     while c.list::<Host>("").await.expect("list").0.len() < 10 {
-        assert!(start.elapsed() < Duration::from_secs(20), "writer makes no progress");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "writer makes no progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     group.replica(leader).kill();
     let killed_at = Instant::now();
-    let survivor = group.replicas.iter().find(|r| r.id != leader).expect("survivor");
+    let survivor = group
+        .replicas
+        .iter()
+        .find(|r| r.id != leader)
+        .expect("survivor");
     let probe = survivor.client();
     // A new leader serves (a linearizable read needs one) within a bounded wait.
     let deadline = killed_at + Duration::from_secs(15);
@@ -226,17 +246,30 @@ async fn leader_failover_keeps_acknowledged_writes() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "no new leader within 15 s of killing {leader}");
+        assert!(
+            Instant::now() < deadline,
+            "no new leader within 15 s of killing {leader}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("new leader serving {:?} after the leader was killed", killed_at.elapsed());
+    eprintln!(
+        "new leader serving {:?} after the leader was killed",
+        killed_at.elapsed()
+    );
 
     let acknowledged = writer.await.expect("writer");
-    assert!(acknowledged.len() >= 30, "too few writes succeeded: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 30,
+        "too few writes succeeded: {}",
+        acknowledged.len()
+    );
     let (hosts, _) = client.list::<Host>("").await.expect("list");
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     for name in &acknowledged {
-        assert!(names.contains(&name.as_str()), "acknowledged host {name} lost");
+        assert!(
+            names.contains(&name.as_str()),
+            "acknowledged host {name} lost"
+        );
     }
 
     // The killed replica comes back and catches up from its own disk and the log.
@@ -245,7 +278,10 @@ async fn leader_failover_keeps_acknowledged_writes() {
     let back = group.replica(leader).client();
     let deadline = Instant::now() + Duration::from_secs(20);
     while back.status().await.map(|s| s.revision).unwrap_or(0) < target {
-        assert!(Instant::now() < deadline, "restarted replica did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -288,7 +324,9 @@ async fn restart_of_every_replica_after_compaction_restores_every_object() {
         .expect("controller node");
     }
     for i in 0..25 {
-        c.create_host(host(&format!("h{i}"), &format!("v{i}"))).await.expect("host");
+        c.create_host(host(&format!("h{i}"), &format!("v{i}")))
+            .await
+            .expect("host");
     }
     c.create_volume(CreateVolumeRequest {
         name: "v1".into(),
@@ -313,10 +351,18 @@ async fn restart_of_every_replica_after_compaction_restores_every_object() {
             if s.revision == revision {
                 break s;
             }
-            assert!(Instant::now() < deadline, "replica {} did not apply everything", r.id);
+            assert!(
+                Instant::now() < deadline,
+                "replica {} did not apply everything",
+                r.id
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert!(status.first_log_index > 20, "replica {} did not compact: {status:?}", r.id);
+        assert!(
+            status.first_log_index > 20,
+            "replica {} did not compact: {status:?}",
+            r.id
+        );
     }
 
     for r in &mut group.replicas {
@@ -327,9 +373,15 @@ async fn restart_of_every_replica_after_compaction_restores_every_object() {
     }
     group.leader().await;
     let c = group.client();
-    assert_eq!(everything(&c).await, before, "objects changed across the restart");
+    assert_eq!(
+        everything(&c).await,
+        before,
+        "objects changed across the restart"
+    );
     // And the group still takes writes.
-    c.create_host(host("after", "after")).await.expect("write after restart");
+    c.create_host(host("after", "after"))
+        .await
+        .expect("write after restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,8 +391,12 @@ async fn an_isolated_leader_cannot_commit() {
     let c = group.client();
     create_cluster(&c).await;
     let old_address = group.replica(old).address.clone();
-    let mut peer = RaftPeerClient::connect(format!("http://{old_address}")).await.expect("peer client");
-    peer.isolate(IsolateRequest { isolated: true }).await.expect("isolate");
+    let mut peer = RaftPeerClient::connect(format!("http://{old_address}"))
+        .await
+        .expect("peer client");
+    peer.isolate(IsolateRequest { isolated: true })
+        .await
+        .expect("isolate");
 
     // The old leader alone cannot commit: the write fails one way or another.
     let alone = group.replica(old).client();
@@ -361,13 +417,21 @@ async fn an_isolated_leader_cannot_commit() {
         .map(|r| r.address.clone())
         .collect();
     let majority = MetaClient::new(&others.join(","), Duration::from_secs(20)).expect("client");
-    majority.create_host(host("majority", "majority")).await.expect("majority write");
+    majority
+        .create_host(host("majority", "majority"))
+        .await
+        .expect("majority write");
     let status = majority.status().await.expect("status");
-    assert_ne!(status.leader_id, old, "the isolated replica still leads the majority");
+    assert_ne!(
+        status.leader_id, old,
+        "the isolated replica still leads the majority"
+    );
 
     // After healing, the group agrees: the majority's write is there, the
     // minority's is not.
-    peer.isolate(IsolateRequest { isolated: false }).await.expect("heal");
+    peer.isolate(IsolateRequest { isolated: false })
+        .await
+        .expect("heal");
     let leader = group.leader().await;
     assert_ne!(leader, old);
     let c = group.replica(old).client();
@@ -376,7 +440,10 @@ async fn an_isolated_leader_cannot_commit() {
         if let Ok((hosts, _)) = c.list::<Host>("").await {
             break hosts;
         }
-        assert!(Instant::now() < deadline, "the healed replica does not serve");
+        assert!(
+            Instant::now() < deadline,
+            "the healed replica does not serve"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
@@ -417,21 +484,30 @@ async fn concurrent_clients_are_linearizable_across_a_failover() {
                         Err(e) if e.code() == Code::AlreadyExists => Some(CdgOutput::AlreadyExists),
                         Err(_) => None,
                     },
-                    CdgInput::Delete => match client.delete(meta::proto::ObjectKind::Host, &key).await {
-                        Ok(_) => Some(CdgOutput::Ok),
-                        Err(e) if e.code() == Code::NotFound => Some(CdgOutput::NotFound),
-                        Err(_) => None,
-                    },
+                    CdgInput::Delete => {
+                        match client.delete(meta::proto::ObjectKind::Host, &key).await {
+                            Ok(_) => Some(CdgOutput::Ok),
+                            Err(e) if e.code() == Code::NotFound => Some(CdgOutput::NotFound),
+                            Err(_) => None,
+                        }
+                    }
                     CdgInput::Get => match client.get::<Host>(&key).await {
                         Ok(h) => Some(CdgOutput::Value(
-                            h.nqn.trim_start_matches("nqn.2014-08.org.nvmexpress:uuid:").to_string(),
+                            h.nqn
+                                .trim_start_matches("nqn.2014-08.org.nvmexpress:uuid:")
+                                .to_string(),
                         )),
                         Err(e) if e.code() == Code::NotFound => Some(CdgOutput::NotFound),
                         Err(_) => continue, // a failed read has no effect
                     },
                 };
                 let returned = output.map(|o| (epoch.elapsed().as_nanos() as u64, o));
-                history.push(Operation { key, call, returned, input });
+                history.push(Operation {
+                    key,
+                    call,
+                    returned,
+                    input,
+                });
                 done.fetch_add(1, Ordering::SeqCst);
             }
             history

@@ -170,7 +170,8 @@ impl MetaArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let invalid = |setting: &'static str, reason: String| ConfigError::Invalid { setting, reason };
+        let invalid =
+            |setting: &'static str, reason: String| ConfigError::Invalid { setting, reason };
         let id = self.id.or(file.id).unwrap_or(1);
         if id == 0 {
             return Err(invalid("--id", "must be 1 or more".into()));
@@ -187,7 +188,8 @@ impl MetaArgs {
                 let mut parsed = BTreeMap::new();
                 for (k, v) in p {
                     let id = parse_id(&k).map_err(|e| invalid("peers", e))?;
-                    check_address(&v).map_err(|e| invalid("peers", format!("replica {id}: {e}")))?;
+                    check_address(&v)
+                        .map_err(|e| invalid("peers", format!("replica {id}: {e}")))?;
                     parsed.insert(id, v);
                 }
                 parsed
@@ -216,12 +218,20 @@ impl MetaArgs {
         if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
             return Err(invalid(
                 "--election-ticks",
-                format!("must exceed --heartbeat-ticks ({heartbeat_ticks}), which must be positive"),
+                format!(
+                    "must exceed --heartbeat-ticks ({heartbeat_ticks}), which must be positive"
+                ),
             ));
         }
-        let max_message_bytes = self.max_message_bytes.or(file.max_message_bytes).unwrap_or(64 << 20);
+        let max_message_bytes = self
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(64 << 20);
         if max_message_bytes < (1 << 20) {
-            return Err(invalid("--max-message-bytes", "must be at least 1 MiB".into()));
+            return Err(invalid(
+                "--max-message-bytes",
+                "must be at least 1 MiB".into(),
+            ));
         }
         Ok(MetaConfig {
             data_dir: self
@@ -232,7 +242,9 @@ impl MetaArgs {
             listen,
             offline_after: Duration::from_secs(positive(
                 "--offline-after-secs",
-                self.offline_after_secs.or(file.offline_after_secs).unwrap_or(10),
+                self.offline_after_secs
+                    .or(file.offline_after_secs)
+                    .unwrap_or(10),
             )?),
             fault_injection: self.fault_injection || file.fault_injection.unwrap_or(false),
             node: NodeConfig {
@@ -252,7 +264,9 @@ impl MetaArgs {
                 )?,
                 request_timeout: Duration::from_millis(positive(
                     "--request-timeout-ms",
-                    self.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5000),
+                    self.request_timeout_ms
+                        .or(file.request_timeout_ms)
+                        .unwrap_or(5000),
                 )?),
                 max_message_bytes,
             },
@@ -268,7 +282,10 @@ mod tests {
     fn defaults_make_a_single_replica() {
         let config = MetaArgs::default().resolve().expect("defaults work");
         assert_eq!(config.node.id, 1);
-        assert_eq!(config.node.peers.get(&1).map(String::as_str), Some(DEFAULT_LISTEN));
+        assert_eq!(
+            config.node.peers.get(&1).map(String::as_str),
+            Some(DEFAULT_LISTEN)
+        );
         assert_eq!(config.data_dir, PathBuf::from("fabric-meta"));
     }
 
@@ -276,9 +293,15 @@ mod tests {
     fn peers_parse_and_must_include_self() {
         let peers = parse_peers("1=127.0.0.1:7401, 2=127.0.0.1:7402").expect("parses");
         assert_eq!(peers.len(), 2);
-        assert!(parse_peers("1=x").expect_err("no port").contains("HOST:PORT"));
-        assert!(parse_peers("0=a:1").expect_err("id 0").contains("replica id"));
-        assert!(parse_peers("1=a:1,1=b:2").expect_err("twice").contains("twice"));
+        assert!(parse_peers("1=x")
+            .expect_err("no port")
+            .contains("HOST:PORT"));
+        assert!(parse_peers("0=a:1")
+            .expect_err("id 0")
+            .contains("replica id"));
+        assert!(parse_peers("1=a:1,1=b:2")
+            .expect_err("twice")
+            .contains("twice"));
         let args = MetaArgs {
             id: Some(3),
             peers: Some(peers),

@@ -181,11 +181,12 @@ impl MetaClient {
             kind: T::KIND as i32,
             name: name.to_string(),
         };
-        let object = self.call(false, |mut c| {
-            let t = target.clone();
-            async move { c.get(t).await }
-        })
-        .await?;
+        let object = self
+            .call(false, |mut c| {
+                let t = target.clone();
+                async move { c.get(t).await }
+            })
+            .await?;
         T::from_object(object).ok_or_else(|| Status::internal("the replica returned another kind"))
     }
 
@@ -202,7 +203,10 @@ impl MetaClient {
                 async move { c.list(r).await }
             })
             .await?;
-        Ok((reply.items.into_iter().filter_map(T::from_object).collect(), reply.revision))
+        Ok((
+            reply.items.into_iter().filter_map(T::from_object).collect(),
+            reply.revision,
+        ))
     }
 
     /// Deletes an object; returns the revision of the deletion.
@@ -232,37 +236,58 @@ impl MetaClient {
 
     /// Creates the cluster object.
     pub async fn create_cluster(&self, req: CreateClusterRequest) -> Result<Cluster, Status> {
-        self.create(req, |mut c, r| async move { c.create_cluster(r).await }).await
+        self.create(req, |mut c, r| async move { c.create_cluster(r).await })
+            .await
     }
 
     /// Declares a disk node.
     pub async fn create_disk_node(&self, spec: DiskNodeSpec) -> Result<DiskNode, Status> {
-        self.create(spec, |mut c, r| async move { c.create_disk_node(r).await }).await
+        self.create(spec, |mut c, r| async move { c.create_disk_node(r).await })
+            .await
     }
 
     /// Registers a disk node (its agent, at start) and marks it online.
     pub async fn register_disk_node(&self, spec: DiskNodeSpec) -> Result<DiskNode, Status> {
-        self.create(spec, |mut c, r| async move { c.register_disk_node(r).await }).await
+        self.create(
+            spec,
+            |mut c, r| async move { c.register_disk_node(r).await },
+        )
+        .await
     }
 
     /// Declares a controller node.
-    pub async fn create_controller_node(&self, spec: ControllerNodeSpec) -> Result<ControllerNode, Status> {
-        self.create(spec, |mut c, r| async move { c.create_controller_node(r).await }).await
+    pub async fn create_controller_node(
+        &self,
+        spec: ControllerNodeSpec,
+    ) -> Result<ControllerNode, Status> {
+        self.create(
+            spec,
+            |mut c, r| async move { c.create_controller_node(r).await },
+        )
+        .await
     }
 
     /// Registers a controller node (its agent, at start) and marks it online.
-    pub async fn register_controller_node(&self, spec: ControllerNodeSpec) -> Result<ControllerNode, Status> {
-        self.create(spec, |mut c, r| async move { c.register_controller_node(r).await }).await
+    pub async fn register_controller_node(
+        &self,
+        spec: ControllerNodeSpec,
+    ) -> Result<ControllerNode, Status> {
+        self.create(spec, |mut c, r| async move {
+            c.register_controller_node(r).await
+        })
+        .await
     }
 
     /// Creates a host.
     pub async fn create_host(&self, req: CreateHostRequest) -> Result<Host, Status> {
-        self.create(req, |mut c, r| async move { c.create_host(r).await }).await
+        self.create(req, |mut c, r| async move { c.create_host(r).await })
+            .await
     }
 
     /// Creates and places a volume.
     pub async fn create_volume(&self, req: CreateVolumeRequest) -> Result<Volume, Status> {
-        self.create(req, |mut c, r| async move { c.create_volume(r).await }).await
+        self.create(req, |mut c, r| async move { c.create_volume(r).await })
+            .await
     }
 
     /// Creates a snapshot (and the operation that takes it).
@@ -271,7 +296,8 @@ impl MetaClient {
             volume: volume.to_string(),
             name: name.to_string(),
         };
-        self.create(req, |mut c, r| async move { c.create_snapshot(r).await }).await
+        self.create(req, |mut c, r| async move { c.create_snapshot(r).await })
+            .await
     }
 
     /// Reads a snapshot.
@@ -282,7 +308,8 @@ impl MetaClient {
     /// Records a step of an operation (conditional on its revision when
     /// `expected_revision` is not 0).
     pub async fn update_operation(&self, req: UpdateOperationRequest) -> Result<Operation, Status> {
-        self.create(req, |mut c, r| async move { c.update_operation(r).await }).await
+        self.create(req, |mut c, r| async move { c.update_operation(r).await })
+            .await
     }
 
     /// Sends a node agent's heartbeat.
@@ -308,8 +335,11 @@ impl MetaClient {
 
     /// The view of the replica the client is connected to.
     pub async fn status(&self) -> Result<StatusResponse, Status> {
-        self.call(false, |mut c| async move { c.status(StatusRequest {}).await })
-            .await
+        self.call(
+            false,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        )
+        .await
     }
 
     /// Adds a replica to the group.
@@ -327,8 +357,10 @@ impl MetaClient {
 
     /// Removes a replica from the group.
     pub async fn remove_replica(&self, id: u64) -> Result<MembershipResponse, Status> {
-        self.call(true, |mut c| async move { c.remove_replica(RemoveReplicaRequest { id }).await })
-            .await
+        self.call(true, |mut c| async move {
+            c.remove_replica(RemoveReplicaRequest { id }).await
+        })
+        .await
     }
 }
 

@@ -73,9 +73,10 @@ impl From<MetaError> for Status {
 
 /// Marks a status as certainly not applied.
 pub fn retry_safe(mut status: Status) -> Status {
-    status
-        .metadata_mut()
-        .insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    status.metadata_mut().insert(
+        RETRY_SAFE_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     status
 }
 

@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn short_names_drop_the_prefix() {
         assert_eq!(short_name::<NodeState>(NodeState::Online as i32), "online");
-        assert_eq!(short_name::<AnaState>(AnaState::NonOptimized as i32), "non-optimized");
+        assert_eq!(
+            short_name::<AnaState>(AnaState::NonOptimized as i32),
+            "non-optimized"
+        );
         assert_eq!(short_name::<NodeState>(99), "99");
     }
 

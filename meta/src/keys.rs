@@ -122,7 +122,10 @@ mod tests {
     fn log_keys_sort_numerically() {
         assert!(log_key(255) < log_key(256));
         assert!(log_key(1) < log_key(u64::MAX));
-        assert_eq!(trailing_u64(&log_key(4242), RAFT_LOG_PREFIX.len()), Some(4242));
+        assert_eq!(
+            trailing_u64(&log_key(4242), RAFT_LOG_PREFIX.len()),
+            Some(4242)
+        );
         assert_eq!(trailing_u64(b"raft/log/12", RAFT_LOG_PREFIX.len()), None);
     }
 

@@ -11,6 +11,8 @@
 //! [`service`] (the gRPC API), [`client`], [`cli`] and [`run`] (the role's
 //! entry point), and [`lincheck`] (a linearizability checker for tests).
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod error;

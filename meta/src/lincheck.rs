@@ -82,7 +82,11 @@ impl Model for CreateDeleteGet {
         None
     }
 
-    fn step(state: &Option<String>, input: &CdgInput, output: Option<&CdgOutput>) -> Option<Option<String>> {
+    fn step(
+        state: &Option<String>,
+        input: &CdgInput,
+        output: Option<&CdgOutput>,
+    ) -> Option<Option<String>> {
         let (result, next) = match (input, state) {
             (CdgInput::Create(v), None) => (CdgOutput::Ok, Some(v.clone())),
             (CdgInput::Create(_), Some(_)) => (CdgOutput::AlreadyExists, state.clone()),
@@ -98,10 +102,13 @@ impl Model for CreateDeleteGet {
     }
 }
 
+/// An operation of model `M`.
+pub type ModelOp<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
+
 /// Checks a history; returns the first key whose operations cannot be
 /// linearized.
-pub fn check<M: Model>(history: &[Operation<M::Input, M::Output>]) -> Result<(), String> {
-    let mut by_key: BTreeMap<&str, Vec<&Operation<M::Input, M::Output>>> = BTreeMap::new();
+pub fn check<M: Model>(history: &[ModelOp<M>]) -> Result<(), String> {
+    let mut by_key: BTreeMap<&str, Vec<&ModelOp<M>>> = BTreeMap::new();
     for op in history {
         by_key.entry(op.key.as_str()).or_default().push(op);
     }
@@ -129,7 +136,7 @@ const HEAD: usize = 0;
 /// "No event".
 const NONE: usize = usize::MAX;
 
-fn check_key<M: Model>(ops: &[&Operation<M::Input, M::Output>]) -> bool {
+fn check_key<M: Model>(ops: &[&ModelOp<M>]) -> bool {
     // Calls and returns in time order; at equal times calls come first
     // (such operations are concurrent). Unknown outcomes return at the end.
     let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
@@ -139,12 +146,24 @@ fn check_key<M: Model>(ops: &[&Operation<M::Input, M::Output>]) -> bool {
         order.push((ret, true, i));
     }
     order.sort();
-    let mut events = vec![Event { op: NONE, is_call: false, partner: NONE, prev: NONE, next: NONE }];
+    let mut events = vec![Event {
+        op: NONE,
+        is_call: false,
+        partner: NONE,
+        prev: NONE,
+        next: NONE,
+    }];
     let mut return_of = vec![NONE; ops.len()];
     let mut call_of = vec![NONE; ops.len()];
     for (_, is_return, op) in &order {
         let index = events.len();
-        events.push(Event { op: *op, is_call: !is_return, partner: NONE, prev: index - 1, next: NONE });
+        events.push(Event {
+            op: *op,
+            is_call: !is_return,
+            partner: NONE,
+            prev: index - 1,
+            next: NONE,
+        });
         events[index - 1].next = index;
         if *is_return {
             return_of[*op] = index;

@@ -116,7 +116,10 @@ impl Liveness {
             };
             for (kind, name) in self.overdue(&node, since) {
                 tracing::warn!(?kind, %name, "no heartbeat within {:?}: marking offline", self.timeout);
-                if let Err(e) = node.propose(&set_state(kind, &name, NodeState::Offline)).await {
+                if let Err(e) = node
+                    .propose(&set_state(kind, &name, NodeState::Offline))
+                    .await
+                {
                     tracing::debug!(%name, "could not mark offline: {e}");
                 }
             }

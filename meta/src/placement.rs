@@ -79,10 +79,9 @@ pub fn range_is_free(node: &DiskNode, offset: u64, length: u64) -> bool {
         return false;
     };
     end <= node.capacity_bytes
-        && node
-            .extents
-            .iter()
-            .all(|e| end <= e.offset_bytes || e.offset_bytes.saturating_add(e.length_bytes) <= offset)
+        && node.extents.iter().all(|e| {
+            end <= e.offset_bytes || e.offset_bytes.saturating_add(e.length_bytes) <= offset
+        })
 }
 
 /// Free bytes of a node.
@@ -135,10 +134,16 @@ pub fn place_volume(
 ) -> Result<Volume, PlacementError> {
     let extent = cluster.extent_size_bytes;
     if extent == 0 {
-        return Err(PlacementError::Invalid("the cluster's extent size is 0".into()));
+        return Err(PlacementError::Invalid(
+            "the cluster's extent size is 0".into(),
+        ));
     }
     let active = req.active_controllers.max(1);
-    let replicas = if req.replicas == 0 { DEFAULT_REPLICAS } else { req.replicas };
+    let replicas = if req.replicas == 0 {
+        DEFAULT_REPLICAS
+    } else {
+        req.replicas
+    };
     let legs = if req.legs == 0 { active } else { req.legs };
     if req.size_bytes == 0 {
         return Err(PlacementError::Invalid("volume size is 0".into()));
@@ -169,7 +174,11 @@ pub fn place_volume(
             let is_active = i < active as usize;
             ControllerPath {
                 controller: c.name.clone(),
-                role: if is_active { PathRole::Active } else { PathRole::Standby } as i32,
+                role: if is_active {
+                    PathRole::Active
+                } else {
+                    PathRole::Standby
+                } as i32,
                 ana_state: if is_active {
                     AnaState::Optimized
                 } else {
@@ -186,7 +195,11 @@ pub fn place_volume(
         .div_ceil(extent)
         .checked_mul(extent)
         .ok_or_else(|| PlacementError::Invalid("volume size overflows".into()))?;
-    let mut nodes: Vec<DiskNode> = disk_nodes.iter().filter(|n| usable(n.state)).cloned().collect();
+    let mut nodes: Vec<DiskNode> = disk_nodes
+        .iter()
+        .filter(|n| usable(n.state))
+        .cloned()
+        .collect();
     let mut placed_legs = Vec::with_capacity(legs as usize);
     for leg in 0..legs {
         let mut fits: Vec<(usize, u64)> = nodes
@@ -196,7 +209,9 @@ pub fn place_volume(
             .collect();
         fits.sort_by(|a, b| {
             let (na, nb) = (&nodes[a.0], &nodes[b.0]);
-            free_bytes(nb).cmp(&free_bytes(na)).then_with(|| na.name.cmp(&nb.name))
+            free_bytes(nb)
+                .cmp(&free_bytes(na))
+                .then_with(|| na.name.cmp(&nb.name))
         });
         let mut domains = BTreeSet::new();
         let mut chosen = Vec::with_capacity(replicas as usize);
@@ -312,8 +327,8 @@ mod tests {
     #[test]
     fn raid1_members_land_on_distinct_nodes_with_most_free_space() {
         let nodes = [dn("a", 10, ""), dn("b", 20, ""), dn("c", 30, "")];
-        let v = place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 4, 2, 2))
-            .expect("placed");
+        let v =
+            place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 4, 2, 2)).expect("placed");
         // 4 GiB over 2 legs = 2 GiB per member; c and b have most space, and
         // after leg 0, c (28) and b (18) still lead.
         assert_eq!(members(&v), vec![vec!["c", "b"], vec!["c", "b"]]);
@@ -328,8 +343,8 @@ mod tests {
             dn("b", 90, "rack1"),
             dn("c", 10, "rack2"),
         ];
-        let v = place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 1, 2, 1))
-            .expect("placed");
+        let v =
+            place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 1, 2, 1)).expect("placed");
         assert_eq!(members(&v), vec![vec!["a", "c"]]);
         let err = place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 1, 3, 1))
             .expect_err("three domains needed, two exist");
@@ -356,12 +371,15 @@ mod tests {
             ..Default::default()
         });
         let nodes = [off, full, dn("x", 5, ""), dn("y", 5, "")];
-        let v = place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 3, 2, 1))
-            .expect("placed");
+        let v =
+            place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 3, 2, 1)).expect("placed");
         assert_eq!(members(&v), vec![vec!["x", "y"]]);
         let err = place_volume(&cluster(), &nodes, &[cn("c1")], &[], &req("v", 6, 2, 1))
             .expect_err("no node has 6 GiB");
-        assert!(matches!(err, PlacementError::NotEnoughDiskNodes { found: 0, .. }));
+        assert!(matches!(
+            err,
+            PlacementError::NotEnoughDiskNodes { found: 0, .. }
+        ));
     }
 
     #[test]
@@ -412,7 +430,14 @@ mod tests {
 
         r.standby_controllers = Some(2);
         let err = place_volume(&cluster(), &nodes, &ctrls, &[], &r).expect_err("4 > 3");
-        assert!(matches!(err, PlacementError::NotEnoughControllers { needed: 4, usable: 3, .. }));
+        assert!(matches!(
+            err,
+            PlacementError::NotEnoughControllers {
+                needed: 4,
+                usable: 3,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -426,8 +451,11 @@ mod tests {
         // 7 GiB over 3 legs rounds up to 3 GiB per member.
         assert!(v.legs.iter().all(|l| l.groups[0].size_bytes == 3 * GIB));
         for leg in &v.legs {
-            let names: BTreeSet<&str> =
-                leg.groups[0].members.iter().map(|m| m.disk_node.as_str()).collect();
+            let names: BTreeSet<&str> = leg.groups[0]
+                .members
+                .iter()
+                .map(|m| m.disk_node.as_str())
+                .collect();
             assert_eq!(names.len(), 3, "members of leg {} share a node", leg.index);
         }
     }

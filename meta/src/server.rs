@@ -103,7 +103,10 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let db = open_db(&config)?;
     let (node, driver) = node::start(db, config.node.clone(), tokio::runtime::Handle::current())?;
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(id = config.node.id, listen = %local, "meta replica serving");
 
     let liveness = Arc::new(Liveness::new(config.offline_after));
@@ -113,9 +116,12 @@ pub async fn serve(
         tokio::spawn(async move { liveness.monitor(node).await })
     };
     let max = config.node.max_message_bytes;
-    let peer = RaftPeerServer::new(PeerService::new(node.transport().clone(), config.fault_injection))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let peer = RaftPeerServer::new(PeerService::new(
+        node.transport().clone(),
+        config.fault_injection,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let meta = MetaServer::new(MetaService::new(node.clone(), liveness));
 
     // Stop serving on the signal, or when the driver thread ends (a store

@@ -97,16 +97,31 @@ impl MetaService {
     }
 
     /// Places a volume on a fresh view of the cluster and proposes it.
-    async fn place_and_create(&self, req: &CreateVolumeRequest) -> Result<Response<Object>, Status> {
+    async fn place_and_create(
+        &self,
+        req: &CreateVolumeRequest,
+    ) -> Result<Response<Object>, Status> {
         let mut last = None;
         for _ in 0..PLACEMENT_ATTEMPTS {
-            let cluster = self.read::<Cluster>(CLUSTER_NAME_KEY).await?.ok_or_else(|| {
-                MetaError::FailedPrecondition(
-                    "the cluster is not created yet (fabric-ctl cluster create NAME)".into(),
-                )
-            })?;
-            if self.node.reader().get(ObjectKind::Volume, &req.name)?.is_some() {
-                return Err(MetaError::AlreadyExists(format!("volume '{}' already exists", req.name)).into());
+            let cluster = self
+                .read::<Cluster>(CLUSTER_NAME_KEY)
+                .await?
+                .ok_or_else(|| {
+                    MetaError::FailedPrecondition(
+                        "the cluster is not created yet (fabric-ctl cluster create NAME)".into(),
+                    )
+                })?;
+            if self
+                .node
+                .reader()
+                .get(ObjectKind::Volume, &req.name)?
+                .is_some()
+            {
+                return Err(MetaError::AlreadyExists(format!(
+                    "volume '{}' already exists",
+                    req.name
+                ))
+                .into());
             }
             let disks = self.list_all::<DiskNode>().await?;
             let controllers = self.list_all::<ControllerNode>().await?;
@@ -129,7 +144,9 @@ impl MetaService {
             .get(&view.leader_id)
             .filter(|_| view.leader_id != 0)
             .cloned()
-            .ok_or_else(|| MetaError::Unavailable("no leader known (election in progress); retry".into()))?;
+            .ok_or_else(|| {
+                MetaError::Unavailable("no leader known (election in progress); retry".into())
+            })?;
         let mut clients = self
             .leaders
             .lock()
@@ -174,17 +191,29 @@ impl Meta for MetaService {
         self.write(command::Kind::CreateCluster(req)).await
     }
 
-    async fn create_disk_node(&self, request: Request<DiskNodeSpec>) -> Result<Response<Object>, Status> {
+    async fn create_disk_node(
+        &self,
+        request: Request<DiskNodeSpec>,
+    ) -> Result<Response<Object>, Status> {
         let spec = check_disk_node(request.into_inner())?;
-        self.write(command::Kind::PutDiskNode(PutDiskNode { spec: Some(spec), upsert: false }))
-            .await
+        self.write(command::Kind::PutDiskNode(PutDiskNode {
+            spec: Some(spec),
+            upsert: false,
+        }))
+        .await
     }
 
-    async fn register_disk_node(&self, request: Request<DiskNodeSpec>) -> Result<Response<Object>, Status> {
+    async fn register_disk_node(
+        &self,
+        request: Request<DiskNodeSpec>,
+    ) -> Result<Response<Object>, Status> {
         let spec = check_disk_node(request.into_inner())?;
         let name = spec.name.clone();
         let reply = self
-            .write(command::Kind::PutDiskNode(PutDiskNode { spec: Some(spec), upsert: true }))
+            .write(command::Kind::PutDiskNode(PutDiskNode {
+                spec: Some(spec),
+                upsert: true,
+            }))
             .await?;
         self.liveness.record(NodeKind::Disk, &name);
         Ok(reply)
@@ -195,8 +224,11 @@ impl Meta for MetaService {
         request: Request<ControllerNodeSpec>,
     ) -> Result<Response<Object>, Status> {
         let spec = check_controller_node(request.into_inner())?;
-        self.write(command::Kind::PutControllerNode(PutControllerNode { spec: Some(spec), upsert: false }))
-            .await
+        self.write(command::Kind::PutControllerNode(PutControllerNode {
+            spec: Some(spec),
+            upsert: false,
+        }))
+        .await
     }
 
     async fn register_controller_node(
@@ -206,20 +238,29 @@ impl Meta for MetaService {
         let spec = check_controller_node(request.into_inner())?;
         let name = spec.name.clone();
         let reply = self
-            .write(command::Kind::PutControllerNode(PutControllerNode { spec: Some(spec), upsert: true }))
+            .write(command::Kind::PutControllerNode(PutControllerNode {
+                spec: Some(spec),
+                upsert: true,
+            }))
             .await?;
         self.liveness.record(NodeKind::Controller, &name);
         Ok(reply)
     }
 
-    async fn create_host(&self, request: Request<CreateHostRequest>) -> Result<Response<Object>, Status> {
+    async fn create_host(
+        &self,
+        request: Request<CreateHostRequest>,
+    ) -> Result<Response<Object>, Status> {
         let req = request.into_inner();
         validate::name("name", &req.name)?;
         validate::nqn(&req.nqn)?;
         self.write(command::Kind::CreateHost(req)).await
     }
 
-    async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Result<Response<Object>, Status> {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<Object>, Status> {
         let req = request.into_inner();
         validate::volume(&req)?;
         self.place_and_create(&req).await
@@ -247,14 +288,22 @@ impl Meta for MetaService {
     async fn get(&self, request: Request<ObjectRef>) -> Result<Response<Object>, Status> {
         let target = request.into_inner();
         let kind = validate::kind(target.kind)?;
-        let name = if kind == ObjectKind::Cluster { CLUSTER_NAME_KEY } else { target.name.as_str() };
+        let name = if kind == ObjectKind::Cluster {
+            CLUSTER_NAME_KEY
+        } else {
+            target.name.as_str()
+        };
         self.node.read_barrier().await?;
         match self.node.reader().get(kind, name)? {
             Some(object) => Ok(Response::new(object)),
             None if kind == ObjectKind::Cluster => {
                 Err(MetaError::NotFound("the cluster is not created".into()).into())
             }
-            None => Err(MetaError::NotFound(format!("{} '{name}' does not exist", kind_label(kind))).into()),
+            None => Err(MetaError::NotFound(format!(
+                "{} '{name}' does not exist",
+                kind_label(kind)
+            ))
+            .into()),
         }
     }
 
@@ -272,14 +321,20 @@ impl Meta for MetaService {
         Ok(Response::new(ListResponse { items, revision }))
     }
 
-    async fn delete(&self, request: Request<ObjectRef>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<ObjectRef>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let mut target = request.into_inner();
         let kind = validate::kind(target.kind)?;
         if kind == ObjectKind::Cluster {
             target.name = CLUSTER_NAME_KEY.into();
         } else if kind == ObjectKind::Snapshot {
             let (volume, name) = target.name.split_once(SNAPSHOT_SEPARATOR).ok_or_else(|| {
-                MetaError::InvalidArgument(format!("snapshot '{}' must be named volume@snapshot", target.name))
+                MetaError::InvalidArgument(format!(
+                    "snapshot '{}' must be named volume@snapshot",
+                    target.name
+                ))
             })?;
             validate::name("volume", volume)?;
             validate::name("snapshot", name)?;
@@ -287,16 +342,26 @@ impl Meta for MetaService {
         } else {
             validate::name("name", &target.name)?;
         }
-        let result = self.node.propose(&single(command::Kind::Delete(target))).await?;
-        Ok(Response::new(DeleteResponse { revision: result.revision }))
+        let result = self
+            .node
+            .propose(&single(command::Kind::Delete(target)))
+            .await?;
+        Ok(Response::new(DeleteResponse {
+            revision: result.revision,
+        }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let kind = NodeKind::try_from(req.kind)
             .ok()
             .filter(|k| *k != NodeKind::Unspecified)
-            .ok_or_else(|| MetaError::InvalidArgument(format!("kind {} is not a node kind", req.kind)))?;
+            .ok_or_else(|| {
+                MetaError::InvalidArgument(format!("kind {} is not a node kind", req.kind))
+            })?;
         validate::name("name", &req.name)?;
         if self.node.view().role != StateRole::Leader {
             return self.leader_client()?.heartbeat(req).await;
@@ -311,7 +376,10 @@ impl Meta for MetaService {
             object = self.node.reader().get(object_kind, &req.name)?;
         }
         let state = match object {
-            Some(o) => match (DiskNode::from_object(o.clone()), ControllerNode::from_object(o)) {
+            Some(o) => match (
+                DiskNode::from_object(o.clone()),
+                ControllerNode::from_object(o),
+            ) {
                 (Some(d), _) => d.state,
                 (_, Some(c)) => c.state,
                 _ => 0,
@@ -329,11 +397,16 @@ impl Meta for MetaService {
         let mut revision = self.node.reader().revision()?;
         if state != NodeState::Online as i32 {
             tracing::info!(?kind, name = %req.name, "heartbeat: marking online");
-            revision = self.node.propose(&set_state(kind, &req.name, NodeState::Online)).await?.revision;
+            revision = self
+                .node
+                .propose(&set_state(kind, &req.name, NodeState::Online))
+                .await?
+                .revision;
         }
         Ok(Response::new(HeartbeatResponse {
             revision,
-            offline_after_secs: u32::try_from(self.liveness.timeout().as_secs()).unwrap_or(u32::MAX),
+            offline_after_secs: u32::try_from(self.liveness.timeout().as_secs())
+                .unwrap_or(u32::MAX),
         }))
     }
 
@@ -373,7 +446,10 @@ impl Meta for MetaService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let view = self.node.view();
         if view.stopped {
             return Err(MetaError::Unavailable("the replica has stopped".into()).into());
@@ -401,10 +477,16 @@ impl Meta for MetaService {
         }
         validate::address("address", &req.address)?;
         if self.node.view().voters.contains(&req.id) {
-            return Err(MetaError::AlreadyExists(format!("replica {} is already a member", req.id)).into());
+            return Err(MetaError::AlreadyExists(format!(
+                "replica {} is already a member",
+                req.id
+            ))
+            .into());
         }
         self.node.add_replica(req.id, &req.address).await?;
-        Ok(Response::new(MembershipResponse { replicas: self.replicas()? }))
+        Ok(Response::new(MembershipResponse {
+            replicas: self.replicas()?,
+        }))
     }
 
     async fn remove_replica(
@@ -431,7 +513,9 @@ impl Meta for MetaService {
             }
         }
         self.node.remove_replica(req.id).await?;
-        Ok(Response::new(MembershipResponse { replicas: self.replicas()? }))
+        Ok(Response::new(MembershipResponse {
+            replicas: self.replicas()?,
+        }))
     }
 }
 
@@ -440,7 +524,9 @@ fn check_disk_node(spec: DiskNodeSpec) -> Result<DiskNodeSpec, MetaError> {
     validate::address("address", &spec.address)?;
     validate::failure_domain(&spec.failure_domain)?;
     if spec.capacity_bytes == 0 {
-        return Err(MetaError::InvalidArgument("capacity_bytes must be positive".into()));
+        return Err(MetaError::InvalidArgument(
+            "capacity_bytes must be positive".into(),
+        ));
     }
     Ok(spec)
 }

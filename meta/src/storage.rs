@@ -132,7 +132,10 @@ impl RaftStorage {
         batch.put(keys::SM_CONF_STATE, encode(meta.get_conf_state())?);
         batch.put(keys::SM_APPLIED, keys::encode_pair(meta.index, meta.term));
         batch.delete_range(keys::log_key(0), keys::log_key(u64::MAX));
-        batch.put(keys::RAFT_TRUNCATED, keys::encode_pair(meta.index, meta.term));
+        batch.put(
+            keys::RAFT_TRUNCATED,
+            keys::encode_pair(meta.index, meta.term),
+        );
         let mut hs = self.hard_state()?;
         hs.set_term(hs.term.max(meta.term));
         hs.set_commit(hs.commit.max(meta.index));
@@ -152,8 +155,9 @@ impl RaftStorage {
     /// Index and term of the last removed entry ((0, 0) when none).
     pub fn truncated(&self) -> Result<(u64, u64), MetaError> {
         match self.db.get(keys::RAFT_TRUNCATED)? {
-            Some(v) => keys::decode_pair(&v)
-                .ok_or_else(|| MetaError::Corrupt("truncation point".into())),
+            Some(v) => {
+                keys::decode_pair(&v).ok_or_else(|| MetaError::Corrupt("truncation point".into()))
+            }
             None => Ok((0, 0)),
         }
     }
@@ -290,10 +294,11 @@ mod tests {
     }
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -323,7 +328,10 @@ mod tests {
         let got = s
             .entries(6, 9, None, GetEntriesContext::empty(false))
             .expect("entries");
-        assert_eq!(got.iter().map(|e| e.term).collect::<Vec<_>>(), vec![6, 6, 7]);
+        assert_eq!(
+            got.iter().map(|e| e.term).collect::<Vec<_>>(),
+            vec![6, 6, 7]
+        );
         s.compact(7).expect("compact");
         assert_eq!(s.first_index().expect("first"), 8);
         assert_eq!(s.term(7).expect("term of truncation point"), 6);

@@ -119,12 +119,13 @@ impl Transport {
         };
         for msg in messages {
             let to = msg.to;
-            let Some(address) = self.addresses.read().ok().and_then(|a| a.get(&to).cloned())
-            else {
+            let Some(address) = self.addresses.read().ok().and_then(|a| a.get(&to).cloned()) else {
                 tracing::warn!(to, "no address for replica; message dropped");
                 continue;
             };
-            let stale = links.get(&to).is_none_or(|l| l.address != address || l.queue.is_closed());
+            let stale = links
+                .get(&to)
+                .is_none_or(|l| l.address != address || l.queue.is_closed());
             if stale {
                 let (tx, rx) = mpsc::unbounded_channel();
                 self.runtime.spawn(run_link(
@@ -196,7 +197,11 @@ async fn run_link(
             .filter_map(|m| match m.write_to_bytes() {
                 Ok(b) if b.len() <= max_message_bytes => Some(b),
                 Ok(b) => {
-                    tracing::error!(to, bytes = b.len(), "raft message over the size bound; dropped");
+                    tracing::error!(
+                        to,
+                        bytes = b.len(),
+                        "raft message over the size bound; dropped"
+                    );
                     None
                 }
                 Err(e) => {
@@ -242,7 +247,9 @@ impl RaftPeer for PeerService {
         }
         let remote = request.remote_addr();
         if !t.accepts(None, remote) {
-            return Err(Status::permission_denied("not a connection from a known replica"));
+            return Err(Status::permission_denied(
+                "not a connection from a known replica",
+            ));
         }
         for bytes in request.into_inner().messages {
             if bytes.len() > t.max_message_bytes {
@@ -257,7 +264,11 @@ impl RaftPeer for PeerService {
                 )));
             }
             if !t.accepts(Some(msg.from), remote) {
-                tracing::warn!(from = msg.from, ?remote, "raft message from an unknown replica");
+                tracing::warn!(
+                    from = msg.from,
+                    ?remote,
+                    "raft message from an unknown replica"
+                );
                 return Err(Status::permission_denied(format!(
                     "replica {} is not a known peer at this address",
                     msg.from
@@ -278,7 +289,11 @@ impl RaftPeer for PeerService {
             ));
         }
         let isolated = request.into_inner().isolated;
-        tracing::warn!(isolated, "fault injection: raft traffic {}", if isolated { "cut" } else { "restored" });
+        tracing::warn!(
+            isolated,
+            "fault injection: raft traffic {}",
+            if isolated { "cut" } else { "restored" }
+        );
         self.transport.set_isolated(isolated);
         Ok(Response::new(IsolateResponse {}))
     }

@@ -56,7 +56,9 @@ pub fn address(field: &str, value: &str) -> Result<(), MetaError> {
 
 /// An NVMe qualified name.
 pub fn nqn(value: &str) -> Result<(), MetaError> {
-    if value.starts_with("nqn.") && value.len() <= MAX_NQN_LEN && value.chars().all(|c| c.is_ascii_graphic())
+    if value.starts_with("nqn.")
+        && value.len() <= MAX_NQN_LEN
+        && value.chars().all(|c| c.is_ascii_graphic())
     {
         Ok(())
     } else {
@@ -107,7 +109,10 @@ pub fn cluster(req: &mut CreateClusterRequest) -> Result<(), MetaError> {
     power_of_two("raid0_chunk_bytes", req.raid0_chunk_bytes)?;
     power_of_two("thin_block_bytes", req.thin_block_bytes)?;
     power_of_two("raid1_region_bytes", req.raid1_region_bytes)?;
-    let largest = req.thin_block_bytes.max(req.raid1_region_bytes).max(req.raid0_chunk_bytes);
+    let largest = req
+        .thin_block_bytes
+        .max(req.raid1_region_bytes)
+        .max(req.raid0_chunk_bytes);
     if req.extent_size_bytes < largest {
         return Err(invalid(format!(
             "extent_size_bytes {} is smaller than a thin block, raid1 region or raid0 chunk ({largest})",
@@ -127,10 +132,16 @@ pub fn volume(req: &CreateVolumeRequest) -> Result<(), MetaError> {
         )));
     }
     if req.replicas > MAX_REPLICAS {
-        return Err(invalid(format!("replicas {} is more than {MAX_REPLICAS}", req.replicas)));
+        return Err(invalid(format!(
+            "replicas {} is more than {MAX_REPLICAS}",
+            req.replicas
+        )));
     }
     if req.legs > MAX_LEGS {
-        return Err(invalid(format!("legs {} is more than {MAX_LEGS}", req.legs)));
+        return Err(invalid(format!(
+            "legs {} is more than {MAX_LEGS}",
+            req.legs
+        )));
     }
     if req.active_controllers > MAX_CONTROLLERS
         || req.standby_controllers.unwrap_or(0) > MAX_CONTROLLERS
@@ -183,10 +194,16 @@ mod tests {
         };
         volume(&req).expect("valid");
         req.size_bytes = 1000;
-        assert!(volume(&req).expect_err("unaligned").to_string().contains("size_bytes"));
+        assert!(volume(&req)
+            .expect_err("unaligned")
+            .to_string()
+            .contains("size_bytes"));
         req.size_bytes = 1 << 30;
         req.replicas = 4;
-        assert!(volume(&req).expect_err("too many").to_string().contains("replicas"));
+        assert!(volume(&req)
+            .expect_err("too many")
+            .to_string()
+            .contains("replicas"));
         assert!(nqn("nqn.2014-08.org.nvmexpress:uuid:1").is_ok());
         assert!(nqn("iqn.x").is_err());
     }

@@ -35,29 +35,53 @@ async fn objects_errors_watch_and_restart() {
     leader_known(&replica).await;
     let c = replica.client();
 
-    let err = c.create_disk_node(disk("d1", "")).await.expect_err("no cluster yet");
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("cluster create"), "{}", err.message());
-    c.create_cluster(CreateClusterRequest { name: "test".into(), ..Default::default() })
+    let err = c
+        .create_disk_node(disk("d1", ""))
         .await
-        .expect("cluster");
+        .expect_err("no cluster yet");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("cluster create"),
+        "{}",
+        err.message()
+    );
+    c.create_cluster(CreateClusterRequest {
+        name: "test".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("cluster");
     let start_rev = c.status().await.expect("status").revision;
 
     for (name, domain) in [("d1", "r1"), ("d2", "r2"), ("d3", "r1")] {
-        c.create_disk_node(disk(name, domain)).await.expect("disk node");
+        c.create_disk_node(disk(name, domain))
+            .await
+            .expect("disk node");
     }
-    let err = c.create_disk_node(disk("d1", "")).await.expect_err("duplicate");
+    let err = c
+        .create_disk_node(disk("d1", ""))
+        .await
+        .expect_err("duplicate");
     assert_eq!(err.code(), Code::AlreadyExists);
     for name in ["c1", "c2"] {
-        c.create_controller_node(ControllerNodeSpec { name: name.into(), address: "tcp:127.0.0.1:4421".into() })
-            .await
-            .expect("controller");
-    }
-    c.create_host(CreateHostRequest { name: "h1".into(), nqn: "nqn.2014-08.org.nvmexpress:uuid:h1".into() })
+        c.create_controller_node(ControllerNodeSpec {
+            name: name.into(),
+            address: "tcp:127.0.0.1:4421".into(),
+        })
         .await
-        .expect("host");
+        .expect("controller");
+    }
+    c.create_host(CreateHostRequest {
+        name: "h1".into(),
+        nqn: "nqn.2014-08.org.nvmexpress:uuid:h1".into(),
+    })
+    .await
+    .expect("host");
     let err = c
-        .create_host(CreateHostRequest { name: "bad name".into(), nqn: "nqn.x".into() })
+        .create_host(CreateHostRequest {
+            name: "bad name".into(),
+            nqn: "nqn.x".into(),
+        })
         .await
         .expect_err("invalid name");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -77,23 +101,45 @@ async fn objects_errors_watch_and_restart() {
     assert_eq!(vol.legs.len(), 2);
     assert_eq!(vol.paths.len(), 2, "one active and the default standby");
     for leg in &vol.legs {
-        let nodes: Vec<&str> = leg.groups[0].members.iter().map(|m| m.disk_node.as_str()).collect();
+        let nodes: Vec<&str> = leg.groups[0]
+            .members
+            .iter()
+            .map(|m| m.disk_node.as_str())
+            .collect();
         // r1 holds d1 and d3: a group never has both.
-        assert!(!(nodes.contains(&"d1") && nodes.contains(&"d3")), "same domain in {nodes:?}");
+        assert!(
+            !(nodes.contains(&"d1") && nodes.contains(&"d3")),
+            "same domain in {nodes:?}"
+        );
     }
     let err = c
-        .create_volume(CreateVolumeRequest { name: "v2".into(), size_bytes: GIB, replicas: 3, ..Default::default() })
+        .create_volume(CreateVolumeRequest {
+            name: "v2".into(),
+            size_bytes: GIB,
+            replicas: 3,
+            ..Default::default()
+        })
         .await
         .expect_err("only two failure domains");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("distinct disk nodes"), "{}", err.message());
+    assert!(
+        err.message().contains("distinct disk nodes"),
+        "{}",
+        err.message()
+    );
 
-    let err = c.delete(ObjectKind::Host, "h1").await.expect_err("host in use");
+    let err = c
+        .delete(ObjectKind::Host, "h1")
+        .await
+        .expect_err("host in use");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("v1"), "{}", err.message());
     let snap = c.create_snapshot("v1", "s1").await.expect("snapshot");
     assert_eq!(snap.state, SnapshotState::Creating as i32);
-    let err = c.delete(ObjectKind::Volume, "v1").await.expect_err("has a snapshot");
+    let err = c
+        .delete(ObjectKind::Volume, "v1")
+        .await
+        .expect_err("has a snapshot");
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = c.get::<Volume>("nope").await.expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
@@ -111,15 +157,22 @@ async fn objects_errors_watch_and_restart() {
             .expect("event");
         assert!(event.revision >= last, "revisions go forward");
         last = event.revision;
-        kinds.push(meta::objects::kind_of(event.object.as_ref().expect("object")));
+        kinds.push(meta::objects::kind_of(
+            event.object.as_ref().expect("object"),
+        ));
         assert_eq!(event.r#type, EventType::Put as i32);
     }
     assert_eq!(kinds[..3], [ObjectKind::DiskNode; 3]);
     // A live change arrives too.
-    c.delete(ObjectKind::Host, "h9").await.expect_err("no such host");
-    c.create_host(CreateHostRequest { name: "h2".into(), nqn: "nqn.2014-08.org.nvmexpress:uuid:h2".into() })
+    c.delete(ObjectKind::Host, "h9")
         .await
-        .expect("host");
+        .expect_err("no such host");
+    c.create_host(CreateHostRequest {
+        name: "h2".into(),
+        nqn: "nqn.2014-08.org.nvmexpress:uuid:h2".into(),
+    })
+    .await
+    .expect("host");
     let live = loop {
         let e = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
@@ -133,10 +186,18 @@ async fn objects_errors_watch_and_restart() {
     assert!(live.revision > last);
 
     // Heartbeats bring a node online; silence takes it offline (1 s here).
-    let err = c.heartbeat(NodeKind::Disk, "d9").await.expect_err("unregistered");
+    let err = c
+        .heartbeat(NodeKind::Disk, "d9")
+        .await
+        .expect_err("unregistered");
     assert_eq!(err.code(), Code::NotFound);
-    c.heartbeat(NodeKind::Controller, "c1").await.expect("heartbeat");
-    assert_eq!(c.get::<ControllerNode>("c1").await.expect("c1").state, NodeState::Online as i32);
+    c.heartbeat(NodeKind::Controller, "c1")
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        c.get::<ControllerNode>("c1").await.expect("c1").state,
+        NodeState::Online as i32
+    );
     eventually("c1 offline", || async {
         let n = c.get::<ControllerNode>("c1").await.ok()?;
         (n.state == NodeState::Offline as i32).then_some(())

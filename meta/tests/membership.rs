@@ -28,12 +28,18 @@ async fn grow_to_three_then_remove_the_first() {
     }
     let mut listeners = listeners.into_iter();
     let first_peers = BTreeMap::from([(1, peers[&1].clone())]);
-    let r1 = start(args(1, dir.path(), &first_peers, false), listeners.next().expect("l1"));
+    let r1 = start(
+        args(1, dir.path(), &first_peers, false),
+        listeners.next().expect("l1"),
+    );
     leader_known(&r1).await;
     let c1 = r1.client();
-    c1.create_cluster(CreateClusterRequest { name: "grow".into(), ..Default::default() })
-        .await
-        .expect("cluster");
+    c1.create_cluster(CreateClusterRequest {
+        name: "grow".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("cluster");
     // More writes than compact_after (20), so the log no longer starts at
     // the beginning and joiners need a snapshot.
     for i in 0..30 {
@@ -42,8 +48,14 @@ async fn grow_to_three_then_remove_the_first() {
     let status = c1.status().await.expect("status");
     assert!(status.first_log_index > 20, "log compacted: {status:?}");
 
-    let r2 = start(args(2, dir.path(), &peers, true), listeners.next().expect("l2"));
-    let r3 = start(args(3, dir.path(), &peers, true), listeners.next().expect("l3"));
+    let r2 = start(
+        args(2, dir.path(), &peers, true),
+        listeners.next().expect("l2"),
+    );
+    let r3 = start(
+        args(3, dir.path(), &peers, true),
+        listeners.next().expect("l3"),
+    );
     for r in [&r2, &r3] {
         let added = c1.add_replica(r.id, &r.address).await.expect("add replica");
         assert!(added.replicas.iter().any(|m| m.id == r.id && m.voter));
@@ -55,7 +67,10 @@ async fn grow_to_three_then_remove_the_first() {
         .await;
         assert_eq!(hosts.len(), 30);
     }
-    let err = c1.add_replica(2, &r2.address).await.expect_err("already a member");
+    let err = c1
+        .add_replica(2, &r2.address)
+        .await
+        .expect_err("already a member");
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
 
     // Remove the first replica (the leader): the other two elect a leader
@@ -68,7 +83,10 @@ async fn grow_to_three_then_remove_the_first() {
     assert_eq!(c.list::<Host>("").await.expect("list").0.len(), 31);
     let status = leader_known(&r2).await;
     assert!(status.leader_id == 2 || status.leader_id == 3, "{status:?}");
-    assert_eq!(status.replicas.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        status.replicas.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     r2.stop().await;
     r3.stop().await;
 }

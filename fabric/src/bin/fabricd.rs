@@ -15,7 +15,7 @@ enum Command {
     /// Serve a standalone NVMe-oF target.
     Target,
     /// Run a replica of the metadata group.
-    Meta(meta::cli::MetaArgs),
+    Meta(Box<meta::cli::MetaArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             tracing_subscriber::fmt().with_env_filter(filter).init();
-            tokio::runtime::Runtime::new()?.block_on(meta::run(args))?;
+            tokio::runtime::Runtime::new()?.block_on(meta::run(*args))?;
             Ok(())
         }
     }

@@ -40,9 +40,15 @@ pub(crate) enum Input {
     /// Something from the transport.
     Transport(Feedback),
     /// Replicate a command.
-    Propose { data: Vec<u8>, reply: Reply<CommandResult> },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply<CommandResult>,
+    },
     /// Replicate a membership change.
-    ConfChange { change: ConfChange, reply: Reply<CommandResult> },
+    ConfChange {
+        change: ConfChange,
+        reply: Reply<CommandResult>,
+    },
     /// Confirm a linearizable read point.
     Read { reply: Reply<()> },
     /// Hand leadership to this replica.
@@ -119,7 +125,11 @@ impl Driver {
             }
             Input::Transport(Feedback::Unreachable(id)) => self.raw.report_unreachable(id),
             Input::Transport(Feedback::SnapshotSent(id, ok)) => {
-                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(id, status);
             }
             Input::Propose { data, reply } => {
@@ -137,7 +147,10 @@ impl Driver {
             }
             Input::ConfChange { change, reply } => {
                 let id = rand::random::<u64>();
-                match self.raw.propose_conf_change(id.to_be_bytes().to_vec(), change) {
+                match self
+                    .raw
+                    .propose_conf_change(id.to_be_bytes().to_vec(), change)
+                {
                     Ok(()) => {
                         self.proposals.insert(id, reply);
                     }
@@ -150,7 +163,13 @@ impl Driver {
             }
             Input::Read { reply } => {
                 let ctx = rand::random::<u64>();
-                self.reads.insert(ctx, PendingRead { issued: None, reply });
+                self.reads.insert(
+                    ctx,
+                    PendingRead {
+                        issued: None,
+                        reply,
+                    },
+                );
                 self.issue_read(ctx);
             }
             Input::TransferLeader(to) => self.raw.transfer_leader(to),
@@ -254,10 +273,15 @@ impl Driver {
                     self.sm.apply_empty(index, term)?;
                     None
                 }
-                EntryType::EntryNormal => Some(Ok(self.sm.apply_command(index, term, &entry.data)?)),
+                EntryType::EntryNormal => {
+                    Some(Ok(self.sm.apply_command(index, term, &entry.data)?))
+                }
                 EntryType::EntryConfChange => Some(self.apply_conf_change(&entry)?),
                 EntryType::EntryConfChangeV2 => {
-                    tracing::warn!(index, "ignoring a joint configuration change (never proposed here)");
+                    tracing::warn!(
+                        index,
+                        "ignoring a joint configuration change (never proposed here)"
+                    );
                     self.sm.apply_empty(index, term)?;
                     None
                 }
@@ -271,13 +295,18 @@ impl Driver {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<Result<CommandResult, MetaError>, MetaError> {
+    fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+    ) -> Result<Result<CommandResult, MetaError>, MetaError> {
         let (index, term) = (entry.index, entry.term);
         let change: ConfChange = match decode(&entry.data) {
             Ok(c) => c,
             Err(e) => {
                 self.sm.apply_empty(index, term)?;
-                return Ok(Err(MetaError::InvalidArgument(format!("undecodable membership change: {e}"))));
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "undecodable membership change: {e}"
+                ))));
             }
         };
         match self.raw.apply_conf_change(&change) {
@@ -292,7 +321,9 @@ impl Driver {
             }
             Err(e) => {
                 self.sm.apply_empty(index, term)?;
-                Ok(Err(MetaError::FailedPrecondition(format!("membership change refused: {e}"))))
+                Ok(Err(MetaError::FailedPrecondition(format!(
+                    "membership change refused: {e}"
+                ))))
             }
         }
     }
@@ -308,8 +339,10 @@ impl Driver {
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.read_waits.drain(..).partition(|(index, _)| *index <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .read_waits
+            .drain(..)
+            .partition(|(index, _)| *index <= applied);
         self.read_waits = waiting;
         for (_, reply) in ready {
             let _ = reply.send(Ok(()));

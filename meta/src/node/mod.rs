@@ -111,7 +111,10 @@ pub fn start(
     let storage = RaftStorage::new(db.clone());
     if !storage.is_initialized()? {
         if config.join {
-            tracing::info!(id = config.id, "empty replica: waiting to be added to the group");
+            tracing::info!(
+                id = config.id,
+                "empty replica: waiting to be added to the group"
+            );
         } else {
             let voters: Vec<u64> = config.peers.keys().copied().collect();
             tracing::info!(id = config.id, ?voters, "bootstrapping a new group");

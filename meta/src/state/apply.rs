@@ -104,7 +104,11 @@ fn put_disk_node(txn: &mut Txn, put: PutDiskNode) -> Result<Object, MetaError> {
             address: spec.address,
             capacity_bytes: spec.capacity_bytes,
             failure_domain: spec.failure_domain,
-            state: if put.upsert { NodeState::Online as i32 } else { 0 },
+            state: if put.upsert {
+                NodeState::Online as i32
+            } else {
+                0
+            },
             ..Default::default()
         },
     };
@@ -129,7 +133,11 @@ fn put_controller_node(txn: &mut Txn, put: PutControllerNode) -> Result<Object, 
         None => ControllerNode {
             name: spec.name,
             address: spec.address,
-            state: if put.upsert { NodeState::Online as i32 } else { 0 },
+            state: if put.upsert {
+                NodeState::Online as i32
+            } else {
+                0
+            },
             ..Default::default()
         },
     };
@@ -139,7 +147,10 @@ fn put_controller_node(txn: &mut Txn, put: PutControllerNode) -> Result<Object, 
 fn create_host(txn: &mut Txn, req: CreateHostRequest) -> Result<Object, MetaError> {
     require_cluster(txn)?;
     if txn.get::<Host>(&req.name)?.is_some() {
-        return Err(MetaError::AlreadyExists(format!("host '{}' already exists", req.name)));
+        return Err(MetaError::AlreadyExists(format!(
+            "host '{}' already exists",
+            req.name
+        )));
     }
     if let Some(other) = txn.list::<Host>()?.into_iter().find(|h| h.nqn == req.nqn) {
         return Err(MetaError::AlreadyExists(format!(
@@ -165,10 +176,17 @@ fn create_volume(txn: &mut Txn, volume: Volume) -> Result<Object, MetaError> {
     for host in &volume.hosts {
         get_or_not_found::<Host>(txn, host, "host")?;
     }
-    let raced = |what: String| MetaError::Aborted(format!("placement raced with another change: {what}; retry"));
+    let raced = |what: String| {
+        MetaError::Aborted(format!(
+            "placement raced with another change: {what}; retry"
+        ))
+    };
     for path in &volume.paths {
         if txn.get::<ControllerNode>(&path.controller)?.is_none() {
-            return Err(raced(format!("controller node '{}' is gone", path.controller)));
+            return Err(raced(format!(
+                "controller node '{}' is gone",
+                path.controller
+            )));
         }
     }
     let mut nodes: BTreeMap<String, DiskNode> = BTreeMap::new();
@@ -176,9 +194,9 @@ fn create_volume(txn: &mut Txn, volume: Volume) -> Result<Object, MetaError> {
         for (g, group) in leg.groups.iter().enumerate() {
             for (m, member) in group.members.iter().enumerate() {
                 if !nodes.contains_key(&member.disk_node) {
-                    let node = txn
-                        .get::<DiskNode>(&member.disk_node)?
-                        .ok_or_else(|| raced(format!("disk node '{}' is gone", member.disk_node)))?;
+                    let node = txn.get::<DiskNode>(&member.disk_node)?.ok_or_else(|| {
+                        raced(format!("disk node '{}' is gone", member.disk_node))
+                    })?;
                     nodes.insert(member.disk_node.clone(), node);
                 }
                 let Some(node) = nodes.get_mut(&member.disk_node) else {
@@ -329,7 +347,9 @@ fn delete(txn: &mut Txn, target: ObjectRef) -> Result<(), MetaError> {
     let kind = ObjectKind::try_from(target.kind)
         .ok()
         .filter(|k| *k != ObjectKind::Unspecified)
-        .ok_or_else(|| MetaError::InvalidArgument(format!("unknown object kind {}", target.kind)))?;
+        .ok_or_else(|| {
+            MetaError::InvalidArgument(format!("unknown object kind {}", target.kind))
+        })?;
     let name = target.name.as_str();
     match kind {
         ObjectKind::Cluster => {
@@ -472,6 +492,9 @@ fn set_node_state(txn: &mut Txn, set: SetNodeState) -> Result<Object, MetaError>
             node.state = set.state;
             Ok(txn.put(node))
         }
-        _ => Err(MetaError::InvalidArgument(format!("unknown node kind {}", set.kind))),
+        _ => Err(MetaError::InvalidArgument(format!(
+            "unknown node kind {}",
+            set.kind
+        ))),
     }
 }

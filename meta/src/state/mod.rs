@@ -110,7 +110,11 @@ impl StateMachine {
         let mut txn = Txn::new(db, current);
         let result = match apply::execute(&mut txn, cmd) {
             Ok(object) => {
-                let revision = if txn.is_empty() { current } else { txn.revision() };
+                let revision = if txn.is_empty() {
+                    current
+                } else {
+                    txn.revision()
+                };
                 if !txn.is_empty() {
                     txn.write_into(&mut batch);
                     self.prune_events(&mut batch, revision)?;
@@ -136,7 +140,10 @@ impl StateMachine {
         };
         let pruned = read::read_u64(self.reader.db(), keys::SM_EVENTS_PRUNED)?;
         if floor > pruned {
-            batch.delete_range(keys::event_key(pruned + 1, 0), keys::event_key(floor + 1, 0));
+            batch.delete_range(
+                keys::event_key(pruned + 1, 0),
+                keys::event_key(floor + 1, 0),
+            );
             batch.put(keys::SM_EVENTS_PRUNED, floor.to_be_bytes());
         }
         Ok(())

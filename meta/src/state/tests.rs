@@ -34,7 +34,9 @@ impl Fixture {
     fn apply(&mut self, kind: command::Kind) -> CommandResult {
         self.index += 1;
         let data = Command { kind: Some(kind) }.encode_to_vec();
-        self.sm.apply_command(self.index, 2, &data).expect("store works")
+        self.sm
+            .apply_command(self.index, 2, &data)
+            .expect("store works")
     }
 
     fn ok(&mut self, kind: command::Kind) -> CommandResult {
@@ -100,13 +102,18 @@ fn delete(kind: ObjectKind, name: &str) -> command::Kind {
 #[test]
 fn objects_need_a_cluster_and_unique_names() {
     let mut f = Fixture::new(100);
-    assert!(matches!(f.rejected(disk("d1")), MetaError::FailedPrecondition(m) if m.contains("cluster create")));
+    assert!(
+        matches!(f.rejected(disk("d1")), MetaError::FailedPrecondition(m) if m.contains("cluster create"))
+    );
     f.ok(cluster());
     assert!(matches!(f.rejected(cluster()), MetaError::AlreadyExists(_)));
     let r = f.ok(disk("d1"));
     assert_eq!(r.revision, 2);
     let err = f.rejected(disk("d1"));
-    assert_eq!(err, MetaError::AlreadyExists("disk node 'd1' already exists".into()));
+    assert_eq!(
+        err,
+        MetaError::AlreadyExists("disk node 'd1' already exists".into())
+    );
     f.ok(command::Kind::CreateHost(CreateHostRequest {
         name: "h1".into(),
         nqn: "nqn.2014-08.org.nvmexpress:uuid:1".into(),
@@ -138,10 +145,17 @@ fn volumes_take_extents_and_give_them_back() {
     assert!(matches!(err, MetaError::FailedPrecondition(m) if m.contains("v1")));
     f.ok(delete(ObjectKind::Volume, "v1"));
     let node = f.sm.reader().get(ObjectKind::DiskNode, "d1").expect("read");
-    assert!(node.and_then(DiskNode::from_object).expect("disk node").extents.is_empty());
+    assert!(node
+        .and_then(DiskNode::from_object)
+        .expect("disk node")
+        .extents
+        .is_empty());
     f.ok(delete(ObjectKind::DiskNode, "d1"));
     let err = f.rejected(delete(ObjectKind::DiskNode, "d1"));
-    assert_eq!(err, MetaError::NotFound("disk node 'd1' does not exist".into()));
+    assert_eq!(
+        err,
+        MetaError::NotFound("disk node 'd1' does not exist".into())
+    );
 }
 
 #[test]
@@ -154,7 +168,10 @@ fn snapshot_operations_advance_in_order_and_finish_the_snapshot() {
         volume: "v1".into(),
         name: "s1".into(),
     }));
-    let snap = snap.object.and_then(Snapshot::from_object).expect("snapshot");
+    let snap = snap
+        .object
+        .and_then(Snapshot::from_object)
+        .expect("snapshot");
     assert_eq!(snap.state, SnapshotState::Creating as i32);
     let step = |i: u32, expected: u64| {
         command::Kind::UpdateOperation(UpdateOperationRequest {
@@ -172,14 +189,23 @@ fn snapshot_operations_advance_in_order_and_finish_the_snapshot() {
     let err = f.rejected(delete(ObjectKind::Snapshot, "v1@s1"));
     assert!(matches!(err, MetaError::FailedPrecondition(m) if m.contains("still being created")));
 
-    let op = f.ok(step(0, snap.revision)).object.and_then(Operation::from_object);
+    let op = f
+        .ok(step(0, snap.revision))
+        .object
+        .and_then(Operation::from_object);
     let op = op.expect("operation");
     assert_eq!(op.state, OperationState::Running as i32);
     // A stale writer (another leader) loses.
-    assert!(matches!(f.rejected(step(1, snap.revision)), MetaError::Aborted(_)));
+    assert!(matches!(
+        f.rejected(step(1, snap.revision)),
+        MetaError::Aborted(_)
+    ));
     f.ok(step(1, op.revision));
     f.ok(step(2, 0));
-    let snap = f.sm.reader().get(ObjectKind::Snapshot, "v1@s1").expect("read");
+    let snap =
+        f.sm.reader()
+            .get(ObjectKind::Snapshot, "v1@s1")
+            .expect("read");
     let snap = snap.and_then(Snapshot::from_object).expect("snapshot");
     assert_eq!(snap.state, SnapshotState::Ready as i32);
     f.ok(delete(ObjectKind::Snapshot, "v1@s1"));
@@ -195,7 +221,10 @@ fn watch_history_is_kept_for_the_configured_revisions() {
     }
     // Revisions 1..=6 exist; the last 3 are kept.
     let events = f.sm.reader().events_after(3, 100).expect("events");
-    assert_eq!(events.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     assert!(events.iter().all(|e| e.r#type == EventType::Put as i32));
     let err = f.sm.reader().events_after(1, 100).expect_err("pruned");
     assert!(matches!(err, MetaError::FailedPrecondition(m) if m.contains("compacted")));
@@ -211,8 +240,13 @@ fn watch_history_is_kept_for_the_configured_revisions() {
 #[test]
 fn undecodable_commands_are_rejected_not_fatal() {
     let mut f = Fixture::new(10);
-    let r = f.sm.apply_command(11, 1, b"\xff\xff\xff").expect("store works");
-    assert!(matches!(result_error(&r), Some(MetaError::InvalidArgument(_))));
+    let r =
+        f.sm.apply_command(11, 1, b"\xff\xff\xff")
+            .expect("store works");
+    assert!(matches!(
+        result_error(&r),
+        Some(MetaError::InvalidArgument(_))
+    ));
     f.index = 11;
     f.ok(cluster());
 }
