@@ -6,7 +6,9 @@
 //!   entry). Written with sync, before messages that depend on them are sent.
 //! * `sm/`: the state machine: objects (`sm/o/<kind>/<name>`), the cluster
 //!   revision, the applied index and term, the Raft configuration, replica
-//!   addresses and the watch history (`sm/ev/<revision><sequence>`). A
+//!   addresses, the watch history (`sm/ev/<revision><sequence>`) and the
+//!   results of recent commands by request id (`sm/req/`, for exactly-once
+//!   re-proposals). A
 //!   snapshot is every `sm/` key, so restoring one replaces exactly this half.
 //!
 //! Big-endian numbers keep the byte order of keys equal to numeric order.
@@ -27,6 +29,10 @@ pub const SM_EVENTS_PRUNED: &[u8] = b"sm/events_pruned";
 pub const SM_MEMBER_PREFIX: &[u8] = b"sm/member/";
 /// Prefix of the watch history.
 pub const SM_EVENT_PREFIX: &[u8] = b"sm/ev/";
+/// Prefix of remembered command results, by request id.
+pub const SM_REQUEST_PREFIX: &[u8] = b"sm/req/";
+/// Prefix of the index of remembered results, by applied index then id.
+pub const SM_REQUEST_INDEX_PREFIX: &[u8] = b"sm/reqidx/";
 /// Raft hard state (eraftpb HardState).
 pub const RAFT_HARD_STATE: &[u8] = b"raft/hard_state";
 /// Index and term of the last entry removed from the log (two u64).
@@ -68,6 +74,21 @@ pub fn member_key(id: u64) -> Vec<u8> {
 /// Key of one watch event: revision, then its position within the revision.
 pub fn event_key(revision: u64, seq: u32) -> Vec<u8> {
     [SM_EVENT_PREFIX, &revision.to_be_bytes(), &seq.to_be_bytes()].concat()
+}
+
+/// Key of a remembered command result.
+pub fn request_key(id: u64) -> Vec<u8> {
+    [SM_REQUEST_PREFIX, &id.to_be_bytes()].concat()
+}
+
+/// Key that orders remembered results by the index that applied them.
+pub fn request_index_key(index: u64, id: u64) -> Vec<u8> {
+    [
+        SM_REQUEST_INDEX_PREFIX,
+        &index.to_be_bytes(),
+        &id.to_be_bytes(),
+    ]
+    .concat()
 }
 
 /// Key of one log entry.

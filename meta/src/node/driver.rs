@@ -9,7 +9,9 @@
 //! * A proposal carries a random 8-byte id in its entry's context; whichever
 //!   replica proposed it answers its caller when it applies the entry with
 //!   that id. Followers hand proposals to raft-rs, which forwards them to the
-//!   leader, so no write is ever applied outside the log.
+//!   leader, so no write is ever applied outside the log. When the leader
+//!   changes, writes still waiting are proposed again (a dead leader may have
+//!   lost them); the state machine applies each id once, so this is safe.
 //! * Reads use Raft's read index (`ReadOnlySafe`): the leader confirms it
 //!   still leads with a heartbeat round, then the caller reads once this
 //!   replica has applied up to the returned index. raft-rs silently drops a
@@ -57,6 +59,16 @@ pub(crate) enum Input {
     Stop,
 }
 
+/// A write waiting to be applied.
+pub(crate) struct PendingWrite {
+    /// The command, kept to re-propose it under a new leader (None for a
+    /// membership change, which is not re-sent).
+    data: Option<Vec<u8>>,
+    /// Leader the proposal was last handed to.
+    leader: u64,
+    reply: Reply<CommandResult>,
+}
+
 pub(crate) struct PendingRead {
     issued: Option<Instant>,
     reply: Reply<()>,
@@ -76,7 +88,7 @@ pub(crate) struct Driver {
     pub configured_peers: BTreeMap<u64, String>,
     pub tick: Duration,
     pub compact_after: u64,
-    pub proposals: HashMap<u64, Reply<CommandResult>>,
+    pub proposals: HashMap<u64, PendingWrite>,
     pub reads: HashMap<u64, PendingRead>,
     pub read_waits: Vec<(u64, Reply<()>)>,
     pub applied: u64,
@@ -134,10 +146,8 @@ impl Driver {
             }
             Input::Propose { data, reply } => {
                 let id = rand::random::<u64>();
-                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
-                    Ok(()) => {
-                        self.proposals.insert(id, reply);
-                    }
+                match self.raw.propose(id.to_be_bytes().to_vec(), data.clone()) {
+                    Ok(()) => self.track(id, Some(data), reply),
                     Err(e) => {
                         let _ = reply.send(Err(MetaError::Unavailable(format!(
                             "write not accepted ({e}): no leader yet; retry"
@@ -151,9 +161,7 @@ impl Driver {
                     .raw
                     .propose_conf_change(id.to_be_bytes().to_vec(), change)
                 {
-                    Ok(()) => {
-                        self.proposals.insert(id, reply);
-                    }
+                    Ok(()) => self.track(id, None, reply),
                     Err(e) => {
                         let _ = reply.send(Err(MetaError::Unavailable(format!(
                             "membership change not accepted ({e}); retry"
@@ -174,6 +182,41 @@ impl Driver {
             }
             Input::TransferLeader(to) => self.raw.transfer_leader(to),
             Input::Stop => {}
+        }
+    }
+
+    fn track(&mut self, id: u64, data: Option<Vec<u8>>, reply: Reply<CommandResult>) {
+        let leader = self.raw.raft.leader_id;
+        self.proposals.insert(
+            id,
+            PendingWrite {
+                data,
+                leader,
+                reply,
+            },
+        );
+    }
+
+    /// Re-sends the writes handed to an earlier leader: one that died or was
+    /// deposed may have lost them. The state machine applies each request id
+    /// once, so a write that did commit is not applied again.
+    fn repropose(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == INVALID_ID {
+            return;
+        }
+        let stale: Vec<(u64, Vec<u8>)> = self
+            .proposals
+            .iter_mut()
+            .filter(|(_, p)| p.leader != leader)
+            .filter_map(|(id, p)| {
+                p.leader = leader;
+                p.data.clone().map(|d| (*id, d))
+            })
+            .collect();
+        for (id, data) in stale {
+            tracing::debug!(id, leader, "re-proposing a write under the new leader");
+            let _ = self.raw.propose(id.to_be_bytes().to_vec(), data);
         }
     }
 
@@ -199,7 +242,7 @@ impl Driver {
 
     /// Once per tick: forget abandoned callers, re-issue unanswered reads.
     fn housekeeping(&mut self) {
-        self.proposals.retain(|_, r| !r.is_closed());
+        self.proposals.retain(|_, p| !p.reply.is_closed());
         self.reads.retain(|_, r| !r.reply.is_closed());
         self.read_waits.retain(|(_, r)| !r.is_closed());
         let retry_after = self.tick * READ_RETRY_TICKS;
@@ -219,6 +262,7 @@ impl Driver {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        let leader_changed = ready.ss().is_some();
         if !ready.messages().is_empty() {
             self.transport.send(ready.take_messages());
         }
@@ -248,6 +292,9 @@ impl Driver {
         self.raw.advance_apply();
         self.answer_reads();
         self.maybe_compact()?;
+        if leader_changed {
+            self.repropose();
+        }
         Ok(())
     }
 
@@ -267,14 +314,17 @@ impl Driver {
         }
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
-            let waiter = request_id(&entry.context).and_then(|id| self.proposals.remove(&id));
+            let id = request_id(&entry.context);
+            let waiter = id
+                .and_then(|id| self.proposals.remove(&id))
+                .map(|p| p.reply);
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.sm.apply_empty(index, term)?;
                     None
                 }
                 EntryType::EntryNormal => {
-                    Some(Ok(self.sm.apply_command(index, term, &entry.data)?))
+                    Some(Ok(self.sm.apply_command(index, term, id, &entry.data)?))
                 }
                 EntryType::EntryConfChange => Some(self.apply_conf_change(&entry)?),
                 EntryType::EntryConfChangeV2 => {

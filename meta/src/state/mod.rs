@@ -6,6 +6,12 @@
 //! and replay resumes exactly after the last applied entry. Every change
 //! bumps the cluster revision by one and appends watch events; the last
 //! `watch_history` revisions of events are kept.
+//!
+//! Exactly once: a command carries its proposal's request id, and the result
+//! is remembered for the next [`REQUEST_MEMORY`] applied entries. A command
+//! whose id was already applied (a proposal re-sent after a leader change,
+//! which may have committed twice) is not executed again: it returns the
+//! remembered result.
 
 pub mod apply;
 pub mod read;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState};
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
 use crate::error::MetaError;
 use crate::keys;
@@ -24,6 +30,9 @@ use crate::peer::{Command, CommandResult, ErrorCode};
 use crate::storage::encode;
 pub use read::StateReader;
 use txn::Txn;
+
+/// Applied entries for which command results stay remembered.
+pub const REQUEST_MEMORY: u64 = 10_000;
 
 /// Applies committed entries to the objects.
 pub struct StateMachine {
@@ -88,50 +97,85 @@ impl StateMachine {
         self.write(WriteBatch::default(), index, term)
     }
 
-    /// Applies a command entry. Rejections are results; only a failure of the
-    /// local store is an error (and stops the replica).
+    /// Applies a command entry proposed with `request` as its id.
+    /// Rejections are results; only a failure of the local store is an error
+    /// (and stops the replica).
     pub fn apply_command(
         &self,
         index: u64,
         term: u64,
+        request: Option<u64>,
         data: &[u8],
     ) -> Result<CommandResult, MetaError> {
         let db = self.reader.db();
+        if let Some(id) = request {
+            if let Some(v) = db.get(keys::request_key(id))? {
+                self.write(WriteBatch::default(), index, term)?;
+                return Ok(CommandResult::decode(&*v)?);
+            }
+        }
         let current = self.reader.revision()?;
         let mut batch = WriteBatch::default();
-        let cmd = match Command::decode(data) {
-            Ok(cmd) => cmd,
+        let result = match Command::decode(data) {
+            Ok(cmd) => {
+                let mut txn = Txn::new(db, current);
+                match apply::execute(&mut txn, cmd) {
+                    Ok(object) => {
+                        let revision = if txn.is_empty() {
+                            current
+                        } else {
+                            txn.revision()
+                        };
+                        if !txn.is_empty() {
+                            txn.write_into(&mut batch);
+                            self.prune_events(&mut batch, revision)?;
+                        }
+                        CommandResult {
+                            revision,
+                            object,
+                            ..Default::default()
+                        }
+                    }
+                    Err(e) => match error_to_result(&e, current) {
+                        Some(rejected) => rejected,
+                        None => return Err(e),
+                    },
+                }
+            }
             Err(e) => {
-                self.write(batch, index, term)?;
                 let e = MetaError::InvalidArgument(format!("undecodable command: {e}"));
-                return Ok(error_to_result(&e, current).unwrap_or_default());
+                error_to_result(&e, current).unwrap_or_default()
             }
         };
-        let mut txn = Txn::new(db, current);
-        let result = match apply::execute(&mut txn, cmd) {
-            Ok(object) => {
-                let revision = if txn.is_empty() {
-                    current
-                } else {
-                    txn.revision()
-                };
-                if !txn.is_empty() {
-                    txn.write_into(&mut batch);
-                    self.prune_events(&mut batch, revision)?;
-                }
-                CommandResult {
-                    revision,
-                    object,
-                    ..Default::default()
-                }
-            }
-            Err(e) => match error_to_result(&e, current) {
-                Some(rejected) => rejected,
-                None => return Err(e),
-            },
-        };
+        if let Some(id) = request {
+            batch.put(keys::request_key(id), result.encode_to_vec());
+            batch.put(keys::request_index_key(index, id), []);
+            self.forget_requests(&mut batch, index)?;
+        }
         self.write(batch, index, term)?;
         Ok(result)
+    }
+
+    /// Drops the results remembered for entries older than [`REQUEST_MEMORY`].
+    fn forget_requests(&self, batch: &mut WriteBatch, index: u64) -> Result<(), MetaError> {
+        let Some(cutoff) = index.checked_sub(REQUEST_MEMORY) else {
+            return Ok(());
+        };
+        let prefix = keys::SM_REQUEST_INDEX_PREFIX;
+        let db = self.reader.db();
+        for item in db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, _) = item?;
+            let applied_at = keys::trailing_u64(&key, prefix.len());
+            let id = keys::trailing_u64(&key, prefix.len() + 8);
+            match (key.starts_with(prefix), applied_at, id) {
+                (true, Some(at), Some(id)) if at < cutoff => {
+                    batch.delete(&key);
+                    batch.delete(keys::request_key(id));
+                }
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     fn prune_events(&self, batch: &mut WriteBatch, revision: u64) -> Result<(), MetaError> {

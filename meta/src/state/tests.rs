@@ -35,7 +35,7 @@ impl Fixture {
         self.index += 1;
         let data = Command { kind: Some(kind) }.encode_to_vec();
         self.sm
-            .apply_command(self.index, 2, &data)
+            .apply_command(self.index, 2, None, &data)
             .expect("store works")
     }
 
@@ -241,7 +241,7 @@ fn watch_history_is_kept_for_the_configured_revisions() {
 fn undecodable_commands_are_rejected_not_fatal() {
     let mut f = Fixture::new(10);
     let r =
-        f.sm.apply_command(11, 1, b"\xff\xff\xff")
+        f.sm.apply_command(11, 1, None, b"\xff\xff\xff")
             .expect("store works");
     assert!(matches!(
         result_error(&r),
@@ -249,4 +249,43 @@ fn undecodable_commands_are_rejected_not_fatal() {
     ));
     f.index = 11;
     f.ok(cluster());
+}
+
+#[test]
+fn a_command_applied_twice_under_one_request_id_runs_once() {
+    let mut f = Fixture::new(100);
+    f.ok(cluster());
+    let data = Command {
+        kind: Some(disk("d1")),
+    }
+    .encode_to_vec();
+    let first =
+        f.sm.apply_command(20, 2, Some(7), &data)
+            .expect("store works");
+    assert_eq!(first.error_code, 0);
+    // The same proposal committed again (re-sent after a leader change).
+    let again =
+        f.sm.apply_command(21, 3, Some(7), &data)
+            .expect("store works");
+    assert_eq!(again, first, "the remembered result, not AlreadyExists");
+    assert_eq!(f.sm.reader().applied().expect("applied"), (21, 3));
+    // Another id is a new command.
+    let other =
+        f.sm.apply_command(22, 3, Some(8), &data)
+            .expect("store works");
+    assert!(matches!(
+        result_error(&other),
+        Some(MetaError::AlreadyExists(_))
+    ));
+    // Results are forgotten once REQUEST_MEMORY entries later.
+    let later = 22 + REQUEST_MEMORY;
+    f.sm.apply_command(later, 3, Some(9), &data)
+        .expect("store works");
+    let forgotten =
+        f.sm.apply_command(later + 1, 3, Some(7), &data)
+            .expect("store works");
+    assert!(matches!(
+        result_error(&forgotten),
+        Some(MetaError::AlreadyExists(_))
+    ));
 }
