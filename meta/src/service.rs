@@ -91,7 +91,7 @@ impl MetaService {
             .and_then(T::from_object))
     }
 
-    async fn list_all<T: MetaObject>(&self) -> Result<Vec<T>, MetaError> {
+    fn list_all<T: MetaObject>(&self) -> Result<Vec<T>, MetaError> {
         let (items, _) = self.node.reader().list(T::KIND, "")?;
         Ok(items.into_iter().filter_map(T::from_object).collect())
     }
@@ -123,9 +123,9 @@ impl MetaService {
                 ))
                 .into());
             }
-            let disks = self.list_all::<DiskNode>().await?;
-            let controllers = self.list_all::<ControllerNode>().await?;
-            let volumes = self.list_all::<Volume>().await?;
+            let disks = self.list_all::<DiskNode>()?;
+            let controllers = self.list_all::<ControllerNode>()?;
+            let volumes = self.list_all::<Volume>()?;
             let volume = place_volume(&cluster, &disks, &controllers, &volumes, req)
                 .map_err(|e| MetaError::FailedPrecondition(e.to_string()))?;
             match self.write(command::Kind::CreateVolume(volume)).await {
@@ -375,24 +375,13 @@ impl Meta for MetaService {
             self.node.read_barrier().await?;
             object = self.node.reader().get(object_kind, &req.name)?;
         }
-        let state = match object {
-            Some(o) => match (
-                DiskNode::from_object(o.clone()),
-                ControllerNode::from_object(o),
-            ) {
-                (Some(d), _) => d.state,
-                (_, Some(c)) => c.state,
-                _ => 0,
-            },
-            None => {
-                return Err(MetaError::NotFound(format!(
-                    "{} '{}' is not registered",
-                    kind_label(object_kind),
-                    req.name
-                ))
-                .into())
-            }
-        };
+        let state = object.as_ref().and_then(meta_node_state).ok_or_else(|| {
+            MetaError::NotFound(format!(
+                "{} '{}' is not registered",
+                kind_label(object_kind),
+                req.name
+            ))
+        })?;
         self.liveness.record(kind, &req.name);
         let mut revision = self.node.reader().revision()?;
         if state != NodeState::Online as i32 {
@@ -476,6 +465,8 @@ impl Meta for MetaService {
             return Err(MetaError::InvalidArgument("id must be at least 1".into()).into());
         }
         validate::address("address", &req.address)?;
+        Endpoint::from_shared(format!("http://{}", req.address))
+            .map_err(|e| MetaError::InvalidArgument(format!("address '{}': {e}", req.address)))?;
         if self.node.view().voters.contains(&req.id) {
             return Err(MetaError::AlreadyExists(format!(
                 "replica {} is already a member",
@@ -516,6 +507,15 @@ impl Meta for MetaService {
         Ok(Response::new(MembershipResponse {
             replicas: self.replicas()?,
         }))
+    }
+}
+
+/// The liveness state of a disk or controller node object.
+fn meta_node_state(object: &Object) -> Option<i32> {
+    match &object.kind {
+        Some(crate::proto::object::Kind::DiskNode(n)) => Some(n.state),
+        Some(crate::proto::object::Kind::ControllerNode(n)) => Some(n.state),
+        _ => None,
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) enum Input {
     },
     /// Confirm a linearizable read point.
     Read { reply: Reply<()> },
-    /// Hand leadership to this replica.
+    /// Hand leadership to the given replica.
     TransferLeader(u64),
     /// Stop the driver.
     Stop,
@@ -118,13 +118,15 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            if last_tick.elapsed() >= self.tick {
+            let ticked = last_tick.elapsed() >= self.tick;
+            if ticked {
                 last_tick = Instant::now();
                 self.raw.tick();
                 self.housekeeping();
             }
-            self.on_ready()?;
-            self.publish();
+            if self.on_ready()? || ticked {
+                self.publish();
+            }
         }
     }
 
@@ -257,9 +259,10 @@ impl Driver {
         }
     }
 
-    fn on_ready(&mut self) -> Result<(), MetaError> {
+    /// Handles a ready state, if any; tells whether there was one.
+    fn on_ready(&mut self) -> Result<bool, MetaError> {
         if !self.raw.has_ready() {
-            return Ok(());
+            return Ok(false);
         }
         let mut ready = self.raw.ready();
         let leader_changed = ready.ss().is_some();
@@ -295,7 +298,7 @@ impl Driver {
         if leader_changed {
             self.repropose();
         }
-        Ok(())
+        Ok(true)
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), MetaError> {
