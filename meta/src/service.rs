@@ -35,6 +35,7 @@ use crate::proto::{
     RemoveReplicaRequest, Replica, StatusRequest, StatusResponse, UpdateOperationRequest, Volume,
     WatchEvent, WatchRequest,
 };
+use crate::state::apply::NO_CLUSTER;
 use crate::validate;
 
 /// Attempts at placing a volume when placement races with other changes.
@@ -91,6 +92,7 @@ impl MetaService {
             .and_then(T::from_object))
     }
 
+    /// Every object of a kind, from the local state (after a barrier).
     fn list_all<T: MetaObject>(&self) -> Result<Vec<T>, MetaError> {
         let (items, _) = self.node.reader().list(T::KIND, "")?;
         Ok(items.into_iter().filter_map(T::from_object).collect())
@@ -106,11 +108,8 @@ impl MetaService {
             let cluster = self
                 .read::<Cluster>(CLUSTER_NAME_KEY)
                 .await?
-                .ok_or_else(|| {
-                    MetaError::FailedPrecondition(
-                        "the cluster is not created yet (fabric-ctl cluster create NAME)".into(),
-                    )
-                })?;
+                .ok_or_else(|| MetaError::FailedPrecondition(NO_CLUSTER.into()))?;
+            // Checked here too so that a placement failure cannot hide it.
             if self
                 .node
                 .reader()

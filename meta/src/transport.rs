@@ -55,7 +55,7 @@ pub struct Transport {
     id: u64,
     addresses: RwLock<BTreeMap<u64, String>>,
     links: Mutex<HashMap<u64, Link>>,
-    isolated: AtomicBool,
+    isolated: Arc<AtomicBool>,
     max_message_bytes: usize,
     feedback: FeedbackSink,
     runtime: tokio::runtime::Handle,
@@ -80,7 +80,7 @@ impl Transport {
             id,
             addresses: RwLock::new(addresses),
             links: Mutex::new(HashMap::new()),
-            isolated: AtomicBool::new(false),
+            isolated: Arc::new(AtomicBool::new(false)),
             max_message_bytes,
             feedback,
             runtime,
@@ -132,6 +132,7 @@ impl Transport {
                     to,
                     address.clone(),
                     rx,
+                    self.isolated.clone(),
                     self.max_message_bytes,
                     self.feedback.clone(),
                 ));
@@ -165,6 +166,7 @@ async fn run_link(
     to: u64,
     address: String,
     mut queue: mpsc::UnboundedReceiver<Message>,
+    isolated: Arc<AtomicBool>,
     max_message_bytes: usize,
     feedback: FeedbackSink,
 ) {
@@ -187,6 +189,9 @@ async fn run_link(
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
+        }
+        if isolated.load(Ordering::SeqCst) {
+            continue; // queued before the cut: dropped like the rest
         }
         let snapshots = batch
             .iter()

@@ -207,6 +207,9 @@ impl Driver {
         if leader == INVALID_ID {
             return;
         }
+        // A caller that gave up was told the outcome is unknown; its write is
+        // not revived (it may still commit if the old leader replicated it).
+        self.proposals.retain(|_, p| !p.reply.is_closed());
         let stale: Vec<(u64, Vec<u8>)> = self
             .proposals
             .iter_mut()

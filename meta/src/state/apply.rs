@@ -24,6 +24,9 @@ pub const SNAPSHOT_CREATE: &str = "snapshot-create";
 /// the thin snapshot on every leg, resume (crash-consistent across legs).
 pub const SNAPSHOT_STEPS: [&str; 3] = ["suspend-volume", "snapshot-legs", "resume-volume"];
 
+/// Why a command that needs the cluster object fails without it.
+pub const NO_CLUSTER: &str = "the cluster is not created yet (fabric-ctl cluster create NAME)";
+
 /// Applies one command; `Ok(None)` when it wrote no object worth returning.
 pub fn execute(txn: &mut Txn, cmd: Command) -> Result<Option<Object>, MetaError> {
     let Some(kind) = cmd.kind else {
@@ -58,11 +61,8 @@ pub fn execute(txn: &mut Txn, cmd: Command) -> Result<Option<Object>, MetaError>
 }
 
 fn require_cluster(txn: &Txn) -> Result<Cluster, MetaError> {
-    txn.get::<Cluster>(CLUSTER_NAME_KEY)?.ok_or_else(|| {
-        MetaError::FailedPrecondition(
-            "the cluster is not created yet (fabric-ctl cluster create NAME)".into(),
-        )
-    })
+    txn.get::<Cluster>(CLUSTER_NAME_KEY)?
+        .ok_or_else(|| MetaError::FailedPrecondition(NO_CLUSTER.into()))
 }
 
 fn get_or_not_found<T: MetaObject>(txn: &Txn, name: &str, what: &str) -> Result<T, MetaError> {
