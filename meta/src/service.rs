@@ -464,14 +464,36 @@ impl Meta for MetaService {
             return Err(MetaError::InvalidArgument("id must be at least 1".into()).into());
         }
         validate::address("address", &req.address)?;
-        Endpoint::from_shared(format!("http://{}", req.address))
-            .map_err(|e| MetaError::InvalidArgument(format!("address '{}': {e}", req.address)))?;
+        let endpoint = Endpoint::from_shared(format!("http://{}", req.address))
+            .map_err(|e| MetaError::InvalidArgument(format!("address '{}': {e}", req.address)))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2));
         if self.node.view().voters.contains(&req.id) {
             return Err(MetaError::AlreadyExists(format!(
                 "replica {} is already a member",
                 req.id
             ))
             .into());
+        }
+        // A voter that does not run would count against the quorum at once
+        // (one replica plus a dead one is a group that cannot commit), so
+        // the new replica must answer, as the id it is given, first.
+        let not_ready = |why: String| {
+            MetaError::FailedPrecondition(format!(
+                "replica {} at {} {why}; start it with --join first",
+                req.id, req.address
+            ))
+        };
+        let status = match endpoint.connect().await {
+            Ok(channel) => GrpcClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .map_err(|e| not_ready(format!("does not answer ({})", e.message())))?
+                .into_inner(),
+            Err(e) => return Err(not_ready(format!("cannot be reached ({e})")).into()),
+        };
+        if status.id != req.id {
+            return Err(not_ready(format!("runs as replica {}", status.id)).into());
         }
         self.node.add_replica(req.id, &req.address).await?;
         Ok(Response::new(MembershipResponse {

@@ -48,6 +48,14 @@ async fn grow_to_three_then_remove_the_first() {
     let status = c1.status().await.expect("status");
     assert!(status.first_log_index > 20, "log compacted: {status:?}");
 
+    // A replica that does not run yet is refused (it would cost the quorum).
+    let err = c1
+        .add_replica(2, &peers[&2])
+        .await
+        .expect_err("replica 2 is not running");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("--join"), "{}", err.message());
+
     let r2 = start(
         args(2, dir.path(), &peers, true),
         listeners.next().expect("l2"),
