@@ -160,7 +160,9 @@ impl MetaClient {
                 Err(status) => status,
             };
             let refused = connection_refused(&status);
-            if refused || (transient(&status) && !is_retry_safe(&status)) {
+            // Any transient failure moves on to the next replica: this one
+            // may be down, or cut off from the leader.
+            if refused || transient(&status) {
                 self.drop_client(index);
             }
             let retry = if write {
