@@ -1,5 +1,7 @@
 //! `fabricd`: the node daemon. Each subcommand is one role.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +19,11 @@ struct Cli {
 enum Command {
     /// Serve a standalone NVMe-oF target.
     Target(target::TargetArgs),
+    /// Run a replica of the metadata group.
+    Meta(Box<meta::cli::MetaArgs>),
 }
+
+type RoleFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -34,8 +40,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let (level, fut) = match cli.command {
-        Command::Target(args) => (args.log_level.clone(), target::run(args)),
+    let (level, fut): (String, RoleFuture) = match cli.command {
+        Command::Target(args) => (args.log_level.clone(), Box::pin(target::run(args))),
+        Command::Meta(args) => (
+            "info".into(),
+            Box::pin(async move { Ok(meta::run(*args).await?) }),
+        ),
     };
     logging::init(&level);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -107,13 +107,22 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects() {
-        let r = ConnectRequest { recfmt: 0, qid: 2, hrqsize: 128, hsqsize: 127, cntlid: 5 };
+        let r = ConnectRequest {
+            recfmt: 0,
+            qid: 2,
+            hrqsize: 128,
+            hsqsize: 127,
+            cntlid: 5,
+        };
         assert_eq!(ConnectRequest::decode(&r.encode()), Ok(r));
         assert_eq!(ConnectRequest::decode(&[0; 4]), Err(reject::INVALID_LEN));
         let mut bad = r.encode();
         bad[0] = 1;
         assert_eq!(ConnectRequest::decode(&bad), Err(reject::INVALID_RECFMT));
         assert_eq!(decode_accept(&encode_accept(32)), Some(32));
-        assert_eq!(decode_reject(&encode_reject(reject::INVALID_QID)), Some(reject::INVALID_QID));
+        assert_eq!(
+            decode_reject(&encode_reject(reject::INVALID_QID)),
+            Some(reject::INVALID_QID)
+        );
     }
 }

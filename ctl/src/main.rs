@@ -1,0 +1,62 @@
+//! `fabric-ctl`: the administration CLI of the storage fabric. It talks gRPC
+//! to the meta group (any replica; `--endpoint` or `FABRIC_META_ENDPOINT`).
+
+mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use tonic::Code;
+
+use args::{Cli, Command};
+
+/// The exit code for an error (see [`args::EXIT_CODES`]).
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let Some(status) = error.downcast_ref::<tonic::Status>() else {
+        return 1;
+    };
+    match status.code() {
+        Code::InvalidArgument => 2,
+        Code::NotFound => 3,
+        Code::AlreadyExists => 4,
+        Code::FailedPrecondition | Code::Aborted => 5,
+        Code::Unavailable | Code::DeadlineExceeded => 6,
+        _ => 1,
+    }
+}
+
+/// The one-line message for an error.
+fn message(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) => status.message().to_string(),
+        None => format!("{error:#}"),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "fabric-ctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let result = match meta::MetaClient::new(&cli.endpoint, Duration::from_secs(cli.timeout)) {
+        Ok(client) => commands::run(&client, cli.command, cli.json).await,
+        Err(status) => Err(status.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fabric-ctl: {}", message(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

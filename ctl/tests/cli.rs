@@ -1,0 +1,170 @@
+//! `fabric-ctl` against an in-process meta replica: every object kind,
+//! tables and JSON, error messages and exit codes, completions.
+
+use std::process::{Command, Output};
+
+use meta::cli::MetaArgs;
+
+/// A meta replica running on its own runtime thread; stops when dropped.
+struct Server {
+    address: String,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn start_server() -> Server {
+    let dir = tempfile::Builder::new()
+        .prefix("ctl-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let config = MetaArgs {
+        data_dir: Some(dir.path().to_path_buf()),
+        listen: Some(address.clone()),
+        tick_ms: Some(20),
+        ..Default::default()
+    }
+    .resolve()
+    .expect("settings");
+    runtime.spawn(meta::serve(config, listener, std::future::pending()));
+    Server {
+        address,
+        _runtime: runtime,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
+            .env("FABRIC_META_ENDPOINT", &self.address)
+            .args(args)
+            .output()
+            .expect("run fabric-ctl")
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "fabric-ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Runs and expects exit code `code`; returns stderr.
+    fn fails(&self, code: i32, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "fabric-ctl {args:?}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).expect("utf-8")
+    }
+}
+
+#[test]
+fn objects_tables_json_and_exit_codes() {
+    let s = start_server();
+    // The replica is ready once it answers (the client retries until then).
+    s.ok(&["--timeout", "20", "cluster", "status"]);
+    s.ok(&["cluster", "create", "demo"]);
+    let err = s.fails(4, &["cluster", "create", "demo"]);
+    assert_eq!(err.trim(), "fabric-ctl: cluster 'demo' already exists");
+
+    for (name, domain) in [("d1", "r1"), ("d2", "r2"), ("d3", "r3")] {
+        s.ok(&[
+            "dn",
+            "create",
+            name,
+            "--address",
+            "tcp:127.0.0.1:4420",
+            "--capacity",
+            "100G",
+            "--failure-domain",
+            domain,
+        ]);
+    }
+    s.ok(&["cn", "create", "c1", "--address", "tcp:127.0.0.1:4430"]);
+    s.ok(&["cn", "register", "c2", "--address", "tcp:127.0.0.1:4431"]);
+    s.ok(&[
+        "host",
+        "create",
+        "h1",
+        "--nqn",
+        "nqn.2014-08.org.nvmexpress:uuid:h1",
+    ]);
+    let table = s.ok(&["dn", "list"]);
+    let mut lines = table.lines();
+    assert!(lines.next().expect("header").starts_with("NAME"), "{table}");
+    assert_eq!(lines.count(), 3, "{table}");
+
+    s.ok(&[
+        "vol", "create", "v1", "--size", "10G", "--legs", "2", "--host", "h1",
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "vol", "get", "v1"])).expect("JSON");
+    assert_eq!(json["legs"].as_array().expect("legs").len(), 2);
+    assert_eq!(json["paths"][0]["role"], "PATH_ROLE_ACTIVE");
+    assert_eq!(json["paths"][1]["ana_state"], "ANA_STATE_INACCESSIBLE");
+    assert!(s.ok(&["vol", "get", "v1"]).contains("DISK-NODE"));
+
+    let err = s.fails(3, &["vol", "get", "nope"]);
+    assert_eq!(err.trim(), "fabric-ctl: volume 'nope' does not exist");
+    let err = s.fails(5, &["host", "delete", "h1"]);
+    assert!(err.contains("v1"), "{err}");
+    let err = s.fails(
+        5,
+        &["vol", "create", "big", "--size", "1T", "--replicas", "3"],
+    );
+    assert!(err.contains("cannot place"), "{err}");
+    s.fails(2, &["vol", "create", "v2"]);
+    s.fails(2, &["host", "create", "bad/name", "--nqn", "nqn.x"]);
+
+    s.ok(&["snap", "create", "v1", "s1"]);
+    assert!(s.ok(&["snap", "list", "v1"]).contains("s1"));
+    let ops: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "op", "list"])).expect("JSON");
+    assert_eq!(ops["items"][0]["kind"], "snapshot-create");
+    s.fails(5, &["snap", "delete", "v1", "s1"]);
+
+    let members = s.ok(&["cluster", "list"]);
+    assert!(members.contains(&s.address), "{members}");
+
+    // Unreachable meta group: exit 6 after the timeout.
+    let out = Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
+        .args([
+            "--endpoint",
+            "127.0.0.1:1",
+            "--timeout",
+            "1",
+            "cluster",
+            "get",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6));
+}
+
+#[test]
+fn completions_are_generated() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
+        .args(["completions", "bash"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fabric-ctl"));
+}

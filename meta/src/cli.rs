@@ -1,0 +1,336 @@
+//! The meta role's command line and TOML configuration.
+//!
+//! Every setting can come from a flag or from the `--config` file; a flag
+//! wins over the file, the file over the default. The defaults run a single
+//! embedded replica on 127.0.0.1:7400 with its data in `./fabric-meta`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::node::NodeConfig;
+
+/// Default address of the gRPC endpoint.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+/// Flags of `fabricd meta`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MetaArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Raft id of this replica (1 or more) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub id: Option<u64>,
+    /// Directory of this replica's rocksdb [default: ./fabric-meta].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve gRPC on (clients and peers) [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// All replicas of the group, this one included, as ID=HOST:PORT,...
+    /// (empty: a single replica at --listen).
+    #[arg(long, value_name = "ID=ADDR,...", value_parser = parse_peers)]
+    pub peers: Option<BTreeMap<u64, String>>,
+    /// Start empty and wait to be added to a running group (fabric-ctl cluster add-replica).
+    #[arg(long)]
+    pub join: bool,
+    /// Raft tick in milliseconds [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub tick_ms: Option<u64>,
+    /// Ticks without a leader before an election [default: 10].
+    #[arg(long, value_name = "N")]
+    pub election_ticks: Option<usize>,
+    /// Ticks between leader heartbeats [default: 2].
+    #[arg(long, value_name = "N")]
+    pub heartbeat_ticks: Option<usize>,
+    /// Applied log entries kept before the log is compacted [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub compact_after: Option<u64>,
+    /// Revisions of changes kept for watches [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub watch_history: Option<u64>,
+    /// How long a request waits for its write or read to complete, in ms [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Seconds without heartbeat before a node is marked offline [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub offline_after_secs: Option<u64>,
+    /// Largest Raft message or batch between replicas, in bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Testing only: allow cutting this replica's Raft traffic over RaftPeer.Isolate.
+    #[arg(long)]
+    pub fault_injection: bool,
+}
+
+/// The settings file (every key optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    peers: Option<BTreeMap<String, String>>,
+    join: Option<bool>,
+    tick_ms: Option<u64>,
+    election_ticks: Option<usize>,
+    heartbeat_ticks: Option<usize>,
+    compact_after: Option<u64>,
+    watch_history: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    offline_after_secs: Option<u64>,
+    max_message_bytes: Option<usize>,
+    fault_injection: Option<bool>,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A setting has an unusable value.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// Flag or key.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The resolved settings of a replica.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// Directory of the rocksdb.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: String,
+    /// Seconds without heartbeat before a node is marked offline.
+    pub offline_after: Duration,
+    /// Whether RaftPeer.Isolate works.
+    pub fault_injection: bool,
+    /// The Raft node's settings.
+    pub node: NodeConfig,
+}
+
+/// Parses `ID=HOST:PORT,...`.
+pub fn parse_peers(value: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not ID=HOST:PORT"))?;
+        let id = parse_id(id).map_err(|e| format!("'{item}': {e}"))?;
+        check_address(addr).map_err(|e| format!("'{item}': {e}"))?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("replica {id} is listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+fn parse_id(id: &str) -> Result<u64, String> {
+    match id.trim().parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!("'{id}' is not a replica id (1 or more)")),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn check_address(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("'{addr}' is not HOST:PORT")),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.message().to_string(),
+    })
+}
+
+impl MetaArgs {
+    /// Merges flags, file and defaults, and checks the result.
+    pub fn resolve(&self) -> Result<MetaConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let invalid =
+            |setting: &'static str, reason: String| ConfigError::Invalid { setting, reason };
+        let id = self.id.or(file.id).unwrap_or(1);
+        if id == 0 {
+            return Err(invalid("--id", "must be 1 or more".into()));
+        }
+        let listen = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        check_address(&listen).map_err(|e| invalid("--listen", e))?;
+        let mut peers = match (&self.peers, file.peers) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => {
+                let mut parsed = BTreeMap::new();
+                for (k, v) in p {
+                    let id = parse_id(&k).map_err(|e| invalid("peers", e))?;
+                    check_address(&v)
+                        .map_err(|e| invalid("peers", format!("replica {id}: {e}")))?;
+                    parsed.insert(id, v);
+                }
+                parsed
+            }
+            (None, None) => BTreeMap::new(),
+        };
+        if peers.is_empty() {
+            peers.insert(id, listen.clone());
+        }
+        if !peers.contains_key(&id) {
+            return Err(invalid(
+                "--peers",
+                format!("does not list this replica (--id {id})"),
+            ));
+        }
+        let positive = |setting: &'static str, v: u64| {
+            if v == 0 {
+                Err(invalid(setting, "must be positive".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        let tick_ms = positive("--tick-ms", self.tick_ms.or(file.tick_ms).unwrap_or(100))?;
+        let heartbeat_ticks = self.heartbeat_ticks.or(file.heartbeat_ticks).unwrap_or(2);
+        let election_ticks = self.election_ticks.or(file.election_ticks).unwrap_or(10);
+        if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
+            return Err(invalid(
+                "--election-ticks",
+                format!(
+                    "must exceed --heartbeat-ticks ({heartbeat_ticks}), which must be positive"
+                ),
+            ));
+        }
+        let max_message_bytes = self
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(64 << 20);
+        if max_message_bytes < (1 << 20) {
+            return Err(invalid(
+                "--max-message-bytes",
+                "must be at least 1 MiB".into(),
+            ));
+        }
+        Ok(MetaConfig {
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("fabric-meta")),
+            listen,
+            offline_after: Duration::from_secs(positive(
+                "--offline-after-secs",
+                self.offline_after_secs
+                    .or(file.offline_after_secs)
+                    .unwrap_or(10),
+            )?),
+            fault_injection: self.fault_injection || file.fault_injection.unwrap_or(false),
+            node: NodeConfig {
+                id,
+                peers,
+                join: self.join || file.join.unwrap_or(false),
+                tick: Duration::from_millis(tick_ms),
+                election_ticks,
+                heartbeat_ticks,
+                compact_after: positive(
+                    "--compact-after",
+                    self.compact_after.or(file.compact_after).unwrap_or(1000),
+                )?,
+                watch_history: positive(
+                    "--watch-history",
+                    self.watch_history.or(file.watch_history).unwrap_or(10_000),
+                )?,
+                request_timeout: Duration::from_millis(positive(
+                    "--request-timeout-ms",
+                    self.request_timeout_ms
+                        .or(file.request_timeout_ms)
+                        .unwrap_or(5000),
+                )?),
+                max_message_bytes,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_a_single_replica() {
+        let config = MetaArgs::default().resolve().expect("defaults work");
+        assert_eq!(config.node.id, 1);
+        assert_eq!(
+            config.node.peers.get(&1).map(String::as_str),
+            Some(DEFAULT_LISTEN)
+        );
+        assert_eq!(config.data_dir, PathBuf::from("fabric-meta"));
+    }
+
+    #[test]
+    fn peers_parse_and_must_include_self() {
+        let peers = parse_peers("1=127.0.0.1:7401, 2=127.0.0.1:7402").expect("parses");
+        assert_eq!(peers.len(), 2);
+        assert!(parse_peers("1=x")
+            .expect_err("no port")
+            .contains("HOST:PORT"));
+        assert!(parse_peers("0=a:1")
+            .expect_err("id 0")
+            .contains("replica id"));
+        assert!(parse_peers("1=a:1,1=b:2")
+            .expect_err("twice")
+            .contains("twice"));
+        let args = MetaArgs {
+            id: Some(3),
+            peers: Some(peers),
+            ..Default::default()
+        };
+        let err = args.resolve().expect_err("3 is not listed").to_string();
+        assert!(err.starts_with("--peers:"), "{err}");
+    }
+
+    #[test]
+    fn file_settings_yield_to_flags_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.toml");
+        std::fs::write(
+            &path,
+            "id = 2\nlisten = \"127.0.0.1:9002\"\ntick_ms = 50\n[peers]\n1 = \"127.0.0.1:9001\"\n2 = \"127.0.0.1:9002\"\n",
+        )
+        .expect("write");
+        let args = MetaArgs {
+            config: Some(path.clone()),
+            tick_ms: Some(20),
+            ..Default::default()
+        };
+        let config = args.resolve().expect("valid file");
+        assert_eq!(config.node.id, 2);
+        assert_eq!(config.node.peers.len(), 2);
+        assert_eq!(config.node.tick, Duration::from_millis(20));
+        std::fs::write(&path, "tick = 5\n").expect("write");
+        let err = args.resolve().expect_err("unknown key").to_string();
+        assert!(err.contains("meta.toml") && err.contains("tick"), "{err}");
+    }
+}

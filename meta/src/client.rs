@@ -1,0 +1,372 @@
+//! The client of the meta group, for node agents, `fabric-ctl` and tests.
+//!
+//! It knows several replica endpoints and moves to the next one when a
+//! replica cannot be reached. Retries are bounded by a deadline and follow
+//! one rule: a read is retried on any transient failure; a write only when
+//! it certainly was not applied (the connection was refused, or the replica
+//! said so with [`RETRY_SAFE_HEADER`](crate::error::RETRY_SAFE_HEADER)), so
+//! a retried create never turns into a misleading AlreadyExists.
+//!
+//! Agents reconcile with list-then-watch: `list` returns the objects and the
+//! revision they were read at; `watch(revision)` streams every later change.
+//! When the stream breaks, watch again from the last revision received; when
+//! the watch answers FailedPrecondition (history compacted), list again.
+
+use std::error::Error as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+use crate::error::{is_retry_safe, retry_safe};
+use crate::objects::{snapshot_key, MetaObject};
+use crate::proto::meta_client::MetaClient as GrpcClient;
+use crate::proto::{
+    AddReplicaRequest, Cluster, ControllerNode, ControllerNodeSpec, CreateClusterRequest,
+    CreateHostRequest, CreateSnapshotRequest, CreateVolumeRequest, DiskNode, DiskNodeSpec,
+    HeartbeatRequest, HeartbeatResponse, Host, ListRequest, MembershipResponse, NodeKind, Object,
+    ObjectKind, ObjectRef, Operation, RemoveReplicaRequest, Snapshot, StatusRequest,
+    StatusResponse, UpdateOperationRequest, Volume, WatchEvent, WatchRequest,
+};
+
+/// Environment variable with the meta endpoints (comma-separated).
+pub const ENDPOINT_ENV: &str = "FABRIC_META_ENDPOINT";
+/// Endpoint used when none is given.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+
+/// A client of the meta group.
+pub struct MetaClient {
+    endpoints: Vec<Endpoint>,
+    deadline: Duration,
+    current: Mutex<Option<(usize, GrpcClient<Channel>)>>,
+    next: AtomicUsize,
+}
+
+/// Whether a status comes from a connection that was refused (the request
+/// never reached a replica).
+fn connection_refused(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+/// Normalizes `host:port` to `http://host:port`.
+fn endpoint_uri(raw: &str) -> String {
+    if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    }
+}
+
+impl MetaClient {
+    /// A client of the replicas at `endpoints` (comma-separated
+    /// `[http://]host:port`), retrying each call for at most `deadline`.
+    pub fn new(endpoints: &str, deadline: Duration) -> Result<Self, Status> {
+        let endpoints = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|raw| {
+                Endpoint::from_shared(endpoint_uri(raw))
+                    .map(|e| e.connect_timeout(Duration::from_secs(1)))
+                    .map_err(|e| Status::invalid_argument(format!("endpoint '{raw}': {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(Status::invalid_argument("no meta endpoint given"));
+        }
+        Ok(MetaClient {
+            endpoints,
+            deadline,
+            current: Mutex::new(None),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The gRPC client of the current replica, connecting to the next one
+    /// that answers when there is none.
+    async fn client(&self, deadline: Instant) -> Result<(usize, GrpcClient<Channel>), Status> {
+        if let Some(current) = self.current.lock().ok().and_then(|c| c.clone()) {
+            return Ok(current);
+        }
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        let mut round = 0usize;
+        loop {
+            for k in 0..self.endpoints.len() {
+                let i = (start + k) % self.endpoints.len();
+                match self.endpoints[i].connect().await {
+                    Ok(channel) => {
+                        let client = GrpcClient::new(channel);
+                        if let Ok(mut c) = self.current.lock() {
+                            *c = Some((i, client.clone()));
+                        }
+                        return Ok((i, client));
+                    }
+                    Err(e) => last_error = format!("{}: {e}", self.endpoints[i].uri()),
+                }
+            }
+            round += 1;
+            if Instant::now() >= deadline {
+                return Err(retry_safe(Status::unavailable(format!(
+                    "no meta replica reachable ({last_error})"
+                ))));
+            }
+            tokio::time::sleep(backoff(round)).await;
+        }
+    }
+
+    /// Forgets the current replica after a failure (the next call moves on).
+    fn drop_client(&self, index: usize) {
+        if let Ok(mut c) = self.current.lock() {
+            if c.as_ref().is_some_and(|(i, _)| *i == index) {
+                *c = None;
+                self.next.store(index + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Calls `f` with retries: a read (`write == false`) on any transient
+    /// failure, a write only when it certainly was not applied.
+    pub async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T, Status>
+    where
+        F: Fn(GrpcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.deadline;
+        let mut attempt = 0usize;
+        loop {
+            attempt += 1;
+            let (index, client) = self.client(deadline).await?;
+            let status = match f(client).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            let refused = connection_refused(&status);
+            // Any transient failure moves on to the next replica: this one
+            // may be down, or cut off from the leader.
+            if refused || transient(&status) {
+                self.drop_client(index);
+            }
+            let retry = if write {
+                refused || is_retry_safe(&status)
+            } else {
+                refused || transient(&status)
+            };
+            if !retry || Instant::now() >= deadline {
+                return Err(status);
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Reads one object.
+    pub async fn get<T: MetaObject>(&self, name: &str) -> Result<T, Status> {
+        let target = ObjectRef {
+            kind: T::KIND as i32,
+            name: name.to_string(),
+        };
+        let object = self
+            .call(false, |mut c| {
+                let t = target.clone();
+                async move { c.get(t).await }
+            })
+            .await?;
+        T::from_object(object).ok_or_else(|| Status::internal("the replica returned another kind"))
+    }
+
+    /// Lists the objects of a kind (snapshots: of `volume`, or all when
+    /// empty), with the revision of the listing.
+    pub async fn list<T: MetaObject>(&self, volume: &str) -> Result<(Vec<T>, u64), Status> {
+        let req = ListRequest {
+            kind: T::KIND as i32,
+            volume: volume.to_string(),
+        };
+        let reply = self
+            .call(false, |mut c| {
+                let r = req.clone();
+                async move { c.list(r).await }
+            })
+            .await?;
+        Ok((
+            reply.items.into_iter().filter_map(T::from_object).collect(),
+            reply.revision,
+        ))
+    }
+
+    /// Deletes an object; returns the revision of the deletion.
+    pub async fn delete(&self, kind: ObjectKind, name: &str) -> Result<u64, Status> {
+        let target = ObjectRef {
+            kind: kind as i32,
+            name: name.to_string(),
+        };
+        let reply = self
+            .call(true, |mut c| {
+                let t = target.clone();
+                async move { c.delete(t).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    async fn create<T: MetaObject, R, F, Fut>(&self, req: R, f: F) -> Result<T, Status>
+    where
+        R: Clone,
+        F: Fn(GrpcClient<Channel>, R) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Object>, Status>>,
+    {
+        let object = self.call(true, |c| f(c, req.clone())).await?;
+        T::from_object(object).ok_or_else(|| Status::internal("the replica returned another kind"))
+    }
+
+    /// Creates the cluster object.
+    pub async fn create_cluster(&self, req: CreateClusterRequest) -> Result<Cluster, Status> {
+        self.create(req, |mut c, r| async move { c.create_cluster(r).await })
+            .await
+    }
+
+    /// Declares a disk node.
+    pub async fn create_disk_node(&self, spec: DiskNodeSpec) -> Result<DiskNode, Status> {
+        self.create(spec, |mut c, r| async move { c.create_disk_node(r).await })
+            .await
+    }
+
+    /// Registers a disk node (its agent, at start) and marks it online.
+    pub async fn register_disk_node(&self, spec: DiskNodeSpec) -> Result<DiskNode, Status> {
+        self.create(
+            spec,
+            |mut c, r| async move { c.register_disk_node(r).await },
+        )
+        .await
+    }
+
+    /// Declares a controller node.
+    pub async fn create_controller_node(
+        &self,
+        spec: ControllerNodeSpec,
+    ) -> Result<ControllerNode, Status> {
+        self.create(
+            spec,
+            |mut c, r| async move { c.create_controller_node(r).await },
+        )
+        .await
+    }
+
+    /// Registers a controller node (its agent, at start) and marks it online.
+    pub async fn register_controller_node(
+        &self,
+        spec: ControllerNodeSpec,
+    ) -> Result<ControllerNode, Status> {
+        self.create(spec, |mut c, r| async move {
+            c.register_controller_node(r).await
+        })
+        .await
+    }
+
+    /// Creates a host.
+    pub async fn create_host(&self, req: CreateHostRequest) -> Result<Host, Status> {
+        self.create(req, |mut c, r| async move { c.create_host(r).await })
+            .await
+    }
+
+    /// Creates and places a volume.
+    pub async fn create_volume(&self, req: CreateVolumeRequest) -> Result<Volume, Status> {
+        self.create(req, |mut c, r| async move { c.create_volume(r).await })
+            .await
+    }
+
+    /// Creates a snapshot (and the operation that takes it).
+    pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<Snapshot, Status> {
+        let req = CreateSnapshotRequest {
+            volume: volume.to_string(),
+            name: name.to_string(),
+        };
+        self.create(req, |mut c, r| async move { c.create_snapshot(r).await })
+            .await
+    }
+
+    /// Reads a snapshot.
+    pub async fn get_snapshot(&self, volume: &str, name: &str) -> Result<Snapshot, Status> {
+        self.get::<Snapshot>(&snapshot_key(volume, name)).await
+    }
+
+    /// Records a step of an operation (conditional on its revision when
+    /// `expected_revision` is not 0).
+    pub async fn update_operation(&self, req: UpdateOperationRequest) -> Result<Operation, Status> {
+        self.create(req, |mut c, r| async move { c.update_operation(r).await })
+            .await
+    }
+
+    /// Sends a node agent's heartbeat.
+    pub async fn heartbeat(&self, kind: NodeKind, name: &str) -> Result<HeartbeatResponse, Status> {
+        let req = HeartbeatRequest {
+            kind: kind as i32,
+            name: name.to_string(),
+        };
+        self.call(true, |mut c| {
+            let r = req.clone();
+            async move { c.heartbeat(r).await }
+        })
+        .await
+    }
+
+    /// Streams the changes after `after_revision` from one replica.
+    pub async fn watch(&self, after_revision: u64) -> Result<Streaming<WatchEvent>, Status> {
+        self.call(false, |mut c| async move {
+            c.watch(WatchRequest { after_revision }).await
+        })
+        .await
+    }
+
+    /// The view of the replica the client is connected to.
+    pub async fn status(&self) -> Result<StatusResponse, Status> {
+        self.call(
+            false,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        )
+        .await
+    }
+
+    /// Adds a replica to the group.
+    pub async fn add_replica(&self, id: u64, address: &str) -> Result<MembershipResponse, Status> {
+        let req = AddReplicaRequest {
+            id,
+            address: address.to_string(),
+        };
+        self.call(true, |mut c| {
+            let r = req.clone();
+            async move { c.add_replica(r).await }
+        })
+        .await
+    }
+
+    /// Removes a replica from the group.
+    pub async fn remove_replica(&self, id: u64) -> Result<MembershipResponse, Status> {
+        self.call(true, |mut c| async move {
+            c.remove_replica(RemoveReplicaRequest { id }).await
+        })
+        .await
+    }
+}
+
+fn backoff(attempt: usize) -> Duration {
+    let ms = 50u64.saturating_mul(1 << attempt.min(4) as u32);
+    Duration::from_millis(ms.min(800))
+}

@@ -1,0 +1,160 @@
+//! The meta role's entry point: opens the replica's rocksdb, starts the Raft
+//! node, serves the `Meta` and `RaftPeer` services on one address, and stops
+//! cleanly on a signal or when the Raft driver fails.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rocksdb::{Options, DB};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cli::{ConfigError, MetaArgs, MetaConfig};
+use crate::error::MetaError;
+use crate::liveness::Liveness;
+use crate::node;
+use crate::peer::raft_peer_server::RaftPeerServer;
+use crate::proto::meta_server::MetaServer;
+use crate::service::MetaService;
+use crate::transport::PeerService;
+
+/// Why the role stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address}: {reason}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory or the store failed.
+    #[error("data directory {dir}: {reason}")]
+    Store {
+        /// The directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
+    /// The replica failed while running.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// Runs the meta role until SIGINT or SIGTERM.
+pub async fn run(args: MetaArgs) -> Result<(), RunError> {
+    let config = args.resolve()?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| RunError::Listen {
+            address: config.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    serve(config, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Opens the replica's database (created when missing).
+pub fn open_db(config: &MetaConfig) -> Result<Arc<DB>, RunError> {
+    let dir = config.data_dir.join("db");
+    let store_err = |reason: String| RunError::Store {
+        dir: config.data_dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    let db = DB::open(&opts, &dir).map_err(|e| store_err(e.into_string()))?;
+    Ok(Arc::new(db))
+}
+
+/// Serves a replica on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    config: MetaConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let db = open_db(&config)?;
+    let (node, driver) = node::start(db, config.node.clone(), tokio::runtime::Handle::current())?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(id = config.node.id, listen = %local, "meta replica serving");
+
+    let liveness = Arc::new(Liveness::new(config.offline_after));
+    let monitor = {
+        let liveness = liveness.clone();
+        let node = node.clone();
+        tokio::spawn(async move { liveness.monitor(node).await })
+    };
+    let max = config.node.max_message_bytes;
+    let peer = RaftPeerServer::new(PeerService::new(
+        node.transport().clone(),
+        config.fault_injection,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let meta = MetaServer::new(MetaService::new(node.clone(), liveness));
+
+    // Stop serving on the signal, or when the driver thread ends (a store
+    // failure). The driver stops first: that ends the open watch streams,
+    // which graceful shutdown would otherwise wait for.
+    let watched = node.clone();
+    let stop = async move {
+        let driver_stopped = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if watched.view().stopped {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown => {},
+            () = driver_stopped => {},
+        }
+        watched.stop();
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(meta)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await;
+    monitor.abort();
+    let driver_result = tokio::task::spawn_blocking(move || driver.join())
+        .await
+        .map_err(|e| RunError::Serve(e.to_string()))?
+        .map_err(|_| RunError::Serve("the raft thread panicked".into()))?;
+    served.map_err(|e| RunError::Serve(e.to_string()))?;
+    driver_result?;
+    tracing::info!(id = config.node.id, "meta replica stopped");
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! The Raft log on rocksdb: raft-rs's [`Storage`] over the `raft/` keys, plus
+//! the writes the driver makes (append, hard state, compaction, snapshot
+//! install). Snapshots are built from the state machine's `sm/` keys.
+//!
+//! Decisions:
+//! * Log appends and hard-state changes go in one write batch with `sync`:
+//!   Raft's safety depends on them surviving a crash before any message that
+//!   promises them leaves the node.
+//! * A freshly bootstrapped group starts from a synthetic snapshot at
+//!   [`BOOTSTRAP_INDEX`] that holds the initial configuration, so the log of
+//!   every group starts above index 1. A replica added later therefore always
+//!   receives a snapshot (which carries the configuration) instead of a log
+//!   replay that would miss the bootstrap configuration, which is not a log
+//!   entry.
+//! * Entries are decoded with rust-protobuf only from our own disk; a decode
+//!   failure is reported as a storage error, never a panic.
+
+use std::sync::Arc;
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use crate::error::MetaError;
+use crate::keys;
+use crate::state::snapshot;
+
+/// Index (and term) of the synthetic snapshot a bootstrapped group starts from.
+pub const BOOTSTRAP_INDEX: u64 = 5;
+
+/// raft-rs storage over rocksdb.
+pub struct RaftStorage {
+    db: Arc<DB>,
+}
+
+fn other(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+impl RaftStorage {
+    /// Wraps the replica's database.
+    pub fn new(db: Arc<DB>) -> Self {
+        RaftStorage { db }
+    }
+
+    /// Whether this replica has any Raft state yet.
+    pub fn is_initialized(&self) -> Result<bool, MetaError> {
+        Ok(self.db.get(keys::RAFT_HARD_STATE)?.is_some()
+            || self.db.get(keys::SM_CONF_STATE)?.is_some())
+    }
+
+    /// Writes the initial state of a new group whose voters are `voters`.
+    pub fn bootstrap(&self, voters: &[u64]) -> Result<(), MetaError> {
+        let mut conf = ConfState::default();
+        conf.set_voters(voters.to_vec());
+        let mut hs = HardState::default();
+        hs.set_term(BOOTSTRAP_INDEX);
+        hs.set_commit(BOOTSTRAP_INDEX);
+        let mut batch = WriteBatch::default();
+        batch.put(keys::RAFT_HARD_STATE, encode(&hs)?);
+        batch.put(
+            keys::RAFT_TRUNCATED,
+            keys::encode_pair(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX),
+        );
+        batch.put(keys::SM_CONF_STATE, encode(&conf)?);
+        batch.put(
+            keys::SM_APPLIED,
+            keys::encode_pair(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX),
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Appends entries (replacing any conflicting suffix) and stores the hard
+    /// state, durably, in one write.
+    pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), MetaError> {
+        let mut batch = WriteBatch::default();
+        if let Some(last) = entries.last() {
+            let old_last = self.last_index_inner()?;
+            for e in entries {
+                batch.put(keys::log_key(e.index), encode(e)?);
+            }
+            if old_last > last.index {
+                batch.delete_range(keys::log_key(last.index + 1), keys::log_key(old_last + 1));
+            }
+        }
+        if let Some(hs) = hs {
+            batch.put(keys::RAFT_HARD_STATE, encode(hs)?);
+        }
+        if !batch.is_empty() {
+            self.db.write_opt(batch, &synced())?;
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index.
+    pub fn set_commit(&self, commit: u64) -> Result<(), MetaError> {
+        let mut hs = self.hard_state()?;
+        hs.set_commit(commit);
+        self.append(&[], Some(&hs))
+    }
+
+    /// Removes the entries up to and including `index` (which must be applied).
+    pub fn compact(&self, index: u64) -> Result<(), MetaError> {
+        let (truncated, _) = self.truncated()?;
+        if index <= truncated {
+            return Ok(());
+        }
+        let term = self.entry_term(index)?.ok_or_else(|| {
+            MetaError::Storage(format!("cannot compact to {index}: entry missing"))
+        })?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(keys::log_key(truncated + 1), keys::log_key(index + 1));
+        batch.put(keys::RAFT_TRUNCATED, keys::encode_pair(index, term));
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: replaces the state
+    /// machine and empties the log.
+    pub fn install_snapshot(&self, snap: &Snapshot) -> Result<(), MetaError> {
+        let meta = snap.get_metadata();
+        let mut batch = WriteBatch::default();
+        snapshot::restore_into(&mut batch, snap.get_data())?;
+        batch.put(keys::SM_CONF_STATE, encode(meta.get_conf_state())?);
+        batch.put(keys::SM_APPLIED, keys::encode_pair(meta.index, meta.term));
+        batch.delete_range(keys::log_key(0), keys::log_key(u64::MAX));
+        batch.put(
+            keys::RAFT_TRUNCATED,
+            keys::encode_pair(meta.index, meta.term),
+        );
+        let mut hs = self.hard_state()?;
+        hs.set_term(hs.term.max(meta.term));
+        hs.set_commit(hs.commit.max(meta.index));
+        batch.put(keys::RAFT_HARD_STATE, encode(&hs)?);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// The stored hard state (default when none).
+    pub fn hard_state(&self) -> Result<HardState, MetaError> {
+        match self.db.get(keys::RAFT_HARD_STATE)? {
+            Some(v) => decode(&v),
+            None => Ok(HardState::default()),
+        }
+    }
+
+    /// Index and term of the last removed entry ((0, 0) when none).
+    pub fn truncated(&self) -> Result<(u64, u64), MetaError> {
+        match self.db.get(keys::RAFT_TRUNCATED)? {
+            Some(v) => {
+                keys::decode_pair(&v).ok_or_else(|| MetaError::Corrupt("truncation point".into()))
+            }
+            None => Ok((0, 0)),
+        }
+    }
+
+    fn last_index_inner(&self) -> Result<u64, MetaError> {
+        let end = keys::prefix_end(keys::RAFT_LOG_PREFIX);
+        let mut iter = self
+            .db
+            .iterator(IteratorMode::From(&end, Direction::Reverse));
+        if let Some(item) = iter.next() {
+            let (key, _) = item?;
+            if key.starts_with(keys::RAFT_LOG_PREFIX) {
+                return keys::trailing_u64(&key, keys::RAFT_LOG_PREFIX.len())
+                    .ok_or_else(|| MetaError::Corrupt("log key".into()));
+            }
+        }
+        Ok(self.truncated()?.0)
+    }
+
+    fn entry_term(&self, index: u64) -> Result<Option<u64>, MetaError> {
+        let (truncated, term) = self.truncated()?;
+        if index == truncated {
+            return Ok(Some(term));
+        }
+        match self.db.get(keys::log_key(index))? {
+            Some(v) => Ok(Some(decode::<Entry>(&v)?.term)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Encodes a rust-protobuf message.
+pub fn encode<M: PbMessage>(m: &M) -> Result<Vec<u8>, MetaError> {
+    m.write_to_bytes()
+        .map_err(|e| MetaError::Corrupt(e.to_string()))
+}
+
+/// Decodes a rust-protobuf message.
+pub fn decode<M: PbMessage>(bytes: &[u8]) -> Result<M, MetaError> {
+    M::parse_from_bytes(bytes).map_err(|e| MetaError::Corrupt(e.to_string()))
+}
+
+/// The Raft configuration stored in the state machine (empty when none).
+pub fn read_conf_state(db: &DB) -> Result<ConfState, MetaError> {
+    match db.get(keys::SM_CONF_STATE)? {
+        Some(v) => decode(&v),
+        None => Ok(ConfState::default()),
+    }
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let hard_state = self.hard_state().map_err(other)?;
+        let conf_state = read_conf_state(&self.db).map_err(other)?;
+        Ok(RaftState::new(hard_state, conf_state))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let (truncated, _) = self.truncated().map_err(other)?;
+        if low <= truncated {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let mut entries = Vec::with_capacity(high.saturating_sub(low) as usize);
+        let start = keys::log_key(low);
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(other)?;
+            let Some(index) = keys::trailing_u64(&key, keys::RAFT_LOG_PREFIX.len())
+                .filter(|_| key.starts_with(keys::RAFT_LOG_PREFIX))
+            else {
+                break;
+            };
+            if index >= high {
+                break;
+            }
+            if index != low + entries.len() as u64 {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            entries.push(decode::<Entry>(&value).map_err(other)?);
+        }
+        if (entries.len() as u64) < high.saturating_sub(low) {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (truncated, _) = self.truncated().map_err(other)?;
+        if idx < truncated {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entry_term(idx).map_err(other)? {
+            Some(term) => Ok(term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated().map_err(other)?.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.last_index_inner().map_err(other)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snap = snapshot::build(&self.db).map_err(other)?;
+        if snap.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, RaftStorage) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = DB::open_default(dir.path()).expect("open rocksdb");
+        (dir, RaftStorage::new(Arc::new(db)))
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bootstrap_starts_above_the_synthetic_snapshot() {
+        let (_dir, s) = open();
+        assert!(!s.is_initialized().expect("read"));
+        s.bootstrap(&[1, 2, 3]).expect("bootstrap");
+        assert!(s.is_initialized().expect("read"));
+        let state = s.initial_state().expect("state");
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(s.first_index().expect("first"), BOOTSTRAP_INDEX + 1);
+        assert_eq!(s.last_index().expect("last"), BOOTSTRAP_INDEX);
+        assert_eq!(s.term(BOOTSTRAP_INDEX).expect("term"), BOOTSTRAP_INDEX);
+    }
+
+    #[test]
+    fn append_replaces_a_conflicting_suffix_and_compacts() {
+        let (_dir, s) = open();
+        s.bootstrap(&[1]).expect("bootstrap");
+        let ents: Vec<Entry> = (6..=10).map(|i| entry(i, 6)).collect();
+        s.append(&ents, None).expect("append");
+        assert_eq!(s.last_index().expect("last"), 10);
+        // A new leader overwrites from index 8 with a shorter suffix.
+        s.append(&[entry(8, 7)], None).expect("append");
+        assert_eq!(s.last_index().expect("last"), 8);
+        assert_eq!(s.term(8).expect("term"), 7);
+        let got = s
+            .entries(6, 9, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(
+            got.iter().map(|e| e.term).collect::<Vec<_>>(),
+            vec![6, 6, 7]
+        );
+        s.compact(7).expect("compact");
+        assert_eq!(s.first_index().expect("first"), 8);
+        assert_eq!(s.term(7).expect("term of truncation point"), 6);
+        assert!(matches!(
+            s.entries(6, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            s.term(20),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+    }
+
+    #[test]
+    fn corrupt_entries_are_errors_not_panics() {
+        let (_dir, s) = open();
+        s.bootstrap(&[1]).expect("bootstrap");
+        s.db.put(keys::log_key(6), b"\xff\xff\xff garbage")
+            .expect("put");
+        assert!(s
+            .entries(6, 7, None, GetEntriesContext::empty(false))
+            .is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! Replica-to-replica transport: Raft messages over gRPC (`RaftPeer.Send`).
+//!
+//! Each destination has one sender task that drains its queue into batches
+//! (one unary call per batch). Raft tolerates loss, so a failed batch is
+//! dropped, the queue is emptied (its heartbeats and appends are stale by
+//! the time the peer is back) and Raft is told the peer is unreachable.
+//!
+//! Inbound, rust-protobuf (which has an advisory about recursion on
+//! untrusted input) only ever parses bytes that passed these checks: the
+//! gRPC message and each Raft message are bounded in size, the claimed
+//! sender must be a known replica (configured, or added by a membership
+//! change) and, when its address is an IP address, the connection must come
+//! from that IP. This is a guard against strays and mistakes, not
+//! authentication: mutual TLS is the production answer (not built yet).
+//!
+//! Fault injection: when enabled at start, `RaftPeer.Isolate` makes the
+//! replica drop every Raft message it sends or receives, which cuts it off
+//! from the group while its client API stays up (used by the tests).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+
+use crate::peer::raft_peer_client::RaftPeerClient;
+use crate::peer::raft_peer_server::RaftPeer;
+use crate::peer::{IsolateRequest, IsolateResponse, RaftAck, RaftBatch};
+
+/// What the transport tells the Raft driver about deliveries.
+#[derive(Debug)]
+pub enum Feedback {
+    /// A message arrived from a peer.
+    Message(Box<Message>),
+    /// Sending to this peer failed.
+    Unreachable(u64),
+    /// A snapshot to this peer was delivered (true) or lost (false).
+    SnapshotSent(u64, bool),
+}
+
+/// Where feedback goes.
+pub type FeedbackSink = Arc<dyn Fn(Feedback) + Send + Sync>;
+
+/// Most messages per outbound batch.
+const MAX_BATCH: usize = 256;
+
+/// Outbound queues and inbound checks of one replica.
+pub struct Transport {
+    id: u64,
+    addresses: RwLock<BTreeMap<u64, String>>,
+    links: Mutex<HashMap<u64, Link>>,
+    isolated: Arc<AtomicBool>,
+    max_message_bytes: usize,
+    feedback: FeedbackSink,
+    runtime: tokio::runtime::Handle,
+}
+
+struct Link {
+    address: String,
+    queue: mpsc::UnboundedSender<Message>,
+}
+
+impl Transport {
+    /// A transport for replica `id` that knows the given replica addresses
+    /// (`host:port` of their gRPC endpoints). Sender tasks run on `runtime`.
+    pub fn new(
+        id: u64,
+        addresses: BTreeMap<u64, String>,
+        max_message_bytes: usize,
+        feedback: FeedbackSink,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(Transport {
+            id,
+            addresses: RwLock::new(addresses),
+            links: Mutex::new(HashMap::new()),
+            isolated: Arc::new(AtomicBool::new(false)),
+            max_message_bytes,
+            feedback,
+            runtime,
+        })
+    }
+
+    /// Replaces the known replica addresses.
+    pub fn set_addresses(&self, addresses: BTreeMap<u64, String>) {
+        if let Ok(mut a) = self.addresses.write() {
+            *a = addresses;
+        }
+    }
+
+    /// The known replica addresses.
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        self.addresses.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Cuts (true) or restores (false) all Raft traffic.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+    }
+
+    /// Whether Raft traffic is cut.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
+    /// Queues messages for their destinations.
+    pub fn send(&self, messages: Vec<Message>) {
+        if self.is_isolated() {
+            return;
+        }
+        let Ok(mut links) = self.links.lock() else {
+            return;
+        };
+        for msg in messages {
+            let to = msg.to;
+            let Some(address) = self.addresses.read().ok().and_then(|a| a.get(&to).cloned()) else {
+                tracing::warn!(to, "no address for replica; message dropped");
+                continue;
+            };
+            let stale = links
+                .get(&to)
+                .is_none_or(|l| l.address != address || l.queue.is_closed());
+            if stale {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.runtime.spawn(run_link(
+                    to,
+                    address.clone(),
+                    rx,
+                    self.isolated.clone(),
+                    self.max_message_bytes,
+                    self.feedback.clone(),
+                ));
+                links.insert(to, Link { address, queue: tx });
+            }
+            if let Some(link) = links.get(&to) {
+                let _ = link.queue.send(msg);
+            }
+        }
+    }
+
+    /// Whether a connection from `remote` may come from replica `from`
+    /// (`None`: from any known replica).
+    fn accepts(&self, from: Option<u64>, remote: Option<SocketAddr>) -> bool {
+        let Ok(addresses) = self.addresses.read() else {
+            return false;
+        };
+        let matches = |address: &String| match (address.parse::<SocketAddr>(), remote) {
+            (Ok(configured), Some(remote)) => configured.ip() == remote.ip(),
+            _ => true,
+        };
+        match from {
+            Some(id) => addresses.get(&id).is_some_and(matches),
+            None => addresses.values().any(matches),
+        }
+    }
+}
+
+/// Sends one destination's queue, batch by batch.
+async fn run_link(
+    to: u64,
+    address: String,
+    mut queue: mpsc::UnboundedReceiver<Message>,
+    isolated: Arc<AtomicBool>,
+    max_message_bytes: usize,
+    feedback: FeedbackSink,
+) {
+    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10)),
+        Err(e) => {
+            tracing::error!(to, %address, "bad replica address: {e}");
+            return;
+        }
+    };
+    let mut client = RaftPeerClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(max_message_bytes)
+        .max_decoding_message_size(max_message_bytes);
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        if isolated.load(Ordering::SeqCst) {
+            continue; // queued before the cut: dropped like the rest
+        }
+        let snapshots = batch
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .count();
+        let messages: Vec<Vec<u8>> = batch
+            .iter()
+            .filter_map(|m| match m.write_to_bytes() {
+                Ok(b) if b.len() <= max_message_bytes => Some(b),
+                Ok(b) => {
+                    tracing::error!(
+                        to,
+                        bytes = b.len(),
+                        "raft message over the size bound; dropped"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(to, "cannot encode raft message: {e}");
+                    None
+                }
+            })
+            .collect();
+        let delivered = client.send(RaftBatch { messages }).await.is_ok();
+        for _ in 0..snapshots {
+            feedback(Feedback::SnapshotSent(to, delivered));
+        }
+        if !delivered {
+            tracing::debug!(to, %address, "replica unreachable");
+            feedback(Feedback::Unreachable(to));
+            while queue.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// The `RaftPeer` service: receives messages for the local replica.
+pub struct PeerService {
+    transport: Arc<Transport>,
+    fault_injection: bool,
+}
+
+impl PeerService {
+    /// Serves the transport's replica; `fault_injection` enables `Isolate`.
+    pub fn new(transport: Arc<Transport>, fault_injection: bool) -> Self {
+        PeerService {
+            transport,
+            fault_injection,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let t = &self.transport;
+        if t.is_isolated() {
+            return Err(Status::unavailable("replica is isolated (fault injection)"));
+        }
+        let remote = request.remote_addr();
+        if !t.accepts(None, remote) {
+            return Err(Status::permission_denied(
+                "not a connection from a known replica",
+            ));
+        }
+        for bytes in request.into_inner().messages {
+            if bytes.len() > t.max_message_bytes {
+                return Err(Status::invalid_argument("raft message over the size bound"));
+            }
+            let msg = Message::parse_from_bytes(&bytes)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            if msg.to != t.id {
+                return Err(Status::invalid_argument(format!(
+                    "raft message for replica {} delivered to replica {}",
+                    msg.to, t.id
+                )));
+            }
+            if !t.accepts(Some(msg.from), remote) {
+                tracing::warn!(
+                    from = msg.from,
+                    ?remote,
+                    "raft message from an unknown replica"
+                );
+                return Err(Status::permission_denied(format!(
+                    "replica {} is not a known peer at this address",
+                    msg.from
+                )));
+            }
+            (t.feedback)(Feedback::Message(Box::new(msg)));
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn isolate(
+        &self,
+        request: Request<IsolateRequest>,
+    ) -> Result<Response<IsolateResponse>, Status> {
+        if !self.fault_injection {
+            return Err(Status::failed_precondition(
+                "fault injection is disabled (start the replica with --fault-injection)",
+            ));
+        }
+        let isolated = request.into_inner().isolated;
+        tracing::warn!(
+            isolated,
+            "fault injection: raft traffic {}",
+            if isolated { "cut" } else { "restored" }
+        );
+        self.transport.set_isolated(isolated);
+        Ok(Response::new(IsolateResponse {}))
+    }
+}
