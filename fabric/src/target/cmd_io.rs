@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use raid::BlockError;
 
 use crate::wire::le::{u32_at, u64_at};
@@ -125,14 +125,18 @@ pub(crate) async fn execute(
     cmd: &Command,
     op: Op,
     data: Option<Bytes>,
+    buffer: Option<BytesMut>,
 ) -> Result<Outcome, Failure> {
     let stats = &s.ctrl.subsystem.stats;
     match op {
         Op::Read { ns, lba } => {
             let len = cmd.nlb() as usize * ns.block_size() as usize;
+            let buf = buffer
+                .filter(|b| b.len() == len)
+                .unwrap_or_else(|| raid::buf::alloc(len));
             let buf = ns
                 .device
-                .read(lba, raid::buf::alloc(len))
+                .read(lba, buf)
                 .await
                 .map_err(|e| fail(e, false, s))?;
             stats.reads.fetch_add(1, Ordering::Relaxed);

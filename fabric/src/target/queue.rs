@@ -222,6 +222,7 @@ impl Queue {
             transfer,
             op,
             sq_head: head,
+            buffer: None,
         })
     }
 
@@ -233,6 +234,7 @@ impl Queue {
             transfer,
             op,
             sq_head,
+            buffer,
         } = req;
         let data = match (transfer, data) {
             (Transfer::ToController(n), Some(d)) if d.len() >= n as usize => {
@@ -259,7 +261,9 @@ impl Queue {
                     | Op::Write { .. }
                     | Op::Flush { .. }
                     | Op::WriteZeroes { .. }
-                    | Op::DatasetManagement { .. } => cmd_io::execute(s, &cmd, op, data).await,
+                    | Op::DatasetManagement { .. } => {
+                        cmd_io::execute(s, &cmd, op, data, buffer).await
+                    }
                     op => cmd_admin::execute(&self, s, &cmd, op, data).await,
                 },
             },

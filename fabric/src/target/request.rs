@@ -45,6 +45,16 @@ pub struct Request {
     pub transfer: Transfer,
     pub(crate) op: Op,
     pub(crate) sq_head: u16,
+    pub(crate) buffer: Option<bytes::BytesMut>,
+}
+
+impl Request {
+    /// Give the buffer a read's data is to land in (for example one from a
+    /// transport's pre-registered pool). It must be exactly
+    /// `transfer.len()` bytes; otherwise it is ignored and the core allocates.
+    pub fn provide_buffer(&mut self, buf: bytes::BytesMut) {
+        self.buffer = Some(buf);
+    }
 }
 
 /// What a request does.
