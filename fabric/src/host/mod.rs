@@ -304,6 +304,12 @@ impl HostController {
         self.io.len()
     }
 
+    /// I/O queue `index` (0-based), for callers that spread their own load
+    /// over the queues (a load generator keeps one worker per queue).
+    pub fn io_queue(&self, index: usize) -> Option<Arc<dyn HostQueue>> {
+        self.io.get(index).cloned()
+    }
+
     async fn identify(&self, c: u8, nsid: u32) -> Result<Bytes, TransportError> {
         let cmd = Command {
             nsid,

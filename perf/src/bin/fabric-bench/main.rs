@@ -1,0 +1,256 @@
+//! `fabric-bench`: the side-by-side benchmark of our NVMe-oF target against
+//! the Linux kernel target (nvmet).
+//!
+//! `fabric-bench run` measures the matrix (transports x backends x
+//! workloads x clients, both targets alternating, several repetitions) in
+//! the guest where the kernel target exists, or natively (ours only, TCP
+//! loopback). `fabric-bench report` turns the samples into the table (with
+//! medians and ratios ours/kernel), JSON, a PNG chart, and an entry in
+//! perf/RESULTS.md. `perf/bench.sh` runs both, in the guest, in one command.
+
+mod chart;
+mod clients;
+mod fabricd;
+mod kernel;
+mod linux_host;
+mod matrix;
+mod results;
+mod runner;
+mod summary;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use matrix::{Backend, Client, Mode, SampleSet, CASES};
+
+/// Side-by-side benchmark: fabricd target against the Linux kernel target.
+#[derive(Parser, Debug)]
+#[command(name = "fabric-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure the matrix and write DIR/samples.json (in the guest for
+    /// --mode guest: run it through ci/guest-run, as perf/bench.sh does).
+    Run(RunArgs),
+    /// Summarize DIR/samples.json: table, JSON, PNG chart, RESULTS.md entry.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// guest: ours and the kernel target, fio and fabric-perf (needs the
+    /// guest's kernel modules); native: ours and fabric-perf over TCP on
+    /// this machine's loopback.
+    #[arg(long, value_enum, default_value_t = Mode::Guest)]
+    mode: Mode,
+    /// Directory for samples and logs.
+    #[arg(long, default_value = "perf/out/bench")]
+    out: PathBuf,
+    /// The CI smoke run: one repetition of 2 seconds (unless --reps or
+    /// --seconds say otherwise).
+    #[arg(long)]
+    short: bool,
+    /// Repetitions per target [default: 3, or 1 with --short].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    reps: Option<u32>,
+    /// Seconds per sample [default: 8, or 2 with --short].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: Option<u64>,
+    /// Transports, comma-separated [default: tcp,rdma in the guest, tcp natively].
+    #[arg(long, value_delimiter = ',', value_parser = ["tcp", "rdma"])]
+    transports: Vec<String>,
+    /// Backends, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Backend::Null, Backend::Mem])]
+    backends: Vec<Backend>,
+    /// Clients, comma-separated [default: fio,fabric-perf in the guest, fabric-perf natively].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    clients: Vec<Client>,
+    /// Size of each backend device in GiB.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    size_gib: u64,
+    /// The fabricd binary [default: next to this program].
+    #[arg(long)]
+    fabricd: Option<PathBuf>,
+    /// The fabric-perf binary [default: next to this program].
+    #[arg(long)]
+    fabric_perf: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// The directory `fabric-bench run` wrote.
+    dir: PathBuf,
+    /// Fail (exit 1) unless every row has numbers for each side (sides whose
+    /// transport is unavailable in this build excepted).
+    #[arg(long)]
+    check: bool,
+    /// Append the table to this Markdown file (perf/RESULTS.md).
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// The command line to record with the results.
+    #[arg(long, default_value = "fabric-bench")]
+    command: String,
+    /// Skip the PNG chart.
+    #[arg(long)]
+    no_chart: bool,
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let native = a.mode == Mode::Native;
+    let cfg = runner::RunConfig {
+        mode: a.mode,
+        out: a.out.clone(),
+        transports: match (a.transports.is_empty(), native) {
+            (false, _) => a.transports,
+            (true, true) => vec!["tcp".into()],
+            (true, false) => vec!["tcp".into(), "rdma".into()],
+        },
+        backends: a.backends,
+        clients: match (a.clients.is_empty(), native) {
+            (false, _) => a.clients,
+            (true, true) => vec![Client::FabricPerf],
+            (true, false) => vec![Client::Fio, Client::FabricPerf],
+        },
+        cases: CASES.to_vec(),
+        reps: a.reps.unwrap_or(if a.short { 1 } else { 3 }),
+        seconds: a.seconds.unwrap_or(if a.short { 2 } else { 8 }),
+        size_gib: a.size_gib,
+        fabricd: a.fabricd.unwrap_or_else(|| sibling("fabricd")),
+        fabric_perf: a.fabric_perf.unwrap_or_else(|| sibling("fabric-perf")),
+    };
+    if native && cfg.clients.contains(&Client::Fio) {
+        anyhow::bail!("--clients fio needs the Linux host: use --mode guest");
+    }
+    let set = runner::run(&cfg)?;
+    print!("\n{}", summary::markdown(&summary::summarize(&set)));
+    println!("samples: {}", cfg.out.join("samples.json").display());
+    Ok(())
+}
+
+fn load(dir: &Path) -> anyhow::Result<SampleSet> {
+    let path = dir.join("samples.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a sample set", path.display()))
+}
+
+fn report(a: ReportArgs) -> anyhow::Result<bool> {
+    let set = load(&a.dir)?;
+    let sum = summary::summarize(&set);
+    let table = summary::markdown(&sum);
+    std::fs::write(
+        a.dir.join("summary.json"),
+        serde_json::to_string_pretty(&sum)?,
+    )?;
+    std::fs::write(a.dir.join("table.md"), &table)?;
+    let date = results::now();
+    let title = match set.mode {
+        Mode::Guest => format!("ours / kernel target, QEMU TCG guest, {date}"),
+        Mode::Native => format!("fabricd + fabric-perf, TCP loopback, {date}"),
+    };
+    let png = a.dir.join("chart.png");
+    let chart = if a.no_chart {
+        None
+    } else {
+        chart::draw(&sum, &title, &png)?;
+        Some(png)
+    };
+    print!("{table}");
+    if let Some(results_file) = &a.results {
+        let where_ = match set.mode {
+            Mode::Guest => format!(
+                "guest: QEMU TCG, {} vCPUs, Linux {} (kernel target nvmet, Linux host nvme-tcp / nvme-rdma on soft-RoCE)",
+                set.cpus, set.kernel
+            ),
+            Mode::Native => "native: TCP loopback on the host, no guest".to_string(),
+        };
+        let mut entry = format!(
+            "### {date}: {} mode, {} repetitions x {} s, medians\n\n\
+             * command: `{}`\n* machine: {}\n* {where_}\n\n{table}",
+            match set.mode {
+                Mode::Guest => "guest",
+                Mode::Native => "native",
+            },
+            set.reps,
+            set.seconds,
+            a.command,
+            results::machine(),
+        );
+        if let (Some(png), Some(dir)) = (&chart, results_file.parent()) {
+            let name = format!(
+                "results/{}-{}.png",
+                if set.mode == Mode::Guest {
+                    "guest"
+                } else {
+                    "native"
+                },
+                date.replace([' ', ':'], "-").trim_end_matches("-UTC")
+            );
+            let dest = dir.join(&name);
+            if let Some(p) = dest.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            std::fs::copy(png, &dest)
+                .with_context(|| format!("cannot copy the chart to {}", dest.display()))?;
+            entry += &format!("\n![chart]({name})\n");
+        }
+        results::append(results_file, &entry)?;
+        println!("appended to {}", results_file.display());
+    }
+    if a.check {
+        let missing = summary::missing(&sum);
+        if !missing.is_empty() {
+            for m in &missing {
+                eprintln!("fabric-bench: no numbers: {m}");
+            }
+            return Ok(false);
+        }
+        println!(
+            "fabric-bench: every row has numbers ({} rows)",
+            sum.rows.len()
+        );
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("fabric-bench: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run(a).map(|()| true),
+        Command::Report(a) => report(a),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("fabric-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `fabric-perf`: an NVMe-oF load generator on the fabric host library.
+//!
+//! Runs read, write, randread, randwrite or randrw at a block size and queue
+//! depth over one or more I/O queues against any NVMe-oF target, over TCP or
+//! RDMA (the address's scheme), and reports IOPS, bandwidth, latency
+//! percentiles (hdrhistogram) and CPU time per I/O, as text or `--json`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fabric::target::PortAddress;
+use perf::duration::parse_duration;
+use perf::loadgen::{self, LoadSpec};
+use perf::workload::Workload;
+
+/// NVMe-oF load generator (our own host stack, over tcp:// or rdma://).
+#[derive(Parser, Debug)]
+#[command(name = "fabric-perf", version, about, long_about = None)]
+struct Args {
+    /// Target address: tcp://ADDR:PORT or rdma://ADDR:PORT.
+    #[arg(long, short = 'a', value_name = "tcp://ADDR:PORT")]
+    address: PortAddress,
+    /// Subsystem NQN [default: the first NVM subsystem of the discovery log at ADDRESS].
+    #[arg(long, short = 'n', value_name = "NQN")]
+    nqn: Option<String>,
+    /// Namespace ID.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Access pattern.
+    #[arg(long, short = 'w', value_enum, default_value_t = Workload::Randread)]
+    workload: Workload,
+    /// Reads in percent of a randrw workload.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    rwmixread: u8,
+    /// Bytes per I/O (K, M suffixes).
+    #[arg(long, short = 'b', default_value = "4K", value_parser = parse_size_arg)]
+    block_size: u64,
+    /// Outstanding I/Os per queue.
+    #[arg(long, short = 'q', default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=loadgen::MAX_IODEPTH as i64))]
+    iodepth: u32,
+    /// I/O queues, one connection each; each keeps IODEPTH I/Os in flight.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    queues: u16,
+    /// Measured time (10s, 500ms, 2m) [default: 10s, or unlimited with --ios].
+    #[arg(long, short = 't', value_parser = parse_duration)]
+    time: Option<Duration>,
+    /// Stop after this many measured I/Os (all queues together).
+    #[arg(long, value_name = "N")]
+    ios: Option<u64>,
+    /// Time run before measuring starts.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    ramp: Duration,
+    /// Write a pattern, check every read of a written block, and read every
+    /// written block back at the end; mismatches fail the run (read-only
+    /// workloads write the region first).
+    #[arg(long)]
+    verify: bool,
+    /// Start of the region used, in bytes (K, M, G suffixes).
+    #[arg(long, default_value = "0", value_parser = parse_size_arg)]
+    offset: u64,
+    /// Length of the region used [default: to the end of the namespace].
+    #[arg(long, value_parser = parse_size_arg)]
+    size: Option<u64>,
+    /// Host NQN [default: a random UUID NQN].
+    #[arg(long, value_name = "NQN")]
+    hostnqn: Option<String>,
+    /// NVMe/TCP header and data digests (CRC32C).
+    #[arg(long)]
+    digests: bool,
+    /// Seed of the random offsets and of the verify pattern.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Runtime threads (1: everything on one thread, the cheapest per I/O).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No live progress line even on a terminal.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    raid::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl Args {
+    fn spec(&self) -> LoadSpec {
+        LoadSpec {
+            address: self.address.clone(),
+            nqn: self.nqn.clone(),
+            nsid: self.nsid,
+            workload: self.workload,
+            read_mix: self.rwmixread,
+            io_size: self.block_size,
+            iodepth: self.iodepth,
+            queues: self.queues,
+            time: self
+                .time
+                .or((self.ios.is_none()).then_some(Duration::from_secs(10))),
+            ios: self.ios,
+            ramp: self.ramp,
+            verify: self.verify,
+            offset: self.offset,
+            size: self.size,
+            hostnqn: self.hostnqn.clone(),
+            digests: self.digests,
+            seed: self.seed,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            // One line naming the bad argument; --help has the rest.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("fabric-perf: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads as usize)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fabric-perf: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let progress = !args.json && !args.quiet && std::io::stderr().is_terminal();
+    let spec = args.spec();
+    match runtime.block_on(loadgen::run(&spec, progress)) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("fabric-perf: cannot encode the result: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.text());
+            }
+            let mismatches = report.verify.as_ref().map_or(0, |v| v.mismatches);
+            if report.errors > 0 || mismatches > 0 {
+                eprintln!(
+                    "fabric-perf: {} I/O errors, {mismatches} verify mismatches",
+                    report.errors
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fabric-perf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
