@@ -28,6 +28,7 @@ use crate::wire::tcp::{
 };
 use crate::wire::{Command, Completion, Status};
 
+use super::buffers::ReadBuffers;
 use super::{TcpTransport, IC_TIMEOUT};
 
 /// How long a closing connection waits for its in-flight commands.
@@ -133,11 +134,20 @@ async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: Tr
     dec.digests = digests;
     let queue = Queue::new(target, port, caps);
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, rx, digests, icreq.hpda, queue.clone()));
+    let buffers = Arc::new(ReadBuffers::default());
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        digests,
+        icreq.hpda,
+        queue.clone(),
+        buffers.clone(),
+    ));
     let mut conn = Connection {
         queue: queue.clone(),
         tx,
         transfers: Slab::new(),
+        buffers,
     };
     let reason = conn.run(&mut rd, &dec, rbuf).await;
     tracing::debug!(?peer, qid = ?queue.qid(), reason, "tcp connection closed");
@@ -211,6 +221,7 @@ struct Connection {
     queue: Arc<Queue>,
     tx: mpsc::UnboundedSender<Out>,
     transfers: Slab<H2cTransfer>,
+    buffers: Arc<ReadBuffers>,
 }
 
 impl Connection {
@@ -382,6 +393,11 @@ impl Connection {
                 }));
             }
             Transfer::ToController(_) => self.start(req, Some(data), inflight),
+            Transfer::ToHost(n) if self.queue.qid().is_some_and(|q| q > 0) => {
+                let mut req = req;
+                req.provide_buffer(self.buffers.take(n as usize));
+                self.start(req, None, inflight)
+            }
             _ => self.start(req, None, inflight),
         }
         Ok(())
@@ -461,6 +477,7 @@ async fn write_loop(
     digests: Digests,
     hpda: u8,
     queue: Arc<Queue>,
+    buffers: Arc<ReadBuffers>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
@@ -470,7 +487,7 @@ async fn write_loop(
             match out {
                 Out::Response(resp) => {
                     if let Err(e) =
-                        put_response(&mut wr, &mut buf, resp, digests, hpda, &queue).await
+                        put_response(&mut wr, &mut buf, resp, digests, hpda, &queue, &buffers).await
                     {
                         tracing::debug!(error = %e, "write failed");
                         return;
@@ -515,6 +532,7 @@ async fn put_response(
     digests: Digests,
     hpda: u8,
     queue: &Queue,
+    buffers: &ReadBuffers,
 ) -> std::io::Result<()> {
     let cqe: Completion = resp.cqe;
     let mut need_capsule = true;
@@ -546,6 +564,7 @@ async fn put_response(
         } else {
             encode(&h, &data, digests, hpda, buf);
         }
+        buffers.give_back(data);
         need_capsule = !success;
     }
     if need_capsule {
