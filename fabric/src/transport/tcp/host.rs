@@ -31,8 +31,60 @@ use super::{read_one_pdu, TcpTransport};
 struct Pending {
     done: Option<oneshot::Sender<Result<CommandResult, TransportError>>>,
     out: Option<Bytes>,
-    read: Option<BytesMut>,
+    read: Option<ReadData>,
     failed: Option<Status>,
+}
+
+/// The data of a read as it arrives.
+enum ReadData {
+    /// None yet; this many bytes are expected.
+    Expected(usize),
+    /// All of it, in one C2HData PDU: kept as received, without a copy.
+    Whole(Bytes),
+    /// Gathered from several PDUs; the expected length.
+    Parts(BytesMut, usize),
+}
+
+impl ReadData {
+    fn received(&self) -> usize {
+        match self {
+            ReadData::Expected(_) => 0,
+            ReadData::Whole(b) => b.len(),
+            ReadData::Parts(b, _) => b.len(),
+        }
+    }
+
+    fn expected(&self) -> usize {
+        match self {
+            ReadData::Expected(n) | ReadData::Parts(_, n) => *n,
+            ReadData::Whole(b) => b.len(),
+        }
+    }
+
+    /// Add the next piece (its offset already checked).
+    fn add(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, ReadData::Expected(0)) {
+            ReadData::Expected(n) if data.len() == n => ReadData::Whole(data),
+            ReadData::Expected(n) => {
+                let mut b = BytesMut::with_capacity(n);
+                b.extend_from_slice(&data);
+                ReadData::Parts(b, n)
+            }
+            ReadData::Parts(mut b, n) => {
+                b.extend_from_slice(&data);
+                ReadData::Parts(b, n)
+            }
+            whole @ ReadData::Whole(_) => whole,
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            ReadData::Expected(_) => Bytes::new(),
+            ReadData::Whole(b) => b,
+            ReadData::Parts(b, _) => b.freeze(),
+        }
+    }
 }
 
 struct Shared {
@@ -167,7 +219,7 @@ impl HostQueue for TcpHostQueue {
                 (Some(b.clone()), None, None)
             }
             HostData::Out(b) => (None, Some(b.clone()), None),
-            HostData::In(n) => (None, None, Some(BytesMut::with_capacity(*n as usize))),
+            HostData::In(n) => (None, None, Some(ReadData::Expected(*n as usize))),
             HostData::None => (None, None, None),
         };
         let cid = {
@@ -321,7 +373,7 @@ impl Reader {
                     .read
                     .take()
                     .filter(|_| cqe.status.is_success())
-                    .map(BytesMut::freeze),
+                    .map(ReadData::into_bytes),
             },
         };
         if let Some(done) = p.done.take() {
@@ -335,7 +387,7 @@ impl Reader {
             Decoded::Pdu(Pdu::C2hData {
                 hdr, success, data, ..
             }) => {
-                self.c2h_data(hdr, &data, false)?;
+                self.c2h_data(hdr, data, false)?;
                 if success {
                     self.complete(Completion::new(hdr.cccid, Status::SUCCESS));
                 }
@@ -344,7 +396,7 @@ impl Reader {
                 Pdu::C2hData {
                     hdr, success, data, ..
                 } => {
-                    self.c2h_data(hdr, &data, true)?;
+                    self.c2h_data(hdr, data, true)?;
                     if success {
                         self.complete(Completion::new(hdr.cccid, Status::SUCCESS));
                     }
@@ -363,7 +415,7 @@ impl Reader {
         Ok(())
     }
 
-    fn c2h_data(&self, hdr: DataHeader, data: &[u8], bad_digest: bool) -> Result<(), String> {
+    fn c2h_data(&self, hdr: DataHeader, data: Bytes, bad_digest: bool) -> Result<(), String> {
         let mut pending = self.shared.lock();
         let Some(p) = pending.get_mut(hdr.cccid as usize) else {
             return Err(format!("C2HData for unknown command {}", hdr.cccid));
@@ -374,14 +426,14 @@ impl Reader {
                 hdr.cccid
             ));
         };
-        let want = buf.capacity();
-        if hdr.datao as usize != buf.len() || buf.len() + data.len() > want {
+        let received = buf.received();
+        if hdr.datao as usize != received || received + data.len() > buf.expected() {
             return Err(format!(
                 "C2HData out of order or range for command {}",
                 hdr.cccid
             ));
         }
-        buf.extend_from_slice(data);
+        buf.add(data);
         if bad_digest {
             p.failed = Some(Status::DATA_TRANSFER_ERROR);
         }
@@ -438,5 +490,30 @@ impl Reader {
             off += n;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_data_in_one_piece_is_kept_without_a_copy() {
+        let pdu = Bytes::from(vec![7u8; 4096]);
+        let ptr = pdu.as_ptr();
+        let mut r = ReadData::Expected(4096);
+        r.add(pdu);
+        assert_eq!(r.received(), 4096);
+        assert_eq!(r.into_bytes().as_ptr(), ptr);
+    }
+
+    #[test]
+    fn read_data_in_pieces_is_gathered() {
+        let mut r = ReadData::Expected(6);
+        r.add(Bytes::from_static(b"abc"));
+        assert_eq!((r.received(), r.expected()), (3, 6));
+        r.add(Bytes::from_static(b"def"));
+        assert_eq!(&r.into_bytes()[..], b"abcdef");
+        assert!(ReadData::Expected(8).into_bytes().is_empty());
     }
 }
