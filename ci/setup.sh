@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian (bookworm) machine for building, running and testing
 # the project: system packages for the build (RDMA verbs, rocksdb, protoc,
-# clang for bindgen), the guest tier (QEMU, Debian's stock kernel, rdma-core
-# tools, nvme-cli, fio) and the Rust toolchain's components.
+# clang for bindgen; gnuplot for the benchmark charts), the guest tier (QEMU,
+# Debian's stock kernel, rdma-core tools, nvme-cli, fio) and the Rust
+# toolchain's components.
 #
 # Idempotent: a second run installs nothing and takes about a second.
 # usage: ci/setup.sh [--no-guest]
@@ -14,7 +15,7 @@ GUEST=1
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo -E "$@"; fi; }
 
 build_pkgs=(libclang-dev libibverbs-dev librdmacm-dev protobuf-compiler librocksdb-dev
-            pkg-config rdma-core ibverbs-providers)
+            pkg-config rdma-core ibverbs-providers gnuplot-nox)
 guest_pkgs=(busybox-static cpio kmod iproute2 ibverbs-utils rdmacm-utils nvme-cli fio
             util-linux bc)
 

@@ -2,6 +2,7 @@
 //! and the pieces fabric-bench (the side-by-side benchmark against the Linux
 //! kernel target) shares with it.
 
+pub mod cli;
 pub mod cpu;
 pub mod duration;
 pub mod loadgen;

@@ -118,9 +118,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
             // One line naming the bad argument; --help has the rest.
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("fabric-perf: {}", first.trim_start_matches("error: "));
+            eprintln!("fabric-perf: {}", perf::cli::one_line_error(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {

@@ -231,9 +231,10 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("fabric-bench: {}", first.trim_start_matches("error: "));
+            eprintln!(
+                "fabric-bench: {}",
+                perf::cli::one_line_error(&e.to_string())
+            );
             return ExitCode::from(2);
         }
         Err(e) => {
