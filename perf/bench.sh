@@ -26,7 +26,7 @@ while (($#)); do
         *) run_args+=("$1"); shift ;;
     esac
 done
-command_line="perf/bench.sh $(printf '%s ' "${run_args[@]}" | sed 's/ $//')"
+command_line="perf/bench.sh${run_args[*]:+ ${run_args[*]}}"
 [[ $mode == native ]] && command_line+=" --native"
 
 if [[ $mode == guest ]]; then ci/setup.sh; else ci/setup.sh --no-guest; fi

@@ -33,6 +33,10 @@ pub fn data(summary: &Summary) -> String {
                 ]
             }
         };
+        if cols.iter().all(Option::is_none) {
+            // Nothing to draw (a transport not built in, say).
+            continue;
+        }
         let _ = writeln!(
             out,
             "\"{label}\"\t{}\t{}\t{}",
@@ -46,7 +50,8 @@ pub fn data(summary: &Summary) -> String {
 
 /// The gnuplot script that draws `data_file` into `png`.
 pub fn script(summary: &Summary, title: &str, data_file: &Path, png: &Path) -> String {
-    let width = 500 + 45 * summary.rows.len();
+    let rows = data(summary).lines().count();
+    let width = 600 + 45 * rows;
     let mut s = format!(
         "set terminal pngcairo size {width},720 font 'sans,10'\n\
          set output '{}'\n\
@@ -127,9 +132,13 @@ mod tests {
             iops_per_cpu_ratio: Some(1.5),
             p99_ratio: None,
         };
+        let empty = Row {
+            iops_per_cpu_ratio: None,
+            ..row.clone()
+        };
         let s = Summary {
             mode: Mode::Guest,
-            rows: vec![row],
+            rows: vec![row, empty],
         };
         assert_eq!(
             data(&s),
