@@ -28,13 +28,12 @@ use crate::wire::tcp::{
 };
 use crate::wire::{Command, Completion, Status};
 
+use super::batch::Batch;
 use super::buffers::ReadBuffers;
 use super::{TcpTransport, IC_TIMEOUT};
 
 /// How long a closing connection waits for its in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Data at least this large is written straight from its buffer.
-const DIRECT_WRITE: usize = 32 * 1024;
 
 #[async_trait]
 impl TargetTransport for TcpTransport {
@@ -479,21 +478,14 @@ async fn write_loop(
     queue: Arc<Queue>,
     buffers: Arc<ReadBuffers>,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut terminate = false;
         while let Some(out) = next.take() {
             match out {
-                Out::Response(resp) => {
-                    if let Err(e) =
-                        put_response(&mut wr, &mut buf, resp, digests, hpda, &queue, &buffers).await
-                    {
-                        tracing::debug!(error = %e, "write failed");
-                        return;
-                    }
-                }
-                Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, &mut buf),
+                Out::Response(resp) => put_response(&mut batch, resp, digests, hpda, &queue),
+                Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, batch.head()),
                 Out::Term(e) => {
                     encode(
                         &PduHeader::TermReq {
@@ -504,19 +496,24 @@ async fn write_loop(
                         &e.header,
                         digests,
                         hpda,
-                        &mut buf,
+                        batch.head(),
                     );
                     terminate = true;
                 }
             }
-            if buf.len() < 256 * 1024 && !terminate {
+            if !batch.is_full() && !terminate {
                 next = rx.try_recv().ok();
             }
         }
-        if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
-            return;
+        if !batch.is_empty() {
+            match batch.write_to(&mut wr).await {
+                Ok(written) => written.into_iter().for_each(|d| buffers.give_back(d)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "write failed");
+                    return;
+                }
+            }
         }
-        buf.clear();
         if terminate {
             let _ = wr.shutdown().await;
             return;
@@ -525,15 +522,10 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn put_response(
-    wr: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
-    resp: Response,
-    digests: Digests,
-    hpda: u8,
-    queue: &Queue,
-    buffers: &ReadBuffers,
-) -> std::io::Result<()> {
+/// Encode a response: C2HData with its data (and the SUCCESS flag when the
+/// host disabled SQ flow control), then the response capsule unless the
+/// flag made it unnecessary.
+fn put_response(batch: &mut Batch, resp: Response, digests: Digests, hpda: u8, queue: &Queue) {
     let cqe: Completion = resp.cqe;
     let mut need_capsule = true;
     if let Some(data) = resp
@@ -553,22 +545,21 @@ async fn put_response(
             last: true,
             success,
         };
-        if data.len() >= DIRECT_WRITE {
-            encode_prefix(&h, data.len(), digests, hpda, buf);
-            wr.write_all(buf).await?;
-            buf.clear();
-            wr.write_all(&data).await?;
-            if digests.data {
-                buf.extend_from_slice(&crate::wire::tcp::digest(&data));
-            }
-        } else {
-            encode(&h, &data, digests, hpda, buf);
+        encode_prefix(&h, data.len(), digests, hpda, batch.head());
+        let crc = digests.data.then(|| crate::wire::tcp::digest(&data));
+        batch.push_data(data);
+        if let Some(crc) = crc {
+            batch.head().extend_from_slice(&crc);
         }
-        buffers.give_back(data);
         need_capsule = !success;
     }
     if need_capsule {
-        encode(&PduHeader::CapsuleResp(cqe), &[], digests, hpda, buf);
+        encode(
+            &PduHeader::CapsuleResp(cqe),
+            &[],
+            digests,
+            hpda,
+            batch.head(),
+        );
     }
-    Ok(())
 }
