@@ -34,7 +34,7 @@ mod size;
 mod split;
 pub mod suspend;
 pub mod task;
-//TMP pub mod thin;
+pub mod thin;
 mod uring;
 
 pub use bytes::{Bytes, BytesMut};
@@ -51,4 +51,4 @@ pub use raid1::{Raid1, Raid1Options, Raid1Status, ResyncProgress};
 pub use size::{format_size, parse_size, SizeError};
 pub use suspend::{SuspendGuard, SuspendableDevice};
 pub use task::{BackgroundTask, RateLimit};
-//TMP pub use thin::{PoolStatus, ThinDevice, ThinOptions, ThinPool};
+pub use thin::{PoolStatus, ThinDevice, ThinOptions, ThinPool};
