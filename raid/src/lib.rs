@@ -19,7 +19,7 @@
 
 pub mod bits;
 pub mod buf;
-//TMP pub mod clone;
+pub mod clone;
 mod device;
 pub mod error;
 pub mod fault;
@@ -38,7 +38,7 @@ pub mod thin;
 mod uring;
 
 pub use bytes::{Bytes, BytesMut};
-//TMP pub use clone::{CloneDevice, CloneProgress};
+pub use clone::{CloneDevice, CloneProgress};
 pub use device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 pub use error::ErrorDevice;
 pub use fault::FaultDevice;
