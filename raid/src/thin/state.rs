@@ -16,7 +16,11 @@
 //!   the commit that stops referring to them is durable (they wait in the
 //!   pending lists), because the previous commit may still point at them;
 //! * a data block is written in place only if it and every page on its path
-//!   have one reference; otherwise the write provisions a new block.
+//!   have one reference, and none of them lost a sharer since the last
+//!   durable commit; otherwise the write provisions a new block. (Without
+//!   the second part, a block that became exclusive by a copy-on-write
+//!   break would be overwritten in place while the last commit still shares
+//!   it, and a crash would show the write through the other device.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -63,8 +67,15 @@ pub(crate) struct State {
     data_refs: Vec<u32>,
     free_data: Vec<u64>,
     pending_data: Vec<u64>,
+    /// Data blocks and pages that lost a sharer, with the transaction that
+    /// did it; they count as shared until that transaction is durable.
+    unshared_data: HashMap<u64, u64>,
+    unshared_pages: HashMap<u64, u64>,
     pub devices: BTreeMap<u64, DevInfo>,
+    /// Last durable transaction.
     pub txn: u64,
+    /// Transaction being built.
+    building: u64,
     pub dirty: bool,
     pub failed: Option<String>,
 }
@@ -88,8 +99,11 @@ impl State {
             data_refs: vec![0; data_blocks as usize],
             free_data: Vec::new(),
             pending_data: Vec::new(),
+            unshared_data: HashMap::new(),
+            unshared_pages: HashMap::new(),
             devices: BTreeMap::new(),
             txn: 0,
+            building: 1,
             dirty: true,
             failed: None,
         };
@@ -159,14 +173,14 @@ impl State {
         let mut exclusive = true;
         for level in (0..dev.levels).rev() {
             let node = self.pages.get(&page)?;
-            exclusive &= self.page_refs.get(page as usize) == Some(&1);
+            exclusive &= self.page_refs.get(page as usize) == Some(&1) && !self.unshared_pages.contains_key(&page);
             let entry = *node.entries.get(((vb / span(level)) % FANOUT) as usize)?;
             if entry == 0 {
                 return None;
             }
             if level == 0 {
                 let block = entry - 1;
-                exclusive &= self.data_refs.get(block as usize) == Some(&1);
+                exclusive &= self.data_refs.get(block as usize) == Some(&1) && !self.unshared_data.contains_key(&block);
                 return Some(Mapping { block, exclusive });
             }
             page = entry;
@@ -199,6 +213,9 @@ impl State {
             }
         }
         let new = self.alloc_page(copy)?;
+        if self.unshared_pages.contains_key(&p) {
+            self.unshared_pages.insert(new, self.building);
+        }
         if refs > 1 {
             self.page_refs[p as usize] -= 1;
         } else {
@@ -264,6 +281,8 @@ impl State {
             *r = r.saturating_sub(1);
             if *r == 0 {
                 self.pending_data.push(b);
+            } else {
+                self.unshared_data.insert(b, self.building);
             }
         }
     }
@@ -277,6 +296,7 @@ impl State {
             };
             *r -= 1;
             if *r > 0 {
+                self.unshared_pages.insert(p, self.building);
                 continue;
             }
             let Some(node) = self.pages.remove(&p) else { continue };
@@ -402,7 +422,8 @@ impl State {
             let next = table.get(i + 1).copied().unwrap_or(0);
             pages.push((table[i], encode_devs(table[i], chunk, next)));
         }
-        let txn = self.txn + 1;
+        let txn = self.building;
+        self.building += 1;
         let superblock = Superblock {
             block_size: self.block_size,
             txn,
@@ -430,6 +451,8 @@ impl State {
     /// can be reused.
     pub fn finish_commit(&mut self, batch: CommitBatch) {
         self.txn = batch.txn;
+        self.unshared_data.retain(|_, t| *t > batch.txn);
+        self.unshared_pages.retain(|_, t| *t > batch.txn);
         for p in batch.release_pages {
             self.page_refs[p as usize] = 0;
             self.free_pages.push(p);
@@ -446,6 +469,7 @@ impl State {
         }
         let mut st = State::new(sb.block_size, sb.block_bytes, sb.data_blocks, sb.meta_pages);
         st.txn = sb.txn;
+        st.building = sb.txn + 1;
         st.dirty = false;
         let mut next = sb.devtable;
         let mut entries = Vec::new();
