@@ -108,7 +108,10 @@ fn encode_header(block_size: u32, region_bytes: u64, blocks: u64) -> Vec<u8> {
 
 fn decode_header(b: &[u8]) -> BlockResult<(u32, u64, u64)> {
     let field = |at: usize, n: usize| -> u64 {
-        b[at..at + n].iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64)
+        b[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &x| (acc << 8) | x as u64)
     };
     if b.len() < HEADER || &b[0..8] != MAGIC {
         return Err(corrupt("no clone header"));
@@ -120,7 +123,11 @@ fn decode_header(b: &[u8]) -> BlockResult<(u32, u64, u64)> {
         return Err(corrupt(format!("unsupported version {}", field(8, 4))));
     }
     let (bs, region, blocks) = (field(12, 4) as u32, field(16, 8), field(24, 8));
-    if !bs.is_power_of_two() || !(512..=4096).contains(&bs) || !region.is_power_of_two() || region < bs as u64 {
+    if !bs.is_power_of_two()
+        || !(512..=4096).contains(&bs)
+        || !region.is_power_of_two()
+        || region < bs as u64
+    {
         return Err(corrupt("bad block or region size"));
     }
     Ok((bs, region, blocks))
@@ -135,59 +142,99 @@ async fn write_at(dev: &DeviceRef, lba: u64, bytes: &[u8]) -> BlockResult<()> {
 impl CloneDevice {
     /// Start a new clone of `source` onto `dest` (at least as large), with
     /// its hydration map on `meta`.
-    pub async fn create(source: DeviceRef, dest: DeviceRef, meta: DeviceRef, region_bytes: u64) -> BlockResult<Arc<CloneDevice>> {
+    pub async fn create(
+        source: DeviceRef,
+        dest: DeviceRef,
+        meta: DeviceRef,
+        region_bytes: u64,
+    ) -> BlockResult<Arc<CloneDevice>> {
         let bs = source.block_size();
         if dest.block_size() != bs || meta.block_size() != bs || bs as usize > HEADER {
-            return Err(BlockError::Unsupported("clone devices need one block size of at most 4 KiB".into()));
+            return Err(BlockError::Unsupported(
+                "clone devices need one block size of at most 4 KiB".into(),
+            ));
         }
         if !region_bytes.is_power_of_two() || region_bytes < bs as u64 {
-            return Err(BlockError::Unsupported(format!("bad region size {region_bytes}")));
+            return Err(BlockError::Unsupported(format!(
+                "bad region size {region_bytes}"
+            )));
         }
         if dest.num_blocks() < source.num_blocks() {
-            return Err(BlockError::Unsupported("clone destination is smaller than the source".into()));
+            return Err(BlockError::Unsupported(
+                "clone destination is smaller than the source".into(),
+            ));
         }
         let clone = CloneDevice::assemble(source, dest, meta, region_bytes)?;
         for blk in 0..AtomicBits::disk_blocks(clone.hydrated.len()) {
-            clone.write_bitmap_block(blk, &clone.hydrated.encode_block(blk, &[])).await?;
+            clone
+                .write_bitmap_block(blk, &clone.hydrated.encode_block(blk, &[]))
+                .await?;
         }
-        write_at(&clone.meta, 0, &encode_header(bs, region_bytes, clone.num_blocks)).await?;
+        write_at(
+            &clone.meta,
+            0,
+            &encode_header(bs, region_bytes, clone.num_blocks),
+        )
+        .await?;
         clone.meta.flush().await?;
         info!(blocks = clone.num_blocks, "clone created");
         Ok(Arc::new(clone))
     }
 
     /// Reopen a clone; hydration goes on from the persisted map.
-    pub async fn open(source: DeviceRef, dest: DeviceRef, meta: DeviceRef) -> BlockResult<Arc<CloneDevice>> {
+    pub async fn open(
+        source: DeviceRef,
+        dest: DeviceRef,
+        meta: DeviceRef,
+    ) -> BlockResult<Arc<CloneDevice>> {
         let bs = meta.block_size();
         if bs as usize > HEADER || meta.num_blocks() * (bs as u64) < HEADER as u64 {
-            return Err(BlockError::Unsupported("not a clone metadata device".into()));
+            return Err(BlockError::Unsupported(
+                "not a clone metadata device".into(),
+            ));
         }
         let (hbs, region_bytes, blocks) = decode_header(&meta.read(0, buf::alloc(HEADER)).await?)?;
         if hbs != bs || source.block_size() != bs || dest.block_size() != bs {
             return Err(corrupt("block size differs from the devices'"));
         }
         if source.num_blocks() != blocks || dest.num_blocks() < blocks {
-            return Err(corrupt("source or destination size differs from the recorded one"));
+            return Err(corrupt(
+                "source or destination size differs from the recorded one",
+            ));
         }
         let clone = CloneDevice::assemble(source, dest, meta, region_bytes)?;
         for blk in 0..AtomicBits::disk_blocks(clone.hydrated.len()) {
-            let data = clone.meta.read(clone.bitmap_lba(blk), buf::alloc(BITMAP_BLOCK)).await?;
+            let data = clone
+                .meta
+                .read(clone.bitmap_lba(blk), buf::alloc(BITMAP_BLOCK))
+                .await?;
             if !clone.hydrated.merge_block(blk, &data) {
                 return Err(corrupt(format!("hydration bitmap block {blk} is damaged")));
             }
         }
-        info!(hydrated = clone.hydrated.count(), regions = clone.hydrated.len(), "clone opened");
+        info!(
+            hydrated = clone.hydrated.count(),
+            regions = clone.hydrated.len(),
+            "clone opened"
+        );
         Ok(Arc::new(clone))
     }
 
-    fn assemble(source: DeviceRef, dest: DeviceRef, meta: DeviceRef, region_bytes: u64) -> BlockResult<CloneDevice> {
+    fn assemble(
+        source: DeviceRef,
+        dest: DeviceRef,
+        meta: DeviceRef,
+        region_bytes: u64,
+    ) -> BlockResult<CloneDevice> {
         let bs = source.block_size();
         let num_blocks = source.num_blocks();
         let region_blocks = region_bytes / bs as u64;
         let regions = num_blocks.div_ceil(region_blocks);
         let need = HEADER as u64 + AtomicBits::disk_blocks(regions) * BITMAP_BLOCK as u64;
         if meta.num_blocks() * (bs as u64) < need {
-            return Err(BlockError::Unsupported(format!("clone metadata device needs {need} bytes")));
+            return Err(BlockError::Unsupported(format!(
+                "clone metadata device needs {need} bytes"
+            )));
         }
         Ok(CloneDevice {
             source,
@@ -290,7 +337,9 @@ impl CloneDevice {
     /// Hydrate in the background; the task ends when everything is copied.
     pub fn start_hydration(self: &Arc<Self>, limit: RateLimit) -> BackgroundTask {
         let clone = self.clone();
-        BackgroundTask::spawn(move |mut stop| async move { clone.hydrate_loop(&limit, &mut stop).await })
+        BackgroundTask::spawn(
+            move |mut stop| async move { clone.hydrate_loop(&limit, &mut stop).await },
+        )
     }
 
     async fn hydrate_loop(&self, limit: &RateLimit, stop: &mut StopSignal) -> BlockResult<()> {
@@ -373,7 +422,11 @@ impl BlockDevice for CloneDevice {
         let pieces: Vec<(u64, u64)> = split::units(lba, blocks, self.region_blocks).collect();
         let parts = split::cut(buf, pieces.iter().map(|p| p.1 as usize * bs));
         let reads = pieces.iter().zip(parts).map(|(&(l, _), part)| {
-            let from = if self.hydrated.get(l / self.region_blocks) { &self.dest } else { &self.source };
+            let from = if self.hydrated.get(l / self.region_blocks) {
+                &self.dest
+            } else {
+                &self.source
+            };
             from.read(l, part)
         });
         Ok(split::glue(try_join_all(reads).await?))
@@ -419,11 +472,19 @@ mod tests {
     async fn usable_at_once_hydrates_and_survives_reopen() {
         let (src, dst, meta) = (mem(1 << 20), mem(1 << 20), mem(64 << 10));
         for i in 0..256u64 {
-            src.write(i, Bytes::from(vec![i as u8; 4096])).await.unwrap();
+            src.write(i, Bytes::from(vec![i as u8; 4096]))
+                .await
+                .unwrap();
         }
-        let c = CloneDevice::create(src.clone(), dst.clone(), meta.clone(), R).await.unwrap();
+        let c = CloneDevice::create(src.clone(), dst.clone(), meta.clone(), R)
+            .await
+            .unwrap();
         assert_eq!(c.progress().regions_total, 16);
-        assert_eq!(byte(&*c, 20).await, 20, "unhydrated reads come from the source");
+        assert_eq!(
+            byte(&*c, 20).await,
+            20,
+            "unhydrated reads come from the source"
+        );
         // Partial write to region 1: copies the region, then writes.
         c.write(17, Bytes::from(vec![0xAA; 4096])).await.unwrap();
         assert_eq!(byte(&*c, 17).await, 0xAA);
@@ -435,7 +496,9 @@ mod tests {
         assert_eq!(c.progress().bytes_copied, R);
         c.flush().await.unwrap();
         drop(c);
-        let c = CloneDevice::open(src.clone(), dst.clone(), meta.clone()).await.unwrap();
+        let c = CloneDevice::open(src.clone(), dst.clone(), meta.clone())
+            .await
+            .unwrap();
         assert_eq!(c.progress().regions_hydrated, 2);
         assert_eq!(byte(&*c, 33).await, 0);
         let task = c.start_hydration(RateLimit::new(0));
@@ -449,6 +512,9 @@ mod tests {
         let c2 = CloneDevice::open(src, dst, meta.clone()).await.unwrap();
         assert!(c2.progress().complete());
         meta.write(1, Bytes::from(vec![1; 4096])).await.unwrap();
-        assert!(matches!(CloneDevice::open(mem(1 << 20), mem(1 << 20), meta).await, Err(BlockError::Medium(_))));
+        assert!(matches!(
+            CloneDevice::open(mem(1 << 20), mem(1 << 20), meta).await,
+            Err(BlockError::Medium(_))
+        ));
     }
 }

@@ -62,7 +62,9 @@ mod tests {
     async fn every_operation_fails() {
         let d = ErrorDevice::new(512, 8, "leg 3 lost");
         assert_eq!(d.num_blocks(), 8);
-        assert!(matches!(d.read(0, BytesMut::zeroed(512)).await, Err(BlockError::Offline(m)) if m == "leg 3 lost"));
+        assert!(
+            matches!(d.read(0, BytesMut::zeroed(512)).await, Err(BlockError::Offline(m)) if m == "leg 3 lost")
+        );
         assert!(d.write(0, Bytes::from(vec![0; 512])).await.is_err());
         assert!(d.flush().await.is_err());
         assert!(d.write_zeroes(0, 1).await.is_err());

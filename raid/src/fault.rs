@@ -241,7 +241,10 @@ mod tests {
         for _ in 0..2 {
             dev.write(0, Bytes::from(vec![1; 512])).await.unwrap();
         }
-        assert!(matches!(dev.write(0, Bytes::from(vec![1; 512])).await, Err(BlockError::Offline(_))));
+        assert!(matches!(
+            dev.write(0, Bytes::from(vec![1; 512])).await,
+            Err(BlockError::Offline(_))
+        ));
         assert!(dev.read(0, buf::alloc(512)).await.is_err());
         dev.set_failed(false);
         assert_eq!(dev.read(0, buf::alloc(512)).await.unwrap()[0], 1);

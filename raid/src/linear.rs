@@ -108,19 +108,35 @@ impl BlockDevice for Linear {
 
     fn max_transfer_bytes(&self) -> u64 {
         let t = self.table();
-        t.devs.iter().map(|d| d.max_transfer_bytes()).min().unwrap_or(u64::MAX)
+        t.devs
+            .iter()
+            .map(|d| d.max_transfer_bytes())
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
         let blocks = check_io(self, lba, buf.len())?;
         let t = self.table();
-        split::read(&t.devs, &t.pieces(lba, blocks), self.block_size as usize, buf).await
+        split::read(
+            &t.devs,
+            &t.pieces(lba, blocks),
+            self.block_size as usize,
+            buf,
+        )
+        .await
     }
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
         let t = self.table();
-        split::write(&t.devs, &t.pieces(lba, blocks), self.block_size as usize, data).await
+        split::write(
+            &t.devs,
+            &t.pieces(lba, blocks),
+            self.block_size as usize,
+            data,
+        )
+        .await
     }
 
     async fn flush(&self) -> BlockResult<()> {
@@ -157,7 +173,8 @@ mod tests {
         assert_eq!(b.read(0, buf::alloc(512)).await.unwrap()[0], 3);
         assert_eq!(a.read(7, buf::alloc(512)).await.unwrap()[0], 2);
         assert!(lin.write(12, Bytes::from(vec![0; 512])).await.is_err());
-        lin.append(Arc::new(MemoryDevice::new(4 * 512, 512))).unwrap();
+        lin.append(Arc::new(MemoryDevice::new(4 * 512, 512)))
+            .unwrap();
         assert_eq!(lin.num_blocks(), 16);
         lin.write(12, Bytes::from(vec![9; 1024])).await.unwrap();
         lin.discard(7, 2).await.unwrap();

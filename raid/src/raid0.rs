@@ -36,7 +36,9 @@ impl Raid0 {
             )));
         }
         if members.iter().any(|m| m.block_size() != block_size) {
-            return Err(BlockError::Unsupported("raid0 members differ in block size".into()));
+            return Err(BlockError::Unsupported(
+                "raid0 members differ in block size".into(),
+            ));
         }
         let chunk_blocks = (chunk_bytes / block_size) as u64;
         let per_member = members.iter().map(|m| m.num_blocks()).min().unwrap_or(0) / chunk_blocks;
@@ -119,7 +121,10 @@ mod tests {
         assert_eq!(r.num_blocks(), 3 * 10);
         let data: Vec<u8> = (0..7 * 4096).map(|i| (i / 4096) as u8 + 1).collect();
         r.write(1, Bytes::from(data.clone())).await.unwrap();
-        assert_eq!(&r.read(1, buf::alloc(7 * 4096)).await.unwrap()[..], &data[..]);
+        assert_eq!(
+            &r.read(1, buf::alloc(7 * 4096)).await.unwrap()[..],
+            &data[..]
+        );
         // Array block 6 is chunk 3 -> member 0, member block 2.
         assert_eq!(m[0].read(2, buf::alloc(4096)).await.unwrap()[0], 6);
         assert_eq!(m[2].read(1, buf::alloc(4096)).await.unwrap()[0], 5);

@@ -99,7 +99,9 @@ pub(crate) async fn discard(devs: &[DeviceRef], pieces: &[Piece], zero: bool) ->
 
 /// Flush every device.
 pub(crate) async fn flush(devs: &[DeviceRef]) -> BlockResult<()> {
-    try_join_all(devs.iter().map(|d| d.flush())).await.map(|_| ())
+    try_join_all(devs.iter().map(|d| d.flush()))
+        .await
+        .map(|_| ())
 }
 
 /// Split the block range `lba..lba+blocks` at multiples of `unit` blocks:

@@ -125,6 +125,12 @@ pub struct Raid1 {
     progress: SyncMutex<ResyncProgress>,
 }
 
+/// Held region locks (no allocation for the common single-region case).
+enum RegionGuards<'a> {
+    One(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Many(#[allow(dead_code)] Vec<RwLockReadGuard<'a, ()>>),
+}
+
 enum Op {
     Write(Bytes),
     Zeroes(u64),
@@ -154,7 +160,9 @@ async fn write_at(dev: &DeviceRef, lba: u64, bytes: &[u8]) -> BlockResult<()> {
 async fn read_superblock(dev: &DeviceRef) -> BlockResult<Superblock> {
     let bs = dev.block_size() as usize;
     if bs > SB_BYTES || dev.num_blocks() < (SB_BYTES / bs) as u64 {
-        return Err(BlockError::Unsupported("device too small or block size too large for raid1".into()));
+        return Err(BlockError::Unsupported(
+            "device too small or block size too large for raid1".into(),
+        ));
     }
     Superblock::decode(&dev.read(0, buf::alloc(SB_BYTES)).await?)
 }
@@ -167,11 +175,15 @@ impl Raid1 {
             .first()
             .ok_or_else(|| BlockError::Unsupported("raid1 needs at least one member".into()))?;
         if devs.len() > MAX_MEMBERS {
-            return Err(BlockError::Unsupported(format!("at most {MAX_MEMBERS} members")));
+            return Err(BlockError::Unsupported(format!(
+                "at most {MAX_MEMBERS} members"
+            )));
         }
         let bs = first.block_size();
         if devs.iter().any(|d| d.block_size() != bs) {
-            return Err(BlockError::Unsupported("raid1 members differ in block size".into()));
+            return Err(BlockError::Unsupported(
+                "raid1 members differ in block size".into(),
+            ));
         }
         let smallest = devs.iter().map(|d| d.num_blocks()).min().unwrap_or(0);
         let geo = Geometry::plan(bs, smallest, opts.region_bytes)?;
@@ -181,7 +193,11 @@ impl Raid1 {
             let sync_later = opts.initial_sync && i > 0;
             slots.push(Slot {
                 uuid: new_uuid(),
-                state: if sync_later { SlotState::Rebuilding } else { SlotState::InSync },
+                state: if sync_later {
+                    SlotState::Rebuilding
+                } else {
+                    SlotState::InSync
+                },
             });
             members.push(Member {
                 slot: i,
@@ -217,18 +233,25 @@ impl Raid1 {
             .map(|(sb, _)| sb)
             .max_by_key(|sb| sb.events)
             .cloned()
-            .ok_or_else(|| BlockError::Unsupported("raid1 open needs at least one member".into()))?;
+            .ok_or_else(|| {
+                BlockError::Unsupported("raid1 open needs at least one member".into())
+            })?;
         let mut members: Vec<Member> = Vec::new();
         let mut member_events: Vec<u64> = Vec::new();
         for (sb, dev) in found {
             let slot = sb.member_index as usize;
             let owner = fresh.slots.get(slot);
             if sb.array_uuid != fresh.array_uuid || owner.map(|s| s.uuid) != Some(sb.member_uuid) {
-                warn!(slot, "device is not (or no longer) a member of this raid1; ignored");
+                warn!(
+                    slot,
+                    "device is not (or no longer) a member of this raid1; ignored"
+                );
                 continue;
             }
             if sb.geometry != fresh.geometry || dev.block_size() != fresh.geometry.block_size {
-                return Err(BlockError::Medium(format!("raid1 member {slot}: geometry differs from the array's")));
+                return Err(BlockError::Medium(format!(
+                    "raid1 member {slot}: geometry differs from the array's"
+                )));
             }
             if let Some(i) = members.iter().position(|m| m.slot == slot) {
                 if member_events[i] >= sb.events {
@@ -253,13 +276,28 @@ impl Raid1 {
         }
         members.sort_by_key(|m| m.slot);
         let geo = fresh.geometry;
-        let raid = Raid1::assemble(geo, fresh.array_uuid, Vec::new(), MetaState { events: fresh.events, slots: fresh.slots });
+        let raid = Raid1::assemble(
+            geo,
+            fresh.array_uuid,
+            Vec::new(),
+            MetaState {
+                events: fresh.events,
+                slots: fresh.slots,
+            },
+        );
         // Union of the in-sync members' bitmaps; a damaged block counts as dirty.
         for m in members.iter().filter(|m| m.recovering.is_none()) {
             for blk in 0..geo.bitmap_blocks() {
-                let data = m.dev.read(geo.bitmap_lba(blk), buf::alloc(BITMAP_BLOCK)).await?;
+                let data = m
+                    .dev
+                    .read(geo.bitmap_lba(blk), buf::alloc(BITMAP_BLOCK))
+                    .await?;
                 if !raid.intent.dirty.merge_block(blk, &data) {
-                    warn!(slot = m.slot, block = blk, "raid1 bitmap block damaged; treating its regions as dirty");
+                    warn!(
+                        slot = m.slot,
+                        block = blk,
+                        "raid1 bitmap block damaged; treating its regions as dirty"
+                    );
                     raid.intent.dirty.fill_block(blk);
                 }
             }
@@ -300,7 +338,12 @@ impl Raid1 {
         Ok(Arc::new(raid))
     }
 
-    fn assemble(geo: Geometry, array_uuid: [u8; 16], members: Vec<Member>, meta: MetaState) -> Raid1 {
+    fn assemble(
+        geo: Geometry,
+        array_uuid: [u8; 16],
+        members: Vec<Member>,
+        meta: MetaState,
+    ) -> Raid1 {
         let raid = Raid1 {
             geo,
             array_uuid,
@@ -365,8 +408,13 @@ impl Raid1 {
         let mut meta = self.meta.lock().await;
         let slot = sb.member_index as usize;
         let owner = meta.slots.get(slot).copied();
-        if sb.array_uuid != self.array_uuid || owner.map(|s| s.uuid) != Some(sb.member_uuid) || sb.geometry != self.geo {
-            return Err(BlockError::Unsupported(format!("device is not the member of slot {slot}; use replace_member")));
+        if sb.array_uuid != self.array_uuid
+            || owner.map(|s| s.uuid) != Some(sb.member_uuid)
+            || sb.geometry != self.geo
+        {
+            return Err(BlockError::Unsupported(format!(
+                "device is not the member of slot {slot}; use replace_member"
+            )));
         }
         let full = owner.is_some_and(|s| s.state == SlotState::Rebuilding);
         self.join(&mut meta, slot, dev, sb.member_uuid, full).await
@@ -374,8 +422,12 @@ impl Raid1 {
 
     /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
     pub async fn replace_member(&self, slot: usize, dev: DeviceRef) -> BlockResult<()> {
-        if dev.block_size() != self.geo.block_size || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks {
-            return Err(BlockError::Unsupported("replacement is too small or has another block size".into()));
+        if dev.block_size() != self.geo.block_size
+            || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks
+        {
+            return Err(BlockError::Unsupported(
+                "replacement is too small or has another block size".into(),
+            ));
         }
         let mut meta = self.meta.lock().await;
         if slot >= meta.slots.len() {
@@ -384,9 +436,18 @@ impl Raid1 {
         self.join(&mut meta, slot, dev, new_uuid(), true).await
     }
 
-    async fn join(&self, meta: &mut MetaState, slot: usize, dev: DeviceRef, uuid: [u8; 16], full: bool) -> BlockResult<()> {
+    async fn join(
+        &self,
+        meta: &mut MetaState,
+        slot: usize,
+        dev: DeviceRef,
+        uuid: [u8; 16],
+        full: bool,
+    ) -> BlockResult<()> {
         if self.live().iter().any(|m| m.slot == slot) {
-            return Err(BlockError::Unsupported(format!("slot {slot} is in use; fail it first")));
+            return Err(BlockError::Unsupported(format!(
+                "slot {slot} is in use; fail it first"
+            )));
         }
         let member = Member {
             slot,
@@ -394,10 +455,15 @@ impl Raid1 {
             dev,
             recovering: Some(full),
         };
-        self.write_whole_bitmap(std::slice::from_ref(&member)).await?;
+        self.write_whole_bitmap(std::slice::from_ref(&member))
+            .await?;
         meta.slots[slot] = Slot {
             uuid,
-            state: if full { SlotState::Rebuilding } else { SlotState::Stale },
+            state: if full {
+                SlotState::Rebuilding
+            } else {
+                SlotState::Stale
+            },
         };
         meta.events += 1;
         let mut members = (*self.live()).clone();
@@ -411,7 +477,10 @@ impl Raid1 {
     }
 
     fn live(&self) -> Arc<Vec<Member>> {
-        self.members.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_members(&self, members: Vec<Member>) {
@@ -422,7 +491,10 @@ impl Raid1 {
 
     fn update_degraded(&self, meta: &MetaState) {
         let degraded = self.live().iter().any(|m| m.recovering.is_some())
-            || meta.slots.iter().any(|s| s.state != SlotState::InSync && s.state != SlotState::Empty);
+            || meta
+                .slots
+                .iter()
+                .any(|s| s.state != SlotState::InSync && s.state != SlotState::Empty);
         self.degraded.store(degraded, Ordering::SeqCst);
     }
 
@@ -466,7 +538,12 @@ impl Raid1 {
                 }
             });
             let results = join_all(writes).await;
-            let failed: Vec<usize> = live.iter().zip(results).filter(|(_, r)| r.is_err()).map(|(m, _)| m.slot).collect();
+            let failed: Vec<usize> = live
+                .iter()
+                .zip(results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(m, _)| m.slot)
+                .collect();
             if failed.is_empty() {
                 self.update_degraded(meta);
                 return Ok(());
@@ -481,7 +558,12 @@ impl Raid1 {
     async fn write_whole_bitmap(&self, members: &[Member]) -> BlockResult<()> {
         for m in members {
             for blk in 0..self.geo.bitmap_blocks() {
-                write_at(&m.dev, self.geo.bitmap_lba(blk), &self.intent.dirty.encode_block(blk, &[])).await?;
+                write_at(
+                    &m.dev,
+                    self.geo.bitmap_lba(blk),
+                    &self.intent.dirty.encode_block(blk, &[]),
+                )
+                .await?;
             }
             m.dev.flush().await?;
         }
@@ -490,9 +572,18 @@ impl Raid1 {
 
     /// Write bitmap `blocks` (with `extra` bits on) to every live member;
     /// flush if `durable`. Members that fail are dropped.
-    async fn write_bitmap(&self, meta: &mut MetaState, blocks: &[u64], extra: &[u64], durable: bool) -> BlockResult<()> {
+    async fn write_bitmap(
+        &self,
+        meta: &mut MetaState,
+        blocks: &[u64],
+        extra: &[u64],
+        durable: bool,
+    ) -> BlockResult<()> {
         let live = self.live();
-        let images: Vec<(u64, Vec<u8>)> = blocks.iter().map(|&b| (b, self.intent.dirty.encode_block(b, extra))).collect();
+        let images: Vec<(u64, Vec<u8>)> = blocks
+            .iter()
+            .map(|&b| (b, self.intent.dirty.encode_block(b, extra)))
+            .collect();
         let writes = live.iter().map(|m| {
             let images = &images;
             async move {
@@ -506,7 +597,12 @@ impl Raid1 {
             }
         });
         let results = join_all(writes).await;
-        let failed: Vec<usize> = live.iter().zip(results).filter(|(_, r)| r.is_err()).map(|(m, _)| m.slot).collect();
+        let failed: Vec<usize> = live
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(m, _)| m.slot)
+            .collect();
         if !failed.is_empty() {
             for slot in failed {
                 self.drop_member(meta, slot, "bitmap write failed");
@@ -533,7 +629,10 @@ impl Raid1 {
     }
 
     /// Shared locks on the stripes of regions `first..=last`, in order.
-    async fn lock_regions(&self, first: u64, last: u64) -> Vec<RwLockReadGuard<'_, ()>> {
+    async fn lock_regions(&self, first: u64, last: u64) -> RegionGuards<'_> {
+        if first == last {
+            return RegionGuards::One(self.locks[(first % LOCK_STRIPES) as usize].read().await);
+        }
         let mut stripes: Vec<u64> = if last - first + 1 >= LOCK_STRIPES {
             (0..LOCK_STRIPES).collect()
         } else {
@@ -545,7 +644,7 @@ impl Raid1 {
         for s in stripes {
             guards.push(self.locks[s as usize].read().await);
         }
-        guards
+        RegionGuards::Many(guards)
     }
 
     async fn write_op(&self, lba: u64, blocks: u64, op: Op) -> BlockResult<()> {
@@ -595,7 +694,10 @@ impl Raid1 {
             return None;
         }
         let k = self.next_read.fetch_add(1, Ordering::Relaxed) % n;
-        live.iter().filter(|m| m.recovering.is_none()).nth(k).cloned()
+        live.iter()
+            .filter(|m| m.recovering.is_none())
+            .nth(k)
+            .cloned()
     }
 
     /// Read from an in-sync member, dropping members that fail.
@@ -629,7 +731,11 @@ impl BlockDevice for Raid1 {
     }
 
     fn max_transfer_bytes(&self) -> u64 {
-        self.live().iter().map(|m| m.dev.max_transfer_bytes()).min().unwrap_or(u64::MAX)
+        self.live()
+            .iter()
+            .map(|m| m.dev.max_transfer_bytes())
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
@@ -657,7 +763,12 @@ impl BlockDevice for Raid1 {
     async fn flush(&self) -> BlockResult<()> {
         let live = self.live();
         let results = join_all(live.iter().map(|m| m.dev.flush())).await;
-        let failed: Vec<usize> = live.iter().zip(results).filter(|(_, r)| r.is_err()).map(|(m, _)| m.slot).collect();
+        let failed: Vec<usize> = live
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(m, _)| m.slot)
+            .collect();
         let mut meta = self.meta.lock().await;
         if !failed.is_empty() {
             for slot in failed {

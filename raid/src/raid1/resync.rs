@@ -42,7 +42,10 @@ pub struct ResyncProgress {
 impl Raid1 {
     /// Resync progress.
     pub fn resync_progress(&self) -> ResyncProgress {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn update_progress(&self, f: impl FnOnce(&mut ResyncProgress)) {
@@ -76,7 +79,12 @@ impl Raid1 {
 
     /// One pass; returns whether there was anything to do.
     async fn resync_pass(&self, limit: &RateLimit, stop: &mut StopSignal) -> BlockResult<bool> {
-        let targets: Vec<Member> = self.live().iter().filter(|m| m.recovering.is_some()).cloned().collect();
+        let targets: Vec<Member> = self
+            .live()
+            .iter()
+            .filter(|m| m.recovering.is_some())
+            .cloned()
+            .collect();
         if targets.is_empty() {
             return Ok(false);
         }
@@ -111,7 +119,12 @@ impl Raid1 {
     }
 
     /// Copy what `targets` need; returns `false` if stopped early.
-    async fn copy_regions(&self, targets: &[Member], throttle: &mut Throttle, stop: &mut StopSignal) -> BlockResult<bool> {
+    async fn copy_regions(
+        &self,
+        targets: &[Member],
+        throttle: &mut Throttle,
+        stop: &mut StopSignal,
+    ) -> BlockResult<bool> {
         let rb = self.geo.region_blocks();
         let bs = self.geo.block_size as u64;
         let step = (RESYNC_IO / bs).max(1);
@@ -138,13 +151,24 @@ impl Raid1 {
     }
 
     /// Copy `blocks` at array block `lba` to the targets that need it.
-    async fn copy_piece(&self, targets: &[Member], lba: u64, blocks: u64, dirty: bool) -> BlockResult<()> {
+    async fn copy_piece(
+        &self,
+        targets: &[Member],
+        lba: u64,
+        blocks: u64,
+        dirty: bool,
+    ) -> BlockResult<()> {
         let region = lba / self.geo.region_blocks();
-        let _lock = self.locks[(region % super::LOCK_STRIPES) as usize].write().await;
+        let _lock = self.locks[(region % super::LOCK_STRIPES) as usize]
+            .write()
+            .await;
         let live = self.live();
         let needs: Vec<&Member> = live
             .iter()
-            .filter(|m| targets.iter().any(|t| t.join_id == m.join_id) && (dirty || m.recovering == Some(true)))
+            .filter(|m| {
+                targets.iter().any(|t| t.join_id == m.join_id)
+                    && (dirty || m.recovering == Some(true))
+            })
             .collect();
         if needs.is_empty() {
             return Ok(());
@@ -152,7 +176,8 @@ impl Raid1 {
         let len = (blocks * self.geo.block_size as u64) as usize;
         let at = lba + self.geo.data_offset;
         let data = self.read_in_sync(at, buf::alloc(len)).await?.freeze();
-        let results = futures::future::join_all(needs.iter().map(|m| m.dev.write(at, data.clone()))).await;
+        let results =
+            futures::future::join_all(needs.iter().map(|m| m.dev.write(at, data.clone()))).await;
         let mut meta = None;
         for (m, r) in needs.iter().zip(results) {
             if let Err(e) = r {
@@ -170,4 +195,3 @@ impl Raid1 {
         Ok(())
     }
 }
-

@@ -96,8 +96,8 @@ impl Geometry {
         }
         let bs = block_size as u64;
         let member_bytes = member_blocks * bs;
-        let bitmap_bytes = AtomicBits::disk_blocks(member_bytes.div_ceil(region_bytes))
-            * BITMAP_BLOCK as u64;
+        let bitmap_bytes =
+            AtomicBits::disk_blocks(member_bytes.div_ceil(region_bytes)) * BITMAP_BLOCK as u64;
         let data_offset_bytes = (SB_BYTES as u64 + bitmap_bytes).next_multiple_of(DATA_ALIGN);
         if member_bytes <= data_offset_bytes {
             return Err(BlockError::Unsupported(format!(
@@ -219,7 +219,9 @@ impl Superblock {
         }
         let member_index = u32_at(b, 12);
         if member_index as usize >= nslots {
-            return Err(corrupt(format!("member index {member_index} >= {nslots} slots")));
+            return Err(corrupt(format!(
+                "member index {member_index} >= {nslots} slots"
+            )));
         }
         let mut slots = Vec::with_capacity(nslots);
         for i in 0..nslots {

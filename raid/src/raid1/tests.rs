@@ -27,7 +27,9 @@ fn block(v: u8) -> Bytes {
 }
 
 async fn member_block(m: &FaultDevice, raid: &Raid1, lba: u64) -> u8 {
-    m.read(lba + raid.data_offset(), buf::alloc(4096)).await.unwrap()[0]
+    m.read(lba + raid.data_offset(), buf::alloc(4096))
+        .await
+        .unwrap()[0]
 }
 
 #[tokio::test]
@@ -41,7 +43,14 @@ async fn mirrors_writes_and_survives_a_member_failure() {
     m[1].set_failed(true);
     raid.write(6, block(2)).await.unwrap();
     let st = raid.status().await;
-    assert_eq!(st.members, vec![MemberHealth::InSync, MemberHealth::Missing, MemberHealth::InSync]);
+    assert_eq!(
+        st.members,
+        vec![
+            MemberHealth::InSync,
+            MemberHealth::Missing,
+            MemberHealth::InSync
+        ]
+    );
     assert!(st.degraded);
     for _ in 0..4 {
         assert_eq!(raid.read(6, buf::alloc(4096)).await.unwrap()[0], 2);
@@ -52,7 +61,10 @@ async fn mirrors_writes_and_survives_a_member_failure() {
         assert_eq!(raid.read(5, buf::alloc(4096)).await.unwrap()[0], 1);
     }
     m[2].set_failed(true);
-    assert!(matches!(raid.read(5, buf::alloc(4096)).await, Err(BlockError::Offline(_))));
+    assert!(matches!(
+        raid.read(5, buf::alloc(4096)).await,
+        Err(BlockError::Offline(_))
+    ));
 }
 
 #[tokio::test]
@@ -68,7 +80,11 @@ async fn returning_member_resyncs_only_dirty_regions() {
     raid.write(64 * 3, block(7)).await.unwrap(); // region 3
     raid.flush().await.unwrap();
     raid.flush().await.unwrap();
-    assert_eq!(raid.status().await.dirty_regions, 1, "no clearing while degraded");
+    assert_eq!(
+        raid.status().await.dirty_regions,
+        1,
+        "no clearing while degraded"
+    );
     assert_eq!(member_block(&m[1], &raid, 64 * 3).await, 0);
     raid.readd_member(m[1].clone()).await.unwrap();
     assert_eq!(raid.status().await.members[1], MemberHealth::Recovering);
@@ -98,7 +114,10 @@ async fn replacement_is_rebuilt_in_full_in_the_background() {
         tokio::task::yield_now().await;
     }
     task.stop().await.unwrap();
-    assert_eq!(raid.resync_progress().bytes_copied, raid.num_blocks() * 4096);
+    assert_eq!(
+        raid.resync_progress().bytes_copied,
+        raid.num_blocks() * 4096
+    );
     m[1].set_failed(true);
     assert_eq!(raid.read(0, buf::alloc(4096)).await.unwrap()[0], 99);
     for i in 1..raid.num_blocks() {
@@ -118,7 +137,10 @@ async fn reopen_recognises_a_stale_member() {
     // Both come back; member 0 has an old event counter.
     let raid = Raid1::open(refs(&m)).await.unwrap();
     let st = raid.status().await;
-    assert_eq!(st.members, vec![MemberHealth::Recovering, MemberHealth::InSync]);
+    assert_eq!(
+        st.members,
+        vec![MemberHealth::Recovering, MemberHealth::InSync]
+    );
     for _ in 0..4 {
         assert_eq!(raid.read(1, buf::alloc(4096)).await.unwrap()[0], 2);
     }
@@ -128,15 +150,23 @@ async fn reopen_recognises_a_stale_member() {
     let other = members(1, 8 * MB);
     Raid1::create(refs(&other), &opts()).await.unwrap();
     assert!(raid.readd_member(other[0].clone()).await.is_err());
-    let reopened = Raid1::open(vec![other[0].clone(), m[1].clone()]).await.unwrap();
-    assert_eq!(reopened.status().await.members, vec![MemberHealth::Missing, MemberHealth::InSync]);
+    let reopened = Raid1::open(vec![other[0].clone(), m[1].clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.status().await.members,
+        vec![MemberHealth::Missing, MemberHealth::InSync]
+    );
 }
 
 #[tokio::test]
 async fn corrupt_superblocks_are_errors_not_panics() {
     let m = members(1, 4 * MB);
     m[0].write(0, Bytes::from(vec![0xAB; 4096])).await.unwrap();
-    assert!(matches!(Raid1::open(refs(&m)).await, Err(BlockError::Unsupported(_))));
+    assert!(matches!(
+        Raid1::open(refs(&m)).await,
+        Err(BlockError::Unsupported(_))
+    ));
     let tiny: DeviceRef = Arc::new(MemoryDevice::new(4096, 4096));
     assert!(Raid1::create(vec![tiny], &opts()).await.is_err());
 }

@@ -49,6 +49,21 @@ impl ThinDevice {
         split::units(lba, blocks, bpb).map(move |(at, n)| (at / bpb, at % bpb, n))
     }
 
+    async fn read_piece(&self, vb: u64, off: u64, mut part: BytesMut) -> BlockResult<BytesMut> {
+        match self.pool.lookup(self.gate.id, vb) {
+            Some(m) => {
+                self.pool
+                    .data
+                    .read(m.block * self.pool.bpb + off, part)
+                    .await
+            }
+            None => {
+                part.fill(0);
+                Ok(part)
+            }
+        }
+    }
+
     async fn unmap_range(&self, lba: u64, blocks: u64) -> BlockResult<()> {
         check_range(self, lba, blocks)?;
         let deleted = self.gate.io.write().await;
@@ -89,16 +104,14 @@ impl BlockDevice for ThinDevice {
         }
         let bs = self.pool.block_size as usize;
         let pieces: Vec<_> = self.pieces(lba, blocks).collect();
+        if let [(vb, off, _)] = pieces[..] {
+            return self.read_piece(vb, off, buf).await;
+        }
         let parts = split::cut(buf, pieces.iter().map(|p| p.2 as usize * bs));
-        let reads = pieces.iter().zip(parts).map(|(&(vb, off, _), mut part)| async move {
-            match self.pool.lookup(self.gate.id, vb) {
-                Some(m) => self.pool.data.read(m.block * self.pool.bpb + off, part).await,
-                None => {
-                    part.fill(0);
-                    Ok(part)
-                }
-            }
-        });
+        let reads = pieces
+            .iter()
+            .zip(parts)
+            .map(|(&(vb, off, _), part)| self.read_piece(vb, off, part));
         Ok(split::glue(try_join_all(reads).await?))
     }
 
@@ -109,6 +122,13 @@ impl BlockDevice for ThinDevice {
             return Err(self.gone());
         }
         let bs = self.pool.block_size as usize;
+        let (vb, off) = (lba / self.pool.bpb, lba % self.pool.bpb);
+        if off + blocks <= self.pool.bpb {
+            return self
+                .pool
+                .write_block(self.gate.id, vb, off, blocks, Some(data))
+                .await;
+        }
         let mut at = 0;
         let writes = self.pieces(lba, blocks).map(|(vb, off, n)| {
             let part = data.slice(at..at + n as usize * bs);

@@ -154,7 +154,9 @@ impl Superblock {
         if !sb.block_bytes.is_power_of_two() || sb.block_bytes < bs {
             return Err(corrupt(format!("bad thin block size {}", sb.block_bytes)));
         }
-        if sb.meta_pages <= FIRST_PAGE || (sb.devtable != 0 && !(FIRST_PAGE..sb.meta_pages).contains(&sb.devtable)) {
+        if sb.meta_pages <= FIRST_PAGE
+            || (sb.devtable != 0 && !(FIRST_PAGE..sb.meta_pages).contains(&sb.devtable))
+        {
             return Err(corrupt("bad metadata size or device table location"));
         }
         Ok(sb)
@@ -208,10 +210,16 @@ fn open_page(b: &[u8], page_no: u64, kind: u8) -> BlockResult<()> {
         return Err(corrupt(format!("page {page_no}: checksum mismatch")));
     }
     if u64_at(b, 8) != page_no {
-        return Err(corrupt(format!("page {page_no}: holds page {}", u64_at(b, 8))));
+        return Err(corrupt(format!(
+            "page {page_no}: holds page {}",
+            u64_at(b, 8)
+        )));
     }
     if b[16] != kind {
-        return Err(corrupt(format!("page {page_no}: kind {} where {kind} expected", b[16])));
+        return Err(corrupt(format!(
+            "page {page_no}: kind {} where {kind} expected",
+            b[16]
+        )));
     }
     Ok(())
 }
@@ -233,7 +241,9 @@ pub fn decode_map(page_no: u64, b: &[u8]) -> BlockResult<MapPage> {
     open_page(b, page_no, KIND_MAP)?;
     Ok(MapPage {
         level: b[17],
-        entries: (0..FANOUT as usize).map(|i| u64_at(b, HEADER + i * 8)).collect(),
+        entries: (0..FANOUT as usize)
+            .map(|i| u64_at(b, HEADER + i * 8))
+            .collect(),
     })
 }
 
@@ -307,10 +317,23 @@ mod tests {
         let mut bad = b.clone();
         bad[100] ^= 1;
         assert!(decode_map(5, &bad).is_err());
-        let devs = vec![DevEntry { id: 3, root: 5, size: 100, levels: 2 }];
+        let devs = vec![DevEntry {
+            id: 3,
+            root: 5,
+            size: 100,
+            levels: 2,
+        }];
         let b = encode_devs(8, &devs, 0);
         assert_eq!(decode_devs(8, &b).unwrap(), (devs, 0));
-        let sb = Superblock { block_size: 4096, txn: 3, block_bytes: 1 << 20, data_blocks: 10, meta_pages: 64, devtable: 8, devices: 1 };
+        let sb = Superblock {
+            block_size: 4096,
+            txn: 3,
+            block_bytes: 1 << 20,
+            data_blocks: 10,
+            meta_pages: 64,
+            devtable: 8,
+            devices: 1,
+        };
         assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
         let mut s = sb.clone();
         s.devtable = 64;

@@ -21,8 +21,8 @@
 //! device has grown. Snapshot and delete wait for the origin's in-flight
 //! I/O (the cluster still quiesces hosts first for cross-leg consistency).
 
-pub mod metadata;
 mod device;
+pub mod metadata;
 mod pool;
 mod state;
 

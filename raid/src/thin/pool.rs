@@ -93,7 +93,11 @@ fn meta_pages(meta: &DeviceRef) -> u64 {
 
 impl ThinPool {
     /// Make a new, empty pool (any previous content is forgotten).
-    pub async fn format(data: DeviceRef, meta: DeviceRef, opts: &ThinOptions) -> BlockResult<Arc<ThinPool>> {
+    pub async fn format(
+        data: DeviceRef,
+        meta: DeviceRef,
+        opts: &ThinOptions,
+    ) -> BlockResult<Arc<ThinPool>> {
         let bs = data.block_size();
         if meta.block_size() != bs || bs as usize > PAGE {
             return Err(BlockError::Unsupported(format!(
@@ -101,10 +105,15 @@ impl ThinPool {
             )));
         }
         if !opts.block_bytes.is_power_of_two() || opts.block_bytes < bs as u64 {
-            return Err(BlockError::Unsupported(format!("thin block size {} is not a power of two of at least one block", opts.block_bytes)));
+            return Err(BlockError::Unsupported(format!(
+                "thin block size {} is not a power of two of at least one block",
+                opts.block_bytes
+            )));
         }
         if meta_pages(&meta) <= FIRST_PAGE + 1 {
-            return Err(BlockError::Unsupported("thin metadata device is too small".into()));
+            return Err(BlockError::Unsupported(
+                "thin metadata device is too small".into(),
+            ));
         }
         let data_blocks = data.num_blocks() * bs as u64 / opts.block_bytes;
         let state = State::new(bs, opts.block_bytes, data_blocks, meta_pages(&meta));
@@ -114,7 +123,11 @@ impl ThinPool {
         }
         let pool = ThinPool::assemble(data, meta, state, opts);
         pool.commit().await?;
-        info!(data_blocks, block_bytes = opts.block_bytes, "thin pool formatted");
+        info!(
+            data_blocks,
+            block_bytes = opts.block_bytes,
+            "thin pool formatted"
+        );
         Ok(pool)
     }
 
@@ -123,7 +136,11 @@ impl ThinPool {
     /// Of the two superblock slots the valid one with the higher transaction
     /// id wins; if its trees are damaged that is an error (falling back to
     /// the older slot would silently lose flushed writes).
-    pub async fn open(data: DeviceRef, meta: DeviceRef, opts: &ThinOptions) -> BlockResult<Arc<ThinPool>> {
+    pub async fn open(
+        data: DeviceRef,
+        meta: DeviceRef,
+        opts: &ThinOptions,
+    ) -> BlockResult<Arc<ThinPool>> {
         let bs = meta.block_size();
         if bs as usize > PAGE || meta_pages(&meta) <= FIRST_PAGE {
             return Err(BlockError::Unsupported("not a thin metadata device".into()));
@@ -143,13 +160,21 @@ impl ThinPool {
         }
         let data_blocks = data.num_blocks() * bs as u64 / sb.block_bytes;
         let state = State::load(&meta, &sb, data_blocks, meta_pages(&meta)).await?;
-        let opts = ThinOptions { block_bytes: sb.block_bytes, ..opts.clone() };
+        let opts = ThinOptions {
+            block_bytes: sb.block_bytes,
+            ..opts.clone()
+        };
         let pool = ThinPool::assemble(data, meta, state, &opts);
         info!(txn = sb.txn, devices = sb.devices, "thin pool opened");
         Ok(pool)
     }
 
-    fn assemble(data: DeviceRef, meta: DeviceRef, state: State, opts: &ThinOptions) -> Arc<ThinPool> {
+    fn assemble(
+        data: DeviceRef,
+        meta: DeviceRef,
+        state: State,
+        opts: &ThinOptions,
+    ) -> Arc<ThinPool> {
         let lw = opts.low_water_blocks.unwrap_or(state.data_blocks() / 10);
         let pool = ThinPool {
             block_size: data.block_size(),
@@ -258,7 +283,10 @@ impl ThinPool {
     }
 
     fn forget_gate(&self, id: u64) {
-        self.gates.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     fn check_writable(&self) -> BlockResult<()> {
@@ -332,9 +360,21 @@ impl ThinPool {
         };
         let result = async {
             self.data.flush().await?;
-            try_join_all(batch.pages.iter().map(|(p, img)| write_page(&self.meta, self.block_size, *p, img))).await?;
+            try_join_all(
+                batch
+                    .pages
+                    .iter()
+                    .map(|(p, img)| write_page(&self.meta, self.block_size, *p, img)),
+            )
+            .await?;
             self.meta.flush().await?;
-            write_page(&self.meta, self.block_size, batch.txn % FIRST_PAGE, &batch.superblock).await?;
+            write_page(
+                &self.meta,
+                self.block_size,
+                batch.txn % FIRST_PAGE,
+                &batch.superblock,
+            )
+            .await?;
             self.meta.flush().await
         }
         .await;
@@ -399,7 +439,8 @@ impl ThinPool {
         for attempt in 0..2 {
             let result = {
                 let mut st = self.state();
-                st.remap(id, vb, block).map(|old| old.map(|o| st.release_data(o)))
+                st.remap(id, vb, block)
+                    .map(|old| old.map(|o| st.release_data(o)))
             };
             match result {
                 Err(BlockError::NoSpace(_)) if attempt == 0 => {
@@ -410,7 +451,9 @@ impl ThinPool {
                 other => return other.map(|_| ()),
             }
         }
-        Err(BlockError::NoSpace("thin pool metadata device is full".into()))
+        Err(BlockError::NoSpace(
+            "thin pool metadata device is full".into(),
+        ))
     }
 
     /// Unmap thin block `vb` of `id` (discard of a whole block).
@@ -421,11 +464,24 @@ impl ThinPool {
     /// Write `data` (or zeroes when `None`) to `blocks` device blocks at
     /// offset `off` inside thin block `vb` of device `id`, provisioning or
     /// breaking sharing as needed.
-    pub(crate) async fn write_block(&self, id: u64, vb: u64, off: u64, blocks: u64, data: Option<Bytes>) -> BlockResult<()> {
+    pub(crate) async fn write_block(
+        &self,
+        id: u64,
+        vb: u64,
+        off: u64,
+        blocks: u64,
+        data: Option<Bytes>,
+    ) -> BlockResult<()> {
         let bs = self.block_size as usize;
         let current = self.lookup(id, vb);
         match (current, &data) {
-            (Some(Mapping { block, exclusive: true }), _) => return self.put(block * self.bpb + off, blocks, data).await,
+            (
+                Some(Mapping {
+                    block,
+                    exclusive: true,
+                }),
+                _,
+            ) => return self.put(block * self.bpb + off, blocks, data).await,
             (None, None) => return Ok(()),
             _ => {}
         }
@@ -433,7 +489,13 @@ impl ThinPool {
         let key = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vb) % BLOCK_LOCKS;
         let _provisioning = self.block_locks[key as usize].lock().await;
         let shared = match (self.lookup(id, vb), &data) {
-            (Some(Mapping { block, exclusive: true }), _) => return self.put(block * self.bpb + off, blocks, data).await,
+            (
+                Some(Mapping {
+                    block,
+                    exclusive: true,
+                }),
+                _,
+            ) => return self.put(block * self.bpb + off, blocks, data).await,
             (None, None) => return Ok(()),
             (m, _) => m.map(|m| m.block),
         };
@@ -445,7 +507,10 @@ impl ThinPool {
             }
             match shared {
                 Some(src) => {
-                    let mut whole = self.data.read(src * self.bpb, buf::alloc(self.bpb as usize * bs)).await?;
+                    let mut whole = self
+                        .data
+                        .read(src * self.bpb, buf::alloc(self.bpb as usize * bs))
+                        .await?;
                     let range = off as usize * bs..(off + blocks) as usize * bs;
                     match &data {
                         Some(d) => whole[range].copy_from_slice(d),
@@ -455,7 +520,10 @@ impl ThinPool {
                 }
                 None => {
                     let tail = off + blocks;
-                    let (head, rest) = (self.data.write_zeroes(base, off), self.data.write_zeroes(base + tail, self.bpb - tail));
+                    let (head, rest) = (
+                        self.data.write_zeroes(base, off),
+                        self.data.write_zeroes(base + tail, self.bpb - tail),
+                    );
                     let (a, b, c) = tokio::join!(head, rest, self.put(base + off, blocks, data));
                     a.and(b).and(c)
                 }
@@ -484,5 +552,6 @@ impl ThinPool {
 async fn write_page(meta: &DeviceRef, block_size: u32, p: u64, img: &[u8]) -> BlockResult<()> {
     let mut b = buf::alloc(PAGE);
     b.copy_from_slice(img);
-    meta.write(p * (PAGE as u64 / block_size as u64), b.freeze()).await
+    meta.write(p * (PAGE as u64 / block_size as u64), b.freeze())
+        .await
 }

@@ -8,7 +8,10 @@ const BS: usize = 4096;
 const TB: u64 = 64 << 10; // thin block in tests: 64 KiB = 16 device blocks
 
 fn devs(data_bytes: u64) -> (Arc<MemoryDevice>, Arc<MemoryDevice>) {
-    (Arc::new(MemoryDevice::new(data_bytes, 4096)), Arc::new(MemoryDevice::new(1 << 20, 4096)))
+    (
+        Arc::new(MemoryDevice::new(data_bytes, 4096)),
+        Arc::new(MemoryDevice::new(1 << 20, 4096)),
+    )
 }
 
 fn opts() -> ThinOptions {
@@ -19,11 +22,22 @@ fn opts() -> ThinOptions {
 }
 
 async fn pool(data: &Arc<MemoryDevice>, meta: &Arc<MemoryDevice>) -> Arc<ThinPool> {
-    ThinPool::format(data.clone() as DeviceRef, meta.clone() as DeviceRef, &opts()).await.unwrap()
+    ThinPool::format(
+        data.clone() as DeviceRef,
+        meta.clone() as DeviceRef,
+        &opts(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn reopen(data: &Arc<MemoryDevice>, meta: &Arc<MemoryDevice>) -> BlockResult_<Arc<ThinPool>> {
-    ThinPool::open(data.clone() as DeviceRef, meta.clone() as DeviceRef, &opts()).await
+    ThinPool::open(
+        data.clone() as DeviceRef,
+        meta.clone() as DeviceRef,
+        &opts(),
+    )
+    .await
 }
 
 type BlockResult_<T> = crate::BlockResult<T>;
@@ -82,7 +96,10 @@ async fn snapshots_share_blocks_and_copy_on_write() {
     assert_eq!(byte(&snap, 32).await, 7);
     assert_eq!(byte(&origin, 32).await, 3);
     pool.delete_thin(2).await.unwrap();
-    assert!(matches!(snap.read(0, buf::alloc(BS)).await, Err(BlockError::Offline(_))));
+    assert!(matches!(
+        snap.read(0, buf::alloc(BS)).await,
+        Err(BlockError::Offline(_))
+    ));
     assert_eq!(byte(&snap2, 0).await, 1);
     pool.delete_thin(3).await.unwrap();
     pool.delete_thin(1).await.unwrap();
@@ -113,7 +130,11 @@ async fn committed_state_survives_reopen() {
     assert_eq!(byte(&a, 3).await, 77);
     assert_eq!(byte(&s, 3).await, 1);
     assert_eq!(byte(&s, 16 * 599 + 3).await, (599 + 1) as u8);
-    assert_eq!(byte(&a, 16 * 509 + 3).await, 510_u64 as u8, "unflushed write is gone");
+    assert_eq!(
+        byte(&a, 16 * 509 + 3).await,
+        510_u64 as u8,
+        "unflushed write is gone"
+    );
     assert_eq!(pool.status().free_data_blocks, 16 - 5);
     assert!(pool.open_thin(3).is_err());
 }

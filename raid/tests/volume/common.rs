@@ -44,12 +44,16 @@ pub fn pattern(stamp: u64, blocks: u64) -> Vec<u8> {
 
 /// A memory device behind a fault injector.
 pub fn faulty(bytes: u64) -> Arc<FaultDevice> {
-    Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(bytes, BS as u32))))
+    Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(
+        bytes, BS as u32,
+    ))))
 }
 
 /// A memory device behind a fault injector with a volatile write cache.
 pub fn volatile(bytes: u64) -> Arc<FaultDevice> {
-    Arc::new(FaultDevice::volatile(Arc::new(MemoryDevice::new(bytes, BS as u32))))
+    Arc::new(FaultDevice::volatile(Arc::new(MemoryDevice::new(
+        bytes, BS as u32,
+    ))))
 }
 
 /// As device references.
@@ -67,7 +71,9 @@ pub async fn read(dev: &dyn BlockDevice, lba: u64, blocks: u64) -> Vec<u8> {
 
 /// Write `data`.
 pub async fn write(dev: &dyn BlockDevice, lba: u64, data: &[u8]) {
-    dev.write(lba, Bytes::copy_from_slice(data)).await.expect("write");
+    dev.write(lba, Bytes::copy_from_slice(data))
+        .await
+        .expect("write");
 }
 
 /// Clamp a generated range to a device of `size` blocks.

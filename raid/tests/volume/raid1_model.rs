@@ -39,7 +39,9 @@ fn op() -> impl Strategy<Value = Op> {
 /// Members that can still serve reads once `failed` ones are gone.
 async fn good_sources(raid: &Raid1, failed: &[bool]) -> usize {
     let st = raid.status().await;
-    (0..3).filter(|&i| st.members[i] == MemberHealth::InSync && !failed[i]).count()
+    (0..3)
+        .filter(|&i| st.members[i] == MemberHealth::InSync && !failed[i])
+        .count()
 }
 
 proptest! {
@@ -98,10 +100,10 @@ proptest! {
                 }
             }
             // Bring everyone back, resync, and check every mirror copy.
-            for m in 0..3 {
-                members[m].set_failed(false);
+            for (m, dev) in members.iter().enumerate() {
+                dev.set_failed(false);
                 if raid.status().await.members[m] == MemberHealth::Missing {
-                    raid.readd_member(members[m].clone()).await.unwrap();
+                    raid.readd_member(dev.clone()).await.unwrap();
                 }
             }
             raid.resync_now(&RateLimit::default()).await.unwrap();

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use raid::model::Model;
 use raid::raid1::MemberHealth;
-use raid::{BlockDevice, DeviceRef, FaultDevice, MemoryDevice, Raid1, Raid1Options, RateLimit, ThinDevice, ThinOptions, ThinPool};
+use raid::{
+    BlockDevice, DeviceRef, FaultDevice, MemoryDevice, Raid1, Raid1Options, RateLimit, ThinDevice,
+    ThinOptions, ThinPool,
+};
 
 use crate::common::*;
 
@@ -43,7 +46,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn opts() -> ThinOptions {
-    ThinOptions { block_bytes: 64 << 10, low_water_blocks: None }
+    ThinOptions {
+        block_bytes: 64 << 10,
+        low_water_blocks: None,
+    }
 }
 
 proptest! {
