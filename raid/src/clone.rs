@@ -37,6 +37,7 @@ use tracing::info;
 use crate::bits::{AtomicBits, BITMAP_BLOCK, BITS_PER_BLOCK};
 use crate::buf;
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
+use crate::le::{put, u32_at, u64_at};
 use crate::split;
 use crate::task::{BackgroundTask, RateLimit, StopSignal, Throttle};
 
@@ -96,33 +97,27 @@ fn corrupt(why: impl std::fmt::Display) -> BlockError {
 
 fn encode_header(block_size: u32, region_bytes: u64, blocks: u64) -> Vec<u8> {
     let mut b = vec![0u8; HEADER];
-    b[0..8].copy_from_slice(MAGIC);
-    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    b[12..16].copy_from_slice(&block_size.to_le_bytes());
-    b[16..24].copy_from_slice(&region_bytes.to_le_bytes());
-    b[24..32].copy_from_slice(&blocks.to_le_bytes());
+    put(&mut b, 0, MAGIC);
+    put(&mut b, 8, &VERSION.to_le_bytes());
+    put(&mut b, 12, &block_size.to_le_bytes());
+    put(&mut b, 16, &region_bytes.to_le_bytes());
+    put(&mut b, 24, &blocks.to_le_bytes());
     let crc = crc32c::crc32c(&b[..HEADER - 4]);
-    b[HEADER - 4..].copy_from_slice(&crc.to_le_bytes());
+    put(&mut b, HEADER - 4, &crc.to_le_bytes());
     b
 }
 
 fn decode_header(b: &[u8]) -> BlockResult<(u32, u64, u64)> {
-    let field = |at: usize, n: usize| -> u64 {
-        b[at..at + n]
-            .iter()
-            .rev()
-            .fold(0u64, |acc, &x| (acc << 8) | x as u64)
-    };
     if b.len() < HEADER || &b[0..8] != MAGIC {
         return Err(corrupt("no clone header"));
     }
-    if crc32c::crc32c(&b[..HEADER - 4]) as u64 != field(HEADER - 4, 4) {
+    if crc32c::crc32c(&b[..HEADER - 4]) != u32_at(b, HEADER - 4) {
         return Err(corrupt("header checksum mismatch"));
     }
-    if field(8, 4) != VERSION as u64 {
-        return Err(corrupt(format!("unsupported version {}", field(8, 4))));
+    if u32_at(b, 8) != VERSION {
+        return Err(corrupt(format!("unsupported version {}", u32_at(b, 8))));
     }
-    let (bs, region, blocks) = (field(12, 4) as u32, field(16, 8), field(24, 8));
+    let (bs, region, blocks) = (u32_at(b, 12), u64_at(b, 16), u64_at(b, 24));
     if !bs.is_power_of_two()
         || !(512..=4096).contains(&bs)
         || !region.is_power_of_two()
@@ -131,12 +126,6 @@ fn decode_header(b: &[u8]) -> BlockResult<(u32, u64, u64)> {
         return Err(corrupt("bad block or region size"));
     }
     Ok((bs, region, blocks))
-}
-
-async fn write_at(dev: &DeviceRef, lba: u64, bytes: &[u8]) -> BlockResult<()> {
-    let mut b = buf::alloc(bytes.len());
-    b.copy_from_slice(bytes);
-    dev.write(lba, b.freeze()).await
 }
 
 impl CloneDevice {
@@ -170,12 +159,8 @@ impl CloneDevice {
                 .write_bitmap_block(blk, &clone.hydrated.encode_block(blk, &[]))
                 .await?;
         }
-        write_at(
-            &clone.meta,
-            0,
-            &encode_header(bs, region_bytes, clone.num_blocks),
-        )
-        .await?;
+        let header = encode_header(bs, region_bytes, clone.num_blocks);
+        clone.meta.write(0, buf::aligned(&header)).await?;
         clone.meta.flush().await?;
         info!(blocks = clone.num_blocks, "clone created");
         Ok(Arc::new(clone))
@@ -256,7 +241,9 @@ impl CloneDevice {
     }
 
     async fn write_bitmap_block(&self, blk: u64, img: &[u8]) -> BlockResult<()> {
-        write_at(&self.meta, self.bitmap_lba(blk), img).await
+        self.meta
+            .write(self.bitmap_lba(blk), buf::aligned(img))
+            .await
     }
 
     /// Hydration progress.

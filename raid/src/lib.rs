@@ -24,6 +24,7 @@ mod device;
 pub mod error;
 pub mod fault;
 pub mod file;
+mod le;
 pub mod linear;
 pub mod mem;
 pub mod model;

@@ -151,12 +151,6 @@ fn new_uuid() -> [u8; 16] {
     *uuid::Uuid::new_v4().as_bytes()
 }
 
-async fn write_at(dev: &DeviceRef, lba: u64, bytes: &[u8]) -> BlockResult<()> {
-    let mut b = buf::alloc(bytes.len());
-    b.copy_from_slice(bytes);
-    dev.write(lba, b.freeze()).await
-}
-
 async fn read_superblock(dev: &DeviceRef) -> BlockResult<Superblock> {
     let bs = dev.block_size() as usize;
     if bs > SB_BYTES || dev.num_blocks() < (SB_BYTES / bs) as u64 {
@@ -533,7 +527,7 @@ impl Raid1 {
                     slots: meta.slots.clone(),
                 };
                 async move {
-                    write_at(&m.dev, 0, &sb.encode()).await?;
+                    m.dev.write(0, buf::aligned(&sb.encode())).await?;
                     m.dev.flush().await
                 }
             });
@@ -558,12 +552,10 @@ impl Raid1 {
     async fn write_whole_bitmap(&self, members: &[Member]) -> BlockResult<()> {
         for m in members {
             for blk in 0..self.geo.bitmap_blocks() {
-                write_at(
-                    &m.dev,
-                    self.geo.bitmap_lba(blk),
-                    &self.intent.dirty.encode_block(blk, &[]),
-                )
-                .await?;
+                let img = self.intent.dirty.encode_block(blk, &[]);
+                m.dev
+                    .write(self.geo.bitmap_lba(blk), buf::aligned(&img))
+                    .await?;
             }
             m.dev.flush().await?;
         }
@@ -588,7 +580,9 @@ impl Raid1 {
             let images = &images;
             async move {
                 for (blk, img) in images {
-                    write_at(&m.dev, self.geo.bitmap_lba(*blk), img).await?;
+                    m.dev
+                        .write(self.geo.bitmap_lba(*blk), buf::aligned(img))
+                        .await?;
                 }
                 if durable {
                     m.dev.flush().await?;

@@ -34,6 +34,7 @@
 
 use crate::bits::{AtomicBits, BITMAP_BLOCK};
 use crate::device::{BlockError, BlockResult};
+use crate::le::{put, u32_at, u64_at};
 
 /// Bytes of the superblock.
 pub const SB_BYTES: usize = 4096;
@@ -154,18 +155,6 @@ fn corrupt(why: impl std::fmt::Display) -> BlockError {
     BlockError::Medium(format!("raid1 superblock: {why}"))
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 fn uuid_at(b: &[u8], at: usize) -> [u8; 16] {
     let mut a = [0u8; 16];
     a.copy_from_slice(&b[at..at + 16]);
@@ -177,24 +166,24 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; SB_BYTES];
         let g = &self.geometry;
-        b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&self.member_index.to_le_bytes());
-        b[16..32].copy_from_slice(&self.array_uuid);
-        b[32..48].copy_from_slice(&self.member_uuid);
-        b[48..56].copy_from_slice(&self.events.to_le_bytes());
-        b[56..60].copy_from_slice(&g.block_size.to_le_bytes());
-        b[60..64].copy_from_slice(&(self.slots.len() as u32).to_le_bytes());
-        b[64..72].copy_from_slice(&g.region_bytes.to_le_bytes());
-        b[72..80].copy_from_slice(&g.data_offset.to_le_bytes());
-        b[80..88].copy_from_slice(&g.data_blocks.to_le_bytes());
+        put(&mut b, 0, MAGIC);
+        put(&mut b, 8, &VERSION.to_le_bytes());
+        put(&mut b, 12, &self.member_index.to_le_bytes());
+        put(&mut b, 16, &self.array_uuid);
+        put(&mut b, 32, &self.member_uuid);
+        put(&mut b, 48, &self.events.to_le_bytes());
+        put(&mut b, 56, &g.block_size.to_le_bytes());
+        put(&mut b, 60, &(self.slots.len() as u32).to_le_bytes());
+        put(&mut b, 64, &g.region_bytes.to_le_bytes());
+        put(&mut b, 72, &g.data_offset.to_le_bytes());
+        put(&mut b, 80, &g.data_blocks.to_le_bytes());
         for (i, s) in self.slots.iter().enumerate() {
             let at = SLOTS_AT + i * SLOT_BYTES;
-            b[at..at + 16].copy_from_slice(&s.uuid);
+            put(&mut b, at, &s.uuid);
             b[at + 16] = s.state as u8;
         }
         let crc = crc32c::crc32c(&b[..CRC_AT]);
-        b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        put(&mut b, CRC_AT, &crc.to_le_bytes());
         b
     }
 

@@ -45,6 +45,7 @@
 //! device blocks u64, tree levels u8, 7 zero bytes.
 
 use crate::device::{BlockError, BlockResult};
+use crate::le::{put, u16_at, u32_at, u64_at};
 
 /// Bytes per metadata page.
 pub const PAGE: usize = 4096;
@@ -68,26 +69,6 @@ const CRC_AT: usize = PAGE - 4;
 /// Thrown at anything malformed read back from the metadata device.
 pub fn corrupt(why: impl std::fmt::Display) -> BlockError {
     BlockError::Medium(format!("thin metadata: {why}"))
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn put(b: &mut [u8], at: usize, v: &[u8]) {
-    b[at..at + v.len()].copy_from_slice(v);
 }
 
 /// The pool superblock.

@@ -550,8 +550,6 @@ impl ThinPool {
 }
 
 async fn write_page(meta: &DeviceRef, block_size: u32, p: u64, img: &[u8]) -> BlockResult<()> {
-    let mut b = buf::alloc(PAGE);
-    b.copy_from_slice(img);
-    meta.write(p * (PAGE as u64 / block_size as u64), b.freeze())
+    meta.write(p * (PAGE as u64 / block_size as u64), buf::aligned(img))
         .await
 }
