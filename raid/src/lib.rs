@@ -10,6 +10,7 @@
 //! read and hand it back; writes take [`Bytes`], which composites can slice
 //! and clone without copying. [`buf::alloc`] gives buffers aligned for
 //! O_DIRECT.
+#![warn(missing_docs)]
 //!
 //! Composites: [`Linear`], [`Raid0`], [`Raid1`], [`ThinPool`] and its
 //! [`ThinDevice`]s, [`CloneDevice`], [`SuspendableDevice`], [`ErrorDevice`].

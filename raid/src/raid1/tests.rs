@@ -170,3 +170,49 @@ async fn corrupt_superblocks_are_errors_not_panics() {
     let tiny: DeviceRef = Arc::new(MemoryDevice::new(4096, 4096));
     assert!(Raid1::create(vec![tiny], &opts()).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_during_a_background_rebuild_reach_every_member() {
+    let m = members(2, 6 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    let blocks = raid.num_blocks();
+    for i in 0..blocks {
+        raid.write(i, block(1)).await.unwrap();
+    }
+    m[1].set_failed(true);
+    raid.write(0, block(2)).await.unwrap();
+    let new = Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(6 * MB, 4096))));
+    raid.replace_member(1, new.clone()).await.unwrap();
+    // A slow rebuild, so that writers and the copy overlap.
+    let task = raid.start_resync(RateLimit::new(8 * MB));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let raid = raid.clone();
+            tokio::spawn(async move {
+                for i in (w..blocks).step_by(4 * 7) {
+                    raid.write(i, block(10 + w as u8)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    while raid.status().await.degraded {
+        tokio::task::yield_now().await;
+    }
+    task.stop().await.unwrap();
+    let off = raid.data_offset();
+    let a = m[0]
+        .read(off, buf::alloc((blocks * 4096) as usize))
+        .await
+        .unwrap();
+    let b = new
+        .read(off, buf::alloc((blocks * 4096) as usize))
+        .await
+        .unwrap();
+    assert!(a == b, "mirrors differ after a rebuild under load");
+    for w in 0..4u64 {
+        assert_eq!(member_block(&new, &raid, w).await, 10 + w as u8);
+    }
+}

@@ -187,3 +187,21 @@ async fn devices_grow_and_metadata_damage_is_an_error() {
     meta.write(1, block(0)).await.unwrap();
     assert!(reopen(&data, &meta).await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn periodic_commit_makes_writes_durable_without_a_flush() {
+    let (data, meta) = devs(8 * TB);
+    let pool = pool(&data, &meta).await;
+    let t = pool.create_thin(1, 64).await.unwrap();
+    t.write(0, block(3)).await.unwrap();
+    let txn = pool.status().transaction_id;
+    let task = pool.start_periodic_commit(std::time::Duration::from_secs(5));
+    // The paused clock jumps straight to the next timer.
+    while pool.status().transaction_id == txn {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    task.stop().await.unwrap();
+    drop((t, pool));
+    let pool = reopen(&data, &meta).await.unwrap();
+    assert_eq!(byte(&pool.open_thin(1).unwrap(), 0).await, 3);
+}
