@@ -9,12 +9,15 @@
 //! no case allocates memory or thin blocks while measured. The goal: raid1 + thin over two members within 10% of
 //! `direct/two_members_write`.
 //!
+//! At the end a paired run alternates the baseline and raid1 + thin in long
+//! batches and prints the median CPU-time ratio.
+//!
 //! Run: `cargo bench -p raid --bench overhead`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use raid::{
     buf, BlockDevice, Bytes, DeviceRef, MemoryDevice, Raid1, Raid1Options, ThinOptions, ThinPool,
 };
@@ -97,8 +100,8 @@ async fn build() -> Stacks {
     for d in members.iter().chain([&raid1, &thin, &raid1_thin]) {
         fill(&**d).await;
     }
-    // Let the raid1 bitmaps settle: every region is dirty from the fill, so
-    // the measured writes take the bitmap's fast path, as in steady state.
+    // Every raid1 region is dirty from the fill, so the measured writes take
+    // the bitmap's fast path, as in steady state.
     Stacks {
         members,
         raid1,
@@ -114,11 +117,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let s = rt.block_on(build());
     let blocks = VOLUME / BS as u64;
-    let data = {
-        let mut b = buf::alloc(BS);
-        b.fill(0xC3);
-        b.freeze()
-    };
+    let data = buf::aligned(&[0xC3; BS]);
     let mut g = c.benchmark_group("4k_random");
     g.throughput(Throughput::Elements(BATCH));
     // schedstat moves in scheduler ticks: long, equal samples keep that
@@ -182,5 +181,69 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Same-run A/B comparison for the goal: alternate long batches of the
+/// direct two-member writes and of raid1 + thin writes, and report the
+/// median of the per-round CPU-time ratios (drift on a shared machine
+/// cancels out within a round).
+fn paired() {
+    const ROUNDS: usize = 21;
+    const IOS: u64 = 1 << 17;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(build());
+    let blocks = VOLUME / BS as u64;
+    let data = buf::aligned(&[0xC3; BS]);
+    let mut lbas = Lbas(0x2545_F491_4F6C_DD1D);
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let direct = measure(1, || {
+            rt.block_on(async {
+                for _ in 0..IOS {
+                    let lba = lbas.next(blocks);
+                    let (x, y) = tokio::join!(
+                        s.members[0].write(lba, data.clone()),
+                        s.members[1].write(lba, data.clone())
+                    );
+                    x.unwrap();
+                    y.unwrap();
+                }
+            })
+        });
+        let stack = measure(1, || {
+            rt.block_on(async {
+                for _ in 0..IOS {
+                    s.raid1_thin
+                        .write(lbas.next(blocks), data.clone())
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        rounds.push((direct, stack));
+    }
+    let per_io = |d: Duration| d.as_nanos() as f64 / IOS as f64;
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|(d, s)| per_io(*s) / per_io(*d))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let mut direct: Vec<f64> = rounds.iter().map(|(d, _)| per_io(*d)).collect();
+    let mut stack: Vec<f64> = rounds.iter().map(|(_, s)| per_io(*s)).collect();
+    direct.sort_by(f64::total_cmp);
+    stack.sort_by(f64::total_cmp);
+    let mid = ROUNDS / 2;
+    println!(
+        "paired 4k random write, {ROUNDS} rounds of {IOS} I/Os: direct two members {:.0} ns/IO, raid1+thin {:.0} ns/IO (medians); ratio median {:.3} (min {:.3}, max {:.3})",
+        direct[mid], stack[mid], ratios[mid], ratios[0], ratios[ROUNDS - 1]
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    paired();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -368,7 +368,7 @@ impl CloneDevice {
                 let r = l / self.region_blocks;
                 let apply = |data: Option<Bytes>| async move {
                     match (op, data) {
-                        (_, Some(d)) => self.dest.write(l, d).await,
+                        (_, Some(d)) => self.dest.as_ref().write(l, d).await,
                         (Op::Discard, None) => self.dest.discard(l, n).await,
                         _ => self.dest.write_zeroes(l, n).await,
                     }
@@ -414,7 +414,7 @@ impl BlockDevice for CloneDevice {
             } else {
                 &self.source
             };
-            from.read(l, part)
+            from.as_ref().read(l, part)
         });
         Ok(split::glue(try_join_all(reads).await?))
     }

@@ -25,6 +25,7 @@ mod device;
 pub mod error;
 pub mod fault;
 pub mod file;
+mod gate;
 mod le;
 pub mod linear;
 pub mod mem;

@@ -5,7 +5,9 @@
 //! the parts are read concurrently and glued back with `unsplit`, which is
 //! free when the parts are still adjacent (the usual case: every backend
 //! hands back the buffer it was given). Write data is cut with
-//! `Bytes::slice`, which only bumps a reference count.
+//! `Bytes::slice`, which only bumps a reference count. Members are called
+//! through `&dyn BlockDevice` (`as_ref`), not through the forwarding impl
+//! for `Arc`, which would box a second future per piece.
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
@@ -52,13 +54,13 @@ pub(crate) async fn read(
     buf: BytesMut,
 ) -> BlockResult<BytesMut> {
     if let [p] = pieces {
-        return devs[p.dev].read(p.lba, buf).await;
+        return devs[p.dev].as_ref().read(p.lba, buf).await;
     }
     let parts = cut(buf, pieces.iter().map(|p| p.blocks as usize * block_size));
     let reads = pieces
         .iter()
         .zip(parts)
-        .map(|(p, part)| devs[p.dev].read(p.lba, part));
+        .map(|(p, part)| devs[p.dev].as_ref().read(p.lba, part));
     Ok(glue(try_join_all(reads).await?))
 }
 
@@ -70,14 +72,14 @@ pub(crate) async fn write(
     data: Bytes,
 ) -> BlockResult<()> {
     if let [p] = pieces {
-        return devs[p.dev].write(p.lba, data).await;
+        return devs[p.dev].as_ref().write(p.lba, data).await;
     }
     let mut at = 0;
     let writes = pieces.iter().map(|p| {
         let len = p.blocks as usize * block_size;
         let part = data.slice(at..at + len);
         at += len;
-        devs[p.dev].write(p.lba, part)
+        devs[p.dev].as_ref().write(p.lba, part)
     });
     try_join_all(writes).await.map(|_| ())
 }

@@ -31,12 +31,13 @@ use std::sync::{Arc, Mutex as SyncMutex, RwLock as SyncRwLock};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
-use tokio::sync::{Mutex, Notify, RwLock, RwLockReadGuard};
+use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
 use crate::bits::{BITMAP_BLOCK, BITS_PER_BLOCK};
 use crate::buf;
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
+use crate::gate::{Gate, Pass};
 
 use bitmap::WriteIntent;
 pub use resync::ResyncProgress;
@@ -117,8 +118,10 @@ pub struct Raid1 {
     /// Serialises superblock and bitmap updates.
     meta: Mutex<MetaState>,
     intent: WriteIntent,
-    locks: Vec<RwLock<()>>,
+    locks: Vec<Gate>,
     degraded: AtomicBool,
+    /// Smallest transfer limit of the live members.
+    max_transfer: AtomicU64,
     next_read: AtomicUsize,
     next_join: AtomicU64,
     wake_resync: Notify,
@@ -127,8 +130,8 @@ pub struct Raid1 {
 
 /// Held region locks (no allocation for the common single-region case).
 enum RegionGuards<'a> {
-    One(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
-    Many(#[allow(dead_code)] Vec<RwLockReadGuard<'a, ()>>),
+    One(#[allow(dead_code)] Pass<'a>),
+    Many(#[allow(dead_code)] Vec<Pass<'a>>),
 }
 
 enum Op {
@@ -139,6 +142,9 @@ enum Op {
 
 impl Op {
     async fn apply(&self, dev: &DeviceRef, lba: u64) -> BlockResult<()> {
+        // Through the trait object, not the `Arc` forwarding impl, which
+        // would box one more future per member I/O.
+        let dev = dev.as_ref();
         match self {
             Op::Write(d) => dev.write(lba, d.clone()).await,
             Op::Zeroes(n) => dev.write_zeroes(lba, *n).await,
@@ -344,8 +350,9 @@ impl Raid1 {
             members: SyncRwLock::new(Arc::new(Vec::new())),
             meta: Mutex::new(meta),
             intent: WriteIntent::new(geo.regions()),
-            locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+            locks: (0..LOCK_STRIPES).map(|_| Gate::new()).collect(),
             degraded: AtomicBool::new(false),
+            max_transfer: AtomicU64::new(u64::MAX),
             next_read: AtomicUsize::new(0),
             next_join: AtomicU64::new(members.len() as u64),
             wake_resync: Notify::new(),
@@ -479,6 +486,9 @@ impl Raid1 {
 
     fn set_members(&self, members: Vec<Member>) {
         let degraded = members.iter().any(|m| m.recovering.is_some());
+        let max = members.iter().map(|m| m.dev.max_transfer_bytes()).min();
+        self.max_transfer
+            .store(max.unwrap_or(u64::MAX), Ordering::SeqCst);
         *self.members.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(members);
         self.degraded.fetch_or(degraded, Ordering::SeqCst);
     }
@@ -625,7 +635,7 @@ impl Raid1 {
     /// Shared locks on the stripes of regions `first..=last`, in order.
     async fn lock_regions(&self, first: u64, last: u64) -> RegionGuards<'_> {
         if first == last {
-            return RegionGuards::One(self.locks[(first % LOCK_STRIPES) as usize].read().await);
+            return RegionGuards::One(self.locks[(first % LOCK_STRIPES) as usize].enter().await);
         }
         let mut stripes: Vec<u64> = if last - first + 1 >= LOCK_STRIPES {
             (0..LOCK_STRIPES).collect()
@@ -636,7 +646,7 @@ impl Raid1 {
         stripes.dedup();
         let mut guards = Vec::with_capacity(stripes.len());
         for s in stripes {
-            guards.push(self.locks[s as usize].read().await);
+            guards.push(self.locks[s as usize].enter().await);
         }
         RegionGuards::Many(guards)
     }
@@ -701,7 +711,7 @@ impl Raid1 {
             let Some(m) = self.pick_in_sync(&self.live()) else {
                 return Err(BlockError::Offline("raid1: no in-sync member".into()));
             };
-            match m.dev.read(member_lba, buf).await {
+            match m.dev.as_ref().read(member_lba, buf).await {
                 Ok(b) => return Ok(b),
                 Err(e) => {
                     let mut meta = self.meta.lock().await;
@@ -725,11 +735,7 @@ impl BlockDevice for Raid1 {
     }
 
     fn max_transfer_bytes(&self) -> u64 {
-        self.live()
-            .iter()
-            .map(|m| m.dev.max_transfer_bytes())
-            .min()
-            .unwrap_or(u64::MAX)
+        self.max_transfer.load(Ordering::Relaxed)
     }
 
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {

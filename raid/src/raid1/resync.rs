@@ -160,7 +160,7 @@ impl Raid1 {
     ) -> BlockResult<()> {
         let region = lba / self.geo.region_blocks();
         let _lock = self.locks[(region % super::LOCK_STRIPES) as usize]
-            .write()
+            .close()
             .await;
         let live = self.live();
         let needs: Vec<&Member> = live

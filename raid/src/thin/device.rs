@@ -52,10 +52,8 @@ impl ThinDevice {
     async fn read_piece(&self, vb: u64, off: u64, mut part: BytesMut) -> BlockResult<BytesMut> {
         match self.pool.lookup(self.gate.id, vb) {
             Some(m) => {
-                self.pool
-                    .data
-                    .read(m.block * self.pool.bpb + off, part)
-                    .await
+                let data = self.pool.data.as_ref();
+                data.read(m.block * self.pool.bpb + off, part).await
             }
             None => {
                 part.fill(0);
@@ -66,8 +64,8 @@ impl ThinDevice {
 
     async fn unmap_range(&self, lba: u64, blocks: u64) -> BlockResult<()> {
         check_range(self, lba, blocks)?;
-        let deleted = self.gate.io.write().await;
-        if *deleted {
+        let _quiet = self.gate.io.close().await;
+        if self.gate.deleted.load(Ordering::SeqCst) {
             return Err(self.gone());
         }
         let id = self.gate.id;
@@ -98,8 +96,8 @@ impl BlockDevice for ThinDevice {
 
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
         let blocks = check_io(self, lba, buf.len())?;
-        let deleted = self.gate.io.read().await;
-        if *deleted {
+        let _pass = self.gate.io.enter().await;
+        if self.gate.deleted.load(Ordering::SeqCst) {
             return Err(self.gone());
         }
         let bs = self.pool.block_size as usize;
@@ -117,8 +115,8 @@ impl BlockDevice for ThinDevice {
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
-        let deleted = self.gate.io.read().await;
-        if *deleted {
+        let _pass = self.gate.io.enter().await;
+        if self.gate.deleted.load(Ordering::SeqCst) {
             return Err(self.gone());
         }
         let bs = self.pool.block_size as usize;

@@ -1,13 +1,13 @@
 //! [`ThinPool`]: allocation, provisioning, commits, snapshots, growth.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
-use tokio::sync::{watch, Mutex, RwLock};
+use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
 use super::device::ThinDevice;
@@ -15,6 +15,7 @@ use super::metadata::{corrupt, Superblock, FIRST_PAGE, PAGE};
 use super::state::{read_page, Mapping, State};
 use crate::buf;
 use crate::device::{BlockError, BlockResult, DeviceRef};
+use crate::gate::Gate;
 use crate::task::BackgroundTask;
 
 /// Default thin block size.
@@ -64,11 +65,12 @@ pub struct PoolStatus {
     pub failed: Option<String>,
 }
 
-/// Per thin device: held (shared) by each I/O, exclusively by snapshot and
-/// delete; the flag says the device was deleted.
+/// Per thin device: each I/O passes the gate; snapshot, delete, resize and
+/// unmapping close it (waiting for the I/O in flight).
 pub(crate) struct DevGate {
     pub id: u64,
-    pub io: RwLock<bool>,
+    pub io: Gate,
+    pub deleted: AtomicBool,
     pub size: AtomicU64,
 }
 
@@ -275,7 +277,8 @@ impl ThinPool {
             .or_insert_with(|| {
                 Arc::new(DevGate {
                     id,
-                    io: RwLock::new(false),
+                    io: Gate::new(),
+                    deleted: AtomicBool::new(false),
                     size: AtomicU64::new(size),
                 })
             })
@@ -313,7 +316,7 @@ impl ThinPool {
     pub async fn snapshot(self: &Arc<Self>, origin: u64, id: u64) -> BlockResult<ThinDevice> {
         self.check_writable()?;
         let gate = self.gate(origin)?;
-        let _quiet = gate.io.write().await;
+        let _quiet = gate.io.close().await;
         self.state().snapshot(origin, id)?;
         info!(origin, id, "thin snapshot created");
         Ok(ThinDevice::new(self.clone(), self.gate(id)?))
@@ -323,9 +326,9 @@ impl ThinPool {
     pub async fn delete_thin(&self, id: u64) -> BlockResult<()> {
         self.check_writable()?;
         let gate = self.gate(id)?;
-        let mut deleted = gate.io.write().await;
+        let _quiet = gate.io.close().await;
         self.state().delete(id)?;
-        *deleted = true;
+        gate.deleted.store(true, Ordering::SeqCst);
         self.forget_gate(id);
         info!(id, "thin device deleted");
         Ok(())
@@ -335,7 +338,7 @@ impl ThinPool {
     pub async fn resize_thin(&self, id: u64, size: u64) -> BlockResult<()> {
         self.check_writable()?;
         let gate = self.gate(id)?;
-        let _quiet = gate.io.write().await;
+        let _quiet = gate.io.close().await;
         self.state().resize(id, size)?;
         gate.size.store(size, Ordering::SeqCst);
         Ok(())
@@ -543,8 +546,8 @@ impl ThinPool {
 
     async fn put(&self, lba: u64, blocks: u64, data: Option<Bytes>) -> BlockResult<()> {
         match data {
-            Some(d) => self.data.write(lba, d).await,
-            None => self.data.write_zeroes(lba, blocks).await,
+            Some(d) => self.data.as_ref().write(lba, d).await,
+            None => self.data.as_ref().write_zeroes(lba, blocks).await,
         }
     }
 }
