@@ -53,12 +53,21 @@ impl WriteIntent {
             if let Some(c) = self.inflight.get(r as usize) {
                 c.fetch_add(1, Ordering::SeqCst);
             }
-            self.touched.set(r, true);
+            self.touch(r);
         }
         InFlight {
             wi: self,
             first,
             last,
+        }
+    }
+
+    /// Mark region `r` touched. A plain load first: in steady state the bit
+    /// is already set, and seeing it set is as good as setting it (the
+    /// clearer's reset is then ordered after this write's progress).
+    fn touch(&self, r: u64) {
+        if !self.touched.get(r) {
+            self.touched.set(r, true);
         }
     }
 
@@ -94,7 +103,7 @@ impl WriteIntent {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         for r in self.first..=self.last {
-            self.wi.touched.set(r, true);
+            self.wi.touch(r);
             if let Some(c) = self.wi.inflight.get(r as usize) {
                 c.fetch_sub(1, Ordering::SeqCst);
             }

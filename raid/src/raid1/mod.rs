@@ -134,6 +134,27 @@ enum RegionGuards<'a> {
     Many(#[allow(dead_code)] Vec<Pass<'a>>),
 }
 
+/// What the members answered to one write.
+#[derive(Default)]
+struct Outcome {
+    /// An in-sync member took it.
+    ok: bool,
+    failed: Vec<usize>,
+    last_err: Option<BlockError>,
+}
+
+impl Outcome {
+    fn add(&mut self, m: &Member, r: BlockResult<()>) {
+        match r {
+            Ok(()) => self.ok |= m.recovering.is_none(),
+            Err(e) => {
+                self.failed.push(m.slot);
+                self.last_err = Some(e);
+            }
+        }
+    }
+}
+
 enum Op {
     Write(Bytes),
     Zeroes(u64),
@@ -246,6 +267,11 @@ impl Raid1 {
                     slot,
                     "device is not (or no longer) a member of this raid1; ignored"
                 );
+                continue;
+            }
+            let g = &fresh.geometry;
+            if dev.num_blocks() < g.data_offset.saturating_add(g.data_blocks) {
+                warn!(slot, "member is smaller than the array; ignored");
                 continue;
             }
             if sb.geometry != fresh.geometry || dev.block_size() != fresh.geometry.block_size {
@@ -412,6 +438,7 @@ impl Raid1 {
         if sb.array_uuid != self.array_uuid
             || owner.map(|s| s.uuid) != Some(sb.member_uuid)
             || sb.geometry != self.geo
+            || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks
         {
             return Err(BlockError::Unsupported(format!(
                 "device is not the member of slot {slot}; use replace_member"
@@ -664,19 +691,27 @@ impl Raid1 {
         let _locks = self.lock_regions(first, last).await;
         let live = self.live();
         let at = lba + self.geo.data_offset;
-        let results = join_all(live.iter().map(|m| op.apply(&m.dev, at))).await;
-        let mut ok = false;
-        let mut failed = Vec::new();
-        let mut last_err = None;
-        for (m, r) in live.iter().zip(results) {
-            match r {
-                Ok(()) => ok |= m.recovering.is_none(),
-                Err(e) => {
-                    failed.push(m.slot);
-                    last_err = Some(e);
+        let mut outcome = Outcome::default();
+        match &live[..] {
+            // The usual two-way mirror: no allocation for the fan-out.
+            [a, b] => {
+                let (ra, rb) =
+                    futures::future::join(op.apply(&a.dev, at), op.apply(&b.dev, at)).await;
+                outcome.add(a, ra);
+                outcome.add(b, rb);
+            }
+            _ => {
+                let results = join_all(live.iter().map(|m| op.apply(&m.dev, at))).await;
+                for (m, r) in live.iter().zip(results) {
+                    outcome.add(m, r);
                 }
             }
         }
+        let Outcome {
+            ok,
+            failed,
+            last_err,
+        } = outcome;
         if !failed.is_empty() {
             let mut meta = self.meta.lock().await;
             for slot in failed {

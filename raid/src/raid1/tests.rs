@@ -216,3 +216,24 @@ async fn concurrent_writes_during_a_background_rebuild_reach_every_member() {
         assert_eq!(member_block(&new, &raid, w).await, 10 + w as u8);
     }
 }
+
+#[tokio::test]
+async fn initial_sync_copies_member_zero_to_the_others() {
+    let m = members(2, 4 * MB);
+    let off = Geometry::plan(4096, 1024, 256 << 10).unwrap().data_offset;
+    m[0].write(off + 3, block(9)).await.unwrap();
+    m[1].write(off + 3, block(4)).await.unwrap();
+    let o = Raid1Options {
+        initial_sync: true,
+        ..opts()
+    };
+    let raid = Raid1::create(refs(&m), &o).await.unwrap();
+    assert_eq!(raid.status().await.members[1], MemberHealth::Recovering);
+    // Until the sync is done, reads come from member 0 only.
+    for _ in 0..4 {
+        assert_eq!(raid.read(3, buf::alloc(4096)).await.unwrap()[0], 9);
+    }
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(member_block(&m[1], &raid, 3).await, 9);
+    assert!(!raid.status().await.degraded);
+}

@@ -537,7 +537,9 @@ impl State {
         let mut next = sb.devtable;
         let mut entries = Vec::new();
         while next != 0 {
-            st.claim_page(next)?;
+            if !st.claim_page(next)? {
+                return Err(corrupt(format!("device table loops back to page {next}")));
+            }
             st.table_pages.push(next);
             let (devs, after) = decode_devs(next, &read_page(meta, sb.block_size, next).await?)?;
             entries.extend(devs);

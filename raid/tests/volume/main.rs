@@ -6,6 +6,7 @@
 
 mod clone_model;
 mod common;
+mod corrupt;
 mod crash;
 mod file_backend;
 mod raid1_model;
