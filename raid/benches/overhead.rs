@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use raid::{
-    buf, BlockDevice, Bytes, DeviceRef, MemoryDevice, Raid1, Raid1Options, ThinOptions, ThinPool,
+    buf, BlockDevice, Bytes, DeviceRef, MemoryDevice, NullDevice, Raid1, Raid1Options, ThinOptions,
+    ThinPool,
 };
 use tokio::runtime::Runtime;
 
@@ -81,20 +82,22 @@ struct Stacks {
     raid1_thin: DeviceRef,
 }
 
+/// raid1 over `a` and `b`.
+async fn raid1_over(a: DeviceRef, b: DeviceRef) -> DeviceRef {
+    Raid1::create(vec![a, b], &Raid1Options::default())
+        .await
+        .unwrap()
+}
+
+/// A thin device of the volume's size, in a pool on `data`.
+async fn thin_over(data: DeviceRef) -> DeviceRef {
+    let pool = ThinPool::format(data, mem(16 << 20), &ThinOptions::default())
+        .await
+        .unwrap();
+    Arc::new(pool.create_thin(1, VOLUME / BS as u64).await.unwrap())
+}
+
 async fn build() -> Stacks {
-    let raid1_over = |a: DeviceRef, b: DeviceRef| async move {
-        let r: DeviceRef = Raid1::create(vec![a, b], &Raid1Options::default())
-            .await
-            .unwrap();
-        r
-    };
-    let thin_over = |data: DeviceRef| async move {
-        let pool = ThinPool::format(data, mem(16 << 20), &ThinOptions::default())
-            .await
-            .unwrap();
-        let t: DeviceRef = Arc::new(pool.create_thin(1, VOLUME / BS as u64).await.unwrap());
-        t
-    };
     let members: [DeviceRef; 2] = [mem(VOLUME), mem(VOLUME)];
     let raid1 = raid1_over(mem(VOLUME + (2 << 20)), mem(VOLUME + (2 << 20))).await;
     let thin = thin_over(mem(VOLUME)).await;
@@ -187,70 +190,92 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Same-run A/B comparison for the goal: alternate long batches of the
-/// direct two-member writes and of raid1 + thin writes, and report the
-/// median of the per-round CPU-time ratios (drift on a shared machine
-/// cancels out within a round).
-fn paired() {
+/// Same-run A/B comparison for the goal: alternate long batches of writes
+/// to both members directly and of writes through raid1 + thin over two
+/// such members, and report the median of the per-round CPU-time ratios
+/// (drift on a shared machine cancels out within a round). Over memory
+/// members this is the goal's ratio; over null members (no data copied)
+/// the difference is the CPU the layers themselves add per I/O.
+fn paired(label: &str, members: [DeviceRef; 2], stack: DeviceRef, ios: u64) {
     const ROUNDS: usize = 21;
-    const IOS: u64 = 1 << 17;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let s = rt.block_on(build());
     let blocks = VOLUME / BS as u64;
     let data = buf::aligned(&[0xC3; BS]);
     let mut lbas = Lbas(0x2545_F491_4F6C_DD1D);
-    let mut rounds = Vec::new();
+    let mut direct = Vec::new();
+    let mut layered = Vec::new();
     for _ in 0..ROUNDS {
-        let direct = measure(1, || {
+        direct.push(measure(1, || {
             rt.block_on(async {
-                for _ in 0..IOS {
+                for _ in 0..ios {
                     let lba = lbas.next(blocks);
                     let (x, y) = tokio::join!(
-                        s.members[0].as_ref().write(lba, data.clone()),
-                        s.members[1].as_ref().write(lba, data.clone())
+                        members[0].as_ref().write(lba, data.clone()),
+                        members[1].as_ref().write(lba, data.clone())
                     );
                     x.unwrap();
                     y.unwrap();
                 }
             })
-        });
-        let stack = measure(1, || {
+        }));
+        layered.push(measure(1, || {
             rt.block_on(async {
-                for _ in 0..IOS {
-                    s.raid1_thin
-                        .as_ref()
-                        .write(lbas.next(blocks), data.clone())
-                        .await
-                        .unwrap();
+                for _ in 0..ios {
+                    let lba = lbas.next(blocks);
+                    stack.as_ref().write(lba, data.clone()).await.unwrap();
                 }
             })
-        });
-        rounds.push((direct, stack));
+        }));
     }
-    let per_io = |d: Duration| d.as_nanos() as f64 / IOS as f64;
-    let mut ratios: Vec<f64> = rounds
+    let per_io = |d: &Duration| d.as_nanos() as f64 / ios as f64;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let ratios = direct
         .iter()
-        .map(|(d, s)| per_io(*s) / per_io(*d))
+        .zip(&layered)
+        .map(|(d, l)| per_io(l) / per_io(d))
         .collect();
-    ratios.sort_by(f64::total_cmp);
-    let mut direct: Vec<f64> = rounds.iter().map(|(d, _)| per_io(*d)).collect();
-    let mut stack: Vec<f64> = rounds.iter().map(|(_, s)| per_io(*s)).collect();
-    direct.sort_by(f64::total_cmp);
-    stack.sort_by(f64::total_cmp);
-    let mid = ROUNDS / 2;
+    let (d, _, _) = median(direct.iter().map(per_io).collect());
+    let (l, _, _) = median(layered.iter().map(per_io).collect());
+    let (r, rmin, rmax) = median(ratios);
     println!(
-        "paired 4k random write, {ROUNDS} rounds of {IOS} I/Os: direct two members {:.0} ns/IO, raid1+thin {:.0} ns/IO (medians); ratio median {:.3} (min {:.3}, max {:.3})",
-        direct[mid], stack[mid], ratios[mid], ratios[0], ratios[ROUNDS - 1]
+        "paired {label}: {ROUNDS} rounds of {ios} 4k random writes; direct to both members {d:.0} ns/IO, raid1+thin {l:.0} ns/IO (+{:.0} ns); ratio median {r:.3} (min {rmin:.3}, max {rmax:.3})",
+        l - d
     );
+}
+
+fn paired_runs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(build());
+    paired(
+        "memory members",
+        s.members.clone(),
+        s.raid1_thin.clone(),
+        1 << 17,
+    );
+    drop(s);
+    let null = |bytes: u64| -> DeviceRef { Arc::new(NullDevice::new(bytes, BS as u32)) };
+    let stack = rt.block_on(async {
+        let under = raid1_over(null(VOLUME + (2 << 20)), null(VOLUME + (2 << 20))).await;
+        let stack = thin_over(under).await;
+        fill(&*stack).await;
+        stack
+    });
+    paired("null members", [null(VOLUME), null(VOLUME)], stack, 1 << 19);
 }
 
 criterion_group!(benches, bench);
 
 fn main() {
     benches();
-    paired();
+    paired_runs();
     Criterion::default().configure_from_args().final_summary();
 }
