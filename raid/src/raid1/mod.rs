@@ -546,6 +546,15 @@ impl Raid1 {
         self.degraded.store(true, Ordering::SeqCst);
     }
 
+    /// Drop the `failed` slots and record it on the other members.
+    async fn drop_members(&self, failed: Vec<usize>, why: &str) -> BlockResult<()> {
+        let mut meta = self.meta.lock().await;
+        for slot in failed {
+            self.drop_member(&mut meta, slot, why);
+        }
+        self.commit_meta(&mut meta).await
+    }
+
     /// Write every live member's superblock and flush; members that fail
     /// are dropped and the rest written again.
     async fn commit_meta(&self, meta: &mut MetaState) -> BlockResult<()> {
@@ -686,7 +695,8 @@ impl Raid1 {
         let (first, last) = (lba / rb, (lba + blocks - 1) / rb);
         let _inflight = self.intent.begin(first, last);
         if (first..=last).any(|r| !self.intent.dirty.get(r)) {
-            self.mark_dirty(first, last).await?;
+            // Cold paths are boxed so the per-I/O future stays small.
+            Box::pin(self.mark_dirty(first, last)).await?;
         }
         let _locks = self.lock_regions(first, last).await;
         let live = self.live();
@@ -713,11 +723,7 @@ impl Raid1 {
             last_err,
         } = outcome;
         if !failed.is_empty() {
-            let mut meta = self.meta.lock().await;
-            for slot in failed {
-                self.drop_member(&mut meta, slot, "write failed");
-            }
-            self.commit_meta(&mut meta).await?;
+            Box::pin(self.drop_members(failed, "write failed")).await?;
         }
         if ok {
             Ok(())
@@ -749,9 +755,8 @@ impl Raid1 {
             match m.dev.as_ref().read(member_lba, buf).await {
                 Ok(b) => return Ok(b),
                 Err(e) => {
-                    let mut meta = self.meta.lock().await;
-                    self.drop_member(&mut meta, m.slot, &format!("read failed: {e}"));
-                    self.commit_meta(&mut meta).await?;
+                    let why = format!("read failed: {e}");
+                    Box::pin(self.drop_members(vec![m.slot], &why)).await?;
                     buf = buf::alloc(len);
                 }
             }

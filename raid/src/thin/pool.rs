@@ -475,19 +475,31 @@ impl ThinPool {
         blocks: u64,
         data: Option<Bytes>,
     ) -> BlockResult<()> {
-        let bs = self.block_size as usize;
-        let current = self.lookup(id, vb);
-        match (current, &data) {
+        match (self.lookup(id, vb), &data) {
             (
                 Some(Mapping {
                     block,
                     exclusive: true,
                 }),
                 _,
-            ) => return self.put(block * self.bpb + off, blocks, data).await,
-            (None, None) => return Ok(()),
-            _ => {}
+            ) => self.put(block * self.bpb + off, blocks, data).await,
+            (None, None) => Ok(()),
+            // Boxed: the per-I/O future stays small when nothing is provisioned.
+            _ => Box::pin(self.provision(id, vb, off, blocks, data)).await,
         }
+    }
+
+    /// The slow path of [`ThinPool::write_block`]: a new block, filled from
+    /// the shared one or with zeroes around the write, then mapped.
+    async fn provision(
+        &self,
+        id: u64,
+        vb: u64,
+        off: u64,
+        blocks: u64,
+        data: Option<Bytes>,
+    ) -> BlockResult<()> {
+        let bs = self.block_size as usize;
         self.check_writable()?;
         let key = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vb) % BLOCK_LOCKS;
         let _provisioning = self.block_locks[key as usize].lock().await;
