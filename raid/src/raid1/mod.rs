@@ -8,9 +8,9 @@
 //!   a crash the failed member is still known to be stale.
 //! * Reads go round-robin to in-sync members; a failed read drops that
 //!   member and is retried on the next one (into a fresh buffer).
-//! * The write-intent bitmap (see [`bitmap`]) limits resync after a member
+//! * The write-intent bitmap (see `bitmap.rs`) limits resync after a member
 //!   returns or after a crash to the regions that may differ.
-//! * Resync (see [`resync`]) copies regions from an in-sync member to the
+//! * Resync (see `resync.rs`) copies regions from an in-sync member to the
 //!   recovering ones under a per-region lock that writes also take (shared),
 //!   so a copy never overwrites newer data.
 //!

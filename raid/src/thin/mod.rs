@@ -27,7 +27,7 @@ mod pool;
 mod state;
 
 pub use device::ThinDevice;
-pub use pool::{PoolStatus, ThinOptions, ThinPool};
+pub use pool::{PoolStatus, ThinOptions, ThinPool, DEFAULT_BLOCK_BYTES};
 
 #[cfg(test)]
 mod tests;
