@@ -847,9 +847,12 @@ impl CompletionQueue {
             return Err(io::Error::other("ibv_poll_cq failed"));
         }
         for wc in &wcs[..n as usize] {
-            let inv = (wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_INV.0 != 0)
+            let inv = if wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_INV.0 != 0 {
                 // SAFETY: with IBV_WC_WITH_INV the union holds the rkey.
-                .then(|| unsafe { wc.imm_data_invalidated_rkey_union.invalidated_rkey });
+                Some(unsafe { wc.imm_data_invalidated_rkey_union.invalidated_rkey })
+            } else {
+                None
+            };
             out.push(WorkCompletion {
                 wr_id: wc.wr_id,
                 status: wc.status,
