@@ -13,7 +13,7 @@ use raid::{parse_size, DeviceRef, FileDevice, FileOptions, MemoryDevice, NullDev
 use serde::Deserialize;
 
 use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
-use crate::transport::target_transport;
+use crate::transport::{target_transport, TransportError};
 
 /// The NQN served when none is given.
 pub const DEFAULT_NQN: &str = "nqn.2026-11.io.fabric:target";
@@ -301,8 +301,15 @@ pub async fn start(
     for addr in &s.listen {
         let transport = target_transport(addr.kind)?;
         let port = target.add_port(addr.clone(), s.discovery);
-        let handle = transport.listen(target.clone(), port).await?;
-        listeners.push(handle);
+        match transport.listen(target.clone(), port.clone()).await {
+            Ok(handle) => listeners.push(handle),
+            // A machine without RDMA devices still serves its TCP listeners.
+            Err(TransportError::Unavailable(why)) if s.listen.len() > 1 => {
+                tracing::warn!(%addr, "listener unavailable: {why}");
+                target.remove_port(port.id);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok((target, listeners))
 }

@@ -152,6 +152,11 @@ pub trait HostQueue: Send + Sync {
 
     /// Whether the connection is closed.
     fn is_closed(&self) -> bool;
+
+    /// Largest data transfer of one command this queue can carry.
+    fn max_transfer(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// The host side of a transport.
@@ -170,9 +175,7 @@ pub trait HostTransport: Send + Sync {
 pub fn target_transport(kind: TransportKind) -> Result<Arc<dyn TargetTransport>, TransportError> {
     match kind {
         TransportKind::Tcp => Ok(Arc::new(tcp::TcpTransport::default())),
-        TransportKind::Rdma => Err(TransportError::Unavailable(
-            "the RDMA transport is not built in this version".into(),
-        )),
+        TransportKind::Rdma => Ok(rdma::RdmaTransport::shared()),
     }
 }
 
@@ -180,8 +183,6 @@ pub fn target_transport(kind: TransportKind) -> Result<Arc<dyn TargetTransport>,
 pub fn host_transport(kind: TransportKind) -> Result<Arc<dyn HostTransport>, TransportError> {
     match kind {
         TransportKind::Tcp => Ok(Arc::new(tcp::TcpTransport::default())),
-        TransportKind::Rdma => Err(TransportError::Unavailable(
-            "the RDMA transport is not built in this version".into(),
-        )),
+        TransportKind::Rdma => Ok(rdma::RdmaTransport::shared()),
     }
 }

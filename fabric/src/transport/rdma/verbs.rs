@@ -185,6 +185,10 @@ pub struct CmEvent {
     pub private_data: Vec<u8>,
     /// Key of the rdma_cm id it concerns (see [`CmId::key`]).
     pub id_key: usize,
+    /// RDMA READs the peer will answer (connect request, accept).
+    pub responder_resources: u8,
+    /// RDMA READs the peer will issue.
+    pub initiator_depth: u8,
     taken: bool,
 }
 
@@ -256,6 +260,8 @@ impl EventChannel {
                 status: (*ev).status,
                 private_data,
                 id_key: (*ev).id as usize,
+                responder_resources: conn.responder_resources,
+                initiator_depth: conn.initiator_depth,
                 taken: false,
             }))
         }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Guest tier over soft-RoCE (rxe): the Linux NVMe/RDMA host against
+# `fabricd target --listen rdma://...`, our host library against the Linux
+# kernel target (nvmet-rdma) and against our target, and a target restart
+# that the Linux host survives by reconnecting. Run inside ci/guest-run.
+. "$(dirname "$0")/lib.sh"
+NQN=nqn.2026-11.io.fabric:guest-rdma
+KNQN=nqn.2026-11.io.fabric:kernel-rdma
+VERIFY=${VERIFY:-$(dirname "$FABRICD")/examples/nvmf_verify}
+[[ -n ${RDMA_IP:-} ]] || { echo "FAIL - no soft-RoCE device in the guest"; exit 1; }
+
+modprobe nvme-rdma && modprobe brd rd_nr=1 rd_size=131072 || exit 1
+check "rxe device present" test -e /sys/class/infiniband/rxe0
+start_fabricd rdma --listen "rdma://$RDMA_IP:4420" --listen tcp://127.0.0.1:4430 --nqn "$NQN" \
+    --namespace mem:256M --namespace file:/dev/ram0 --discovery || exit 1
+
+expect_output "nvme discover over rdma lists the rdma port" "trtype: *rdma" \
+    nvme discover -t rdma -a "$RDMA_IP" -s 4420 --hostnqn="$HOSTNQN"
+check "nvme connect -t rdma (reconnect delay 1 s)" \
+    nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN" --reconnect-delay=1 --ctrl-loss-tmo=60
+wait_for "two namespaces over rdma" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+ctrl=$(controllers_of "$NQN" | head -1)
+expect_output "nvme list-subsys shows the rdma path" "rdma traddr=$RDMA_IP" nvme list-subsys
+expect_output "nvme id-ctrl: keyed SGLs advertised" "sgls +: 0x10000[0-9a-f]|sgls +: 0x[0-9a-f]*5\b" nvme id-ctrl "$ctrl"
+expect_output "nvme ana-log over rdma" "optimized" nvme ana-log "$ctrl"
+fio_verify rdma-mem-4k "${ns[0]}" 4k
+fio_verify rdma-mem-128k "${ns[0]}" 128k
+fio_verify rdma-file-4k "${ns[1]}" 4k 8M
+fio_verify rdma-file-1m "${ns[1]}" 1m 8M
+
+# Target restart: the file namespace keeps its data, the host reconnects.
+head -c 1048576 /dev/urandom > /tmp/pattern
+check "write a pattern to the file namespace" dd if=/tmp/pattern of="${ns[1]}" bs=64k seek=100 oflag=direct,sync status=none
+kill -9 "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+start_fabricd rdma-restarted --listen "rdma://$RDMA_IP:4420" --nqn "$NQN" \
+    --namespace mem:256M --namespace file:/dev/ram0 || exit 1
+live() { grep -q live "/sys/class/nvme/${ctrl#/dev/}/state"; }
+wait_for "the Linux host reconnects after the target restart" 90 live
+check "pattern reads back after the restart" cmp -n 1048576 /tmp/pattern <(dd if="${ns[1]}" bs=64k skip=100 count=16 iflag=direct status=none)
+fio_verify rdma-after-restart "${ns[0]}" 4k 8M
+check "nvme disconnect (rdma)" nvme disconnect -n "$NQN"
+
+# Our host library against our target over rdma.
+check "fabric host -> fabricd over rdma: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 1 48
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+
+# Our host library against the Linux kernel target (nvmet-rdma, brd backend).
+modprobe -a nvmet nvmet-rdma || exit 1
+C=/sys/kernel/config/nvmet
+mkdir -p "$C/subsystems/$KNQN/namespaces/1" "$C/ports/7"
+echo 1 > "$C/subsystems/$KNQN/attr_allow_any_host"
+echo -n /dev/ram0 > "$C/subsystems/$KNQN/namespaces/1/device_path"
+echo 1 > "$C/subsystems/$KNQN/namespaces/1/enable"
+echo rdma > "$C/ports/7/addr_trtype"; echo ipv4 > "$C/ports/7/addr_adrfam"
+echo "$RDMA_IP" > "$C/ports/7/addr_traddr"; echo 4421 > "$C/ports/7/addr_trsvcid"
+ln -s "$C/subsystems/$KNQN" "$C/ports/7/subsystems/"
+check "fabric host -> kernel nvmet-rdma: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4421" "$KNQN" 1 48
+rm -f "$C/ports/7/subsystems/$KNQN"; rmdir "$C/ports/7"
+echo 0 > "$C/subsystems/$KNQN/namespaces/1/enable"; rmdir "$C/subsystems/$KNQN/namespaces/1" "$C/subsystems/$KNQN"
+finish
