@@ -43,6 +43,23 @@ check "nvme disconnect (rdma)" nvme disconnect -n "$NQN"
 
 # Our host library against our target over rdma.
 check "fabric host -> fabricd over rdma: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 1 48
+expect_output "a queue deeper than the target allows is rejected (INVALID_HSQSIZE)" "rejected.*status 0x4" \
+    bash -c '! "$0" "$1" "$2" 1 1 4000' "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN"
+
+# A host that goes away in the middle of I/O: the target recovers every
+# buffer and keeps serving.
+check "reconnect for the mid-I/O disconnect test" \
+    nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN"
+wait_for "namespaces for the mid-I/O disconnect test" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+fio --name=cut --filename="${ns[0]}" --ioengine=libaio --direct=1 --rw=randrw --bs=64k --iodepth=32 \
+    --runtime=30 --time_based >/dev/null 2>&1 & cut=$!
+sleep 3
+check "nvme disconnect in the middle of I/O" nvme disconnect -n "$NQN"
+wait "$cut" 2>/dev/null
+check "fabric host -> fabricd after the cut: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 2 16
+all_free() { grep "RDMA queue closed" "$LOGDIR/rdma-restarted.log" | tail -n 1 | grep -Eq "free_slots=([0-9]+) slots=\1( |$)"; }
+wait_for "every RDMA data buffer back in the pool once all queues closed" 30 all_free
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 
 # Our host library against the Linux kernel target (nvmet-rdma, brd backend).

@@ -4,7 +4,7 @@
 //! guest tier for interoperability with the Linux kernel target and for our
 //! own host against our own target.
 //!
-//! usage: nvmf_verify ADDRESS NQN [NSID] [ROUNDS]
+//! usage: nvmf_verify ADDRESS NQN [NSID] [ROUNDS] [QUEUE_SIZE]
 //!   e.g. nvmf_verify rdma://10.77.0.1:4420 nqn.2026-11.io.fabric:target 1 64
 
 use std::sync::Arc;
@@ -31,7 +31,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        bail!("usage: nvmf_verify ADDRESS NQN [NSID] [ROUNDS]");
+        bail!("usage: nvmf_verify ADDRESS NQN [NSID] [ROUNDS] [QUEUE_SIZE]");
     }
     let address: PortAddress = args[1].parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let nqn = &args[2];
@@ -40,9 +40,13 @@ async fn main() -> anyhow::Result<()> {
         .get(4)
         .map_or(Ok(32), |s| s.parse())
         .context("ROUNDS")?;
+    let queue_size: u16 = args
+        .get(5)
+        .map_or(Ok(32), |s| s.parse())
+        .context("QUEUE_SIZE")?;
     let opts = HostOptions {
         io_queues: 2,
-        queue_size: 32,
+        queue_size,
         ..Default::default()
     };
     let ctrl = HostController::connect(&address, nqn, &opts)

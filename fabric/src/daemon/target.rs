@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use raid::{parse_size, DeviceRef, FileDevice, FileOptions, MemoryDevice, NullDevice};
 use serde::Deserialize;
 
-use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
+use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
+use crate::transport::rdma::{RdmaConfig, RdmaTransport};
 use crate::transport::{target_transport, TransportError};
 
 /// The NQN served when none is given.
@@ -117,6 +118,18 @@ pub struct TargetArgs {
     /// multipath subsystem) [default: 1-65519].
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
     pub cntlid_range: Option<(u16, u16)>,
+    /// RDMA: data slots registered per device [default: 512].
+    #[arg(long, value_name = "N")]
+    pub rdma_slots: Option<u32>,
+    /// RDMA: bytes per data slot (power of two, 4K to 1M) [default: 128K].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub rdma_slot_size: Option<u64>,
+    /// RDMA: shared receive queue entries per device [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub rdma_srq_size: Option<u32>,
+    /// RDMA: in-capsule data accepted on I/O queues [default: 8K].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub rdma_inline: Option<u64>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -188,6 +201,8 @@ pub struct TargetSettings {
     pub max_transfer: u32,
     /// Controller ID range.
     pub cntlid_range: (u16, u16),
+    /// RDMA transport settings.
+    pub rdma: RdmaConfig,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<TargetFile> {
@@ -254,6 +269,31 @@ impl TargetArgs {
             }
             (None, None) => (1, crate::wire::CNTLID_MAX),
         };
+        let mut rdma = RdmaConfig::default();
+        if let Some(n) = self.rdma_slots {
+            if n == 0 {
+                bail!("--rdma-slots must be at least 1");
+            }
+            rdma.slots = n;
+        }
+        if let Some(sz) = self.rdma_slot_size {
+            if !sz.is_power_of_two() || !(4096..=1 << 20).contains(&sz) {
+                bail!("--rdma-slot-size {sz} must be a power of two from 4K to 1M");
+            }
+            rdma.slot_size = sz as usize;
+        }
+        if let Some(n) = self.rdma_srq_size {
+            if !(16..=65536).contains(&n) {
+                bail!("--rdma-srq-size {n} must be from 16 to 65536");
+            }
+            rdma.srq_entries = n;
+        }
+        if let Some(sz) = self.rdma_inline {
+            if sz > 65536 || sz % 16 != 0 {
+                bail!("--rdma-inline {sz} must be a multiple of 16 up to 64K");
+            }
+            rdma.inline_data_size = sz as u32;
+        }
         Ok(TargetSettings {
             listen,
             nqn: self
@@ -272,6 +312,7 @@ impl TargetArgs {
             block_size,
             max_transfer: max_transfer as u32,
             cntlid_range,
+            rdma,
         })
     }
 }
@@ -296,6 +337,9 @@ pub async fn start(
             .open(s.block_size)
             .with_context(|| format!("namespace {}", i + 1))?;
         sub.add_namespace(i as u32 + 1, dev, 1)?;
+    }
+    if s.listen.iter().any(|a| a.kind == TransportKind::Rdma) {
+        RdmaTransport::configure(s.rdma.clone())?;
     }
     let mut listeners = Vec::new();
     for addr in &s.listen {

@@ -39,7 +39,7 @@ use device::{Device, DeviceConfig};
 use verbs::{CmId, DeviceKey};
 
 /// Settings of the RDMA transport.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RdmaConfig {
     /// In-capsule data accepted on I/O queues (target).
     pub inline_data_size: u32,
@@ -67,6 +67,8 @@ impl Default for RdmaConfig {
         }
     }
 }
+
+static SHARED: std::sync::OnceLock<Arc<RdmaTransport>> = std::sync::OnceLock::new();
 
 /// The NVMe/RDMA transport. Devices are set up on first use and kept.
 #[derive(Default)]
@@ -110,10 +112,16 @@ impl RdmaTransport {
     /// The process-wide transport (devices are shared by every listener
     /// and host queue).
     pub fn shared() -> Arc<RdmaTransport> {
-        static SHARED: std::sync::OnceLock<Arc<RdmaTransport>> = std::sync::OnceLock::new();
         SHARED
             .get_or_init(|| Arc::new(RdmaTransport::default()))
             .clone()
+    }
+
+    /// Set the process-wide transport's settings; fails once it is in use.
+    pub fn configure(config: RdmaConfig) -> Result<(), TransportError> {
+        SHARED
+            .set(Arc::new(RdmaTransport::new(config)))
+            .map_err(|_| TransportError::Unavailable("the RDMA transport is already in use".into()))
     }
 
     /// Whether this machine has an RDMA device.

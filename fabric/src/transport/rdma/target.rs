@@ -239,7 +239,6 @@ async fn run(
             _ = token.cancelled() => break "controller or target shut down",
         }
     };
-    tracing::debug!(qid = ?conn.core.qid(), why, "RDMA queue closing");
     conn.core.close();
     id.disconnect();
     conn.dev.unroute(conn.qp.num());
@@ -257,8 +256,15 @@ async fn run(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id.key());
+    let pool = conn.dev.data.clone();
     drop(conn);
     destroy(id);
+    tracing::info!(
+        why,
+        free_slots = pool.free_slots(),
+        slots = pool.slots(),
+        "RDMA queue closed"
+    );
 }
 
 /// Where a command's data is.
