@@ -24,10 +24,15 @@ ctrl=$(controllers_of "$NQN" | head -1)
 expect_output "nvme list-subsys shows the rdma path" "rdma traddr=$RDMA_IP" nvme list-subsys
 expect_output "nvme id-ctrl: keyed SGLs advertised" "sgls +: 0x10000[0-9a-f]|sgls +: 0x[0-9a-f]*5\b" nvme id-ctrl "$ctrl"
 expect_output "nvme ana-log over rdma" "optimized" nvme ana-log "$ctrl"
+expect_output "nvme id-ns over rdma: 256M in 4K blocks" "nsze +: 0x10000" nvme id-ns "${ns[0]}"
+expect_output "nvme smart-log over rdma" "data_units_written|Data Units Written" nvme smart-log "$ctrl"
+check "nvme error-log over rdma" nvme error-log "$ctrl"
 fio_verify rdma-mem-4k "${ns[0]}" 4k
 fio_verify rdma-mem-128k "${ns[0]}" 128k
 fio_verify rdma-file-4k "${ns[1]}" 4k 8M
 fio_verify rdma-file-1m "${ns[1]}" 1m 8M
+check "blkdiscard over rdma" blkdiscard "${ns[0]}"
+check "discarded blocks read back as zeroes over rdma" cmp -n 16777216 "${ns[0]}" /dev/zero
 
 # Target restart: the file namespace keeps its data, the host reconnects.
 head -c 1048576 /dev/urandom > /tmp/pattern
