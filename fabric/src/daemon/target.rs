@@ -205,6 +205,43 @@ pub struct TargetSettings {
     pub rdma: RdmaConfig,
 }
 
+/// A list setting: the flags' values, else the file's, else the default.
+fn list_setting<T>(flags: &[T], file: &[String], key: &str, default: &str) -> anyhow::Result<Vec<T>>
+where
+    T: FromStr<Err = String> + Clone,
+{
+    if !flags.is_empty() {
+        return Ok(flags.to_vec());
+    }
+    if file.is_empty() {
+        return Ok(vec![default
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?]);
+    }
+    file.iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e: String| anyhow::anyhow!("config {key}: {e}"))
+        })
+        .collect()
+}
+
+/// A single setting: the flag's value, else the file's (parsed), else none.
+fn scalar_setting<T>(
+    flag: Option<T>,
+    file: &Option<String>,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    match (flag, file) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(s)) => parse(s)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("config {key}: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
 fn read_file(path: &Path) -> anyhow::Result<TargetFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -218,43 +255,20 @@ impl TargetArgs {
             Some(p) => read_file(p)?,
             None => TargetFile::default(),
         };
-        let listen = if !self.listen.is_empty() {
-            self.listen.clone()
-        } else if !file.listen.is_empty() {
-            file.listen
-                .iter()
-                .map(|s| {
-                    s.parse()
-                        .map_err(|e: String| anyhow::anyhow!("config listen: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?
-        } else {
-            vec![DEFAULT_LISTEN
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?]
-        };
-        let namespaces = if !self.namespaces.is_empty() {
-            self.namespaces.clone()
-        } else if !file.namespaces.is_empty() {
-            file.namespaces
-                .iter()
-                .map(|s| {
-                    s.parse()
-                        .map_err(|e: String| anyhow::anyhow!("config namespaces: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?
-        } else {
-            vec![DEFAULT_NAMESPACE
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?]
-        };
-        let max_transfer = match (self.max_transfer, &file.max_transfer) {
-            (Some(v), _) => v,
-            (None, Some(s)) => {
-                parse_size(s).map_err(|e| anyhow::anyhow!("config max_transfer: {e}"))?
-            }
-            (None, None) => 1 << 20,
-        };
+        let listen = list_setting(&self.listen, &file.listen, "listen", DEFAULT_LISTEN)?;
+        let namespaces = list_setting(
+            &self.namespaces,
+            &file.namespaces,
+            "namespaces",
+            DEFAULT_NAMESPACE,
+        )?;
+        let max_transfer = scalar_setting(
+            self.max_transfer,
+            &file.max_transfer,
+            "max_transfer",
+            parse_size_arg,
+        )?
+        .unwrap_or(1 << 20);
         if !max_transfer.is_power_of_two() || !(4096..=1 << 24).contains(&max_transfer) {
             bail!("--max-transfer {max_transfer} must be a power of two from 4K to 16M");
         }
@@ -262,13 +276,13 @@ impl TargetArgs {
         if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
             bail!("--block-size {block_size} must be a power of two from 512 to 65536");
         }
-        let cntlid_range = match (self.cntlid_range, &file.cntlid_range) {
-            (Some(r), _) => r,
-            (None, Some(s)) => {
-                parse_range(s).map_err(|e| anyhow::anyhow!("config cntlid_range: {e}"))?
-            }
-            (None, None) => (1, crate::wire::CNTLID_MAX),
-        };
+        let cntlid_range = scalar_setting(
+            self.cntlid_range,
+            &file.cntlid_range,
+            "cntlid_range",
+            parse_range,
+        )?
+        .unwrap_or((1, crate::wire::CNTLID_MAX));
         let mut rdma = RdmaConfig::default();
         if let Some(n) = self.rdma_slots {
             if n == 0 {

@@ -3,6 +3,7 @@
 //! here, so both run unchanged over TCP and RDMA (the Linux kernel target's
 //! ops table, as Rust traits).
 
+mod pending;
 pub mod rdma;
 pub mod tcp;
 

@@ -3,14 +3,11 @@
 //! slots (copied in and out), small writes in the capsule.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use slab::Slab;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::target::PortAddress;
 use crate::transport::{CommandResult, HostData, HostQueue, QueueParams, TransportError};
@@ -23,40 +20,20 @@ use super::events::CmEvents;
 use super::pool::{PoolBuf, RecvBuffers, SendBuffers};
 use super::verbs::{CmEventKind, CmId, QpCaps, QueuePair, SendOp, SendWr};
 use super::Devices;
+use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
 /// Time allowed for address and route resolution and for the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Response capsules are 16 bytes; receive buffers leave room for more.
 const RECV_SIZE: usize = 64;
 
+/// Transport state of an outstanding command: its data buffer.
 struct Pending {
-    done: Option<oneshot::Sender<Result<CommandResult, TransportError>>>,
     buf: Option<PoolBuf>,
     read_len: usize,
 }
 
-struct Shared {
-    pending: Mutex<Slab<Pending>>,
-    closed: AtomicBool,
-    token: CancellationToken,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Slab<Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail_all(&self, why: &str) {
-        self.closed.store(true, Ordering::Release);
-        self.token.cancel();
-        let drained: Vec<Pending> = self.lock().drain().collect();
-        for mut p in drained {
-            if let Some(done) = p.done.take() {
-                let _ = done.send(Err(TransportError::Closed(why.to_string())));
-            }
-        }
-    }
-}
+type Shared = PendingCommands<Pending>;
 
 /// A host queue over NVMe/RDMA.
 pub struct RdmaHostQueue {
@@ -163,11 +140,7 @@ pub(super) async fn connect(
         tracing::debug!(qid = params.qid, crqsize, "RDMA queue established");
     }
     drop(ev);
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(Slab::with_capacity(depth as usize)),
-        closed: AtomicBool::new(false),
-        token: CancellationToken::new(),
-    });
+    let shared = Arc::new(Shared::new(depth as usize));
     let queue = Arc::new(RdmaHostQueue {
         id: Some(id),
         qp,
@@ -190,7 +163,7 @@ async fn receive_loop(
     mut rx: mpsc::UnboundedReceiver<Received>,
     events: CmEvents,
 ) {
-    let token = q.shared.token.clone();
+    let token = q.shared.token().clone();
     let why = loop {
         tokio::select! {
             r = rx.recv() => {
@@ -232,7 +205,7 @@ async fn receive_loop(
 
 impl RdmaHostQueue {
     fn complete(&self, cqe: Completion, _invalidated: Option<u32>) {
-        let Some(mut p) = self.shared.lock().try_remove(cqe.cid as usize) else {
+        let Some(Entry { done, state: p }) = self.shared.remove(cqe.cid) else {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
             return;
         };
@@ -240,9 +213,7 @@ impl RdmaHostQueue {
             (Some(buf), true) if p.read_len > 0 => Some(buf.copy_out(p.read_len)),
             _ => None,
         };
-        if let Some(done) = p.done.take() {
-            let _ = done.send(Ok(CommandResult { cqe, data }));
-        }
+        let _ = done.send(Ok(CommandResult { cqe, data }));
     }
 }
 
@@ -253,7 +224,6 @@ impl HostQueue for RdmaHostQueue {
         mut cmd: Command,
         data: HostData,
     ) -> Result<CommandResult, TransportError> {
-        let closed = || TransportError::Closed("queue closed".into());
         if self.is_closed() {
             return Err(closed());
         }
@@ -289,19 +259,8 @@ impl HostQueue for RdmaHostQueue {
             }
             (None, None) => SglDescriptor::keyed(0, 0, 0, false),
         };
-        let (tx, rx) = oneshot::channel();
-        let cid = {
-            let mut pending = self.shared.lock();
-            if self.is_closed() {
-                return Err(closed());
-            }
-            pending.insert(Pending {
-                done: Some(tx),
-                buf,
-                read_len,
-            })
-        };
-        cmd.cid = cid as u16;
+        let (cid, rx) = self.shared.insert(Pending { buf, read_len })?;
+        cmd.cid = cid;
         let sqe = cmd.encode();
         let sge = self
             .sends
@@ -332,14 +291,7 @@ impl HostQueue for RdmaHostQueue {
                 return Err(closed());
             }
         }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(closed()),
-            Err(_) => {
-                self.shared.fail_all("command timed out");
-                Err(TransportError::Timeout(self.timeout))
-            }
-        }
+        wait(&self.shared, rx, self.timeout).await
     }
 
     fn close(&self) {
@@ -347,7 +299,7 @@ impl HostQueue for RdmaHostQueue {
     }
 
     fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
     }
 
     fn max_transfer(&self) -> u32 {

@@ -404,18 +404,23 @@ impl CmId {
 
     /// The device this id is bound to, once bound or resolved.
     pub fn device(&self) -> Option<DeviceKey> {
-        // SAFETY: valid id; `verbs` is null until bound to a device.
-        let ctx = unsafe { (*self.id).verbs };
-        (!ctx.is_null()).then_some(DeviceKey(ctx as usize))
+        self.context().ok().map(|ctx| DeviceKey(ctx as usize))
     }
 
-    /// Query the device's limits.
-    pub fn device_limits(&self) -> io::Result<DeviceLimits> {
-        // SAFETY: valid id; `verbs` checked for null.
+    /// The verbs context of the device the id is bound to.
+    fn context(&self) -> io::Result<*mut ibv_context> {
+        // SAFETY: valid id; `verbs` is null until bound to a device, and
+        // then owned by rdma_cm for as long as any id uses the device.
         let ctx = unsafe { (*self.id).verbs };
         if ctx.is_null() {
             return Err(io::Error::other("rdma_cm id not bound to a device"));
         }
+        Ok(ctx)
+    }
+
+    /// Query the device's limits.
+    pub fn device_limits(&self) -> io::Result<DeviceLimits> {
+        let ctx = self.context()?;
         // SAFETY: ibv_device_attr is plain data; ibv_query_device fills it.
         let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
         check(
@@ -573,11 +578,7 @@ unsafe impl Sync for ProtectionDomain {}
 impl ProtectionDomain {
     /// Allocate a PD on the device of `id`.
     pub fn new(id: &CmId) -> io::Result<ProtectionDomain> {
-        // SAFETY: valid id; `verbs` checked for null.
-        let ctx = unsafe { (*id.id).verbs };
-        if ctx.is_null() {
-            return Err(io::Error::other("rdma_cm id not bound to a device"));
-        }
+        let ctx = id.context()?;
         // SAFETY: valid device context.
         let pd = unsafe { ibv_alloc_pd(ctx) };
         if pd.is_null() {
@@ -736,11 +737,7 @@ unsafe impl Sync for CompletionChannel {}
 impl CompletionChannel {
     /// A non-blocking completion channel on the device of `id`.
     pub fn new(id: &CmId) -> io::Result<CompletionChannel> {
-        // SAFETY: valid id; `verbs` checked.
-        let ctx = unsafe { (*id.id).verbs };
-        if ctx.is_null() {
-            return Err(io::Error::other("rdma_cm id not bound to a device"));
-        }
+        let ctx = id.context()?;
         // SAFETY: valid device context.
         let ch = unsafe { ibv_create_comp_channel(ctx) };
         if ch.is_null() {
@@ -829,11 +826,7 @@ impl CompletionQueue {
         entries: u32,
         channel: &CompletionChannel,
     ) -> io::Result<CompletionQueue> {
-        // SAFETY: valid id; `verbs` checked.
-        let ctx = unsafe { (*id.id).verbs };
-        if ctx.is_null() {
-            return Err(io::Error::other("rdma_cm id not bound to a device"));
-        }
+        let ctx = id.context()?;
         // SAFETY: valid context and channel (the channel outlives the CQ).
         let cq = unsafe { ibv_create_cq(ctx, entries as i32, ptr::null_mut(), channel.ch, 0) };
         if cq.is_null() {
@@ -887,6 +880,32 @@ impl Drop for CompletionQueue {
     }
 }
 
+/// Post a one-SGE receive work request through `post` (which returns 0 or
+/// an errno, as the verbs post functions do).
+fn post_one_recv(
+    wr_id: u64,
+    sge: Sge,
+    post: impl FnOnce(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> i32,
+) -> io::Result<()> {
+    let mut s = ibv_sge {
+        addr: sge.addr,
+        length: sge.len,
+        lkey: sge.lkey,
+    };
+    let mut wr = ibv_recv_wr {
+        wr_id,
+        next: ptr::null_mut(),
+        sg_list: &mut s,
+        num_sge: 1,
+    };
+    let mut bad: *mut ibv_recv_wr = ptr::null_mut();
+    // The work request and its SGE live across the call, which copies them.
+    match post(&mut wr, &mut bad) {
+        0 => Ok(()),
+        rc => Err(io::Error::from_raw_os_error(rc)),
+    }
+}
+
 /// A shared receive queue.
 pub struct SharedReceiveQueue {
     srq: *mut ibv_srq,
@@ -929,24 +948,10 @@ impl SharedReceiveQueue {
     /// The memory of `sge` must stay registered and untouched until the
     /// receive completes.
     pub unsafe fn post_recv(&self, wr_id: u64, sge: Sge) -> io::Result<()> {
-        let mut s = ibv_sge {
-            addr: sge.addr,
-            length: sge.len,
-            lkey: sge.lkey,
-        };
-        let mut wr = ibv_recv_wr {
-            wr_id,
-            next: ptr::null_mut(),
-            sg_list: &mut s,
-            num_sge: 1,
-        };
-        let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-        // SAFETY: valid SRQ; the WR and SGE live across the call, which
-        // copies them; the memory contract is the caller's.
-        check(
-            unsafe { ibv_post_srq_recv(self.srq, &mut wr, &mut bad) },
-            "ibv_post_srq_recv",
-        )
+        // SAFETY: valid SRQ; the memory contract is the caller's.
+        post_one_recv(wr_id, sge, |wr, bad| unsafe {
+            ibv_post_srq_recv(self.srq, wr, bad)
+        })
     }
 }
 
@@ -1098,25 +1103,10 @@ impl QueuePair {
     /// # Safety
     /// As [`SharedReceiveQueue::post_recv`].
     pub unsafe fn post_recv(&self, wr_id: u64, sge: Sge) -> io::Result<()> {
-        let mut s = ibv_sge {
-            addr: sge.addr,
-            length: sge.len,
-            lkey: sge.lkey,
-        };
-        let mut wr = ibv_recv_wr {
-            wr_id,
-            next: ptr::null_mut(),
-            sg_list: &mut s,
-            num_sge: 1,
-        };
-        let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-        // SAFETY: valid QP; the WR lives across the call, which copies it.
-        let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc))
-        }
+        // SAFETY: valid QP; the memory contract is the caller's.
+        post_one_recv(wr_id, sge, |wr, bad| unsafe {
+            ibv_post_recv(self.qp, wr, bad)
+        })
     }
 
     /// The id owning this QP (for logging).

@@ -23,8 +23,8 @@ use crate::target::{
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
-    encode, encode_prefix, fes, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu, PduDecoder,
-    PduError, PduHeader, R2t, Role,
+    encode, encode_prefix, encode_term, fes, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu,
+    PduDecoder, PduError, PduHeader, R2t, Role,
 };
 use crate::wire::{Command, Completion, Status};
 
@@ -186,17 +186,7 @@ async fn initialize(
         Ok(Err(e)) if e.fes != 0 => {
             tracing::warn!(error = %e, "bad connection initialization");
             let mut out = BytesMut::new();
-            encode(
-                &PduHeader::TermReq {
-                    h2c: false,
-                    fes: e.fes,
-                    fei: e.fei,
-                },
-                &e.header,
-                Digests::default(),
-                0,
-                &mut out,
-            );
+            encode_term(&e, false, Digests::default(), 0, &mut out);
             let _ = wr.write_all(&out).await;
             let _ = wr.shutdown().await;
             None
@@ -478,17 +468,7 @@ async fn write_loop(
                 }
                 Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, &mut buf),
                 Out::Term(e) => {
-                    encode(
-                        &PduHeader::TermReq {
-                            h2c: false,
-                            fes: e.fes,
-                            fei: e.fei,
-                        },
-                        &e.header,
-                        digests,
-                        hpda,
-                        &mut buf,
-                    );
+                    encode_term(&e, false, digests, hpda, &mut buf);
                     terminate = true;
                 }
             }
