@@ -103,7 +103,7 @@ impl Raid1 {
             return Ok(false);
         }
         let mut meta = self.meta.lock().await;
-        let mut members = (*self.live()).clone();
+        let mut members = self.live().to_vec();
         for m in members.iter_mut() {
             if targets.iter().any(|t| t.join_id == m.join_id) {
                 m.recovering = None;
