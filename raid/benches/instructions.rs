@@ -9,14 +9,16 @@
 //! in the same process. It prints instructions per I/O and each case's
 //! ratio to its peer, the same I/O on plain members: a write goes to both
 //! members (the two futures joined), a read to one. The goal (issue 5):
-//! raid1 + thin over two memory members below 1.10 of the peer.
+//! raid1 + thin over two memory members below 1.10 of the peer. The
+//! `floor` cases put two layers that only forward each call over the same
+//! members: the least any two layers cost under the `BlockDevice` trait.
 //!
 //! Each case issues `RAID_BENCH_IOS` (default 20000) I/Os one after the
 //! other (queue depth 1) on one single-threaded tokio runtime, at random
 //! block addresses of fully written memory devices, after a warm-up of a
 //! tenth as many; every device is called through `&dyn BlockDevice`.
-//! `RAID_BENCH_ONLY=text` runs only the cases whose name contains `text`
-//! (for profiling with `callgrind_annotate`).
+//! `RAID_BENCH_ONLY=name,name` runs only the named cases (for profiling
+//! with `callgrind_annotate`).
 
 mod common;
 
@@ -97,6 +99,8 @@ fn cases<'a>(rt: &'a Runtime, s: &Stacks) -> Vec<(&'static str, &'static str, Wo
         ("raid1/read", r1, reads(rt, s.raid1.clone())),
         ("thin/read", r1, reads(rt, s.thin.clone())),
         ("raid1_thin/read", r1, reads(rt, s.raid1_thin.clone())),
+        ("floor/write", w2, writes(rt, vec![s.floor.clone()])),
+        ("floor/read", r1, reads(rt, s.floor.clone())),
     ]
 }
 
@@ -118,7 +122,7 @@ fn child() {
     let only: String = env_or("RAID_BENCH_ONLY", String::new());
     let stacks = rt.block_on(build(mem));
     for (name, peer, mut run) in cases(&rt, &stacks) {
-        if !name.contains(&only) {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
             continue;
         }
         run(ios / 10);

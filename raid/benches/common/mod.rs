@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use raid::{
-    BlockDevice, Bytes, DeviceRef, MemoryDevice, NullDevice, Raid1, Raid1Options, ThinOptions,
-    ThinPool,
+    BlockDevice, BlockResult, Bytes, BytesMut, DeviceRef, MemoryDevice, NullDevice, Raid1,
+    Raid1Options, ThinOptions, ThinPool,
 };
 
 /// I/O size.
@@ -70,6 +71,45 @@ pub async fn thin_over(data: DeviceRef) -> DeviceRef {
     Arc::new(pool.create_thin(1, VOLUME / BS as u64).await.unwrap())
 }
 
+/// The least a layer can be under the `BlockDevice` trait: it forwards
+/// every call to the device below (a write to two devices when given two,
+/// joined as the peer joins them; a read from the first). Stacked twice
+/// over the two members it shows what any two layers cost per I/O (one
+/// boxed future each, and their polling), whatever they do.
+pub struct Forward(pub Vec<DeviceRef>);
+
+#[async_trait]
+impl BlockDevice for Forward {
+    fn block_size(&self) -> u32 {
+        self.0[0].block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0[0].num_blocks()
+    }
+    async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
+        self.0[0].as_ref().read(lba, buf).await
+    }
+    async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
+        if let [a, b] = &self.0[..] {
+            let (x, y) = tokio::join!(
+                a.as_ref().write(lba, data.clone()),
+                b.as_ref().write(lba, data)
+            );
+            return x.and(y);
+        }
+        self.0[0].as_ref().write(lba, data).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        Ok(())
+    }
+    async fn write_zeroes(&self, _lba: u64, _blocks: u64) -> BlockResult<()> {
+        Ok(())
+    }
+    async fn discard(&self, _lba: u64, _blocks: u64) -> BlockResult<()> {
+        Ok(())
+    }
+}
+
 /// The devices measured, all written once in full, so that every raid1
 /// region is dirty (the bitmap's fast path, as in steady state) and every
 /// thin block is provisioned and exclusive.
@@ -82,6 +122,8 @@ pub struct Stacks {
     pub thin: DeviceRef,
     /// A thin device in a pool over raid1 over two members.
     pub raid1_thin: DeviceRef,
+    /// Two [`Forward`] layers over the two members.
+    pub floor: DeviceRef,
 }
 
 /// Build and fill the stacks over members made by `member`.
@@ -93,10 +135,12 @@ pub async fn build(member: fn(u64) -> DeviceRef) -> Stacks {
     for d in members.iter().chain([&raid1, &thin, &raid1_thin]) {
         fill(&**d).await;
     }
+    let floor = Arc::new(Forward(vec![Arc::new(Forward(members.to_vec()))]));
     Stacks {
         members,
         raid1,
         thin,
         raid1_thin,
+        floor,
     }
 }
