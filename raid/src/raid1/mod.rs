@@ -43,7 +43,7 @@ use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult,
 use crate::gate::{Gate, Pass};
 
 use bitmap::{InFlight, WriteIntent};
-pub use resync::ResyncProgress;
+pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES};
 use superblock::{Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
 
 /// Default bitmap region size.
@@ -143,6 +143,8 @@ pub struct Raid1 {
     next_join: AtomicU64,
     wake_resync: Notify,
     progress: SyncMutex<ResyncProgress>,
+    /// Bytes a rebuild copies between two checkpoints.
+    checkpoint_bytes: AtomicU64,
 }
 
 /// Held region locks (no allocation for the common single-region case).
@@ -246,6 +248,7 @@ impl Raid1 {
                 } else {
                     SlotState::InSync
                 },
+                resync_from: 0,
             });
             members.push(Member {
                 slot: i,
@@ -376,6 +379,9 @@ impl Raid1 {
                     (_, SlotState::Rebuilding) | (Some(Some(true)), _) => SlotState::Rebuilding,
                     _ => SlotState::Stale,
                 };
+                if slot.state != SlotState::Rebuilding {
+                    slot.resync_from = 0;
+                }
             }
             for (i, m) in members.iter_mut().enumerate() {
                 m.join_id = i as u64;
@@ -413,6 +419,7 @@ impl Raid1 {
             next_join: AtomicU64::new(members.len() as u64),
             wake_resync: Notify::new(),
             progress: SyncMutex::new(ResyncProgress::default()),
+            checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
         };
         raid.set_members(members);
         raid
@@ -474,8 +481,11 @@ impl Raid1 {
                 "device is not the member of slot {slot}; use replace_member"
             )));
         }
-        let full = owner.is_some_and(|s| s.state == SlotState::Rebuilding);
-        self.join(&mut meta, slot, dev, sb.member_uuid, full).await
+        // A rebuild it had begun goes on from its checkpoint: what it
+        // missed while away is dirty in the bitmap.
+        let full = owner.filter(|s| s.state == SlotState::Rebuilding);
+        let from = full.map(|s| s.resync_from);
+        self.join(&mut meta, slot, dev, sb.member_uuid, from).await
     }
 
     /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
@@ -491,17 +501,20 @@ impl Raid1 {
         if slot >= meta.slots.len() {
             return Err(BlockError::Unsupported(format!("no slot {slot}")));
         }
-        self.join(&mut meta, slot, dev, new_uuid(), true).await
+        self.join(&mut meta, slot, dev, new_uuid(), Some(0)).await
     }
 
+    /// Add `dev` as the member of `slot`: rebuilt in full from region
+    /// `rebuild_from` on (`Some`), or resynced where dirty (`None`).
     async fn join(
         &self,
         meta: &mut MetaState,
         slot: usize,
         dev: DeviceRef,
         uuid: [u8; 16],
-        full: bool,
+        rebuild_from: Option<u64>,
     ) -> BlockResult<()> {
+        let full = rebuild_from.is_some();
         if self.live().iter().any(|m| m.slot == slot) {
             return Err(BlockError::Unsupported(format!(
                 "slot {slot} is in use; fail it first"
@@ -522,6 +535,7 @@ impl Raid1 {
             } else {
                 SlotState::Stale
             },
+            resync_from: rebuild_from.unwrap_or(0),
         };
         meta.events += 1;
         let mut members = self.live().to_vec();
