@@ -316,9 +316,13 @@ impl Raid1 {
                 members.remove(i);
                 member_events.remove(i);
             }
+            // The freshest slot table decides, not the member's own event
+            // count: a member leaves the in-sync state only by an event
+            // recorded on the others first, while a crash in the middle of
+            // a commit may leave an in-sync member's superblock behind.
             let state = owner.map(|s| s.state).unwrap_or(SlotState::Empty);
             let recovering = match state {
-                SlotState::InSync if sb.events == fresh.events => None,
+                SlotState::InSync => None,
                 SlotState::Rebuilding => Some(true),
                 _ => Some(false),
             };

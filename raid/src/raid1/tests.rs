@@ -363,3 +363,46 @@ async fn a_stopped_rebuild_goes_on_from_where_it_stopped() {
     );
     assert_rebuilt(&raid, &m0, &new).await;
 }
+
+#[tokio::test]
+async fn a_crash_inside_a_readd_leaves_the_array_openable() {
+    // The re-add writes the returning member's bitmap and superblock, then
+    // the others' superblocks; a crash between those used to leave the
+    // only up-to-date member with an older event count than the freshest
+    // slot table, and the array refused to open. Cut at every point.
+    for cut in 0..12 {
+        let power = Power::new();
+        let m: Vec<Arc<FaultDevice>> = (0..3)
+            .map(|_| {
+                Arc::new(
+                    FaultDevice::volatile(Arc::new(MemoryDevice::new(4 * MB, 4096)))
+                        .on_power(power.clone()),
+                )
+            })
+            .collect();
+        let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+        raid.write(5, block(1)).await.unwrap();
+        m[0].set_failed(true);
+        raid.write(5, block(2)).await.unwrap();
+        m[1].set_failed(true);
+        raid.write(5, block(3)).await.unwrap();
+        raid.flush().await.unwrap();
+        m[0].set_failed(false);
+        power.cut_after(cut);
+        let readd = raid.readd_member(m[0].clone()).await;
+        assert_eq!(readd.is_ok(), !power.is_off());
+        drop(raid);
+        for (i, d) in m.iter().enumerate() {
+            d.crash(i as u64 + 1).await.unwrap();
+        }
+        power.restore();
+        let raid = Raid1::open(refs(&m))
+            .await
+            .unwrap_or_else(|e| panic!("cut after {cut}: {e}"));
+        assert_eq!(raid.status().await.members[2], MemberHealth::InSync);
+        raid.resync_now(&RateLimit::default()).await.unwrap();
+        for d in &m {
+            assert_eq!(member_block(d, &raid, 5).await, 3, "cut after {cut}");
+        }
+    }
+}
