@@ -6,6 +6,11 @@
 //! otherwise. Discard and write-zeroes unmap whole blocks and zero partial
 //! ones; they take the device's gate exclusively so that no write is still
 //! in flight to a block being freed.
+//!
+//! The steady state (a request inside one thin block, the gate open, the
+//! mapping in the device's cache, see `cache.rs`) runs in the trait
+//! method's own future, with no lock and no nested future; everything else
+//! takes the general, boxed path.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -117,9 +122,7 @@ impl ThinDevice {
     async fn unmap_range(&self, lba: u64, blocks: u64) -> BlockResult<()> {
         check_range(self, lba, blocks)?;
         let _quiet = self.gate.io.close().await;
-        if self.gate.deleted.load(Ordering::SeqCst) {
-            return Err(self.gone());
-        }
+        self.check_live()?;
         for (vb, off, n) in self.pieces(lba, blocks) {
             if n == self.pool.bpb {
                 self.pool.unmap(&self.gate, vb).await?;
