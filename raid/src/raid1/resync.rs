@@ -198,8 +198,10 @@ impl Raid1 {
                     at += n;
                     since_checkpoint += n * bs;
                     if throttle.pace(n * bs, stop).await {
-                        // Stopped inside region `r`: the ones before are done.
-                        self.checkpoint(targets, r).await?;
+                        // Stopped: the regions before `r` are done, and `r`
+                        // too if this was its last piece.
+                        let done = if at < end { r } else { r + 1 };
+                        self.checkpoint(targets, done).await?;
                         return Ok(false);
                     }
                 }

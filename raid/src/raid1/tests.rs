@@ -347,15 +347,16 @@ async fn a_stopped_rebuild_goes_on_from_where_it_stopped() {
     let power = Power::new();
     let (raid, m0, new) = pending_rebuild(&power).await;
     raid.set_resync_checkpoint_bytes(u64::MAX);
-    // One region per (virtual) second; stop in the middle of the sixth.
+    // One region per (virtual) second; stop while it waits after the sixth.
     let task = raid.start_resync(RateLimit::new(256 << 10));
     tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
     task.stop().await.unwrap();
     let p = raid.resync_progress();
     assert_eq!(p.checkpoints, 1, "a stop leaves a checkpoint");
     let cp = checkpoint_on(&m0.read(0, buf::alloc(4096)).await.unwrap(), 1);
-    assert!((5..=6).contains(&cp), "checkpoint {cp}");
+    assert_eq!(cp, 6, "regions 0..=5 were copied when it stopped");
     let before = p.bytes_copied;
+    assert_eq!(before, 6 * (256 << 10));
     raid.resync_now(&RateLimit::default()).await.unwrap();
     assert_eq!(
         raid.resync_progress().bytes_copied - before,
