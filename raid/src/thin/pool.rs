@@ -515,18 +515,14 @@ impl ThinPool {
         blocks: u64,
         data: Option<Bytes>,
     ) -> BlockResult<()> {
-        match (self.lookup(gate, vb), &data) {
-            (
-                Some(Mapping {
-                    block,
-                    exclusive: true,
-                }),
-                _,
-            ) => self.put(block * self.bpb + off, blocks, data).await,
-            (None, None) => Ok(()),
-            // Boxed: the per-I/O future stays small when nothing is provisioned.
-            _ => Box::pin(self.provision(gate, vb, off, blocks, data)).await,
+        if let Some(block) = self.exclusive_block(gate, vb) {
+            return self.put(block * self.bpb + off, blocks, data).await;
         }
+        if data.is_none() && self.lookup(gate, vb).is_none() {
+            return Ok(());
+        }
+        // Boxed: the per-I/O future stays small when nothing is provisioned.
+        Box::pin(self.provision(gate, vb, off, blocks, data)).await
     }
 
     /// The slow path of [`ThinPool::write_block`]: a new block, filled from
@@ -543,7 +539,8 @@ impl ThinPool {
         self.check_writable()?;
         let key = (gate.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vb) % BLOCK_LOCKS;
         let _provisioning = self.block_locks[key as usize].lock().await;
-        let shared = match (self.lookup(gate, vb), &data) {
+        // From the state itself: a cached "shared" may be out of date.
+        let shared = match (self.lookup_locked(gate, vb), &data) {
             (
                 Some(Mapping {
                     block,
