@@ -6,11 +6,10 @@
 //! falling back to wall time), so other load on a shared machine does not
 //! count. Each iteration issues a batch of sequential (queue depth 1) I/Os
 //! at random block addresses; the devices are fully written beforehand, so
-//! no case allocates memory or thin blocks while measured. The goal:
-//! raid1 and thin over two members within 10% of
-//! `direct/two_members_write`. Time still moves with the other tenants'
-//! cache pressure; the `instructions` bench counts instructions instead,
-//! which does not.
+//! no case allocates memory or thin blocks while measured. The goal: raid1
+//! plus thin over two members within 10% of `direct/two_members_write`.
+//! Time still moves with the other tenants' cache pressure; the
+//! `instructions` bench counts instructions instead, which does not.
 //!
 //! Every case calls its device through `&dyn BlockDevice` (the cheapest
 //! way in, without the forwarding impl for `Arc`).

@@ -80,14 +80,11 @@ async fn recover(members: &[Arc<FaultDevice>], model: &mut CrashModel) -> Arc<Ra
     let st = raid.status().await;
     assert!(!st.degraded, "{st:?}");
     assert_eq!(st.members, vec![MemberHealth::InSync; 3]);
-    let sbs: Vec<Superblock> = {
-        let mut v = Vec::new();
-        for m in members {
-            let b = m.read(0, buf::alloc(BS)).await.expect("superblock");
-            v.push(Superblock::decode(&b).expect("superblock decodes"));
-        }
-        v
-    };
+    let mut sbs = Vec::new();
+    for m in members {
+        let b = m.read(0, buf::alloc(BS)).await.expect("superblock");
+        sbs.push(Superblock::decode(&b).expect("superblock decodes"));
+    }
     for sb in &sbs {
         assert_eq!(sb.events, st.events, "every member has the latest events");
         assert_eq!(
