@@ -6,8 +6,10 @@
 //! falling back to wall time), so other load on a shared machine does not
 //! count. Each iteration issues a batch of sequential (queue depth 1) I/Os
 //! at random block addresses; the devices are fully written beforehand, so
-//! no case allocates memory or thin blocks while measured. The goal: raid1 + thin over two members within 10% of
-//! `direct/two_members_write`.
+//! no case allocates memory or thin blocks while measured. The goal: raid1
+//! plus thin over two members within 10% of `direct/two_members_write`.
+//! Time still moves with the other tenants' cache pressure; the
+//! `instructions` bench counts instructions instead, which does not.
 //!
 //! Every case calls its device through `&dyn BlockDevice` (the cheapest
 //! way in, without the forwarding impl for `Arc`).
@@ -17,30 +19,16 @@
 //!
 //! Run: `cargo bench -p raid --bench overhead`.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{build, fill, mem, null, raid1_over, thin_over, Lbas, BS, VOLUME};
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
-use raid::{
-    buf, BlockDevice, Bytes, DeviceRef, MemoryDevice, NullDevice, Raid1, Raid1Options, ThinOptions,
-    ThinPool,
-};
+use raid::{buf, DeviceRef};
 use tokio::runtime::Runtime;
 
-const BS: usize = 4096;
-const VOLUME: u64 = 64 << 20;
 const BATCH: u64 = 256;
-
-struct Lbas(u64);
-
-impl Lbas {
-    fn next(&mut self, blocks: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % blocks
-    }
-}
 
 /// CPU time of the calling thread, if the kernel tells.
 fn thread_cpu() -> Option<Duration> {
@@ -61,67 +49,12 @@ fn measure(iters: u64, mut f: impl FnMut()) -> Duration {
     }
 }
 
-fn mem(bytes: u64) -> Arc<MemoryDevice> {
-    Arc::new(MemoryDevice::new(bytes, BS as u32))
-}
-
-async fn fill(dev: &dyn BlockDevice) {
-    let chunk = Bytes::from(vec![0x5A; 1 << 20]);
-    let per = (chunk.len() / BS) as u64;
-    let mut lba = 0;
-    while lba + per <= dev.num_blocks() {
-        dev.write(lba, chunk.clone()).await.unwrap();
-        lba += per;
-    }
-}
-
-struct Stacks {
-    members: [DeviceRef; 2],
-    raid1: DeviceRef,
-    thin: DeviceRef,
-    raid1_thin: DeviceRef,
-}
-
-/// raid1 over `a` and `b`.
-async fn raid1_over(a: DeviceRef, b: DeviceRef) -> DeviceRef {
-    Raid1::create(vec![a, b], &Raid1Options::default())
-        .await
-        .unwrap()
-}
-
-/// A thin device of the volume's size, in a pool on `data`.
-async fn thin_over(data: DeviceRef) -> DeviceRef {
-    let pool = ThinPool::format(data, mem(16 << 20), &ThinOptions::default())
-        .await
-        .unwrap();
-    Arc::new(pool.create_thin(1, VOLUME / BS as u64).await.unwrap())
-}
-
-async fn build() -> Stacks {
-    let members: [DeviceRef; 2] = [mem(VOLUME), mem(VOLUME)];
-    let raid1 = raid1_over(mem(VOLUME + (2 << 20)), mem(VOLUME + (2 << 20))).await;
-    let thin = thin_over(mem(VOLUME)).await;
-    let under = raid1_over(mem(VOLUME + (2 << 20)), mem(VOLUME + (2 << 20))).await;
-    let raid1_thin = thin_over(under).await;
-    for d in members.iter().chain([&raid1, &thin, &raid1_thin]) {
-        fill(&**d).await;
-    }
-    // Every raid1 region is dirty from the fill, so the measured writes take
-    // the bitmap's fast path, as in steady state.
-    Stacks {
-        members,
-        raid1,
-        thin,
-        raid1_thin,
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let s = rt.block_on(build());
+    let s = rt.block_on(build(mem));
     let blocks = VOLUME / BS as u64;
     let data = buf::aligned(&[0xC3; BS]);
     let mut g = c.benchmark_group("4k_random");
@@ -254,7 +187,7 @@ fn paired_runs() {
         .enable_all()
         .build()
         .unwrap();
-    let s = rt.block_on(build());
+    let s = rt.block_on(build(mem));
     paired(
         "memory members",
         s.members.clone(),
@@ -262,10 +195,8 @@ fn paired_runs() {
         1 << 17,
     );
     drop(s);
-    let null = |bytes: u64| -> DeviceRef { Arc::new(NullDevice::new(bytes, BS as u32)) };
     let stack = rt.block_on(async {
-        let under = raid1_over(null(VOLUME + (2 << 20)), null(VOLUME + (2 << 20))).await;
-        let stack = thin_over(under).await;
+        let stack = thin_over(raid1_over(null).await).await;
         fill(&*stack).await;
         stack
     });

@@ -42,6 +42,7 @@ impl AtomicBits {
     }
 
     /// Whether bit `i` is set (bits past the end read as clear).
+    #[inline]
     pub fn get(&self, i: u64) -> bool {
         self.words
             .get((i / 64) as usize)
@@ -49,6 +50,7 @@ impl AtomicBits {
     }
 
     /// Set bit `i` to `on`; returns the previous value.
+    #[inline]
     pub fn set(&self, i: u64, on: bool) -> bool {
         let Some(w) = self.words.get((i / 64) as usize) else {
             return false;

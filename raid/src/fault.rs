@@ -10,11 +10,18 @@
 //!   unflushed multi-block writes can tear and land out of order, as on a
 //!   real disk with a write cache.
 //!
+//! * A power cut at a chosen point of a run: devices sharing a [`Power`]
+//!   all stop at once after a given number of writes and flushes (the
+//!   operations that change what a crash leaves), so a crash can fall in
+//!   the middle of a resync, a commit or a metadata update. Nothing reaches
+//!   the devices after the cut; [`FaultDevice::crash`] then decides what
+//!   the volatile caches lose, and [`Power::restore`] switches back on.
+//!
 //! It wraps a real device; only the cache and the failures are simulated.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -22,10 +29,68 @@ use tokio::sync::RwLock;
 
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 
+/// A power supply shared by devices: cut after a number of writes and
+/// flushes, restored on request.
+#[derive(Debug)]
+pub struct Power {
+    /// Writes and flushes still allowed (u64::MAX = no limit).
+    left: AtomicU64,
+    off: AtomicBool,
+}
+
+impl Power {
+    /// Power that stays on until cut.
+    pub fn new() -> Arc<Power> {
+        Arc::new(Power {
+            left: AtomicU64::new(u64::MAX),
+            off: AtomicBool::new(false),
+        })
+    }
+
+    /// Let `n` more writes or flushes through (on all devices together),
+    /// then cut the power: the one after fails, and every I/O after it.
+    pub fn cut_after(&self, n: u64) {
+        self.left.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the power is off.
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::SeqCst)
+    }
+
+    /// Switch the power back on, with no cut pending.
+    pub fn restore(&self) {
+        self.left.store(u64::MAX, Ordering::SeqCst);
+        self.off.store(false, Ordering::SeqCst);
+    }
+
+    /// Account for one I/O; `false` once the power is off.
+    fn take(&self, changes: bool) -> bool {
+        if changes {
+            let left = self.left.load(Ordering::SeqCst);
+            if left == 0 {
+                self.off.store(true, Ordering::SeqCst);
+            } else if left != u64::MAX {
+                self.left.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        !self.is_off()
+    }
+}
+
+/// The kinds of I/O the injected faults tell apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Io {
+    Read,
+    Write,
+    Flush,
+}
+
 /// Wraps a device and injects failures and power loss.
 pub struct FaultDevice {
     inner: DeviceRef,
     volatile: bool,
+    power: Option<Arc<Power>>,
     failed: AtomicBool,
     /// Writes still allowed before the device fails (u64::MAX = no limit).
     writes_left: AtomicU64,
@@ -46,10 +111,17 @@ impl FaultDevice {
         Self::build(inner, true)
     }
 
+    /// Put the device on `power` (see [`Power`]).
+    pub fn on_power(mut self, power: Arc<Power>) -> FaultDevice {
+        self.power = Some(power);
+        self
+    }
+
     fn build(inner: DeviceRef, volatile: bool) -> FaultDevice {
         FaultDevice {
             inner,
             volatile,
+            power: None,
             failed: AtomicBool::new(false),
             writes_left: AtomicU64::new(u64::MAX),
             cache: RwLock::new(()),
@@ -104,8 +176,11 @@ impl FaultDevice {
         self.blocks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check_alive(&self, is_write: bool) -> BlockResult<()> {
-        if is_write {
+    fn check_alive(&self, io: Io) -> BlockResult<()> {
+        if self.power.as_ref().is_some_and(|p| !p.take(io != Io::Read)) {
+            return Err(BlockError::Offline("power lost".into()));
+        }
+        if io == Io::Write {
             let left = self.writes_left.load(Ordering::SeqCst);
             if left == 0 {
                 self.failed.store(true, Ordering::SeqCst);
@@ -151,7 +226,7 @@ impl BlockDevice for FaultDevice {
     }
 
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
-        self.check_alive(false)?;
+        self.check_alive(Io::Read)?;
         if !self.volatile {
             return self.inner.read(lba, buf).await;
         }
@@ -172,7 +247,7 @@ impl BlockDevice for FaultDevice {
     }
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
-        self.check_alive(true)?;
+        self.check_alive(Io::Write)?;
         if !self.volatile {
             return self.inner.write(lba, data).await;
         }
@@ -183,7 +258,7 @@ impl BlockDevice for FaultDevice {
     }
 
     async fn flush(&self) -> BlockResult<()> {
-        self.check_alive(false)?;
+        self.check_alive(Io::Flush)?;
         if self.volatile {
             let _g = self.cache.write().await;
             let cached = std::mem::take(&mut *self.lock_blocks());
@@ -195,7 +270,7 @@ impl BlockDevice for FaultDevice {
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        self.check_alive(true)?;
+        self.check_alive(Io::Write)?;
         if !self.volatile {
             return self.inner.write_zeroes(lba, blocks).await;
         }
@@ -214,7 +289,6 @@ impl BlockDevice for FaultDevice {
 mod tests {
     use super::*;
     use crate::{buf, MemoryDevice};
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn flushed_writes_survive_a_crash_and_unflushed_ones_may_not() {
@@ -232,6 +306,33 @@ mod tests {
         let kept = back.chunks(4096).filter(|b| b[0] == 2).count();
         // 64 coin flips: torn somewhere in between.
         assert!(kept > 0 && kept < 64, "kept {kept}");
+    }
+
+    #[tokio::test]
+    async fn a_power_cut_stops_every_device_on_it_at_once() {
+        let power = Power::new();
+        let dev = |p: &Arc<Power>| {
+            FaultDevice::volatile(Arc::new(MemoryDevice::new(1 << 20, 4096))).on_power(p.clone())
+        };
+        let (a, b) = (dev(&power), dev(&power));
+        power.cut_after(3);
+        a.write(0, Bytes::from(vec![1; 4096])).await.unwrap();
+        a.flush().await.unwrap();
+        b.write(0, Bytes::from(vec![2; 4096])).await.unwrap();
+        assert!(
+            b.flush().await.is_err(),
+            "the fourth change finds the power off"
+        );
+        assert!(a.read(0, buf::alloc(4096)).await.is_err());
+        assert!(a.write(1, Bytes::from(vec![3; 4096])).await.is_err());
+        // The crash keeps what was flushed; b's write was never flushed.
+        a.crash(1).await.unwrap();
+        b.crash(2).await.unwrap();
+        assert!(a.read(0, buf::alloc(4096)).await.is_err(), "still off");
+        power.restore();
+        assert_eq!(a.read(0, buf::alloc(4096)).await.unwrap()[0], 1);
+        assert!([0, 2].contains(&b.read(0, buf::alloc(4096)).await.unwrap()[0]));
+        assert_eq!(a.read(1, buf::alloc(4096)).await.unwrap()[0], 0);
     }
 
     #[tokio::test]

@@ -43,7 +43,18 @@ impl Gate {
         }
     }
 
-    /// Pass the gate, waiting while it is closed.
+    /// Pass the gate if it is open, without waiting.
+    #[inline]
+    pub fn try_enter(&self) -> Option<Pass<'_>> {
+        if self.state.fetch_add(1, SeqCst) & CLOSED == 0 {
+            return Some(Pass(self));
+        }
+        self.leave();
+        None
+    }
+
+    /// Pass the gate, waiting while it is closed. Callers on the I/O path
+    /// try [`Gate::try_enter`] first, which costs no future.
     pub async fn enter(&self) -> Pass<'_> {
         loop {
             if self.state.fetch_add(1, SeqCst) & CLOSED == 0 {

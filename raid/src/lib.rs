@@ -44,7 +44,7 @@ pub use bytes::{Bytes, BytesMut};
 pub use clone::{CloneDevice, CloneProgress};
 pub use device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 pub use error::ErrorDevice;
-pub use fault::FaultDevice;
+pub use fault::{FaultDevice, Power};
 pub use file::{FileDevice, FileOptions};
 pub use linear::Linear;
 pub use mem::MemoryDevice;

@@ -48,12 +48,19 @@ impl WriteIntent {
     }
 
     /// Start a write on regions `first..=last`.
+    #[inline]
     pub fn begin(&self, first: u64, last: u64) -> InFlight<'_> {
-        for r in first..=last {
+        debug_assert!(first <= last);
+        let mut r = first;
+        loop {
             if let Some(c) = self.inflight.get(r as usize) {
                 c.fetch_add(1, Ordering::SeqCst);
             }
             self.touch(r);
+            if r >= last {
+                break;
+            }
+            r += 1;
         }
         InFlight {
             wi: self,
@@ -65,10 +72,17 @@ impl WriteIntent {
     /// Mark region `r` touched. A plain load first: in steady state the bit
     /// is already set, and seeing it set is as good as setting it (the
     /// clearer's reset is then ordered after this write's progress).
+    #[inline]
     fn touch(&self, r: u64) {
         if !self.touched.get(r) {
             self.touched.set(r, true);
         }
+    }
+
+    /// Whether every region of `first..=last` is dirty.
+    #[inline]
+    pub fn all_dirty(&self, first: u64, last: u64) -> bool {
+        (first..=last).all(|r| self.dirty.get(r))
     }
 
     /// Regions of `first..=last` not yet dirty (sorted).
@@ -101,12 +115,18 @@ impl WriteIntent {
 }
 
 impl Drop for InFlight<'_> {
+    #[inline]
     fn drop(&mut self) {
-        for r in self.first..=self.last {
+        let mut r = self.first;
+        loop {
             self.wi.touch(r);
             if let Some(c) = self.wi.inflight.get(r as usize) {
                 c.fetch_sub(1, Ordering::SeqCst);
             }
+            if r >= self.last {
+                break;
+            }
+            r += 1;
         }
     }
 }

@@ -12,7 +12,17 @@
 //!   returns or after a crash to the regions that may differ.
 //! * Resync (see `resync.rs`) copies regions from an in-sync member to the
 //!   recovering ones under a per-region lock that writes also take (shared),
-//!   so a copy never overwrites newer data.
+//!   so a copy never overwrites newer data. A rebuild records checkpoints in
+//!   the superblocks and goes on from the last one after a restart.
+//! * Which members are in sync at open is what the freshest superblock's
+//!   slot table says (highest event counter), not each member's own count:
+//!   a crash in the middle of writing the superblocks may leave an in-sync
+//!   member's copy one event behind, while leaving the in-sync state is
+//!   always recorded on the other members first.
+//! * The steady-state write (one region already dirty, its stripe open, a
+//!   two-way mirror) and every read run in the trait method's own future:
+//!   no lock to wait for, no allocation, no nested future. The rest takes
+//!   the general, boxed path.
 //!
 //! Decisions: a new array is assumed clean (the thin pool above zeroes or
 //! copies every block before first use, and fresh extents are zeroed), so
@@ -25,8 +35,11 @@ mod bitmap;
 mod resync;
 pub mod superblock;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, RwLock as SyncRwLock};
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -39,8 +52,8 @@ use crate::buf;
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 use crate::gate::{Gate, Pass};
 
-use bitmap::WriteIntent;
-pub use resync::ResyncProgress;
+use bitmap::{InFlight, WriteIntent};
+pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES};
 use superblock::{Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
 
 /// Default bitmap region size.
@@ -105,6 +118,20 @@ struct Member {
     recovering: Option<bool>,
 }
 
+/// The members taking I/O, as one snapshot (replaced, never changed).
+struct Live {
+    members: Vec<Member>,
+    /// Indices of the in-sync members (the ones reads may use).
+    in_sync: Vec<usize>,
+}
+
+impl std::ops::Deref for Live {
+    type Target = [Member];
+    fn deref(&self) -> &[Member] {
+        &self.members
+    }
+}
+
 struct MetaState {
     events: u64,
     slots: Vec<Slot>,
@@ -114,7 +141,7 @@ struct MetaState {
 pub struct Raid1 {
     geo: Geometry,
     array_uuid: [u8; 16],
-    members: SyncRwLock<Arc<Vec<Member>>>,
+    members: SyncRwLock<Arc<Live>>,
     /// Serialises superblock and bitmap updates.
     meta: Mutex<MetaState>,
     intent: WriteIntent,
@@ -126,6 +153,8 @@ pub struct Raid1 {
     next_join: AtomicU64,
     wake_resync: Notify,
     progress: SyncMutex<ResyncProgress>,
+    /// Bytes a rebuild copies between two checkpoints.
+    checkpoint_bytes: AtomicU64,
 }
 
 /// Held region locks (no allocation for the common single-region case).
@@ -134,44 +163,54 @@ enum RegionGuards<'a> {
     Many(#[allow(dead_code)] Vec<Pass<'a>>),
 }
 
-/// What the members answered to one write.
-#[derive(Default)]
-struct Outcome {
-    /// An in-sync member took it.
-    ok: bool,
-    failed: Vec<usize>,
-    last_err: Option<BlockError>,
-}
-
-impl Outcome {
-    fn add(&mut self, m: &Member, r: BlockResult<()>) {
-        match r {
-            Ok(()) => self.ok |= m.recovering.is_none(),
-            Err(e) => {
-                self.failed.push(m.slot);
-                self.last_err = Some(e);
-            }
-        }
-    }
-}
-
 enum Op {
     Write(Bytes),
     Zeroes(u64),
     Discard(u64),
 }
 
+/// The future of one member I/O, as the trait returns it.
+type MemberIo<'a, T = ()> = Pin<Box<dyn Future<Output = BlockResult<T>> + Send + 'a>>;
+
 impl Op {
-    async fn apply(&self, dev: &DeviceRef, lba: u64) -> BlockResult<()> {
-        // Through the trait object, not the `Arc` forwarding impl, which
-        // would box one more future per member I/O.
+    /// Start the operation on `dev`. Through the trait object, not the
+    /// `Arc` forwarding impl, which would box one more future.
+    fn start<'a>(&self, dev: &'a DeviceRef, lba: u64) -> MemberIo<'a> {
         let dev = dev.as_ref();
         match self {
-            Op::Write(d) => dev.write(lba, d.clone()).await,
-            Op::Zeroes(n) => dev.write_zeroes(lba, *n).await,
-            Op::Discard(n) => dev.discard(lba, *n).await,
+            Op::Write(d) => dev.write(lba, d.clone()),
+            Op::Zeroes(n) => dev.write_zeroes(lba, *n),
+            Op::Discard(n) => dev.discard(lba, *n),
         }
     }
+}
+
+/// Run two member I/Os concurrently and return both results (a lighter
+/// `join` for the two boxed futures of a two-way mirror).
+fn join2<'a, T: 'a>(
+    mut a: MemberIo<'a, T>,
+    mut b: MemberIo<'a, T>,
+) -> impl Future<Output = (BlockResult<T>, BlockResult<T>)> + 'a {
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(move |cx| {
+        if ra.is_none() {
+            if let Poll::Ready(r) = a.as_mut().poll(cx) {
+                ra = Some(r);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(r) = b.as_mut().poll(cx) {
+                rb = Some(r);
+            }
+        }
+        match (ra.take(), rb.take()) {
+            (Some(x), Some(y)) => Poll::Ready((x, y)),
+            (x, y) => {
+                (ra, rb) = (x, y);
+                Poll::Pending
+            }
+        }
+    })
 }
 
 fn new_uuid() -> [u8; 16] {
@@ -219,6 +258,7 @@ impl Raid1 {
                 } else {
                     SlotState::InSync
                 },
+                resync_from: 0,
             });
             members.push(Member {
                 slot: i,
@@ -286,9 +326,13 @@ impl Raid1 {
                 members.remove(i);
                 member_events.remove(i);
             }
+            // The freshest slot table decides, not the member's own event
+            // count: a member leaves the in-sync state only by an event
+            // recorded on the others first, while a crash in the middle of
+            // a commit may leave an in-sync member's superblock behind.
             let state = owner.map(|s| s.state).unwrap_or(SlotState::Empty);
             let recovering = match state {
-                SlotState::InSync if sb.events == fresh.events => None,
+                SlotState::InSync => None,
                 SlotState::Rebuilding => Some(true),
                 _ => Some(false),
             };
@@ -349,6 +393,9 @@ impl Raid1 {
                     (_, SlotState::Rebuilding) | (Some(Some(true)), _) => SlotState::Rebuilding,
                     _ => SlotState::Stale,
                 };
+                if slot.state != SlotState::Rebuilding {
+                    slot.resync_from = 0;
+                }
             }
             for (i, m) in members.iter_mut().enumerate() {
                 m.join_id = i as u64;
@@ -373,7 +420,10 @@ impl Raid1 {
         let raid = Raid1 {
             geo,
             array_uuid,
-            members: SyncRwLock::new(Arc::new(Vec::new())),
+            members: SyncRwLock::new(Arc::new(Live {
+                members: Vec::new(),
+                in_sync: Vec::new(),
+            })),
             meta: Mutex::new(meta),
             intent: WriteIntent::new(geo.regions()),
             locks: (0..LOCK_STRIPES).map(|_| Gate::new()).collect(),
@@ -383,6 +433,7 @@ impl Raid1 {
             next_join: AtomicU64::new(members.len() as u64),
             wake_resync: Notify::new(),
             progress: SyncMutex::new(ResyncProgress::default()),
+            checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
         };
         raid.set_members(members);
         raid
@@ -444,8 +495,11 @@ impl Raid1 {
                 "device is not the member of slot {slot}; use replace_member"
             )));
         }
-        let full = owner.is_some_and(|s| s.state == SlotState::Rebuilding);
-        self.join(&mut meta, slot, dev, sb.member_uuid, full).await
+        // A rebuild it had begun goes on from its checkpoint: what it
+        // missed while away is dirty in the bitmap.
+        let full = owner.filter(|s| s.state == SlotState::Rebuilding);
+        let from = full.map(|s| s.resync_from);
+        self.join(&mut meta, slot, dev, sb.member_uuid, from).await
     }
 
     /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
@@ -461,17 +515,20 @@ impl Raid1 {
         if slot >= meta.slots.len() {
             return Err(BlockError::Unsupported(format!("no slot {slot}")));
         }
-        self.join(&mut meta, slot, dev, new_uuid(), true).await
+        self.join(&mut meta, slot, dev, new_uuid(), Some(0)).await
     }
 
+    /// Add `dev` as the member of `slot`: rebuilt in full from region
+    /// `rebuild_from` on (`Some`), or resynced where dirty (`None`).
     async fn join(
         &self,
         meta: &mut MetaState,
         slot: usize,
         dev: DeviceRef,
         uuid: [u8; 16],
-        full: bool,
+        rebuild_from: Option<u64>,
     ) -> BlockResult<()> {
+        let full = rebuild_from.is_some();
         if self.live().iter().any(|m| m.slot == slot) {
             return Err(BlockError::Unsupported(format!(
                 "slot {slot} is in use; fail it first"
@@ -492,9 +549,10 @@ impl Raid1 {
             } else {
                 SlotState::Stale
             },
+            resync_from: rebuild_from.unwrap_or(0),
         };
         meta.events += 1;
-        let mut members = (*self.live()).clone();
+        let mut members = self.live().to_vec();
         members.push(member);
         members.sort_by_key(|m| m.slot);
         self.set_members(members);
@@ -504,7 +562,7 @@ impl Raid1 {
         Ok(())
     }
 
-    fn live(&self) -> Arc<Vec<Member>> {
+    fn live(&self) -> Arc<Live> {
         self.members
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -516,7 +574,11 @@ impl Raid1 {
         let max = members.iter().map(|m| m.dev.max_transfer_bytes()).min();
         self.max_transfer
             .store(max.unwrap_or(u64::MAX), Ordering::SeqCst);
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(members);
+        let in_sync = (0..members.len())
+            .filter(|&i| members[i].recovering.is_none())
+            .collect();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Live { members, in_sync });
         self.degraded.fetch_or(degraded, Ordering::SeqCst);
     }
 
@@ -687,6 +749,21 @@ impl Raid1 {
         RegionGuards::Many(guards)
     }
 
+    /// Admit a write of regions `first..=last` without waiting, if it is
+    /// the steady state: one region, already dirty, its stripe open.
+    fn admit_now(&self, first: u64, last: u64) -> Option<(InFlight<'_>, Pass<'_>)> {
+        if first != last {
+            return None;
+        }
+        let inflight = self.intent.begin(first, last);
+        if !self.intent.all_dirty(first, last) {
+            return None;
+        }
+        let pass = self.locks[(first % LOCK_STRIPES) as usize].try_enter()?;
+        Some((inflight, pass))
+    }
+
+    /// Any write, waiting as needed: bits made durable, regions locked.
     async fn write_op(&self, lba: u64, blocks: u64, op: Op) -> BlockResult<()> {
         if blocks == 0 {
             return Ok(());
@@ -694,36 +771,33 @@ impl Raid1 {
         let rb = self.geo.region_blocks();
         let (first, last) = (lba / rb, (lba + blocks - 1) / rb);
         let _inflight = self.intent.begin(first, last);
-        if (first..=last).any(|r| !self.intent.dirty.get(r)) {
-            // Cold paths are boxed so the per-I/O future stays small.
-            Box::pin(self.mark_dirty(first, last)).await?;
+        if !self.intent.all_dirty(first, last) {
+            self.mark_dirty(first, last).await?;
         }
         let _locks = self.lock_regions(first, last).await;
         let live = self.live();
         let at = lba + self.geo.data_offset;
-        let mut outcome = Outcome::default();
-        match &live[..] {
-            // The usual two-way mirror: no allocation for the fan-out.
-            [a, b] => {
-                let (ra, rb) =
-                    futures::future::join(op.apply(&a.dev, at), op.apply(&b.dev, at)).await;
-                outcome.add(a, ra);
-                outcome.add(b, rb);
-            }
-            _ => {
-                let results = join_all(live.iter().map(|m| op.apply(&m.dev, at))).await;
-                for (m, r) in live.iter().zip(results) {
-                    outcome.add(m, r);
+        let results = join_all(live.iter().map(|m| op.start(&m.dev, at))).await;
+        self.settle(&live, results).await
+    }
+
+    /// The outcome of a write from each member's result (in `live` order):
+    /// failed members are dropped; it succeeds if an in-sync member took it.
+    async fn settle(&self, live: &[Member], results: Vec<BlockResult<()>>) -> BlockResult<()> {
+        let mut ok = false;
+        let mut failed = Vec::new();
+        let mut last_err = None;
+        for (m, r) in live.iter().zip(results) {
+            match r {
+                Ok(()) => ok |= m.recovering.is_none(),
+                Err(e) => {
+                    failed.push(m.slot);
+                    last_err = Some(e);
                 }
             }
         }
-        let Outcome {
-            ok,
-            failed,
-            last_err,
-        } = outcome;
         if !failed.is_empty() {
-            Box::pin(self.drop_members(failed, "write failed")).await?;
+            self.drop_members(failed, "write failed").await?;
         }
         if ok {
             Ok(())
@@ -733,32 +807,46 @@ impl Raid1 {
     }
 
     /// An in-sync member, round-robin.
-    fn pick_in_sync(&self, live: &[Member]) -> Option<Member> {
-        let n = live.iter().filter(|m| m.recovering.is_none()).count();
-        if n == 0 {
-            return None;
-        }
-        let k = self.next_read.fetch_add(1, Ordering::Relaxed) % n;
-        live.iter()
-            .filter(|m| m.recovering.is_none())
-            .nth(k)
-            .cloned()
+    fn pick_in_sync<'a>(&self, live: &'a Live) -> BlockResult<&'a Member> {
+        let k = match live.in_sync.len() {
+            0 | 1 => 0,
+            n => self.next_read.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        live.in_sync
+            .get(k)
+            .and_then(|&i| live.members.get(i))
+            .ok_or_else(|| BlockError::Offline("raid1: no in-sync member".into()))
     }
 
-    /// Read from an in-sync member, dropping members that fail.
-    async fn read_in_sync(&self, member_lba: u64, mut buf: BytesMut) -> BlockResult<BytesMut> {
+    /// Read member blocks at `member_lba` from an in-sync member, dropping
+    /// members that fail.
+    async fn read_in_sync(&self, member_lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
         let len = buf.len();
+        let live = self.live();
+        let m = self.pick_in_sync(&live)?;
+        match m.dev.as_ref().read(member_lba, buf).await {
+            Ok(b) => Ok(b),
+            Err(e) => Box::pin(self.read_again(member_lba, len, m.slot, e)).await,
+        }
+    }
+
+    /// After member `slot` failed a read with `e`: drop it and read from
+    /// the others (into fresh buffers) until one answers.
+    async fn read_again(
+        &self,
+        member_lba: u64,
+        len: usize,
+        mut slot: usize,
+        mut e: BlockError,
+    ) -> BlockResult<BytesMut> {
         loop {
-            let Some(m) = self.pick_in_sync(&self.live()) else {
-                return Err(BlockError::Offline("raid1: no in-sync member".into()));
-            };
-            match m.dev.as_ref().read(member_lba, buf).await {
+            self.drop_members(vec![slot], &format!("read failed: {e}"))
+                .await?;
+            let live = self.live();
+            let m = self.pick_in_sync(&live)?;
+            match m.dev.as_ref().read(member_lba, buf::alloc(len)).await {
                 Ok(b) => return Ok(b),
-                Err(e) => {
-                    let why = format!("read failed: {e}");
-                    Box::pin(self.drop_members(vec![m.slot], &why)).await?;
-                    buf = buf::alloc(len);
-                }
+                Err(err) => (slot, e) = (m.slot, err),
             }
         }
     }
@@ -779,13 +867,45 @@ impl BlockDevice for Raid1 {
     }
 
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
-        check_io(self, lba, buf.len())?;
-        self.read_in_sync(lba + self.geo.data_offset, buf).await
+        let len = buf.len();
+        check_io(self, lba, len)?;
+        // `read_in_sync` written out: a nested future would cost about a
+        // tenth of the whole read (see benches/instructions.rs).
+        let at = lba + self.geo.data_offset;
+        let live = self.live();
+        let m = self.pick_in_sync(&live)?;
+        match m.dev.as_ref().read(at, buf).await {
+            Ok(b) => Ok(b),
+            Err(e) => Box::pin(self.read_again(at, len, m.slot, e)).await,
+        }
     }
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
-        self.write_op(lba, blocks, Op::Write(data)).await
+        let rb = self.geo.region_blocks();
+        // The steady state of a two-way mirror is handled here, without a
+        // nested future; everything else goes the general (boxed) way.
+        if let Some(admitted) = (blocks > 0)
+            .then(|| self.admit_now(lba / rb, (lba + blocks - 1) / rb))
+            .flatten()
+        {
+            let live = self.live();
+            if let [a, b] = &live[..] {
+                let at = lba + self.geo.data_offset;
+                let (ra, rb) = join2(
+                    a.dev.as_ref().write(at, data.clone()),
+                    b.dev.as_ref().write(at, data),
+                )
+                .await;
+                if ra.is_ok() && rb.is_ok() && (a.recovering.is_none() || b.recovering.is_none()) {
+                    return Ok(());
+                }
+                return Box::pin(self.settle(&live, vec![ra, rb])).await;
+            }
+            // Not a two-way mirror: let go before the general path waits.
+            drop(admitted);
+        }
+        Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {

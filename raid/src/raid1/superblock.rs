@@ -23,6 +23,7 @@
 //!  72  data offset (blocks)       u64
 //!  80  data blocks (array size)   u64
 //!  88  slot table: per slot 24 bytes = member UUID (16), state (u8), 7 zero
+//! 472  resync checkpoints (version 2): per slot u64, see below
 //! 4092 CRC32C of bytes 0..4092
 //! ```
 //!
@@ -31,6 +32,13 @@
 //! is the truth about the slot table; a member whose own count is lower
 //! missed changes and is stale. The member UUID in the slot table tells a
 //! returning member (bitmap resync) from an unrelated or replaced disk.
+//!
+//! A resync checkpoint `c` of a rebuilding slot says that regions `0..c`
+//! were copied to its member and made durable there before `c` was
+//! written, so a rebuild interrupted by a crash or a stop copies only the
+//! regions from `c` on, plus the regions dirty in the bitmap (which keeps
+//! every region written since the array became degraded). Version 1
+//! superblocks (no checkpoints) are read as checkpoint 0.
 
 use crate::bits::{AtomicBits, BITMAP_BLOCK};
 use crate::device::{BlockError, BlockResult};
@@ -41,9 +49,10 @@ pub const SB_BYTES: usize = 4096;
 /// Most members an array can have.
 pub const MAX_MEMBERS: usize = 16;
 const MAGIC: &[u8; 8] = b"FABRAID1";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const SLOTS_AT: usize = 88;
 const SLOT_BYTES: usize = 24;
+const CHECKPOINTS_AT: usize = SLOTS_AT + MAX_MEMBERS * SLOT_BYTES;
 const CRC_AT: usize = SB_BYTES - 4;
 const DATA_ALIGN: u64 = 1 << 20;
 
@@ -67,6 +76,9 @@ pub struct Slot {
     pub uuid: [u8; 16],
     /// Its state.
     pub state: SlotState,
+    /// While rebuilding: regions below this were already copied to the
+    /// member (see the module notes); 0 otherwise.
+    pub resync_from: u64,
 }
 
 /// Geometry shared by every member of an array.
@@ -181,6 +193,7 @@ impl Superblock {
             let at = SLOTS_AT + i * SLOT_BYTES;
             put(&mut b, at, &s.uuid);
             b[at + 16] = s.state as u8;
+            put(&mut b, CHECKPOINTS_AT + i * 8, &s.resync_from.to_le_bytes());
         }
         let crc = crc32c::crc32c(&b[..CRC_AT]);
         put(&mut b, CRC_AT, &crc.to_le_bytes());
@@ -199,7 +212,7 @@ impl Superblock {
             return Err(corrupt("checksum mismatch"));
         }
         let version = u32_at(b, 8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(corrupt(format!("unsupported version {version}")));
         }
         let nslots = u32_at(b, 60) as usize;
@@ -222,9 +235,15 @@ impl Superblock {
                 3 => SlotState::Rebuilding,
                 x => return Err(corrupt(format!("slot {i} has bad state {x}"))),
             };
+            let resync_from = if version >= 2 {
+                u64_at(b, CHECKPOINTS_AT + i * 8)
+            } else {
+                0
+            };
             slots.push(Slot {
                 uuid: uuid_at(b, at),
                 state,
+                resync_from,
             });
         }
         let geometry = Geometry {
@@ -246,6 +265,12 @@ impl Superblock {
         }
         if geometry.data_offset < geometry.bitmap_lba(geometry.bitmap_blocks()) {
             return Err(corrupt("data offset overlaps the bitmap"));
+        }
+        if let Some(i) = slots
+            .iter()
+            .position(|s| s.resync_from > geometry.regions())
+        {
+            return Err(corrupt(format!("slot {i}: resync checkpoint past the end")));
         }
         Ok(Superblock {
             array_uuid: uuid_at(b, 16),
@@ -273,10 +298,12 @@ mod tests {
                 Slot {
                     uuid: [3; 16],
                     state: SlotState::InSync,
+                    resync_from: 0,
                 },
                 Slot {
                     uuid: [2; 16],
-                    state: SlotState::Stale,
+                    state: SlotState::Rebuilding,
+                    resync_from: 9,
                 },
             ],
         }
@@ -303,5 +330,28 @@ mod tests {
         let mut s = sample();
         s.geometry.data_offset = 0;
         assert!(Superblock::decode(&s.encode()).is_err());
+        let mut s = sample();
+        s.slots[1].resync_from = s.geometry.regions() + 1;
+        assert!(Superblock::decode(&s.encode()).is_err());
+    }
+
+    #[test]
+    fn version_1_reads_as_no_checkpoint() {
+        let mut b = sample().encode();
+        put(&mut b, 8, &1u32.to_le_bytes());
+        // Whatever version 1 left in the checkpoint area is not read.
+        put(&mut b, CHECKPOINTS_AT, &u64::MAX.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..CRC_AT]);
+        put(&mut b, CRC_AT, &crc.to_le_bytes());
+        let sb = Superblock::decode(&b).unwrap();
+        assert!(sb.slots.iter().all(|s| s.resync_from == 0));
+        assert_eq!(sb.slots[1].state, SlotState::Rebuilding);
+        put(&mut b, 8, &3u32.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..CRC_AT]);
+        put(&mut b, CRC_AT, &crc.to_le_bytes());
+        assert!(
+            Superblock::decode(&b).is_err(),
+            "a future version is refused"
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! otherwise. Discard and write-zeroes unmap whole blocks and zero partial
 //! ones; they take the device's gate exclusively so that no write is still
 //! in flight to a block being freed.
+//!
+//! The steady state (a request inside one thin block, the gate open, the
+//! mapping in the device's cache, see `cache.rs`) runs in the trait
+//! method's own future, with no lock and no nested future; everything else
+//! takes the general, boxed path.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use futures::future::try_join_all;
 
 use super::pool::{DevGate, ThinPool};
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult};
+use crate::gate::Pass;
 use crate::split;
 
 /// A thin device (or snapshot) in a pool.
@@ -50,7 +56,7 @@ impl ThinDevice {
     }
 
     async fn read_piece(&self, vb: u64, off: u64, mut part: BytesMut) -> BlockResult<BytesMut> {
-        match self.pool.lookup(self.gate.id, vb) {
+        match self.pool.lookup(&self.gate, vb) {
             Some(m) => {
                 let data = self.pool.data.as_ref();
                 data.read(m.block * self.pool.bpb + off, part).await
@@ -62,18 +68,66 @@ impl ThinDevice {
         }
     }
 
-    async fn unmap_range(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        check_range(self, lba, blocks)?;
-        let _quiet = self.gate.io.close().await;
+    /// Pass the device's gate, waiting while it is closed (the slow path
+    /// of [`ThinDevice::pass_now`]); fails if the device was deleted.
+    async fn pass(&self) -> BlockResult<Pass<'_>> {
+        let pass = self.gate.io.enter().await;
+        self.check_live()?;
+        Ok(pass)
+    }
+
+    /// Pass the device's gate if it is open; fails if the device was
+    /// deleted.
+    #[inline]
+    fn pass_now(&self) -> Option<BlockResult<Pass<'_>>> {
+        let pass = self.gate.io.try_enter()?;
+        Some(self.check_live().map(|()| pass))
+    }
+
+    #[inline]
+    fn check_live(&self) -> BlockResult<()> {
         if self.gate.deleted.load(Ordering::SeqCst) {
             return Err(self.gone());
         }
-        let id = self.gate.id;
+        Ok(())
+    }
+
+    /// Any read: waits at the gate, cuts the request at thin blocks.
+    async fn read_slow(&self, lba: u64, blocks: u64, buf: BytesMut) -> BlockResult<BytesMut> {
+        let _pass = self.pass().await?;
+        let bs = self.pool.block_size as usize;
+        let pieces: Vec<_> = self.pieces(lba, blocks).collect();
+        let parts = split::cut(buf, pieces.iter().map(|p| p.2 as usize * bs));
+        let reads = pieces
+            .iter()
+            .zip(parts)
+            .map(|(&(vb, off, _), part)| self.read_piece(vb, off, part));
+        Ok(split::glue(try_join_all(reads).await?))
+    }
+
+    /// Any write: waits at the gate, cuts the request at thin blocks and
+    /// provisions or breaks sharing where needed.
+    async fn write_slow(&self, lba: u64, blocks: u64, data: Bytes) -> BlockResult<()> {
+        let _pass = self.pass().await?;
+        let bs = self.pool.block_size as usize;
+        let mut at = 0;
+        let writes = self.pieces(lba, blocks).map(|(vb, off, n)| {
+            let part = data.slice(at..at + n as usize * bs);
+            at += n as usize * bs;
+            self.pool.write_block(&self.gate, vb, off, n, Some(part))
+        });
+        try_join_all(writes).await.map(|_| ())
+    }
+
+    async fn unmap_range(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        check_range(self, lba, blocks)?;
+        let _quiet = self.gate.io.close().await;
+        self.check_live()?;
         for (vb, off, n) in self.pieces(lba, blocks) {
             if n == self.pool.bpb {
-                self.pool.unmap(id, vb).await?;
+                self.pool.unmap(&self.gate, vb).await?;
             } else {
-                self.pool.write_block(id, vb, off, n, None).await?;
+                self.pool.write_block(&self.gate, vb, off, n, None).await?;
             }
         }
         Ok(())
@@ -94,46 +148,40 @@ impl BlockDevice for ThinDevice {
         self.pool.bpb.min(u32::MAX as u64) as u32
     }
 
-    async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
+    async fn read(&self, lba: u64, mut buf: BytesMut) -> BlockResult<BytesMut> {
         let blocks = check_io(self, lba, buf.len())?;
-        let _pass = self.gate.io.enter().await;
-        if self.gate.deleted.load(Ordering::SeqCst) {
-            return Err(self.gone());
+        let bpb = self.pool.bpb;
+        let (vb, off) = (lba / bpb, lba % bpb);
+        // One thin block, gate open (steady state): no nested future.
+        if off + blocks <= bpb {
+            if let Some(pass) = self.pass_now() {
+                let _pass = pass?;
+                let Some(m) = self.pool.lookup(&self.gate, vb) else {
+                    buf.fill(0);
+                    return Ok(buf);
+                };
+                let data = self.pool.data.as_ref();
+                return data.read(m.block * bpb + off, buf).await;
+            }
         }
-        let bs = self.pool.block_size as usize;
-        let pieces: Vec<_> = self.pieces(lba, blocks).collect();
-        if let [(vb, off, _)] = pieces[..] {
-            return self.read_piece(vb, off, buf).await;
-        }
-        let parts = split::cut(buf, pieces.iter().map(|p| p.2 as usize * bs));
-        let reads = pieces
-            .iter()
-            .zip(parts)
-            .map(|(&(vb, off, _), part)| self.read_piece(vb, off, part));
-        Ok(split::glue(try_join_all(reads).await?))
+        Box::pin(self.read_slow(lba, blocks, buf)).await
     }
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
-        let _pass = self.gate.io.enter().await;
-        if self.gate.deleted.load(Ordering::SeqCst) {
-            return Err(self.gone());
+        let bpb = self.pool.bpb;
+        let (vb, off) = (lba / bpb, lba % bpb);
+        // One thin block of this device's alone, gate open (steady state):
+        // in place, no nested future.
+        if off + blocks <= bpb {
+            if let Some(pass) = self.pass_now() {
+                let _pass = pass?;
+                if let Some(block) = self.pool.exclusive_block(&self.gate, vb) {
+                    return self.pool.data.as_ref().write(block * bpb + off, data).await;
+                }
+            }
         }
-        let bs = self.pool.block_size as usize;
-        let (vb, off) = (lba / self.pool.bpb, lba % self.pool.bpb);
-        if off + blocks <= self.pool.bpb {
-            return self
-                .pool
-                .write_block(self.gate.id, vb, off, blocks, Some(data))
-                .await;
-        }
-        let mut at = 0;
-        let writes = self.pieces(lba, blocks).map(|(vb, off, n)| {
-            let part = data.slice(at..at + n as usize * bs);
-            at += n as usize * bs;
-            self.pool.write_block(self.gate.id, vb, off, n, Some(part))
-        });
-        try_join_all(writes).await.map(|_| ())
+        Box::pin(self.write_slow(lba, blocks, data)).await
     }
 
     /// Commits the pool.

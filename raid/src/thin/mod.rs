@@ -21,6 +21,7 @@
 //! device has grown. Snapshot and delete wait for the origin's in-flight
 //! I/O (the cluster still quiesces hosts first for cross-leg consistency).
 
+mod cache;
 mod device;
 pub mod metadata;
 mod pool;

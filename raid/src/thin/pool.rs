@@ -10,6 +10,7 @@ use futures::future::try_join_all;
 use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
+use super::cache::MapCache;
 use super::device::ThinDevice;
 use super::metadata::{corrupt, Superblock, FIRST_PAGE, PAGE};
 use super::state::{read_page, Mapping, State};
@@ -72,6 +73,8 @@ pub(crate) struct DevGate {
     pub io: Gate,
     pub deleted: AtomicBool,
     pub size: AtomicU64,
+    /// Its mappings, for lookups without the state lock.
+    pub cache: MapCache,
 }
 
 /// A pool of thin blocks on a data device, described by a metadata device.
@@ -280,6 +283,7 @@ impl ThinPool {
                     io: Gate::new(),
                     deleted: AtomicBool::new(false),
                     size: AtomicU64::new(size),
+                    cache: MapCache::new(),
                 })
             })
             .clone())
@@ -317,7 +321,12 @@ impl ThinPool {
         self.check_writable()?;
         let gate = self.gate(origin)?;
         let _quiet = gate.io.close().await;
-        self.state().snapshot(origin, id)?;
+        {
+            // Every block of the origin is shared from now on.
+            let mut st = self.state();
+            st.snapshot(origin, id)?;
+            gate.cache.clear();
+        }
         info!(origin, id, "thin snapshot created");
         Ok(ThinDevice::new(self.clone(), self.gate(id)?))
     }
@@ -410,9 +419,35 @@ impl ThinPool {
         })
     }
 
-    /// Look up thin block `vb` of device `id`.
-    pub(crate) fn lookup(&self, id: u64, vb: u64) -> Option<Mapping> {
-        self.state().lookup(id, vb)
+    /// Look up thin block `vb` of the device behind `gate`, through its
+    /// cache.
+    #[inline]
+    pub(crate) fn lookup(&self, gate: &DevGate, vb: u64) -> Option<Mapping> {
+        match gate.cache.get(vb) {
+            Some(m) => Some(m),
+            None => self.lookup_locked(gate, vb),
+        }
+    }
+
+    /// The data block of thin block `vb` of the device behind `gate` if it
+    /// may be written in place (mapped, and this device's alone).
+    #[inline]
+    pub(crate) fn exclusive_block(&self, gate: &DevGate, vb: u64) -> Option<u64> {
+        let m = match gate.cache.get(vb) {
+            Some(m) if m.exclusive => m,
+            // Missing, or cached as shared: a sharer may have gone since.
+            _ => self.lookup_locked(gate, vb)?,
+        };
+        m.exclusive.then_some(m.block)
+    }
+
+    /// Look the mapping up in the state and cache it.
+    #[cold]
+    fn lookup_locked(&self, gate: &DevGate, vb: u64) -> Option<Mapping> {
+        let st = self.state();
+        let m = st.lookup(gate.id, vb)?;
+        gate.cache.put(vb, m);
+        Some(m)
     }
 
     /// A free data block; on a full pool, first take in device growth and
@@ -436,14 +471,18 @@ impl ThinPool {
         )))
     }
 
-    /// Point (`id`, `vb`) at `block`; on full metadata, grow or commit and
-    /// retry once. Drops the reference to the block mapped before.
-    async fn remap(&self, id: u64, vb: u64, block: Option<u64>) -> BlockResult<()> {
+    /// Point thin block `vb` of the device behind `gate` at `block`; on
+    /// full metadata, grow or commit and retry once. Drops the reference to
+    /// the block mapped before.
+    async fn remap(&self, gate: &DevGate, vb: u64, block: Option<u64>) -> BlockResult<()> {
         for attempt in 0..2 {
             let result = {
                 let mut st = self.state();
-                st.remap(id, vb, block)
-                    .map(|old| old.map(|o| st.release_data(o)))
+                let result = st
+                    .remap(gate.id, vb, block)
+                    .map(|old| old.map(|o| st.release_data(o)));
+                gate.cache.forget(vb);
+                result
             };
             match result {
                 Err(BlockError::NoSpace(_)) if attempt == 0 => {
@@ -459,41 +498,38 @@ impl ThinPool {
         ))
     }
 
-    /// Unmap thin block `vb` of `id` (discard of a whole block).
-    pub(crate) async fn unmap(&self, id: u64, vb: u64) -> BlockResult<()> {
-        self.remap(id, vb, None).await
+    /// Unmap thin block `vb` of the device behind `gate` (discard of a
+    /// whole block).
+    pub(crate) async fn unmap(&self, gate: &DevGate, vb: u64) -> BlockResult<()> {
+        self.remap(gate, vb, None).await
     }
 
     /// Write `data` (or zeroes when `None`) to `blocks` device blocks at
-    /// offset `off` inside thin block `vb` of device `id`, provisioning or
-    /// breaking sharing as needed.
+    /// offset `off` inside thin block `vb` of the device behind `gate`,
+    /// provisioning or breaking sharing as needed.
     pub(crate) async fn write_block(
         &self,
-        id: u64,
+        gate: &DevGate,
         vb: u64,
         off: u64,
         blocks: u64,
         data: Option<Bytes>,
     ) -> BlockResult<()> {
-        match (self.lookup(id, vb), &data) {
-            (
-                Some(Mapping {
-                    block,
-                    exclusive: true,
-                }),
-                _,
-            ) => self.put(block * self.bpb + off, blocks, data).await,
-            (None, None) => Ok(()),
-            // Boxed: the per-I/O future stays small when nothing is provisioned.
-            _ => Box::pin(self.provision(id, vb, off, blocks, data)).await,
+        if let Some(block) = self.exclusive_block(gate, vb) {
+            return self.put(block * self.bpb + off, blocks, data).await;
         }
+        if data.is_none() && self.lookup(gate, vb).is_none() {
+            return Ok(());
+        }
+        // Boxed: the per-I/O future stays small when nothing is provisioned.
+        Box::pin(self.provision(gate, vb, off, blocks, data)).await
     }
 
     /// The slow path of [`ThinPool::write_block`]: a new block, filled from
     /// the shared one or with zeroes around the write, then mapped.
     async fn provision(
         &self,
-        id: u64,
+        gate: &DevGate,
         vb: u64,
         off: u64,
         blocks: u64,
@@ -501,9 +537,10 @@ impl ThinPool {
     ) -> BlockResult<()> {
         let bs = self.block_size as usize;
         self.check_writable()?;
-        let key = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vb) % BLOCK_LOCKS;
+        let key = (gate.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vb) % BLOCK_LOCKS;
         let _provisioning = self.block_locks[key as usize].lock().await;
-        let shared = match (self.lookup(id, vb), &data) {
+        // From the state itself: a cached "shared" may be out of date.
+        let shared = match (self.lookup_locked(gate, vb), &data) {
             (
                 Some(Mapping {
                     block,
@@ -549,7 +586,7 @@ impl ThinPool {
             self.state().unalloc_data(new);
             return Err(e);
         }
-        if let Err(e) = self.remap(id, vb, Some(new)).await {
+        if let Err(e) = self.remap(gate, vb, Some(new)).await {
             self.state().unalloc_data(new);
             return Err(e);
         }

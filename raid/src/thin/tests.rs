@@ -205,3 +205,35 @@ async fn periodic_commit_makes_writes_durable_without_a_flush() {
     let pool = reopen(&data, &meta).await.unwrap();
     assert_eq!(byte(&pool.open_thin(1).unwrap(), 0).await, 3);
 }
+
+#[tokio::test]
+async fn a_block_that_became_exclusive_is_written_in_place_again() {
+    // Blocks shared with a deleted snapshot are the origin's alone after
+    // the next commit; the origin's mapping cache still says "shared" for
+    // them. Writes of any shape must look again rather than copy.
+    let (data, meta) = devs(16 * TB);
+    let pool = pool(&data, &meta).await;
+    let origin = pool.create_thin(1, 64 * 16).await.unwrap();
+    origin
+        .write(0, Bytes::from(vec![1; 32 * BS]))
+        .await
+        .unwrap();
+    pool.snapshot(1, 2).await.unwrap();
+    pool.commit().await.unwrap();
+    assert_eq!(byte(&origin, 3).await, 1); // caches "shared"
+    assert_eq!(byte(&origin, 19).await, 1);
+    pool.delete_thin(2).await.unwrap();
+    pool.commit().await.unwrap();
+    let mapped = |pool: &ThinPool| [0, 1].map(|vb| pool.state().lookup(1, vb).map(|m| m.block));
+    let before = mapped(&pool);
+    // One write across both thin blocks, one inside the first.
+    origin
+        .write(15, Bytes::from(vec![2; 2 * BS]))
+        .await
+        .unwrap();
+    origin.write(3, block(3)).await.unwrap();
+    assert_eq!(mapped(&pool), before, "written in place, nothing copied");
+    for (lba, v) in [(0, 1), (3, 3), (15, 2), (16, 2), (17, 1), (31, 1)] {
+        assert_eq!(byte(&origin, lba).await, v, "block {lba}");
+    }
+}

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use proptest::test_runner::Config;
-use raid::{buf, BlockDevice, Bytes, DeviceRef, FaultDevice, MemoryDevice};
+use raid::{buf, BlockDevice, Bytes, DeviceRef, FaultDevice, MemoryDevice, Power};
 
 /// Block size used throughout.
 pub const BS: usize = 4096;
@@ -54,6 +54,23 @@ pub fn volatile(bytes: u64) -> Arc<FaultDevice> {
     Arc::new(FaultDevice::volatile(Arc::new(MemoryDevice::new(
         bytes, BS as u32,
     ))))
+}
+
+/// A volatile device on `power` (see [`raid::Power`]).
+pub fn powered(bytes: u64, power: &Arc<Power>) -> Arc<FaultDevice> {
+    Arc::new(
+        FaultDevice::volatile(Arc::new(MemoryDevice::new(bytes, BS as u32)))
+            .on_power(power.clone()),
+    )
+}
+
+/// The crash after a power cut: each device keeps a random part (by its
+/// seed) of what it had not flushed; then the power comes back.
+pub async fn crash_all(devs: &[Arc<FaultDevice>], seeds: &[u64], power: &Power) {
+    for (dev, seed) in devs.iter().zip(seeds.iter().cycle()) {
+        dev.crash(*seed).await.expect("crash");
+    }
+    power.restore();
 }
 
 /// As device references.

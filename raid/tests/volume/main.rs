@@ -8,6 +8,8 @@ mod clone_model;
 mod common;
 mod corrupt;
 mod crash;
+mod crash_clone;
+mod crash_raid1;
 mod file_backend;
 mod raid1_model;
 mod stripe_model;
