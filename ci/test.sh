@@ -36,7 +36,7 @@ cargo test --workspace --profile ci --locked
 
 if ((guest)); then
     stage "guest tier"
-    cargo build --workspace --bins --profile ci --locked
+    cargo build --workspace --bins --examples --profile ci --locked
     FABRICD=$PWD/target/ci/fabricd ci/guest-run --timeout 2400 -- ci/guest/run-all.sh
 fi
 

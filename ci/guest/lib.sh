@@ -1,6 +1,7 @@
 # Helpers for the guest-tier test scripts (sourced; run inside ci/guest-run).
 
 set -uo pipefail
+export RUST_BACKTRACE=0
 PROJECT=${PROJECT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 if [[ -z ${FABRICD:-} ]]; then
     FABRICD=$PROJECT/target/ci/fabricd

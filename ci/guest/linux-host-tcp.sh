@@ -63,6 +63,20 @@ check "pattern reads back after reconnect" cmp -n 1048576 /tmp/pattern <(dd if="
 fio_verify digests-4k "${ns[0]}" 4k 8M
 fio_verify digests-128k "${ns[0]}" 128k 8M
 check "nvme disconnect (digests)" nvme disconnect -n "$NQN"
+wait_for "namespaces gone after the digests run" 30 bash -c "! count_namespaces $NQN 1"
+
+# Discovery-driven connect: a path through each port (native multipath), and
+# SQ flow control disabled as discovery allows (reads then complete with
+# the C2HData SUCCESS flag instead of a response capsule).
+two_paths() { [[ $(controllers_of "$NQN" | wc -l) -ge 2 ]]; }
+check "nvme connect-all over both ports" nvme connect-all -t tcp -a 127.0.0.1 -s 4420 --hostnqn="$HOSTNQN"
+wait_for "a controller per port" 30 two_paths
+wait_for "namespaces through multipath" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+expect_output "nvme list-subsys shows both paths live" "traddr=10\.77\.0\.1.*live" nvme list-subsys
+fio_verify multipath-4k "${ns[0]}" 4k 8M
+fio_verify multipath-128k "${ns[0]}" 128k 8M
+check "nvme disconnect (every path)" nvme disconnect -n "$NQN"
 
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 finish

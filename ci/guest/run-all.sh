@@ -2,7 +2,7 @@
 # Every guest-tier test, in one guest boot. Run inside ci/guest-run.
 cd "$(dirname "$0")"
 failed=()
-for t in linux-host-tcp.sh bench-short.sh; do
+for t in linux-host-tcp.sh linux-host-rdma.sh bench-short.sh; do
     echo "## $t"
     if ! bash "./$t"; then failed+=("$t"); fi
 done

@@ -181,3 +181,36 @@ fn serves_a_host_after_the_ready_line() {
     assert!(data[3 * 4096..5 * 4096].iter().all(|&b| b == 2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn rdma_listener_without_rdma_devices_still_serves_tcp() {
+    let tcp = format!("tcp://127.0.0.1:{}", free_port());
+    let (_daemon, line) = start(&["--listen", &tcp, "--listen", "rdma://127.0.0.1:4420"]);
+    if fabric::transport::rdma::RdmaTransport::available() {
+        // A machine with RDMA devices serves both.
+        assert!(line.contains("rdma://127.0.0.1:4420"), "{line}");
+    } else {
+        assert!(line.contains(&tcp) && !line.contains("rdma://"), "{line}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctrl = HostController::connect(
+            &tcp.parse().unwrap(),
+            fabric::daemon::target::DEFAULT_NQN,
+            &HostOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ctrl.active_namespaces().await.unwrap(), vec![1]);
+    });
+}
+
+#[test]
+fn rdma_only_without_rdma_devices_is_a_clear_error() {
+    if fabric::transport::rdma::RdmaTransport::available() {
+        return;
+    }
+    let (code, err) = fails(&["--listen", "rdma://127.0.0.1:4420"]);
+    assert_eq!(code, 1);
+    assert!(one_line(&err).contains("no RDMA device"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! Buffers aligned for direct I/O.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Alignment of buffers from [`alloc`]: enough for O_DIRECT on any device
 /// with a logical block size up to 4 KiB.
@@ -16,6 +16,14 @@ pub fn alloc(len: usize) -> BytesMut {
     buf.resize(pad + len, 0);
     buf.advance(pad);
     buf
+}
+
+/// A copy of `data` in a buffer from [`alloc`] (for metadata writes that
+/// may go to an O_DIRECT device).
+pub fn aligned(data: &[u8]) -> Bytes {
+    let mut b = alloc(data.len());
+    b.copy_from_slice(data);
+    b.freeze()
 }
 
 /// Whether `data` starts at an address that is a multiple of `align`.

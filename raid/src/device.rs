@@ -109,7 +109,11 @@ impl From<std::io::Error> for BlockError {
 
 /// Check that `len` bytes at `lba` form whole blocks inside `dev` and within
 /// its transfer limit; returns the number of blocks.
-pub fn check_io(dev: &dyn BlockDevice, lba: u64, len: usize) -> BlockResult<u64> {
+///
+/// Generic so that a device checking itself calls its own size methods
+/// directly (inlined) rather than through the vtable.
+#[inline]
+pub fn check_io<D: BlockDevice + ?Sized>(dev: &D, lba: u64, len: usize) -> BlockResult<u64> {
     let bs = dev.block_size();
     if len % bs as usize != 0 {
         return Err(BlockError::BadLength {
@@ -129,7 +133,8 @@ pub fn check_io(dev: &dyn BlockDevice, lba: u64, len: usize) -> BlockResult<u64>
 }
 
 /// Check that `blocks` blocks at `lba` lie inside `dev`.
-pub fn check_range(dev: &dyn BlockDevice, lba: u64, blocks: u64) -> BlockResult<()> {
+#[inline]
+pub fn check_range<D: BlockDevice + ?Sized>(dev: &D, lba: u64, blocks: u64) -> BlockResult<()> {
     let capacity = dev.num_blocks();
     match lba.checked_add(blocks) {
         Some(end) if end <= capacity => Ok(()),

@@ -243,56 +243,39 @@ impl BlockDevice for FileDevice {
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        check_range(self, lba, blocks)?;
-        if blocks == 0 {
-            return Ok(());
-        }
-        let (off, len) = (self.offset(lba), blocks * self.block_size as u64);
-        match self
-            .ring
-            .fallocate(
-                &self.file,
-                off,
-                len,
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            )
+        self.zero_range(lba, blocks, libc::FALLOC_FL_ZERO_RANGE, "write zeroes")
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                self.write_zeroes_by_writing(off, len).await
-            }
-            Err(e) => Err(self.io_err("write zeroes", e)),
-        }
     }
 
     async fn discard(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        check_range(self, lba, blocks)?;
-        if blocks == 0 {
-            return Ok(());
-        }
-        let (off, len) = (self.offset(lba), blocks * self.block_size as u64);
-        match self
-            .ring
-            .fallocate(
-                &self.file,
-                off,
-                len,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            )
+        self.zero_range(lba, blocks, libc::FALLOC_FL_PUNCH_HOLE, "discard")
             .await
-        {
-            Ok(()) => Ok(()),
-            // Discard must read back as zeroes: where holes cannot be punched, write them.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                self.write_zeroes_by_writing(off, len).await
-            }
-            Err(e) => Err(self.io_err("discard", e)),
-        }
     }
 }
 
 impl FileDevice {
+    /// Zero a range with fallocate `mode` (zero range, or punch hole for a
+    /// discard); where the filesystem cannot, write zeroes, since a
+    /// discarded range must read back as zeroes too.
+    async fn zero_range(&self, lba: u64, blocks: u64, mode: i32, what: &str) -> BlockResult<()> {
+        check_range(self, lba, blocks)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let (off, len) = (self.offset(lba), blocks * self.block_size as u64);
+        match self
+            .ring
+            .fallocate(&self.file, off, len, mode | libc::FALLOC_FL_KEEP_SIZE)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.write_zeroes_by_writing(off, len).await
+            }
+            Err(e) => Err(self.io_err(what, e)),
+        }
+    }
+
     async fn write_zeroes_by_writing(&self, mut off: u64, len: u64) -> BlockResult<()> {
         const STEP: u64 = 1 << 20;
         let zeroes = buf::alloc(STEP.min(len) as usize).freeze();

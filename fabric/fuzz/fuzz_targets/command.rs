@@ -22,7 +22,7 @@ struct World {
 }
 
 fn caps() -> TransportCaps {
-    TransportCaps { kind: TransportKind::Tcp, inline_data_size: 16384, keyed_sgls: false }
+    TransportCaps { kind: TransportKind::Tcp, inline_data_size: 16384, keyed_sgls: false, sgl_descriptors: 1 }
 }
 
 async fn run(q: &Arc<Queue>, cmd: Command, data: Option<Bytes>, sgl_len: u32) -> fabric::target::Response {

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a standalone NVMe-oF target.
-    Target(target::TargetArgs),
+    Target(Box<target::TargetArgs>),
     /// Run a replica of the metadata group.
     Meta(Box<meta::cli::MetaArgs>),
 }
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         }
     };
     let (level, fut): (String, RoleFuture) = match cli.command {
-        Command::Target(args) => (args.log_level.clone(), Box::pin(target::run(args))),
+        Command::Target(args) => (args.log_level.clone(), Box::pin(target::run(*args))),
         Command::Meta(args) => (
             "info".into(),
             Box::pin(async move { Ok(meta::run(*args).await?) }),

@@ -12,8 +12,9 @@ use anyhow::{bail, Context};
 use raid::{parse_size, DeviceRef, FileDevice, FileOptions, MemoryDevice, NullDevice};
 use serde::Deserialize;
 
-use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
-use crate::transport::target_transport;
+use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
+use crate::transport::rdma::{RdmaConfig, RdmaTransport};
+use crate::transport::{target_transport, TransportError};
 
 /// The NQN served when none is given.
 pub const DEFAULT_NQN: &str = "nqn.2026-11.io.fabric:target";
@@ -117,6 +118,18 @@ pub struct TargetArgs {
     /// multipath subsystem) [default: 1-65519].
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
     pub cntlid_range: Option<(u16, u16)>,
+    /// RDMA: data slots registered per device [default: 512].
+    #[arg(long, value_name = "N")]
+    pub rdma_slots: Option<u32>,
+    /// RDMA: bytes per data slot (power of two, 4K to 1M) [default: 128K].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub rdma_slot_size: Option<u64>,
+    /// RDMA: shared receive queue entries per device [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub rdma_srq_size: Option<u32>,
+    /// RDMA: in-capsule data accepted on I/O queues [default: 8K].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub rdma_inline: Option<u64>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -188,6 +201,45 @@ pub struct TargetSettings {
     pub max_transfer: u32,
     /// Controller ID range.
     pub cntlid_range: (u16, u16),
+    /// RDMA transport settings.
+    pub rdma: RdmaConfig,
+}
+
+/// A list setting: the flags' values, else the file's, else the default.
+fn list_setting<T>(flags: &[T], file: &[String], key: &str, default: &str) -> anyhow::Result<Vec<T>>
+where
+    T: FromStr<Err = String> + Clone,
+{
+    if !flags.is_empty() {
+        return Ok(flags.to_vec());
+    }
+    if file.is_empty() {
+        return Ok(vec![default
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?]);
+    }
+    file.iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e: String| anyhow::anyhow!("config {key}: {e}"))
+        })
+        .collect()
+}
+
+/// A single setting: the flag's value, else the file's (parsed), else none.
+fn scalar_setting<T>(
+    flag: Option<T>,
+    file: &Option<String>,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    match (flag, file) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(s)) => parse(s)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("config {key}: {e}")),
+        (None, None) => Ok(None),
+    }
 }
 
 fn read_file(path: &Path) -> anyhow::Result<TargetFile> {
@@ -203,43 +255,20 @@ impl TargetArgs {
             Some(p) => read_file(p)?,
             None => TargetFile::default(),
         };
-        let listen = if !self.listen.is_empty() {
-            self.listen.clone()
-        } else if !file.listen.is_empty() {
-            file.listen
-                .iter()
-                .map(|s| {
-                    s.parse()
-                        .map_err(|e: String| anyhow::anyhow!("config listen: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?
-        } else {
-            vec![DEFAULT_LISTEN
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?]
-        };
-        let namespaces = if !self.namespaces.is_empty() {
-            self.namespaces.clone()
-        } else if !file.namespaces.is_empty() {
-            file.namespaces
-                .iter()
-                .map(|s| {
-                    s.parse()
-                        .map_err(|e: String| anyhow::anyhow!("config namespaces: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?
-        } else {
-            vec![DEFAULT_NAMESPACE
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?]
-        };
-        let max_transfer = match (self.max_transfer, &file.max_transfer) {
-            (Some(v), _) => v,
-            (None, Some(s)) => {
-                parse_size(s).map_err(|e| anyhow::anyhow!("config max_transfer: {e}"))?
-            }
-            (None, None) => 1 << 20,
-        };
+        let listen = list_setting(&self.listen, &file.listen, "listen", DEFAULT_LISTEN)?;
+        let namespaces = list_setting(
+            &self.namespaces,
+            &file.namespaces,
+            "namespaces",
+            DEFAULT_NAMESPACE,
+        )?;
+        let max_transfer = scalar_setting(
+            self.max_transfer,
+            &file.max_transfer,
+            "max_transfer",
+            parse_size_arg,
+        )?
+        .unwrap_or(1 << 20);
         if !max_transfer.is_power_of_two() || !(4096..=1 << 24).contains(&max_transfer) {
             bail!("--max-transfer {max_transfer} must be a power of two from 4K to 16M");
         }
@@ -247,13 +276,38 @@ impl TargetArgs {
         if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
             bail!("--block-size {block_size} must be a power of two from 512 to 65536");
         }
-        let cntlid_range = match (self.cntlid_range, &file.cntlid_range) {
-            (Some(r), _) => r,
-            (None, Some(s)) => {
-                parse_range(s).map_err(|e| anyhow::anyhow!("config cntlid_range: {e}"))?
+        let cntlid_range = scalar_setting(
+            self.cntlid_range,
+            &file.cntlid_range,
+            "cntlid_range",
+            parse_range,
+        )?
+        .unwrap_or((1, crate::wire::CNTLID_MAX));
+        let mut rdma = RdmaConfig::default();
+        if let Some(n) = self.rdma_slots {
+            if n == 0 {
+                bail!("--rdma-slots must be at least 1");
             }
-            (None, None) => (1, crate::wire::CNTLID_MAX),
-        };
+            rdma.slots = n;
+        }
+        if let Some(sz) = self.rdma_slot_size {
+            if !sz.is_power_of_two() || !(4096..=1 << 20).contains(&sz) {
+                bail!("--rdma-slot-size {sz} must be a power of two from 4K to 1M");
+            }
+            rdma.slot_size = sz as usize;
+        }
+        if let Some(n) = self.rdma_srq_size {
+            if !(16..=65536).contains(&n) {
+                bail!("--rdma-srq-size {n} must be from 16 to 65536");
+            }
+            rdma.srq_entries = n;
+        }
+        if let Some(sz) = self.rdma_inline {
+            if sz > 65536 || sz % 16 != 0 {
+                bail!("--rdma-inline {sz} must be a multiple of 16 up to 64K");
+            }
+            rdma.inline_data_size = sz as u32;
+        }
         Ok(TargetSettings {
             listen,
             nqn: self
@@ -272,6 +326,7 @@ impl TargetArgs {
             block_size,
             max_transfer: max_transfer as u32,
             cntlid_range,
+            rdma,
         })
     }
 }
@@ -297,12 +352,22 @@ pub async fn start(
             .with_context(|| format!("namespace {}", i + 1))?;
         sub.add_namespace(i as u32 + 1, dev, 1)?;
     }
+    if s.listen.iter().any(|a| a.kind == TransportKind::Rdma) {
+        RdmaTransport::configure(s.rdma.clone())?;
+    }
     let mut listeners = Vec::new();
     for addr in &s.listen {
         let transport = target_transport(addr.kind)?;
         let port = target.add_port(addr.clone(), s.discovery);
-        let handle = transport.listen(target.clone(), port).await?;
-        listeners.push(handle);
+        match transport.listen(target.clone(), port.clone()).await {
+            Ok(handle) => listeners.push(handle),
+            // A machine without RDMA devices still serves its TCP listeners.
+            Err(TransportError::Unavailable(why)) if s.listen.len() > 1 => {
+                tracing::warn!(%addr, "listener unavailable: {why}");
+                target.remove_port(port.id);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok((target, listeners))
 }

@@ -71,8 +71,15 @@ impl Default for HostOptions {
 
 /// Entries of the admin queue.
 const ADMIN_QUEUE_SIZE: u16 = 32;
-/// In-capsule data an admin queue carries.
-const ADMIN_INLINE: u32 = 8192;
+/// In-capsule data an admin queue carries: NVMe/TCP admin capsules take
+/// 8 KiB; NVMe/RDMA admin capsules carry none (targets size their admin
+/// receive buffers for the command alone).
+fn admin_inline(kind: crate::target::TransportKind) -> u32 {
+    match kind {
+        crate::target::TransportKind::Tcp => 8192,
+        crate::target::TransportKind::Rdma => 0,
+    }
+}
 
 /// A connected controller, seen from the host.
 pub struct HostController {
@@ -84,6 +91,9 @@ pub struct HostController {
     pub cntlid: u16,
     /// Identify Controller data read at connect.
     pub identify: IdentifyController,
+    /// Largest transfer of one I/O command: the controller's MDTS and what
+    /// the transport's queues carry.
+    pub max_transfer: u64,
     admin: Arc<dyn HostQueue>,
     io: Vec<Arc<dyn HostQueue>>,
     next_io: AtomicUsize,
@@ -148,7 +158,7 @@ impl HostController {
         let params = QueueParams {
             qid: 0,
             queue_size: ADMIN_QUEUE_SIZE,
-            inline_data_size: ADMIN_INLINE,
+            inline_data_size: admin_inline(address.kind),
             digests: opts.digests,
             timeout: opts.timeout,
         };
@@ -158,6 +168,7 @@ impl HostController {
             subnqn: subnqn.to_string(),
             cntlid,
             identify: IdentifyController::default(),
+            max_transfer: u64::MAX,
             admin,
             io: Vec::new(),
             next_io: AtomicUsize::new(0),
@@ -187,6 +198,17 @@ impl HostController {
                 ctrl.io.push(q);
             }
         }
+        let queue_max = ctrl
+            .io
+            .iter()
+            .map(|q| q.max_transfer() as u64)
+            .min()
+            .unwrap_or(u64::MAX);
+        ctrl.max_transfer = ctrl
+            .identify
+            .max_transfer_bytes()
+            .unwrap_or(u64::MAX)
+            .min(queue_max);
         let ctrl = Arc::new(ctrl);
         ctrl.start_keep_alive();
         Ok(ctrl)

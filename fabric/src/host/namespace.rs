@@ -42,10 +42,7 @@ impl RemoteNamespace {
                 "namespace {nsid} is not active or has no valid format"
             )));
         }
-        let mdts_blocks = ctrl
-            .identify
-            .max_transfer_bytes()
-            .map_or(MAX_NLB, |b| (b / block_size as u64).max(1));
+        let mdts_blocks = (ctrl.max_transfer / block_size as u64).max(1);
         Ok(RemoteNamespace {
             ctrl,
             nsid,

@@ -174,6 +174,6 @@ fn identify_controller(q: &Queue, s: &Session) -> IdentifyController {
         iorcsz: 1,
         icdoff: 0,
         fcatt: 0,
-        msdbd: 1,
+        msdbd: limits.sgl_descriptors,
     }
 }

@@ -107,6 +107,8 @@ pub struct Limits {
     pub inline_data_size: u32,
     /// Whether keyed SGL data blocks are supported (RDMA).
     pub keyed_sgls: bool,
+    /// SGL data block descriptors accepted per command (MSDBD).
+    pub sgl_descriptors: u8,
 }
 
 /// A transport's capabilities, given to [`Queue::new`].
@@ -118,6 +120,8 @@ pub struct TransportCaps {
     pub inline_data_size: u32,
     /// Whether keyed SGL data blocks are supported.
     pub keyed_sgls: bool,
+    /// SGL data block descriptors accepted per command (MSDBD).
+    pub sgl_descriptors: u8,
 }
 
 /// An NVMe-oF target: subsystems exposed on ports.
@@ -323,6 +327,7 @@ impl Target {
             max_io_queues: self.config.max_io_queues,
             inline_data_size: caps.inline_data_size,
             keyed_sgls: caps.keyed_sgls,
+            sgl_descriptors: caps.sgl_descriptors.max(1),
         }
     }
 }

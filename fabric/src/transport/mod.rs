@@ -3,6 +3,8 @@
 //! here, so both run unchanged over TCP and RDMA (the Linux kernel target's
 //! ops table, as Rust traits).
 
+mod pending;
+pub mod rdma;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -151,6 +153,11 @@ pub trait HostQueue: Send + Sync {
 
     /// Whether the connection is closed.
     fn is_closed(&self) -> bool;
+
+    /// Largest data transfer of one command this queue can carry.
+    fn max_transfer(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// The host side of a transport.
@@ -169,9 +176,7 @@ pub trait HostTransport: Send + Sync {
 pub fn target_transport(kind: TransportKind) -> Result<Arc<dyn TargetTransport>, TransportError> {
     match kind {
         TransportKind::Tcp => Ok(Arc::new(tcp::TcpTransport::default())),
-        TransportKind::Rdma => Err(TransportError::Unavailable(
-            "the RDMA transport is not built in this version".into(),
-        )),
+        TransportKind::Rdma => Ok(rdma::RdmaTransport::shared()),
     }
 }
 
@@ -179,8 +184,6 @@ pub fn target_transport(kind: TransportKind) -> Result<Arc<dyn TargetTransport>,
 pub fn host_transport(kind: TransportKind) -> Result<Arc<dyn HostTransport>, TransportError> {
     match kind {
         TransportKind::Tcp => Ok(Arc::new(tcp::TcpTransport::default())),
-        TransportKind::Rdma => Err(TransportError::Unavailable(
-            "the RDMA transport is not built in this version".into(),
-        )),
+        TransportKind::Rdma => Ok(rdma::RdmaTransport::shared()),
     }
 }

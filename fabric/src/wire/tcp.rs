@@ -336,6 +336,21 @@ pub fn encode_prefix(
     }
 }
 
+/// Write the TermReq (C2H unless `h2c`) that answers a fatal PDU error.
+pub fn encode_term(e: &PduError, h2c: bool, digests: Digests, pda: u8, out: &mut BytesMut) {
+    encode(
+        &PduHeader::TermReq {
+            h2c,
+            fes: e.fes,
+            fei: e.fei,
+        },
+        &e.header,
+        digests,
+        pda,
+        out,
+    );
+}
+
 /// Write a whole PDU: header, data and digests.
 pub fn encode(h: &PduHeader, data: &[u8], digests: Digests, pda: u8, out: &mut BytesMut) {
     encode_prefix(h, data.len(), digests, pda, out);

@@ -4,17 +4,14 @@
 //! the writer task; the reader task matches responses, C2HData and R2Ts to
 //! their commands. At most `queue_size - 1` commands are outstanding.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use slab::Slab;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::target::PortAddress;
 use crate::transport::{
@@ -22,14 +19,16 @@ use crate::transport::{
 };
 use crate::wire::sgl::SglDescriptor;
 use crate::wire::tcp::{
-    encode, fes, DataHeader, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, R2t, Role,
+    encode, encode_term, fes, DataHeader, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, R2t,
+    Role,
 };
 use crate::wire::{Command, Completion, Status};
 
 use super::{read_one_pdu, TcpTransport};
+use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
+/// Transport state of an outstanding command.
 struct Pending {
-    done: Option<oneshot::Sender<Result<CommandResult, TransportError>>>,
     out: Option<Bytes>,
     read: Option<ReadData>,
     failed: Option<Status>,
@@ -87,29 +86,7 @@ impl ReadData {
     }
 }
 
-struct Shared {
-    pending: Mutex<Slab<Pending>>,
-    closed: AtomicBool,
-    token: CancellationToken,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Slab<Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Fail every pending command and mark the queue closed.
-    fn fail_all(&self, why: &str) {
-        self.closed.store(true, Ordering::Release);
-        self.token.cancel();
-        let drained: Vec<Pending> = self.lock().drain().collect();
-        for mut p in drained {
-            if let Some(done) = p.done.take() {
-                let _ = done.send(Err(TransportError::Closed(why.to_string())));
-            }
-        }
-    }
-}
+type Shared = PendingCommands<Pending>;
 
 /// A host queue over NVMe/TCP.
 pub struct TcpHostQueue {
@@ -170,11 +147,7 @@ impl HostTransport for TcpTransport {
             )));
         }
         dec.digests = resp.digests;
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Slab::with_capacity(params.queue_size as usize)),
-            closed: AtomicBool::new(false),
-            token: CancellationToken::new(),
-        });
+        let shared = Arc::new(Shared::new(params.queue_size as usize));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, rx, shared.clone()));
         let queue = Arc::new(TcpHostQueue {
@@ -206,14 +179,9 @@ impl HostQueue for TcpHostQueue {
         data: HostData,
     ) -> Result<CommandResult, TransportError> {
         if self.is_closed() {
-            return Err(TransportError::Closed("queue closed".into()));
+            return Err(closed());
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| TransportError::Closed("queue closed".into()))?;
-        let (tx, rx) = oneshot::channel();
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
         let (inline, out, read) = match &data {
             HostData::Out(b) if b.len() <= self.inline_data_size as usize => {
                 (Some(b.clone()), None, None)
@@ -222,19 +190,12 @@ impl HostQueue for TcpHostQueue {
             HostData::In(n) => (None, None, Some(ReadData::Expected(*n as usize))),
             HostData::None => (None, None, None),
         };
-        let cid = {
-            let mut pending = self.shared.lock();
-            if self.is_closed() {
-                return Err(TransportError::Closed("queue closed".into()));
-            }
-            pending.insert(Pending {
-                done: Some(tx),
-                out,
-                read,
-                failed: None,
-            })
-        };
-        cmd.cid = cid as u16;
+        let (cid, rx) = self.shared.insert(Pending {
+            out,
+            read,
+            failed: None,
+        })?;
+        cmd.cid = cid;
         cmd.dptr = match &inline {
             Some(b) => SglDescriptor::in_capsule(b.len() as u32),
             None => SglDescriptor::transport_data_block(data.len()),
@@ -248,18 +209,10 @@ impl HostQueue for TcpHostQueue {
             &mut pdu,
         );
         if self.tx.send(pdu.freeze()).is_err() {
-            self.shared.lock().try_remove(cid);
-            return Err(TransportError::Closed("queue closed".into()));
+            self.shared.remove(cid);
+            return Err(closed());
         }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(TransportError::Closed("queue closed".into())),
-            Err(_) => {
-                // The command's fate is unknown: the queue is no longer usable.
-                self.shared.fail_all("command timed out");
-                Err(TransportError::Timeout(self.timeout))
-            }
-        }
+        wait(&self.shared, rx, self.timeout).await
     }
 
     fn close(&self) {
@@ -267,7 +220,7 @@ impl HostQueue for TcpHostQueue {
     }
 
     fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
     }
 }
 
@@ -286,7 +239,7 @@ async fn write_loop(
     loop {
         let first = tokio::select! {
             m = rx.recv() => m,
-            _ = shared.token.cancelled() => None,
+            _ = shared.token().cancelled() => None,
         };
         let Some(first) = first else { break };
         batch.extend_from_slice(&first);
@@ -327,6 +280,7 @@ impl Reader {
                 Err(e) => {
                     tracing::warn!(error = %e, "fatal PDU error from the controller");
                     let mut b = BytesMut::new();
+                    encode_term(&e, true, self.digests, 0, &mut b);
                     encode(
                         &PduHeader::TermReq {
                             h2c: true,
@@ -351,14 +305,14 @@ impl Reader {
                     Ok(_) => {}
                     Err(e) => break format!("read failed: {e}"),
                 },
-                _ = self.shared.token.cancelled() => break "queue closed".to_string(),
+                _ = self.shared.token().cancelled() => break "queue closed".to_string(),
             }
         };
         self.shared.fail_all(&why);
     }
 
     fn complete(&self, cqe: Completion) {
-        let Some(mut p) = self.shared.lock().try_remove(cqe.cid as usize) else {
+        let Some(Entry { done, state: mut p }) = self.shared.remove(cqe.cid) else {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
             return;
         };
@@ -376,9 +330,7 @@ impl Reader {
                     .map(ReadData::into_bytes),
             },
         };
-        if let Some(done) = p.done.take() {
-            let _ = done.send(Ok(result));
-        }
+        let _ = done.send(Ok(result));
     }
 
     fn handle(&self, d: Decoded) -> Result<(), String> {
@@ -417,7 +369,7 @@ impl Reader {
 
     fn c2h_data(&self, hdr: DataHeader, data: Bytes, bad_digest: bool) -> Result<(), String> {
         let mut pending = self.shared.lock();
-        let Some(p) = pending.get_mut(hdr.cccid as usize) else {
+        let Some(p) = pending.get_mut(hdr.cccid as usize).map(|e| &mut e.state) else {
             return Err(format!("C2HData for unknown command {}", hdr.cccid));
         };
         let Some(buf) = p.read.as_mut() else {
@@ -445,6 +397,7 @@ impl Reader {
             let pending = self.shared.lock();
             let p = pending
                 .get(r.cccid as usize)
+                .map(|e| &e.state)
                 .ok_or_else(|| format!("R2T for unknown command {}", r.cccid))?;
             p.out
                 .clone()

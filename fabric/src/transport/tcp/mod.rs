@@ -43,6 +43,7 @@ impl TcpTransport {
             kind: TransportKind::Tcp,
             inline_data_size: self.inline_data_size,
             keyed_sgls: false,
+            sgl_descriptors: 1,
         }
     }
 }

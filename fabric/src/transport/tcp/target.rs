@@ -23,8 +23,8 @@ use crate::target::{
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
-    encode, encode_prefix, fes, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu, PduDecoder,
-    PduError, PduHeader, R2t, Role,
+    encode, encode_prefix, encode_term, fes, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu,
+    PduDecoder, PduError, PduHeader, R2t, Role,
 };
 use crate::wire::{Command, Completion, Status};
 
@@ -195,17 +195,7 @@ async fn initialize(
         Ok(Err(e)) if e.fes != 0 => {
             tracing::warn!(error = %e, "bad connection initialization");
             let mut out = BytesMut::new();
-            encode(
-                &PduHeader::TermReq {
-                    h2c: false,
-                    fes: e.fes,
-                    fei: e.fei,
-                },
-                &e.header,
-                Digests::default(),
-                0,
-                &mut out,
-            );
+            encode_term(&e, false, Digests::default(), 0, &mut out);
             let _ = wr.write_all(&out).await;
             let _ = wr.shutdown().await;
             None
@@ -487,17 +477,7 @@ async fn write_loop(
                 Out::Response(resp) => put_response(&mut batch, resp, digests, hpda, &queue),
                 Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, batch.head()),
                 Out::Term(e) => {
-                    encode(
-                        &PduHeader::TermReq {
-                            h2c: false,
-                            fes: e.fes,
-                            fei: e.fei,
-                        },
-                        &e.header,
-                        digests,
-                        hpda,
-                        batch.head(),
-                    );
+                    encode_term(&e, false, digests, hpda, batch.head());
                     terminate = true;
                 }
             }

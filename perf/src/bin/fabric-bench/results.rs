@@ -62,13 +62,14 @@ pub fn machine() -> String {
     )
 }
 
-/// Insert `entry` at the end of this benchmark's section of `text` (the
-/// section is created at the end when missing).
+/// Insert `entry` into this benchmark's section of `text`, newest first
+/// (before the section's first entry, after its introduction); the section
+/// is created at the end when missing.
 pub fn insert_entry(text: &str, entry: &str) -> String {
     let entry = entry.trim_end();
     let Some(start) = text.find(SECTION) else {
         let mut out = if text.trim().is_empty() {
-            "# Benchmark results\n".to_string()
+            "# Performance results\n".to_string()
         } else {
             text.trim_end().to_string() + "\n"
         };
@@ -76,10 +77,13 @@ pub fn insert_entry(text: &str, entry: &str) -> String {
         return out;
     };
     let after = start + SECTION.len();
-    let end = text[after..]
+    let section_end = text[after..]
         .find("\n## ")
         .map_or(text.len(), |i| after + i + 1);
-    let (head, tail) = text.split_at(end);
+    let at = text[after..section_end]
+        .find("\n### ")
+        .map_or(section_end, |i| after + i + 1);
+    let (head, tail) = text.split_at(at);
     let mut out = head.trim_end().to_string();
     out += &format!("\n\n{entry}\n");
     if !tail.is_empty() {
@@ -108,17 +112,25 @@ mod tests {
     }
 
     #[test]
-    fn entries_go_into_our_section_only() {
+    fn entries_go_into_our_section_newest_first() {
         let fresh = insert_entry("", "### run 1\nA");
-        assert!(fresh.starts_with("# Benchmark results\n"));
+        assert!(fresh.starts_with("# Performance results\n"));
         assert!(fresh.contains(SECTION));
-        let with_other = format!("{fresh}\n## raid benchmarks\n\nR\n");
+        let with_other = format!("{fresh}\n## raid benchmarks\n\n### raid run\nR\n");
         let two = insert_entry(&with_other, "### run 2\nB");
-        let ours = two.find("### run 2").unwrap();
-        assert!(two.find("### run 1").unwrap() < ours);
-        assert!(ours < two.find("## raid benchmarks").unwrap(), "{two}");
-        assert!(two.ends_with("R\n"));
+        let (one, two_at) = (
+            two.find("### run 1").unwrap(),
+            two.find("### run 2").unwrap(),
+        );
+        assert!(two_at < one, "newest first: {two}");
+        assert!(one < two.find("## raid benchmarks").unwrap(), "{two}");
+        assert!(two.ends_with("### raid run\nR\n"));
         let other_first = insert_entry("# X\n\n## raid\n\nR\n", "### run");
         assert!(other_first.find("## raid").unwrap() < other_first.find(SECTION).unwrap());
+        let intro = format!("{SECTION}\n\nHow it is measured.\n\n### old\nO\n");
+        let with_intro = insert_entry(&intro, "### new\nN");
+        let how = with_intro.find("How it is measured").unwrap();
+        assert!(how < with_intro.find("### new").unwrap());
+        assert!(with_intro.find("### new").unwrap() < with_intro.find("### old").unwrap());
     }
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Guest tier over soft-RoCE (rxe): the Linux NVMe/RDMA host against
+# `fabricd target --listen rdma://...`, our host library against the Linux
+# kernel target (nvmet-rdma) and against our target, and a target restart
+# that the Linux host survives by reconnecting. Run inside ci/guest-run.
+. "$(dirname "$0")/lib.sh"
+NQN=nqn.2026-11.io.fabric:guest-rdma
+KNQN=nqn.2026-11.io.fabric:kernel-rdma
+VERIFY=${VERIFY:-$(dirname "$FABRICD")/examples/nvmf_verify}
+[[ -n ${RDMA_IP:-} ]] || { echo "FAIL - no soft-RoCE device in the guest"; exit 1; }
+
+modprobe nvme-rdma && modprobe brd rd_nr=1 rd_size=131072 || exit 1
+check "rxe device present" test -e /sys/class/infiniband/rxe0
+start_fabricd rdma --listen "rdma://$RDMA_IP:4420" --listen tcp://127.0.0.1:4430 --nqn "$NQN" \
+    --namespace mem:256M --namespace file:/dev/ram0 --discovery || exit 1
+
+expect_output "nvme discover over rdma lists the rdma port" "trtype: *rdma" \
+    nvme discover -t rdma -a "$RDMA_IP" -s 4420 --hostnqn="$HOSTNQN"
+check "nvme connect -t rdma (reconnect delay 1 s)" \
+    nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN" --reconnect-delay=1 --ctrl-loss-tmo=60
+wait_for "two namespaces over rdma" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+ctrl=$(controllers_of "$NQN" | head -1)
+expect_output "nvme list-subsys shows the rdma path" "rdma traddr=$RDMA_IP" nvme list-subsys
+expect_output "nvme id-ctrl: keyed SGLs advertised" "sgls +: 0x10000[0-9a-f]|sgls +: 0x[0-9a-f]*5\b" nvme id-ctrl "$ctrl"
+expect_output "nvme ana-log over rdma" "optimized" nvme ana-log "$ctrl"
+expect_output "nvme id-ns over rdma: 256M in 4K blocks" "nsze +: 0x10000" nvme id-ns "${ns[0]}"
+expect_output "nvme smart-log over rdma" "data_units_written|Data Units Written" nvme smart-log "$ctrl"
+check "nvme error-log over rdma" nvme error-log "$ctrl"
+fio_verify rdma-mem-4k "${ns[0]}" 4k
+fio_verify rdma-mem-128k "${ns[0]}" 128k
+fio_verify rdma-file-4k "${ns[1]}" 4k 8M
+fio_verify rdma-file-1m "${ns[1]}" 1m 8M
+check "blkdiscard over rdma" blkdiscard "${ns[0]}"
+check "discarded blocks read back as zeroes over rdma" cmp -n 16777216 "${ns[0]}" /dev/zero
+
+# Target restart: the file namespace keeps its data, the host reconnects.
+head -c 1048576 /dev/urandom > /tmp/pattern
+check "write a pattern to the file namespace" dd if=/tmp/pattern of="${ns[1]}" bs=64k seek=100 oflag=direct,sync status=none
+kill -9 "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+start_fabricd rdma-restarted --listen "rdma://$RDMA_IP:4420" --nqn "$NQN" \
+    --namespace mem:256M --namespace file:/dev/ram0 || exit 1
+live() { grep -q live "/sys/class/nvme/${ctrl#/dev/}/state"; }
+wait_for "the Linux host reconnects after the target restart" 90 live
+check "pattern reads back after the restart" cmp -n 1048576 /tmp/pattern <(dd if="${ns[1]}" bs=64k skip=100 count=16 iflag=direct status=none)
+fio_verify rdma-after-restart "${ns[0]}" 4k 8M
+check "nvme disconnect (rdma)" nvme disconnect -n "$NQN"
+
+# Our host library against our target over rdma.
+check "fabric host -> fabricd over rdma: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 1 48
+expect_output "a queue deeper than the target allows is rejected (INVALID_HSQSIZE)" "rejected.*status 0x4" \
+    bash -c '! "$0" "$1" "$2" 1 1 4000' "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN"
+
+# A host that goes away in the middle of I/O: the target recovers every
+# buffer and keeps serving.
+check "reconnect for the mid-I/O disconnect test" \
+    nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN"
+wait_for "namespaces for the mid-I/O disconnect test" 30 count_namespaces "$NQN" 2
+mapfile -t ns < <(namespaces_of "$NQN")
+fio --name=cut --filename="${ns[0]}" --ioengine=libaio --direct=1 --rw=randrw --bs=64k --iodepth=32 \
+    --runtime=30 --time_based >/dev/null 2>&1 & cut=$!
+sleep 3
+check "nvme disconnect in the middle of I/O" nvme disconnect -n "$NQN"
+wait "$cut" 2>/dev/null
+check "fabric host -> fabricd after the cut: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 2 16
+all_free() { grep "RDMA queue closed" "$LOGDIR/rdma-restarted.log" | tail -n 1 | grep -Eq "free_slots=([0-9]+) slots=\1( |$)"; }
+wait_for "every RDMA data buffer back in the pool once all queues closed" 30 all_free
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+
+# Our host library against the Linux kernel target (nvmet-rdma, brd backend).
+modprobe -a nvmet nvmet-rdma || exit 1
+C=/sys/kernel/config/nvmet
+mkdir -p "$C/subsystems/$KNQN/namespaces/1" "$C/ports/7"
+echo 1 > "$C/subsystems/$KNQN/attr_allow_any_host"
+echo -n /dev/ram0 > "$C/subsystems/$KNQN/namespaces/1/device_path"
+echo 1 > "$C/subsystems/$KNQN/namespaces/1/enable"
+echo rdma > "$C/ports/7/addr_trtype"; echo ipv4 > "$C/ports/7/addr_adrfam"
+echo "$RDMA_IP" > "$C/ports/7/addr_traddr"; echo 4421 > "$C/ports/7/addr_trsvcid"
+ln -s "$C/subsystems/$KNQN" "$C/ports/7/subsystems/"
+check "fabric host -> kernel nvmet-rdma: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4421" "$KNQN" 1 48
+rm -f "$C/ports/7/subsystems/$KNQN"; rmdir "$C/ports/7"
+echo 0 > "$C/subsystems/$KNQN/namespaces/1/enable"; rmdir "$C/subsystems/$KNQN/namespaces/1" "$C/subsystems/$KNQN"
+finish

@@ -1,0 +1,265 @@
+//! Per-device resources shared by every queue on one RDMA device: the
+//! protection domain, one completion queue with its channel, (on the target)
+//! a shared receive queue with its receive buffers, and the data pool. A
+//! poller task drains the completion queue and hands each completion to its
+//! owner.
+//!
+//! Polling is adaptive: while completions keep coming the poller polls,
+//! yielding between polls; after a few empty polls it arms the queue and
+//! sleeps on the completion channel. On a 2-core machine, busy polling would
+//! starve the host side of the same machine.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot};
+
+use super::pool::{RecvBuffers, SlotPool};
+use super::verbs::{
+    Access, CmId, CompletionChannel, CompletionQueue, DeviceLimits, ProtectionDomain,
+    SharedReceiveQueue, WorkCompletion,
+};
+
+/// Top byte of a work request id: what completed.
+const KIND_SHIFT: u32 = 56;
+const KIND_RECV: u64 = 1;
+const KIND_OP: u64 = 2;
+
+/// Work request id of receive buffer `i`.
+pub fn recv_wr_id(i: u32) -> u64 {
+    KIND_RECV << KIND_SHIFT | i as u64
+}
+
+/// Sizing of a device's shared resources.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceConfig {
+    /// Completion queue entries.
+    pub cq_entries: u32,
+    /// Shared receive queue entries (target); 0 for none (host).
+    pub srq_entries: u32,
+    /// Bytes per receive buffer (command capsule plus in-capsule data).
+    pub recv_size: usize,
+    /// Bytes per data slot.
+    pub slot_size: usize,
+    /// Data slots.
+    pub slots: u32,
+    /// Whether peers may read and write the data slots (host side).
+    pub remote_access: bool,
+    /// Empty polls before sleeping on the completion channel.
+    pub spin_polls: u32,
+}
+
+/// A receive delivered to the queue that owns its QP.
+#[derive(Debug)]
+pub struct Received {
+    /// The completion.
+    pub wc: WorkCompletion,
+    /// For shared-receive-queue receives: the bytes, already copied out
+    /// (the buffer is posted again).
+    pub data: Option<Bytes>,
+}
+
+/// Shared resources of one device. Fields drop in order: receive queue and
+/// buffers, data pool, completion queue, channel, then the PD.
+pub struct Device {
+    /// Shared receive queue (target side).
+    pub srq: Option<SharedReceiveQueue>,
+    recv: Option<RecvBuffers>,
+    /// Data buffers.
+    pub data: Arc<SlotPool>,
+    /// The completion queue every QP of the device uses.
+    pub cq: CompletionQueue,
+    channel: CompletionChannel,
+    /// Protection domain.
+    pub pd: ProtectionDomain,
+    /// Device limits.
+    pub limits: DeviceLimits,
+    routes: Mutex<HashMap<u32, mpsc::UnboundedSender<Received>>>,
+    ops: Mutex<Slab<oneshot::Sender<WorkCompletion>>>,
+    spin_polls: u32,
+}
+
+struct ChannelFd(Arc<Device>);
+
+impl AsRawFd for ChannelFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.channel.fd()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Device {
+    /// Set up the device `id` is bound to and start its poller.
+    pub fn open(id: &CmId, cfg: DeviceConfig) -> std::io::Result<Arc<Device>> {
+        let limits = id.device_limits()?;
+        let pd = ProtectionDomain::new(id)?;
+        let channel = CompletionChannel::new(id)?;
+        let cq_entries = cfg.cq_entries.min(limits.max_cqe.max(1));
+        let cq = CompletionQueue::new(id, cq_entries, &channel)?;
+        let access = Access {
+            remote_read: cfg.remote_access,
+            remote_write: cfg.remote_access,
+        };
+        let data = SlotPool::new(&pd, cfg.slots, cfg.slot_size, access)?;
+        let (srq, recv) = if cfg.srq_entries > 0 {
+            let n = cfg.srq_entries.min(limits.max_srq_wr.max(1));
+            let srq = SharedReceiveQueue::new(&pd, n)?;
+            let recv = RecvBuffers::new(&pd, n, cfg.recv_size)?;
+            for i in 0..n {
+                // SAFETY: buffer `i` is owned by the device for its lifetime
+                // and only read after its receive completes.
+                unsafe { srq.post_recv(recv_wr_id(i), recv.sge(i))? };
+            }
+            (Some(srq), Some(recv))
+        } else {
+            (None, None)
+        };
+        let dev = Arc::new(Device {
+            srq,
+            recv,
+            data,
+            cq,
+            channel,
+            pd,
+            limits,
+            routes: Mutex::new(HashMap::new()),
+            ops: Mutex::new(Slab::new()),
+            spin_polls: cfg.spin_polls,
+        });
+        dev.cq.arm()?;
+        // SAFETY: the fd belongs to the completion channel owned by the
+        // device, which the registered object keeps alive.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(ChannelFd(dev.clone()), Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        tokio::spawn(poll_loop(fd));
+        Ok(dev)
+    }
+
+    /// Deliver receives of QP `qp_num` to `tx`.
+    pub fn route(&self, qp_num: u32, tx: mpsc::UnboundedSender<Received>) {
+        lock(&self.routes).insert(qp_num, tx);
+    }
+
+    /// Stop delivering receives of QP `qp_num`.
+    pub fn unroute(&self, qp_num: u32) {
+        lock(&self.routes).remove(&qp_num);
+    }
+
+    /// A work request id whose completion arrives on the returned receiver.
+    pub fn op(&self) -> (u64, oneshot::Receiver<WorkCompletion>) {
+        let (tx, rx) = oneshot::channel();
+        let key = lock(&self.ops).insert(tx) as u64;
+        (KIND_OP << KIND_SHIFT | key, rx)
+    }
+
+    /// Forget an op whose work request could not be posted.
+    pub fn cancel_op(&self, wr_id: u64) {
+        lock(&self.ops).try_remove((wr_id & ((1 << KIND_SHIFT) - 1)) as usize);
+    }
+
+    fn dispatch(&self, wc: WorkCompletion) {
+        let kind = wc.wr_id >> KIND_SHIFT;
+        let index = wc.wr_id & ((1 << KIND_SHIFT) - 1);
+        match kind {
+            KIND_OP => {
+                if let Some(tx) = lock(&self.ops).try_remove(index as usize) {
+                    let _ = tx.send(wc);
+                }
+            }
+            KIND_RECV => {
+                let data = match (&self.srq, &self.recv) {
+                    (Some(srq), Some(recv)) => {
+                        let data = if wc.ok() {
+                            recv.take(index as u32, wc.byte_len as usize)
+                        } else {
+                            None
+                        };
+                        // SAFETY: the buffer's contents were copied out above;
+                        // it is handed back to the receive queue untouched.
+                        if let Err(e) = unsafe { srq.post_recv(wc.wr_id, recv.sge(index as u32)) } {
+                            tracing::error!(error = %e, "cannot repost a shared receive buffer");
+                        }
+                        if !wc.ok() {
+                            return;
+                        }
+                        data
+                    }
+                    _ => None,
+                };
+                let route = lock(&self.routes).get(&wc.qp_num).cloned();
+                match route {
+                    Some(tx) => {
+                        let _ = tx.send(Received { wc, data });
+                    }
+                    None => {
+                        tracing::debug!(qp = wc.qp_num, "receive for a queue pair that is gone")
+                    }
+                }
+            }
+            _ => tracing::error!(
+                wr_id = wc.wr_id,
+                "completion with an unknown work request id"
+            ),
+        }
+    }
+}
+
+async fn poll_loop(fd: AsyncFd<ChannelFd>) {
+    let dev = fd.get_ref().0.clone();
+    let mut wcs = Vec::with_capacity(64);
+    let mut empty = 0u32;
+    loop {
+        match dev.cq.poll(&mut wcs, 64) {
+            Ok(0) => {}
+            Ok(_) => {
+                empty = 0;
+                for wc in wcs.drain(..) {
+                    dev.dispatch(wc);
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "polling the completion queue failed; RDMA device stopped");
+                return;
+            }
+        }
+        empty += 1;
+        if empty <= dev.spin_polls {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // Idle: arm, poll once more (a completion may have slipped in before
+        // arming), then sleep until the channel fires.
+        if let Err(e) = dev.cq.arm() {
+            tracing::error!(error = %e, "cannot arm the completion queue; RDMA device stopped");
+            return;
+        }
+        if matches!(dev.cq.poll(&mut wcs, 64), Ok(n) if n > 0) {
+            for wc in wcs.drain(..) {
+                dev.dispatch(wc);
+            }
+            continue;
+        }
+        match fd.readable().await {
+            Ok(mut guard) => {
+                guard.clear_ready();
+                dev.channel.drain(&dev.cq);
+                empty = 0;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait on the completion channel; RDMA device stopped");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The NVMe/RDMA host side: one queue pair per queue, commands sent from
+//! per-command send buffers, data in keyed SGLs pointing at registered
+//! slots (copied in and out), small writes in the capsule.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::target::PortAddress;
+use crate::transport::{CommandResult, HostData, HostQueue, QueueParams, TransportError};
+use crate::wire::rdma::{decode_accept, decode_reject, ConnectRequest, RECFMT};
+use crate::wire::sgl::SglDescriptor;
+use crate::wire::{Command, Completion};
+
+use super::device::{recv_wr_id, Device, Received};
+use super::events::CmEvents;
+use super::pool::{PoolBuf, RecvBuffers, SendBuffers};
+use super::verbs::{CmEventKind, CmId, QpCaps, QueuePair, SendOp, SendWr};
+use super::Devices;
+use crate::transport::pending::{closed, wait, Entry, PendingCommands};
+
+/// Time allowed for address and route resolution and for the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response capsules are 16 bytes; receive buffers leave room for more.
+const RECV_SIZE: usize = 64;
+
+/// Transport state of an outstanding command: its data buffer.
+struct Pending {
+    buf: Option<PoolBuf>,
+    read_len: usize,
+}
+
+type Shared = PendingCommands<Pending>;
+
+/// A host queue over NVMe/RDMA.
+pub struct RdmaHostQueue {
+    id: Option<CmId>,
+    qp: QueuePair,
+    dev: Arc<Device>,
+    sends: SendBuffers,
+    recv: RecvBuffers,
+    shared: Arc<Shared>,
+    slots: Semaphore,
+    inline_data_size: u32,
+    timeout: Duration,
+}
+
+async fn wait_for(
+    events: &CmEvents,
+    want: CmEventKind,
+) -> Result<super::verbs::CmEvent, TransportError> {
+    let ev = tokio::time::timeout(CONNECT_TIMEOUT, events.next())
+        .await
+        .map_err(|_| TransportError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(|e| TransportError::io("rdma_cm event", e))?;
+    if ev.kind == want {
+        return Ok(ev);
+    }
+    Err(match ev.kind {
+        CmEventKind::Rejected => match decode_reject(&ev.private_data) {
+            Some(status) => TransportError::Protocol(format!(
+                "controller rejected the connection (NVMe/RDMA status {status:#x})"
+            )),
+            None => TransportError::Protocol(format!("connection rejected (status {})", ev.status)),
+        },
+        kind => TransportError::Protocol(format!(
+            "expected {want:?}, got {kind:?} (status {})",
+            ev.status
+        )),
+    })
+}
+
+pub(super) async fn connect(
+    devices: &Devices,
+    address: &PortAddress,
+    params: &QueueParams,
+) -> Result<Arc<dyn HostQueue>, TransportError> {
+    let dst: SocketAddr = address
+        .socket_string()
+        .parse()
+        .map_err(|_| TransportError::Unavailable(format!("bad RDMA address {address}")))?;
+    let events = CmEvents::new().map_err(|e| TransportError::io("rdma_cm event channel", e))?;
+    let id = CmId::new(events.channel()).map_err(|e| TransportError::io("rdma_create_id", e))?;
+    let ctx = |what: &str| format!("{what} {address}");
+    id.resolve_addr(None, dst, 2000)
+        .map_err(|e| TransportError::io(ctx("cannot resolve"), e))?;
+    wait_for(&events, CmEventKind::AddrResolved).await?;
+    id.resolve_route(2000)
+        .map_err(|e| TransportError::io(ctx("cannot route to"), e))?;
+    wait_for(&events, CmEventKind::RouteResolved).await?;
+    let dev = devices.device(&id, false)?;
+    let depth = params.queue_size.max(2) as u32;
+    let send_wr = (depth * 2).min(dev.limits.max_qp_wr.max(4));
+    let caps = QpCaps {
+        max_send_wr: send_wr,
+        max_recv_wr: depth,
+        max_sge: 1,
+        max_inline_data: 0,
+    };
+    let qp = id
+        .create_qp(&dev.pd, &dev.cq, None, caps)
+        .map_err(|e| TransportError::io("create queue pair", e))?;
+    let recv = RecvBuffers::new(&dev.pd, depth, RECV_SIZE)
+        .map_err(|e| TransportError::io("receive buffers", e))?;
+    for i in 0..depth {
+        // SAFETY: the buffers live in `recv`, owned by the queue, which
+        // destroys its QP (in Drop) before they are deregistered; each is read
+        // only after its completion and reposted after that.
+        unsafe { qp.post_recv(recv_wr_id(i), recv.sge(i)) }
+            .map_err(|e| TransportError::io("post receive", e))?;
+    }
+    let send_size = 64 + params.inline_data_size as usize;
+    let sends = SendBuffers::new(&dev.pd, depth, send_size)
+        .map_err(|e| TransportError::io("send buffers", e))?;
+    let (rx_tx, rx) = mpsc::unbounded_channel();
+    dev.route(qp.num(), rx_tx);
+    let private = ConnectRequest {
+        recfmt: RECFMT,
+        qid: params.qid,
+        hrqsize: depth as u16,
+        hsqsize: (depth - 1) as u16,
+        cntlid: 0,
+    };
+    let responder = dev.limits.max_qp_rd_atom.min(16);
+    if let Err(e) = id.connect(&private.encode(), responder, 0) {
+        dev.unroute(qp.num());
+        return Err(TransportError::io(ctx("cannot connect to"), e));
+    }
+    let ev = match wait_for(&events, CmEventKind::Established).await {
+        Ok(ev) => ev,
+        Err(e) => {
+            dev.unroute(qp.num());
+            return Err(e);
+        }
+    };
+    if let Some(crqsize) = decode_accept(&ev.private_data) {
+        tracing::debug!(qid = params.qid, crqsize, "RDMA queue established");
+    }
+    drop(ev);
+    let shared = Arc::new(Shared::new(depth as usize));
+    let queue = Arc::new(RdmaHostQueue {
+        id: Some(id),
+        qp,
+        dev: dev.clone(),
+        sends,
+        recv,
+        shared: shared.clone(),
+        slots: Semaphore::new(depth as usize - 1),
+        inline_data_size: params.inline_data_size,
+        timeout: params.timeout,
+    });
+    tokio::spawn(receive_loop(queue.clone(), rx, events));
+    Ok(queue)
+}
+
+/// Match responses to commands, repost receive buffers, and watch the
+/// connection's events.
+async fn receive_loop(
+    q: Arc<RdmaHostQueue>,
+    mut rx: mpsc::UnboundedReceiver<Received>,
+    events: CmEvents,
+) {
+    let token = q.shared.token().clone();
+    let why = loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let Some(Received { wc, .. }) = r else { break "device stopped".to_string() };
+                if !wc.ok() {
+                    break format!("receive failed (status {})", wc.status);
+                }
+                let index = (wc.wr_id & 0xffff_ffff) as u32;
+                let Some(bytes) = q.recv.take(index, wc.byte_len as usize) else {
+                    break "receive completion out of range".to_string();
+                };
+                // SAFETY: the buffer was copied out above; it goes back to
+                // the receive queue untouched.
+                if let Err(e) = unsafe { q.qp.post_recv(wc.wr_id, q.recv.sge(index)) } {
+                    break format!("cannot repost a receive: {e}");
+                }
+                let Some(cqe) = bytes.get(..16).and_then(|b| <&[u8; 16]>::try_from(b).ok()) else {
+                    break "response capsule shorter than a completion".to_string();
+                };
+                q.complete(Completion::decode(cqe), wc.invalidated_rkey);
+            }
+            ev = events.next() => match ev {
+                Ok(ev) if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval | CmEventKind::Error) => {
+                    break format!("connection lost ({:?})", ev.kind);
+                }
+                Ok(_) => {}
+                Err(e) => break format!("rdma_cm events failed: {e}"),
+            },
+            _ = token.cancelled() => break "queue closed".to_string(),
+        }
+    };
+    tracing::debug!(why, "RDMA host queue closing");
+    q.shared.fail_all(&why);
+    q.dev.unroute(q.qp.num());
+    if let Some(id) = q.id.as_ref() {
+        id.disconnect();
+    }
+}
+
+impl RdmaHostQueue {
+    fn complete(&self, cqe: Completion, _invalidated: Option<u32>) {
+        let Some(Entry { done, state: p }) = self.shared.remove(cqe.cid) else {
+            tracing::warn!(cid = cqe.cid, "completion for an unknown command");
+            return;
+        };
+        let data = match (&p.buf, cqe.status.is_success()) {
+            (Some(buf), true) if p.read_len > 0 => Some(buf.copy_out(p.read_len)),
+            _ => None,
+        };
+        let _ = done.send(Ok(CommandResult { cqe, data }));
+    }
+}
+
+#[async_trait]
+impl HostQueue for RdmaHostQueue {
+    async fn submit(
+        &self,
+        mut cmd: Command,
+        data: HostData,
+    ) -> Result<CommandResult, TransportError> {
+        if self.is_closed() {
+            return Err(closed());
+        }
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let slot_size = self.dev.data.slot_size();
+        if data.len() as usize > slot_size {
+            return Err(TransportError::Unavailable(format!(
+                "transfer of {} bytes exceeds the RDMA buffer of {slot_size} bytes",
+                data.len()
+            )));
+        }
+        let (inline, buf, read_len) = match &data {
+            HostData::Out(b) if b.len() <= self.inline_data_size as usize => {
+                (Some(b.clone()), None, 0)
+            }
+            HostData::Out(b) => {
+                let mut buf = self.dev.data.get(b.len()).await.ok_or_else(closed)?;
+                buf.copy_in(b);
+                (None, Some(buf), 0)
+            }
+            HostData::In(n) => (
+                None,
+                Some(self.dev.data.get(*n as usize).await.ok_or_else(closed)?),
+                *n as usize,
+            ),
+            HostData::None => (None, None, 0),
+        };
+        cmd.dptr = match (&inline, &buf) {
+            (Some(b), _) => SglDescriptor::in_capsule(b.len() as u32),
+            (None, Some(buf)) => {
+                let (addr, rkey) = buf.remote();
+                SglDescriptor::keyed(addr, buf.len() as u32, rkey, false)
+            }
+            (None, None) => SglDescriptor::keyed(0, 0, 0, false),
+        };
+        let (cid, rx) = self.shared.insert(Pending { buf, read_len })?;
+        cmd.cid = cid;
+        let sqe = cmd.encode();
+        let sge = self
+            .sends
+            .fill(cid as u32, &[&sqe, inline.as_deref().unwrap_or(&[])])
+            .ok_or_else(|| {
+                TransportError::Protocol("command capsule does not fit its send buffer".into())
+            })?;
+        let (wr_id, sent) = self.dev.op();
+        let wr = SendWr {
+            wr_id,
+            op: SendOp::Send,
+            sge,
+            signaled: true,
+            inline: false,
+        };
+        // SAFETY: the send buffer of this CID is not reused before this send
+        // completes (awaited below) and the data buffer lives in `pending`
+        // until the response arrives.
+        if let Err(e) = unsafe { self.qp.post_send(&[wr]) } {
+            self.dev.cancel_op(wr_id);
+            self.shared.fail_all("post failed");
+            return Err(TransportError::io("post send", e));
+        }
+        match sent.await {
+            Ok(wc) if wc.ok() => {}
+            _ => {
+                self.shared.fail_all("command send failed");
+                return Err(closed());
+            }
+        }
+        wait(&self.shared, rx, self.timeout).await
+    }
+
+    fn close(&self) {
+        self.shared.fail_all("queue closed by the host");
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    fn max_transfer(&self) -> u32 {
+        self.dev.data.slot_size() as u32
+    }
+}
+
+impl Drop for RdmaHostQueue {
+    fn drop(&mut self) {
+        self.shared.fail_all("queue dropped");
+        self.dev.unroute(self.qp.num());
+        // Destroy the id and its QP before the buffers it used go away.
+        if let Some(id) = self.id.take() {
+            id.disconnect();
+            drop(id);
+        }
+    }
+}

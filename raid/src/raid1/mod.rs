@@ -1,0 +1,950 @@
+//! raid1: an N-way mirror with a write-intent bitmap.
+//!
+//! * Writes (and discards, write-zeroes) go to every live member and
+//!   complete when all of them answered; they succeed if at least one
+//!   in-sync member took them. A member that fails an I/O is dropped from
+//!   the array at once: the event counter goes up and the surviving members'
+//!   superblocks record it *before* the failed request completes, so after
+//!   a crash the failed member is still known to be stale.
+//! * Reads go round-robin to in-sync members; a failed read drops that
+//!   member and is retried on the next one (into a fresh buffer).
+//! * The write-intent bitmap (see `bitmap.rs`) limits resync after a member
+//!   returns or after a crash to the regions that may differ.
+//! * Resync (see `resync.rs`) copies regions from an in-sync member to the
+//!   recovering ones under a per-region lock that writes also take (shared),
+//!   so a copy never overwrites newer data. A rebuild records checkpoints in
+//!   the superblocks and goes on from the last one after a restart.
+//! * Which members are in sync at open is what the freshest superblock's
+//!   slot table says (highest event counter), not each member's own count:
+//!   a crash in the middle of writing the superblocks may leave an in-sync
+//!   member's copy one event behind, while leaving the in-sync state is
+//!   always recorded on the other members first.
+//! * The steady-state write (one region already dirty, its stripe open, a
+//!   two-way mirror) and every read run in the trait method's own future:
+//!   no lock to wait for, no allocation, no nested future. The rest takes
+//!   the general, boxed path.
+//!
+//! Decisions: a new array is assumed clean (the thin pool above zeroes or
+//! copies every block before first use, and fresh extents are zeroed), so
+//! creation costs no initial sync; pass `initial_sync` to copy member 0 to
+//! the others anyway. After any restart the dirty regions are resynced from
+//! one in-sync member (there is no "clean shutdown" flag: leftover bits only
+//! cost a bounded copy). The array size is fixed at creation.
+
+mod bitmap;
+mod resync;
+pub mod superblock;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex, RwLock as SyncRwLock};
+use std::task::Poll;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use tokio::sync::{Mutex, Notify};
+use tracing::{info, warn};
+
+use crate::bits::{BITMAP_BLOCK, BITS_PER_BLOCK};
+use crate::buf;
+use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
+use crate::gate::{Gate, Pass};
+
+use bitmap::{InFlight, WriteIntent};
+pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES};
+use superblock::{Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
+
+/// Default bitmap region size.
+pub const DEFAULT_REGION_BYTES: u64 = 4 << 20;
+/// Number of region lock stripes.
+const LOCK_STRIPES: u64 = 64;
+
+/// How to create an array.
+#[derive(Debug, Clone)]
+pub struct Raid1Options {
+    /// Bytes per bitmap region (power of two).
+    pub region_bytes: u64,
+    /// Copy member 0 to the others after creation instead of assuming the
+    /// members already hold the same data.
+    pub initial_sync: bool,
+}
+
+impl Default for Raid1Options {
+    fn default() -> Self {
+        Raid1Options {
+            region_bytes: DEFAULT_REGION_BYTES,
+            initial_sync: false,
+        }
+    }
+}
+
+/// Health of one slot, for [`Raid1Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberHealth {
+    /// Present and in sync.
+    InSync,
+    /// Present, receiving writes, waiting for (or in) resync.
+    Recovering,
+    /// Not present (failed or not found); needs resync when it returns.
+    Missing,
+    /// No member assigned.
+    Empty,
+}
+
+/// A snapshot of the array's state.
+#[derive(Debug, Clone)]
+pub struct Raid1Status {
+    /// Array UUID.
+    pub array_uuid: [u8; 16],
+    /// Event counter.
+    pub events: u64,
+    /// Health per slot.
+    pub members: Vec<MemberHealth>,
+    /// Regions marked dirty in the bitmap.
+    pub dirty_regions: u64,
+    /// Whether any slot is not in sync.
+    pub degraded: bool,
+}
+
+#[derive(Clone)]
+struct Member {
+    slot: usize,
+    /// Unique per join, so a member that fails and returns is a new one.
+    join_id: u64,
+    dev: DeviceRef,
+    /// `None` when in sync; `Some(full)` while recovering.
+    recovering: Option<bool>,
+}
+
+/// The members taking I/O, as one snapshot (replaced, never changed).
+struct Live {
+    members: Vec<Member>,
+    /// Indices of the in-sync members (the ones reads may use).
+    in_sync: Vec<usize>,
+}
+
+impl std::ops::Deref for Live {
+    type Target = [Member];
+    fn deref(&self) -> &[Member] {
+        &self.members
+    }
+}
+
+struct MetaState {
+    events: u64,
+    slots: Vec<Slot>,
+}
+
+/// An N-way mirror.
+pub struct Raid1 {
+    geo: Geometry,
+    array_uuid: [u8; 16],
+    members: SyncRwLock<Arc<Live>>,
+    /// Serialises superblock and bitmap updates.
+    meta: Mutex<MetaState>,
+    intent: WriteIntent,
+    locks: Vec<Gate>,
+    degraded: AtomicBool,
+    /// Smallest transfer limit of the live members.
+    max_transfer: AtomicU64,
+    next_read: AtomicUsize,
+    next_join: AtomicU64,
+    wake_resync: Notify,
+    progress: SyncMutex<ResyncProgress>,
+    /// Bytes a rebuild copies between two checkpoints.
+    checkpoint_bytes: AtomicU64,
+}
+
+/// Held region locks (no allocation for the common single-region case).
+enum RegionGuards<'a> {
+    One(#[allow(dead_code)] Pass<'a>),
+    Many(#[allow(dead_code)] Vec<Pass<'a>>),
+}
+
+enum Op {
+    Write(Bytes),
+    Zeroes(u64),
+    Discard(u64),
+}
+
+/// The future of one member I/O, as the trait returns it.
+type MemberIo<'a, T = ()> = Pin<Box<dyn Future<Output = BlockResult<T>> + Send + 'a>>;
+
+impl Op {
+    /// Start the operation on `dev`. Through the trait object, not the
+    /// `Arc` forwarding impl, which would box one more future.
+    fn start<'a>(&self, dev: &'a DeviceRef, lba: u64) -> MemberIo<'a> {
+        let dev = dev.as_ref();
+        match self {
+            Op::Write(d) => dev.write(lba, d.clone()),
+            Op::Zeroes(n) => dev.write_zeroes(lba, *n),
+            Op::Discard(n) => dev.discard(lba, *n),
+        }
+    }
+}
+
+/// Run two member I/Os concurrently and return both results (a lighter
+/// `join` for the two boxed futures of a two-way mirror).
+fn join2<'a, T: 'a>(
+    mut a: MemberIo<'a, T>,
+    mut b: MemberIo<'a, T>,
+) -> impl Future<Output = (BlockResult<T>, BlockResult<T>)> + 'a {
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(move |cx| {
+        if ra.is_none() {
+            if let Poll::Ready(r) = a.as_mut().poll(cx) {
+                ra = Some(r);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(r) = b.as_mut().poll(cx) {
+                rb = Some(r);
+            }
+        }
+        match (ra.take(), rb.take()) {
+            (Some(x), Some(y)) => Poll::Ready((x, y)),
+            (x, y) => {
+                (ra, rb) = (x, y);
+                Poll::Pending
+            }
+        }
+    })
+}
+
+fn new_uuid() -> [u8; 16] {
+    *uuid::Uuid::new_v4().as_bytes()
+}
+
+async fn read_superblock(dev: &DeviceRef) -> BlockResult<Superblock> {
+    let bs = dev.block_size() as usize;
+    if bs > SB_BYTES || dev.num_blocks() < (SB_BYTES / bs) as u64 {
+        return Err(BlockError::Unsupported(
+            "device too small or block size too large for raid1".into(),
+        ));
+    }
+    Superblock::decode(&dev.read(0, buf::alloc(SB_BYTES)).await?)
+}
+
+impl Raid1 {
+    /// Create a new array over `devs` (slot `i` = `devs[i]`), writing fresh
+    /// superblocks and an empty bitmap to each.
+    pub async fn create(devs: Vec<DeviceRef>, opts: &Raid1Options) -> BlockResult<Arc<Raid1>> {
+        let first = devs
+            .first()
+            .ok_or_else(|| BlockError::Unsupported("raid1 needs at least one member".into()))?;
+        if devs.len() > MAX_MEMBERS {
+            return Err(BlockError::Unsupported(format!(
+                "at most {MAX_MEMBERS} members"
+            )));
+        }
+        let bs = first.block_size();
+        if devs.iter().any(|d| d.block_size() != bs) {
+            return Err(BlockError::Unsupported(
+                "raid1 members differ in block size".into(),
+            ));
+        }
+        let smallest = devs.iter().map(|d| d.num_blocks()).min().unwrap_or(0);
+        let geo = Geometry::plan(bs, smallest, opts.region_bytes)?;
+        let mut slots = Vec::new();
+        let mut members = Vec::new();
+        for (i, dev) in devs.into_iter().enumerate() {
+            let sync_later = opts.initial_sync && i > 0;
+            slots.push(Slot {
+                uuid: new_uuid(),
+                state: if sync_later {
+                    SlotState::Rebuilding
+                } else {
+                    SlotState::InSync
+                },
+                resync_from: 0,
+            });
+            members.push(Member {
+                slot: i,
+                join_id: i as u64,
+                dev,
+                recovering: sync_later.then_some(true),
+            });
+        }
+        let raid = Raid1::assemble(geo, new_uuid(), members, MetaState { events: 1, slots });
+        {
+            let mut meta = raid.meta.lock().await;
+            raid.write_whole_bitmap(&raid.live()).await?;
+            raid.commit_meta(&mut meta).await?;
+        }
+        info!(uuid = %uuid::Uuid::from_bytes(raid.array_uuid), blocks = geo.data_blocks, "raid1 created");
+        Ok(Arc::new(raid))
+    }
+
+    /// Open an existing array from the member devices found (any order,
+    /// missing ones left out). Stale members are recognised by their event
+    /// counter and put into recovery; devices whose superblock does not
+    /// match the array's slot table are ignored with a warning.
+    pub async fn open(devs: Vec<DeviceRef>) -> BlockResult<Arc<Raid1>> {
+        let mut found = Vec::new();
+        for dev in devs {
+            match read_superblock(&dev).await {
+                Ok(sb) => found.push((sb, dev)),
+                Err(e) => warn!(error = %e, "raid1 open: device has no usable superblock; ignored"),
+            }
+        }
+        let fresh = found
+            .iter()
+            .map(|(sb, _)| sb)
+            .max_by_key(|sb| sb.events)
+            .cloned()
+            .ok_or_else(|| {
+                BlockError::Unsupported("raid1 open needs at least one member".into())
+            })?;
+        let mut members: Vec<Member> = Vec::new();
+        let mut member_events: Vec<u64> = Vec::new();
+        for (sb, dev) in found {
+            let slot = sb.member_index as usize;
+            let owner = fresh.slots.get(slot);
+            if sb.array_uuid != fresh.array_uuid || owner.map(|s| s.uuid) != Some(sb.member_uuid) {
+                warn!(
+                    slot,
+                    "device is not (or no longer) a member of this raid1; ignored"
+                );
+                continue;
+            }
+            let g = &fresh.geometry;
+            if dev.num_blocks() < g.data_offset.saturating_add(g.data_blocks) {
+                warn!(slot, "member is smaller than the array; ignored");
+                continue;
+            }
+            if sb.geometry != fresh.geometry || dev.block_size() != fresh.geometry.block_size {
+                return Err(BlockError::Medium(format!(
+                    "raid1 member {slot}: geometry differs from the array's"
+                )));
+            }
+            if let Some(i) = members.iter().position(|m| m.slot == slot) {
+                if member_events[i] >= sb.events {
+                    continue;
+                }
+                members.remove(i);
+                member_events.remove(i);
+            }
+            // The freshest slot table decides, not the member's own event
+            // count: a member leaves the in-sync state only by an event
+            // recorded on the others first, while a crash in the middle of
+            // a commit may leave an in-sync member's superblock behind.
+            let state = owner.map(|s| s.state).unwrap_or(SlotState::Empty);
+            let recovering = match state {
+                SlotState::InSync => None,
+                SlotState::Rebuilding => Some(true),
+                _ => Some(false),
+            };
+            members.push(Member {
+                slot,
+                join_id: slot as u64,
+                dev,
+                recovering,
+            });
+            member_events.push(sb.events);
+        }
+        members.sort_by_key(|m| m.slot);
+        let geo = fresh.geometry;
+        let raid = Raid1::assemble(
+            geo,
+            fresh.array_uuid,
+            Vec::new(),
+            MetaState {
+                events: fresh.events,
+                slots: fresh.slots,
+            },
+        );
+        // Union of the in-sync members' bitmaps; a damaged block counts as dirty.
+        for m in members.iter().filter(|m| m.recovering.is_none()) {
+            for blk in 0..geo.bitmap_blocks() {
+                let data = m
+                    .dev
+                    .read(geo.bitmap_lba(blk), buf::alloc(BITMAP_BLOCK))
+                    .await?;
+                if !raid.intent.dirty.merge_block(blk, &data) {
+                    warn!(
+                        slot = m.slot,
+                        block = blk,
+                        "raid1 bitmap block damaged; treating its regions as dirty"
+                    );
+                    raid.intent.dirty.fill_block(blk);
+                }
+            }
+        }
+        let mut in_sync = members.iter_mut().filter(|m| m.recovering.is_none());
+        if in_sync.next().is_none() {
+            return Err(BlockError::Offline("raid1: no in-sync member found".into()));
+        }
+        if raid.intent.dirty.count() > 0 {
+            // After a crash the in-sync members may differ in dirty regions:
+            // the lowest slot is the source, the others resync from it.
+            for m in in_sync {
+                m.recovering = Some(false);
+            }
+        }
+        {
+            let mut meta = raid.meta.lock().await;
+            for (i, slot) in meta.slots.iter_mut().enumerate() {
+                let live = members.iter().find(|m| m.slot == i);
+                slot.state = match (live.map(|m| m.recovering), slot.state) {
+                    (_, SlotState::Empty) => SlotState::Empty,
+                    (Some(None), _) => SlotState::InSync,
+                    (_, SlotState::Rebuilding) | (Some(Some(true)), _) => SlotState::Rebuilding,
+                    _ => SlotState::Stale,
+                };
+                if slot.state != SlotState::Rebuilding {
+                    slot.resync_from = 0;
+                }
+            }
+            for (i, m) in members.iter_mut().enumerate() {
+                m.join_id = i as u64;
+            }
+            raid.next_join.store(members.len() as u64, Ordering::SeqCst);
+            raid.set_members(members);
+            raid.write_whole_bitmap(&raid.live()).await?;
+            meta.events += 1;
+            raid.commit_meta(&mut meta).await?;
+        }
+        let st = raid.status().await;
+        info!(uuid = %uuid::Uuid::from_bytes(raid.array_uuid), members = ?st.members, dirty = st.dirty_regions, "raid1 opened");
+        Ok(Arc::new(raid))
+    }
+
+    fn assemble(
+        geo: Geometry,
+        array_uuid: [u8; 16],
+        members: Vec<Member>,
+        meta: MetaState,
+    ) -> Raid1 {
+        let raid = Raid1 {
+            geo,
+            array_uuid,
+            members: SyncRwLock::new(Arc::new(Live {
+                members: Vec::new(),
+                in_sync: Vec::new(),
+            })),
+            meta: Mutex::new(meta),
+            intent: WriteIntent::new(geo.regions()),
+            locks: (0..LOCK_STRIPES).map(|_| Gate::new()).collect(),
+            degraded: AtomicBool::new(false),
+            max_transfer: AtomicU64::new(u64::MAX),
+            next_read: AtomicUsize::new(0),
+            next_join: AtomicU64::new(members.len() as u64),
+            wake_resync: Notify::new(),
+            progress: SyncMutex::new(ResyncProgress::default()),
+            checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
+        };
+        raid.set_members(members);
+        raid
+    }
+
+    /// Member block where array data starts.
+    pub fn data_offset(&self) -> u64 {
+        self.geo.data_offset
+    }
+
+    /// Blocks per bitmap region.
+    pub fn region_blocks(&self) -> u64 {
+        self.geo.region_blocks()
+    }
+
+    /// The array's state.
+    pub async fn status(&self) -> Raid1Status {
+        let meta = self.meta.lock().await;
+        let live = self.live();
+        Raid1Status {
+            array_uuid: self.array_uuid,
+            events: meta.events,
+            members: meta
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match live.iter().find(|m| m.slot == i) {
+                    Some(m) if m.recovering.is_none() => MemberHealth::InSync,
+                    Some(_) => MemberHealth::Recovering,
+                    None if s.state == SlotState::Empty => MemberHealth::Empty,
+                    None => MemberHealth::Missing,
+                })
+                .collect(),
+            dirty_regions: self.intent.dirty.count(),
+            degraded: self.degraded.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Take member `slot` out of the array (as if it had failed).
+    pub async fn fail_member(&self, slot: usize) -> BlockResult<()> {
+        let mut meta = self.meta.lock().await;
+        self.drop_member(&mut meta, slot, "failed by request");
+        self.commit_meta(&mut meta).await
+    }
+
+    /// Bring back a member that left (same disk, recognised by its
+    /// superblock): it resyncs only the regions dirty in the bitmap.
+    pub async fn readd_member(&self, dev: DeviceRef) -> BlockResult<()> {
+        let sb = read_superblock(&dev).await?;
+        let mut meta = self.meta.lock().await;
+        let slot = sb.member_index as usize;
+        let owner = meta.slots.get(slot).copied();
+        if sb.array_uuid != self.array_uuid
+            || owner.map(|s| s.uuid) != Some(sb.member_uuid)
+            || sb.geometry != self.geo
+            || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks
+        {
+            return Err(BlockError::Unsupported(format!(
+                "device is not the member of slot {slot}; use replace_member"
+            )));
+        }
+        // A rebuild it had begun goes on from its checkpoint: what it
+        // missed while away is dirty in the bitmap.
+        let full = owner.filter(|s| s.state == SlotState::Rebuilding);
+        let from = full.map(|s| s.resync_from);
+        self.join(&mut meta, slot, dev, sb.member_uuid, from).await
+    }
+
+    /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
+    pub async fn replace_member(&self, slot: usize, dev: DeviceRef) -> BlockResult<()> {
+        if dev.block_size() != self.geo.block_size
+            || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks
+        {
+            return Err(BlockError::Unsupported(
+                "replacement is too small or has another block size".into(),
+            ));
+        }
+        let mut meta = self.meta.lock().await;
+        if slot >= meta.slots.len() {
+            return Err(BlockError::Unsupported(format!("no slot {slot}")));
+        }
+        self.join(&mut meta, slot, dev, new_uuid(), Some(0)).await
+    }
+
+    /// Add `dev` as the member of `slot`: rebuilt in full from region
+    /// `rebuild_from` on (`Some`), or resynced where dirty (`None`).
+    async fn join(
+        &self,
+        meta: &mut MetaState,
+        slot: usize,
+        dev: DeviceRef,
+        uuid: [u8; 16],
+        rebuild_from: Option<u64>,
+    ) -> BlockResult<()> {
+        let full = rebuild_from.is_some();
+        if self.live().iter().any(|m| m.slot == slot) {
+            return Err(BlockError::Unsupported(format!(
+                "slot {slot} is in use; fail it first"
+            )));
+        }
+        let member = Member {
+            slot,
+            join_id: self.next_join.fetch_add(1, Ordering::SeqCst),
+            dev,
+            recovering: Some(full),
+        };
+        self.write_whole_bitmap(std::slice::from_ref(&member))
+            .await?;
+        meta.slots[slot] = Slot {
+            uuid,
+            state: if full {
+                SlotState::Rebuilding
+            } else {
+                SlotState::Stale
+            },
+            resync_from: rebuild_from.unwrap_or(0),
+        };
+        meta.events += 1;
+        let mut members = self.live().to_vec();
+        members.push(member);
+        members.sort_by_key(|m| m.slot);
+        self.set_members(members);
+        self.commit_meta(meta).await?;
+        info!(slot, full, "raid1 member joined; resync pending");
+        self.wake_resync.notify_one();
+        Ok(())
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_members(&self, members: Vec<Member>) {
+        let degraded = members.iter().any(|m| m.recovering.is_some());
+        let max = members.iter().map(|m| m.dev.max_transfer_bytes()).min();
+        self.max_transfer
+            .store(max.unwrap_or(u64::MAX), Ordering::SeqCst);
+        let in_sync = (0..members.len())
+            .filter(|&i| members[i].recovering.is_none())
+            .collect();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Live { members, in_sync });
+        self.degraded.fetch_or(degraded, Ordering::SeqCst);
+    }
+
+    fn update_degraded(&self, meta: &MetaState) {
+        let degraded = self.live().iter().any(|m| m.recovering.is_some())
+            || meta
+                .slots
+                .iter()
+                .any(|s| s.state != SlotState::InSync && s.state != SlotState::Empty);
+        self.degraded.store(degraded, Ordering::SeqCst);
+    }
+
+    /// Remove `slot` from the live set (no I/O; call `commit_meta` after).
+    fn drop_member(&self, meta: &mut MetaState, slot: usize, why: &str) {
+        let live = self.live();
+        if !live.iter().any(|m| m.slot == slot) {
+            return;
+        }
+        warn!(slot, why, "raid1 member dropped; array degraded");
+        self.set_members(live.iter().filter(|m| m.slot != slot).cloned().collect());
+        if let Some(s) = meta.slots.get_mut(slot) {
+            if s.state == SlotState::InSync {
+                s.state = SlotState::Stale;
+            }
+        }
+        meta.events += 1;
+        self.degraded.store(true, Ordering::SeqCst);
+    }
+
+    /// Drop the `failed` slots and record it on the other members.
+    async fn drop_members(&self, failed: Vec<usize>, why: &str) -> BlockResult<()> {
+        let mut meta = self.meta.lock().await;
+        for slot in failed {
+            self.drop_member(&mut meta, slot, why);
+        }
+        self.commit_meta(&mut meta).await
+    }
+
+    /// Write every live member's superblock and flush; members that fail
+    /// are dropped and the rest written again.
+    async fn commit_meta(&self, meta: &mut MetaState) -> BlockResult<()> {
+        loop {
+            let live = self.live();
+            if !live.iter().any(|m| m.recovering.is_none()) {
+                return Err(BlockError::Offline("raid1: no in-sync member left".into()));
+            }
+            let writes = live.iter().map(|m| {
+                let sb = Superblock {
+                    array_uuid: self.array_uuid,
+                    member_uuid: meta.slots[m.slot].uuid,
+                    member_index: m.slot as u32,
+                    events: meta.events,
+                    geometry: self.geo,
+                    slots: meta.slots.clone(),
+                };
+                async move {
+                    m.dev.write(0, buf::aligned(&sb.encode())).await?;
+                    m.dev.flush().await
+                }
+            });
+            let results = join_all(writes).await;
+            let failed: Vec<usize> = live
+                .iter()
+                .zip(results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(m, _)| m.slot)
+                .collect();
+            if failed.is_empty() {
+                self.update_degraded(meta);
+                return Ok(());
+            }
+            for slot in failed {
+                self.drop_member(meta, slot, "superblock write failed");
+            }
+        }
+    }
+
+    /// Write all bitmap blocks to `members` (used when a member joins).
+    async fn write_whole_bitmap(&self, members: &[Member]) -> BlockResult<()> {
+        for m in members {
+            for blk in 0..self.geo.bitmap_blocks() {
+                let img = self.intent.dirty.encode_block(blk, &[]);
+                m.dev
+                    .write(self.geo.bitmap_lba(blk), buf::aligned(&img))
+                    .await?;
+            }
+            m.dev.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Write bitmap `blocks` (with `extra` bits on) to every live member;
+    /// flush if `durable`. Members that fail are dropped.
+    async fn write_bitmap(
+        &self,
+        meta: &mut MetaState,
+        blocks: &[u64],
+        extra: &[u64],
+        durable: bool,
+    ) -> BlockResult<()> {
+        let live = self.live();
+        let images: Vec<(u64, Vec<u8>)> = blocks
+            .iter()
+            .map(|&b| (b, self.intent.dirty.encode_block(b, extra)))
+            .collect();
+        let writes = live.iter().map(|m| {
+            let images = &images;
+            async move {
+                for (blk, img) in images {
+                    m.dev
+                        .write(self.geo.bitmap_lba(*blk), buf::aligned(img))
+                        .await?;
+                }
+                if durable {
+                    m.dev.flush().await?;
+                }
+                Ok::<(), BlockError>(())
+            }
+        });
+        let results = join_all(writes).await;
+        let failed: Vec<usize> = live
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(m, _)| m.slot)
+            .collect();
+        if !failed.is_empty() {
+            for slot in failed {
+                self.drop_member(meta, slot, "bitmap write failed");
+            }
+            self.commit_meta(meta).await?;
+        }
+        Ok(())
+    }
+
+    /// Make the bits of regions `first..=last` dirty on disk, then in memory.
+    async fn mark_dirty(&self, first: u64, last: u64) -> BlockResult<()> {
+        let mut meta = self.meta.lock().await;
+        let clean = self.intent.clean_in(first, last);
+        if clean.is_empty() {
+            return Ok(());
+        }
+        let mut blocks: Vec<u64> = clean.iter().map(|r| r / BITS_PER_BLOCK).collect();
+        blocks.dedup();
+        self.write_bitmap(&mut meta, &blocks, &clean, true).await?;
+        for r in clean {
+            self.intent.dirty.set(r, true);
+        }
+        Ok(())
+    }
+
+    /// Shared locks on the stripes of regions `first..=last`, in order.
+    async fn lock_regions(&self, first: u64, last: u64) -> RegionGuards<'_> {
+        if first == last {
+            return RegionGuards::One(self.locks[(first % LOCK_STRIPES) as usize].enter().await);
+        }
+        let mut stripes: Vec<u64> = if last - first + 1 >= LOCK_STRIPES {
+            (0..LOCK_STRIPES).collect()
+        } else {
+            (first..=last).map(|r| r % LOCK_STRIPES).collect()
+        };
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.locks[s as usize].enter().await);
+        }
+        RegionGuards::Many(guards)
+    }
+
+    /// Admit a write of regions `first..=last` without waiting, if it is
+    /// the steady state: one region, already dirty, its stripe open.
+    fn admit_now(&self, first: u64, last: u64) -> Option<(InFlight<'_>, Pass<'_>)> {
+        if first != last {
+            return None;
+        }
+        let inflight = self.intent.begin(first, last);
+        if !self.intent.all_dirty(first, last) {
+            return None;
+        }
+        let pass = self.locks[(first % LOCK_STRIPES) as usize].try_enter()?;
+        Some((inflight, pass))
+    }
+
+    /// Any write, waiting as needed: bits made durable, regions locked.
+    async fn write_op(&self, lba: u64, blocks: u64, op: Op) -> BlockResult<()> {
+        if blocks == 0 {
+            return Ok(());
+        }
+        let rb = self.geo.region_blocks();
+        let (first, last) = (lba / rb, (lba + blocks - 1) / rb);
+        let _inflight = self.intent.begin(first, last);
+        if !self.intent.all_dirty(first, last) {
+            self.mark_dirty(first, last).await?;
+        }
+        let _locks = self.lock_regions(first, last).await;
+        let live = self.live();
+        let at = lba + self.geo.data_offset;
+        let results = join_all(live.iter().map(|m| op.start(&m.dev, at))).await;
+        self.settle(&live, results).await
+    }
+
+    /// The outcome of a write from each member's result (in `live` order):
+    /// failed members are dropped; it succeeds if an in-sync member took it.
+    async fn settle(&self, live: &[Member], results: Vec<BlockResult<()>>) -> BlockResult<()> {
+        let mut ok = false;
+        let mut failed = Vec::new();
+        let mut last_err = None;
+        for (m, r) in live.iter().zip(results) {
+            match r {
+                Ok(()) => ok |= m.recovering.is_none(),
+                Err(e) => {
+                    failed.push(m.slot);
+                    last_err = Some(e);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.drop_members(failed, "write failed").await?;
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(last_err.unwrap_or_else(|| BlockError::Offline("raid1: no in-sync member".into())))
+        }
+    }
+
+    /// An in-sync member, round-robin.
+    fn pick_in_sync<'a>(&self, live: &'a Live) -> BlockResult<&'a Member> {
+        let k = match live.in_sync.len() {
+            0 | 1 => 0,
+            n => self.next_read.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        live.in_sync
+            .get(k)
+            .and_then(|&i| live.members.get(i))
+            .ok_or_else(|| BlockError::Offline("raid1: no in-sync member".into()))
+    }
+
+    /// Read member blocks at `member_lba` from an in-sync member, dropping
+    /// members that fail.
+    async fn read_in_sync(&self, member_lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
+        let len = buf.len();
+        let live = self.live();
+        let m = self.pick_in_sync(&live)?;
+        match m.dev.as_ref().read(member_lba, buf).await {
+            Ok(b) => Ok(b),
+            Err(e) => Box::pin(self.read_again(member_lba, len, m.slot, e)).await,
+        }
+    }
+
+    /// After member `slot` failed a read with `e`: drop it and read from
+    /// the others (into fresh buffers) until one answers.
+    async fn read_again(
+        &self,
+        member_lba: u64,
+        len: usize,
+        mut slot: usize,
+        mut e: BlockError,
+    ) -> BlockResult<BytesMut> {
+        loop {
+            self.drop_members(vec![slot], &format!("read failed: {e}"))
+                .await?;
+            let live = self.live();
+            let m = self.pick_in_sync(&live)?;
+            match m.dev.as_ref().read(member_lba, buf::alloc(len)).await {
+                Ok(b) => return Ok(b),
+                Err(err) => (slot, e) = (m.slot, err),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BlockDevice for Raid1 {
+    fn block_size(&self) -> u32 {
+        self.geo.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.geo.data_blocks
+    }
+
+    fn max_transfer_bytes(&self) -> u64 {
+        self.max_transfer.load(Ordering::Relaxed)
+    }
+
+    async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
+        let len = buf.len();
+        check_io(self, lba, len)?;
+        // `read_in_sync` written out: a nested future would cost about a
+        // tenth of the whole read (see benches/instructions.rs).
+        let at = lba + self.geo.data_offset;
+        let live = self.live();
+        let m = self.pick_in_sync(&live)?;
+        match m.dev.as_ref().read(at, buf).await {
+            Ok(b) => Ok(b),
+            Err(e) => Box::pin(self.read_again(at, len, m.slot, e)).await,
+        }
+    }
+
+    async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
+        let blocks = check_io(self, lba, data.len())?;
+        let rb = self.geo.region_blocks();
+        // The steady state of a two-way mirror is handled here, without a
+        // nested future; everything else goes the general (boxed) way.
+        if let Some(admitted) = (blocks > 0)
+            .then(|| self.admit_now(lba / rb, (lba + blocks - 1) / rb))
+            .flatten()
+        {
+            let live = self.live();
+            if let [a, b] = &live[..] {
+                let at = lba + self.geo.data_offset;
+                let (ra, rb) = join2(
+                    a.dev.as_ref().write(at, data.clone()),
+                    b.dev.as_ref().write(at, data),
+                )
+                .await;
+                if ra.is_ok() && rb.is_ok() && (a.recovering.is_none() || b.recovering.is_none()) {
+                    return Ok(());
+                }
+                return Box::pin(self.settle(&live, vec![ra, rb])).await;
+            }
+            // Not a two-way mirror: let go before the general path waits.
+            drop(admitted);
+        }
+        Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
+    }
+
+    async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        check_range(self, lba, blocks)?;
+        self.write_op(lba, blocks, Op::Zeroes(blocks)).await
+    }
+
+    async fn discard(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        check_range(self, lba, blocks)?;
+        self.write_op(lba, blocks, Op::Discard(blocks)).await
+    }
+
+    /// Flush every live member; then, if nothing is degraded, clear the
+    /// bits of regions that have been quiet since the previous flush.
+    async fn flush(&self) -> BlockResult<()> {
+        let live = self.live();
+        let results = join_all(live.iter().map(|m| m.dev.flush())).await;
+        let failed: Vec<usize> = live
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(m, _)| m.slot)
+            .collect();
+        let mut meta = self.meta.lock().await;
+        if !failed.is_empty() {
+            for slot in failed {
+                self.drop_member(&mut meta, slot, "flush failed");
+            }
+            self.commit_meta(&mut meta).await?;
+        }
+        if !self.degraded.load(Ordering::SeqCst) {
+            let blocks = self.intent.clear_quiet();
+            if !blocks.is_empty() {
+                self.write_bitmap(&mut meta, &blocks, &[], false).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

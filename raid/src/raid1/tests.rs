@@ -1,0 +1,435 @@
+use super::*;
+use crate::fault::{FaultDevice, Power};
+use crate::task::RateLimit;
+use crate::MemoryDevice;
+
+const MB: u64 = 1 << 20;
+
+fn members(n: usize, bytes: u64) -> Vec<Arc<FaultDevice>> {
+    (0..n)
+        .map(|_| Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(bytes, 4096)))))
+        .collect()
+}
+
+fn refs(m: &[Arc<FaultDevice>]) -> Vec<DeviceRef> {
+    m.iter().map(|d| d.clone() as DeviceRef).collect()
+}
+
+fn opts() -> Raid1Options {
+    Raid1Options {
+        region_bytes: 256 << 10,
+        ..Default::default()
+    }
+}
+
+fn block(v: u8) -> Bytes {
+    Bytes::from(vec![v; 4096])
+}
+
+async fn member_block(m: &FaultDevice, raid: &Raid1, lba: u64) -> u8 {
+    m.read(lba + raid.data_offset(), buf::alloc(4096))
+        .await
+        .unwrap()[0]
+}
+
+#[tokio::test]
+async fn mirrors_writes_and_survives_a_member_failure() {
+    let m = members(3, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    for d in &m {
+        assert_eq!(member_block(d, &raid, 5).await, 1);
+    }
+    m[1].set_failed(true);
+    raid.write(6, block(2)).await.unwrap();
+    let st = raid.status().await;
+    assert_eq!(
+        st.members,
+        vec![
+            MemberHealth::InSync,
+            MemberHealth::Missing,
+            MemberHealth::InSync
+        ]
+    );
+    assert!(st.degraded);
+    for _ in 0..4 {
+        assert_eq!(raid.read(6, buf::alloc(4096)).await.unwrap()[0], 2);
+    }
+    // Reads survive losing another member mid-read.
+    m[0].set_failed(true);
+    for _ in 0..4 {
+        assert_eq!(raid.read(5, buf::alloc(4096)).await.unwrap()[0], 1);
+    }
+    m[2].set_failed(true);
+    assert!(matches!(
+        raid.read(5, buf::alloc(4096)).await,
+        Err(BlockError::Offline(_))
+    ));
+}
+
+#[tokio::test]
+async fn returning_member_resyncs_only_dirty_regions() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    // Make everything clean: two quiet flushes clear the bits.
+    raid.write(0, block(1)).await.unwrap();
+    raid.flush().await.unwrap();
+    raid.flush().await.unwrap();
+    assert_eq!(raid.status().await.dirty_regions, 0);
+    raid.fail_member(1).await.unwrap();
+    raid.write(64 * 3, block(7)).await.unwrap(); // region 3
+    raid.flush().await.unwrap();
+    raid.flush().await.unwrap();
+    assert_eq!(
+        raid.status().await.dirty_regions,
+        1,
+        "no clearing while degraded"
+    );
+    assert_eq!(member_block(&m[1], &raid, 64 * 3).await, 0);
+    raid.readd_member(m[1].clone()).await.unwrap();
+    assert_eq!(raid.status().await.members[1], MemberHealth::Recovering);
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    let p = raid.resync_progress();
+    assert_eq!(p.bytes_copied, 256 << 10, "only the one dirty region");
+    assert_eq!(p.passes, 1);
+    assert_eq!(member_block(&m[1], &raid, 64 * 3).await, 7);
+    let st = raid.status().await;
+    assert!(!st.degraded);
+    assert_eq!(st.members, vec![MemberHealth::InSync; 2]);
+}
+
+#[tokio::test]
+async fn replacement_is_rebuilt_in_full_in_the_background() {
+    let m = members(2, 4 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    for i in 0..raid.num_blocks() {
+        raid.write(i, block(i as u8)).await.unwrap();
+    }
+    m[0].set_failed(true);
+    raid.write(0, block(99)).await.unwrap();
+    let new = Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(4 * MB, 4096))));
+    raid.replace_member(0, new.clone()).await.unwrap();
+    let task = raid.start_resync(RateLimit::new(0));
+    while raid.status().await.degraded {
+        tokio::task::yield_now().await;
+    }
+    task.stop().await.unwrap();
+    assert_eq!(
+        raid.resync_progress().bytes_copied,
+        raid.num_blocks() * 4096
+    );
+    m[1].set_failed(true);
+    assert_eq!(raid.read(0, buf::alloc(4096)).await.unwrap()[0], 99);
+    for i in 1..raid.num_blocks() {
+        assert_eq!(raid.read(i, buf::alloc(4096)).await.unwrap()[0], i as u8);
+    }
+}
+
+#[tokio::test]
+async fn reopen_recognises_a_stale_member() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(1, block(1)).await.unwrap();
+    m[0].set_failed(true);
+    raid.write(1, block(2)).await.unwrap();
+    drop(raid);
+    m[0].set_failed(false);
+    // Both come back; member 0 has an old event counter.
+    let raid = Raid1::open(refs(&m)).await.unwrap();
+    let st = raid.status().await;
+    assert_eq!(
+        st.members,
+        vec![MemberHealth::Recovering, MemberHealth::InSync]
+    );
+    for _ in 0..4 {
+        assert_eq!(raid.read(1, buf::alloc(4096)).await.unwrap()[0], 2);
+    }
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(member_block(&m[0], &raid, 1).await, 2);
+    // An unrelated disk is not taken for a member.
+    let other = members(1, 8 * MB);
+    Raid1::create(refs(&other), &opts()).await.unwrap();
+    assert!(raid.readd_member(other[0].clone()).await.is_err());
+    let reopened = Raid1::open(vec![other[0].clone(), m[1].clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.status().await.members,
+        vec![MemberHealth::Missing, MemberHealth::InSync]
+    );
+}
+
+#[tokio::test]
+async fn corrupt_superblocks_are_errors_not_panics() {
+    let m = members(1, 4 * MB);
+    m[0].write(0, Bytes::from(vec![0xAB; 4096])).await.unwrap();
+    assert!(matches!(
+        Raid1::open(refs(&m)).await,
+        Err(BlockError::Unsupported(_))
+    ));
+    let tiny: DeviceRef = Arc::new(MemoryDevice::new(4096, 4096));
+    assert!(Raid1::create(vec![tiny], &opts()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_during_a_background_rebuild_reach_every_member() {
+    let m = members(2, 6 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    let blocks = raid.num_blocks();
+    for i in 0..blocks {
+        raid.write(i, block(1)).await.unwrap();
+    }
+    m[1].set_failed(true);
+    raid.write(0, block(2)).await.unwrap();
+    let new = Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(6 * MB, 4096))));
+    raid.replace_member(1, new.clone()).await.unwrap();
+    // A slow rebuild, so that writers and the copy overlap.
+    let task = raid.start_resync(RateLimit::new(8 * MB));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let raid = raid.clone();
+            tokio::spawn(async move {
+                for i in (w..blocks).step_by(4 * 7) {
+                    raid.write(i, block(10 + w as u8)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    while raid.status().await.degraded {
+        tokio::task::yield_now().await;
+    }
+    task.stop().await.unwrap();
+    let off = raid.data_offset();
+    let a = m[0]
+        .read(off, buf::alloc((blocks * 4096) as usize))
+        .await
+        .unwrap();
+    let b = new
+        .read(off, buf::alloc((blocks * 4096) as usize))
+        .await
+        .unwrap();
+    assert!(a == b, "mirrors differ after a rebuild under load");
+    for w in 0..4u64 {
+        assert_eq!(member_block(&new, &raid, w).await, 10 + w as u8);
+    }
+}
+
+#[tokio::test]
+async fn initial_sync_copies_member_zero_to_the_others() {
+    let m = members(2, 4 * MB);
+    let off = Geometry::plan(4096, 1024, 256 << 10).unwrap().data_offset;
+    m[0].write(off + 3, block(9)).await.unwrap();
+    m[1].write(off + 3, block(4)).await.unwrap();
+    let o = Raid1Options {
+        initial_sync: true,
+        ..opts()
+    };
+    let raid = Raid1::create(refs(&m), &o).await.unwrap();
+    assert_eq!(raid.status().await.members[1], MemberHealth::Recovering);
+    // Until the sync is done, reads come from member 0 only.
+    for _ in 0..4 {
+        assert_eq!(raid.read(3, buf::alloc(4096)).await.unwrap()[0], 9);
+    }
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(member_block(&m[1], &raid, 3).await, 9);
+    assert!(!raid.status().await.degraded);
+}
+
+/// 8 MiB members (28 regions of 256 KiB of data) with every block written
+/// and flushed, then clean in the bitmap, and member 1 replaced by a new
+/// disk: a full rebuild is pending. Checkpoints every 4 regions.
+async fn pending_rebuild(power: &Arc<Power>) -> (Arc<Raid1>, Arc<FaultDevice>, Arc<FaultDevice>) {
+    let vol = || {
+        Arc::new(
+            FaultDevice::volatile(Arc::new(MemoryDevice::new(8 * MB, 4096)))
+                .on_power(power.clone()),
+        )
+    };
+    let (m0, m1) = (vol(), vol());
+    let raid = Raid1::create(vec![m0.clone(), m1.clone()], &opts())
+        .await
+        .unwrap();
+    assert_eq!(raid.geo.regions(), 28);
+    for i in 0..raid.num_blocks() {
+        raid.write(i, block(i as u8 | 1)).await.unwrap();
+    }
+    raid.flush().await.unwrap();
+    raid.flush().await.unwrap();
+    assert_eq!(raid.status().await.dirty_regions, 0);
+    raid.fail_member(1).await.unwrap();
+    let new = vol();
+    raid.replace_member(1, new.clone()).await.unwrap();
+    raid.set_resync_checkpoint_bytes(4 * (256 << 10));
+    (raid, m0, new)
+}
+
+fn checkpoint_on(sb: &[u8], slot: usize) -> u64 {
+    Superblock::decode(sb).unwrap().slots[slot].resync_from
+}
+
+async fn assert_rebuilt(raid: &Raid1, m0: &FaultDevice, new: &FaultDevice) {
+    assert!(!raid.status().await.degraded);
+    let n = raid.num_blocks() as usize * 4096;
+    let off = raid.data_offset();
+    let (a, b) = (
+        m0.read(off, buf::alloc(n)).await.unwrap(),
+        new.read(off, buf::alloc(n)).await.unwrap(),
+    );
+    assert!(a == b, "the rebuilt member differs from the source");
+    m0.set_failed(true);
+    for i in (0..raid.num_blocks()).step_by(37) {
+        assert_eq!(
+            raid.read(i, buf::alloc(4096)).await.unwrap()[0],
+            i as u8 | 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_checkpoints_only_every_interval() {
+    let power = Power::new();
+    let (raid, m0, new) = pending_rebuild(&power).await;
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    let p = raid.resync_progress();
+    assert_eq!(p.bytes_copied, 28 * (256 << 10));
+    // After regions 4, 8, ..., 24; none at the end (the pass promotes).
+    assert_eq!(p.checkpoints, 6);
+    let sb = m0.read(0, buf::alloc(4096)).await.unwrap();
+    assert_eq!(
+        checkpoint_on(&sb, 1),
+        0,
+        "an in-sync slot has no checkpoint"
+    );
+    assert_rebuilt(&raid, &m0, &new).await;
+}
+
+#[tokio::test]
+async fn a_rebuild_cut_by_a_crash_resumes_from_its_checkpoint() {
+    let power = Power::new();
+    let (raid, m0, new) = pending_rebuild(&power).await;
+    // 20 writes and flushes into the rebuild: one write per region, five
+    // per checkpoint (target flush, two superblocks, two flushes).
+    power.cut_after(20);
+    assert!(raid.resync_now(&RateLimit::default()).await.is_err());
+    let went_past = raid.resync_progress().regions_done;
+    drop(raid);
+    m0.crash(11).await.unwrap();
+    new.crash(12).await.unwrap();
+    power.restore();
+    let cp = checkpoint_on(&new.read(0, buf::alloc(4096)).await.unwrap(), 1);
+    assert!(cp > 0 && cp < 28, "checkpoint {cp}");
+    assert!(
+        cp + 4 >= went_past,
+        "checkpoint {cp} is more than an interval behind {went_past}"
+    );
+    let raid = Raid1::open(vec![m0.clone(), new.clone()]).await.unwrap();
+    assert_eq!(
+        raid.status().await.members,
+        vec![MemberHealth::InSync, MemberHealth::Recovering]
+    );
+    // A write below the checkpoint while the rebuild waits: its region is
+    // dirty, so it is copied again too.
+    raid.write(1, block(1)).await.unwrap(); // same content as before
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(
+        raid.resync_progress().bytes_copied,
+        (28 - cp + 1) * (256 << 10),
+        "only the regions from the checkpoint on, and the dirty one"
+    );
+    assert_rebuilt(&raid, &m0, &new).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_rebuild_goes_on_from_where_it_stopped() {
+    let power = Power::new();
+    let (raid, m0, new) = pending_rebuild(&power).await;
+    raid.set_resync_checkpoint_bytes(u64::MAX);
+    // One region per (virtual) second; stop while it waits after the sixth.
+    let task = raid.start_resync(RateLimit::new(256 << 10));
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    task.stop().await.unwrap();
+    let p = raid.resync_progress();
+    assert_eq!(p.checkpoints, 1, "a stop leaves a checkpoint");
+    let cp = checkpoint_on(&m0.read(0, buf::alloc(4096)).await.unwrap(), 1);
+    assert_eq!(cp, 6, "regions 0..=5 were copied when it stopped");
+    let before = p.bytes_copied;
+    assert_eq!(before, 6 * (256 << 10));
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(
+        raid.resync_progress().bytes_copied - before,
+        (28 - cp) * (256 << 10)
+    );
+    assert_rebuilt(&raid, &m0, &new).await;
+}
+
+#[tokio::test]
+async fn a_crash_inside_a_readd_leaves_the_array_openable() {
+    // The re-add writes the returning member's bitmap and superblock, then
+    // the others' superblocks; a crash between those used to leave the
+    // only up-to-date member with an older event count than the freshest
+    // slot table, and the array refused to open. Cut at every point.
+    for cut in 0..12 {
+        let power = Power::new();
+        let m: Vec<Arc<FaultDevice>> = (0..3)
+            .map(|_| {
+                Arc::new(
+                    FaultDevice::volatile(Arc::new(MemoryDevice::new(4 * MB, 4096)))
+                        .on_power(power.clone()),
+                )
+            })
+            .collect();
+        let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+        raid.write(5, block(1)).await.unwrap();
+        m[0].set_failed(true);
+        raid.write(5, block(2)).await.unwrap();
+        m[1].set_failed(true);
+        raid.write(5, block(3)).await.unwrap();
+        raid.flush().await.unwrap();
+        m[0].set_failed(false);
+        power.cut_after(cut);
+        let readd = raid.readd_member(m[0].clone()).await;
+        assert_eq!(readd.is_ok(), !power.is_off());
+        drop(raid);
+        for (i, d) in m.iter().enumerate() {
+            d.crash(i as u64 + 1).await.unwrap();
+        }
+        power.restore();
+        let raid = Raid1::open(refs(&m))
+            .await
+            .unwrap_or_else(|e| panic!("cut after {cut}: {e}"));
+        assert_eq!(raid.status().await.members[2], MemberHealth::InSync);
+        raid.resync_now(&RateLimit::default()).await.unwrap();
+        for d in &m {
+            assert_eq!(member_block(d, &raid, 5).await, 3, "cut after {cut}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_survives_a_crash_at_any_point() {
+    // Cut the power at every write or flush of a rebuild with checkpoints:
+    // inside copies, checkpoints (targets flushed before the superblocks
+    // say so) and the promotion (likewise). The crash keeps a different
+    // random part of the caches each time; the reopened array must finish
+    // the rebuild with every block intact.
+    for cut in 0.. {
+        let power = Power::new();
+        let (raid, m0, new) = pending_rebuild(&power).await;
+        power.cut_after(cut);
+        let done = raid.resync_now(&RateLimit::default()).await.is_ok();
+        assert_eq!(done, !power.is_off());
+        drop(raid);
+        m0.crash(cut * 2 + 1).await.unwrap();
+        new.crash(cut * 2 + 2).await.unwrap();
+        power.restore();
+        let raid = Raid1::open(vec![m0.clone(), new.clone()]).await.unwrap();
+        raid.resync_now(&RateLimit::default()).await.unwrap();
+        assert_rebuilt(&raid, &m0, &new).await;
+        if done {
+            break;
+        }
+    }
+}
