@@ -97,6 +97,9 @@ struct ReportArgs {
     /// The command line to record with the results.
     #[arg(long, default_value = "fabric-bench")]
     command: String,
+    /// The commit measured [default: `git describe --always --dirty` here].
+    #[arg(long)]
+    commit: Option<String>,
     /// Skip the PNG chart.
     #[arg(long)]
     no_chart: bool,
@@ -180,7 +183,7 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
         };
         let mut entry = format!(
             "### {date}: {} mode, {} repetitions x {} s, medians\n\n\
-             * command: `{}`\n* machine: {}\n* {where_}\n\n{table}",
+             * command: `{}`\n* commit: {}\n* machine: {}\n* {where_}\n\n{table}",
             match set.mode {
                 Mode::Guest => "guest",
                 Mode::Native => "native",
@@ -188,6 +191,7 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
             set.reps,
             set.seconds,
             a.command,
+            a.commit.clone().unwrap_or_else(results::commit),
             results::machine(),
         );
         if let (Some(png), Some(dir)) = (&chart, results_file.parent()) {

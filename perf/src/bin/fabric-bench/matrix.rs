@@ -128,7 +128,8 @@ pub struct Sample {
     pub rep: u32,
     /// Why there are no numbers, if there are none.
     pub error: Option<String>,
-    /// The transport is not built in this version (not a failure of the benchmark).
+    /// The transport is not available here (not built in, no RDMA device):
+    /// not a failure of the benchmark.
     #[serde(default)]
     pub unavailable: bool,
     /// I/Os completed.
@@ -175,10 +176,11 @@ pub struct SampleSet {
 }
 
 /// Whether an error message says the transport is not available in this
-/// build or on this machine (RDMA before it is built in).
+/// build or on this machine (RDMA not built in, or no RDMA device); any
+/// other failure, "resource temporarily unavailable" included, is one.
 pub fn is_unavailable(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("unavailable") || m.contains("not built in this version")
+    m.contains("not built in this version") || m.contains("no rdma device")
 }
 
 #[cfg(test)]
@@ -190,8 +192,13 @@ mod tests {
         assert!(is_unavailable(
             "fabricd: error: the RDMA transport is not built in this version"
         ));
-        assert!(is_unavailable("RDMA unavailable: no device"));
+        assert!(is_unavailable(
+            "no RDMA device found: RDMA listeners and connections are unavailable on this machine"
+        ));
         assert!(!is_unavailable("connection refused"));
+        assert!(!is_unavailable(
+            "Resource temporarily unavailable (os error 11)"
+        ));
     }
 
     #[test]

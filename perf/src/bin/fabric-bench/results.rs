@@ -38,6 +38,18 @@ pub fn now() -> String {
     utc_date(secs)
 }
 
+/// The commit of the working tree (`git describe --always --dirty`).
+pub fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// This machine: CPU model, CPUs, memory and kernel.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

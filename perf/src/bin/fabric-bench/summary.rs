@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn failures_and_unavailable_sides() {
         let mut ours = sample("ours", 0, 0.0, 0.0);
-        ours.error = Some("RDMA unavailable".into());
+        ours.error = Some("no RDMA device found".into());
         ours.unavailable = true;
         ours.transport = "rdma".into();
         let mut kernel = sample("kernel", 0, 1000.0, 1.0);
@@ -382,7 +382,7 @@ mod tests {
         assert!(m[0].contains("fio exited 1"));
         let md = markdown(&sum);
         assert!(md.contains("unavail."), "{md}");
-        assert!(md.contains("* rdma ours: RDMA unavailable"), "{md}");
+        assert!(md.contains("* rdma ours: no RDMA device found"), "{md}");
     }
 
     #[test]
