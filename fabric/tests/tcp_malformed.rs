@@ -433,3 +433,53 @@ async fn bad_data_digest_fails_the_command_not_the_connection() {
     .await;
     assert!(c.recv_cqe().await.status.is_success());
 }
+
+/// Writes waiting for their data (R2T sent) on an I/O queue of 32 entries.
+async fn pending_writes(c: &mut RawConn, count: u16) {
+    for cid in 0..count {
+        let cmd = Command {
+            cid,
+            dptr: SglDescriptor::transport_data_block(4096),
+            ..rw_command(io::WRITE, 1, cid as u64, 1)
+        };
+        c.send_pdu(&PduHeader::CapsuleCmd(cmd), &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_past_its_queue_depth_loses_its_connection() {
+    let t = common::start(16 << 20, vec![]).await;
+    let mut admin = RawConn::open(&t, true, Digests::default()).await;
+    let cntlid = admin.connect_admin(HOST, HOSTID).await;
+    let mut io_q = RawConn::open(&t, true, Digests::default()).await;
+    assert!(io_q
+        .connect(1, cntlid, HOST, HOSTID)
+        .await
+        .status
+        .is_success());
+    // SQSIZE 31: 32 entries; the target tolerates twice that outstanding
+    // (as the Linux target does) and no more.
+    pending_writes(&mut io_q, 64).await;
+    for _ in 0..64 {
+        assert!(matches!(
+            io_q.recv().await,
+            common::Received::Pdu(fabric::wire::tcp::Pdu::R2t(_))
+        ));
+    }
+    pending_writes(&mut io_q, 1).await;
+    assert!(
+        matches!(io_q.recv().await, common::Received::Closed),
+        "a command past twice the queue depth must close the connection"
+    );
+    // The admin queue is unaffected.
+    admin
+        .send_cmd(
+            Command {
+                cid: 9,
+                ..Command::new(admin::KEEP_ALIVE)
+            },
+            &[],
+        )
+        .await;
+    assert!(admin.recv_cqe().await.status.is_success());
+}

@@ -142,6 +142,17 @@ impl Queue {
         self.session.get().map(|s| s.sqsize as u32 + 1)
     }
 
+    /// Commands a connection may have outstanding (received, response not
+    /// yet handed to the wire) before the host is breaking the protocol:
+    /// twice the queue depth, the slack the Linux target allows (a host may
+    /// reuse a slot as soon as it sees the response, before the transport
+    /// has finished with it), or twice `before_connect` entries while the
+    /// queue is not connected. A transport closes a connection that goes
+    /// over it, so that a host cannot make the target hold unbounded work.
+    pub fn max_outstanding(&self, before_connect: u32) -> usize {
+        2 * self.depth().unwrap_or(before_connect).max(1) as usize
+    }
+
     pub(crate) fn set_session(&self, s: Session) -> bool {
         self.session.set(s).is_ok()
     }
