@@ -483,3 +483,31 @@ async fn a_host_past_its_queue_depth_loses_its_connection() {
         .await;
     assert!(admin.recv_cqe().await.status.is_success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_connects_is_closed() {
+    let cfg = fabric::target::TargetConfig {
+        connect_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let t = common::start_with(16 << 20, vec![], cfg).await;
+    let mut idle = RawConn::open(&t, true, Digests::default()).await;
+    let mut connected = RawConn::open(&t, true, Digests::default()).await;
+    connected.connect_admin(HOST, HOSTID).await;
+    assert!(
+        matches!(idle.recv().await, common::Received::Closed),
+        "a queue without Connect must be closed after the connect timeout"
+    );
+    // A connected queue (KATO 0) outlives the timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    connected
+        .send_cmd(
+            Command {
+                cid: 7,
+                ..Command::new(admin::KEEP_ALIVE)
+            },
+            &[],
+        )
+        .await;
+    assert!(connected.recv_cqe().await.status.is_success());
+}

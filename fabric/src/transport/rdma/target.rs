@@ -237,6 +237,7 @@ async fn run(
                 None => break "listener stopped",
             },
             _ = token.cancelled() => break "controller or target shut down",
+            _ = conn.core.connect_timed_out() => break "no Connect command in time",
         }
     };
     conn.core.close();

@@ -280,6 +280,7 @@ impl Connection {
                     Err(_) => break "read error",
                 },
                 _ = token.cancelled() => break "controller or target shut down",
+                _ = self.queue.connect_timed_out() => break "no Connect command in time",
             }
         };
         // Release the queue (outstanding AERs end), then let commands already
