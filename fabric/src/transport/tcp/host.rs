@@ -27,10 +27,21 @@ use crate::wire::{Command, Completion, Status};
 use super::{read_one_pdu, TcpTransport};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
+/// Largest data transfer of one command on a host queue: reads and writes
+/// are split to it, and it bounds the data of one PDU from the controller
+/// (so a controller cannot make the host reserve memory for a PDU it
+/// announces without a limit).
+const MAX_HOST_TRANSFER: u32 = 16 << 20;
+
 /// Transport state of an outstanding command.
 struct Pending {
+    /// Data to send when the controller asks for it (R2T).
     out: Option<Bytes>,
-    read: Option<BytesMut>,
+    /// Bytes of `out` the controller has asked for so far (R2T offsets
+    /// only move forward, so no byte is sent twice).
+    out_requested: usize,
+    /// Data received so far, and how much the command reads.
+    read: Option<(BytesMut, usize)>,
     failed: Option<Status>,
 }
 
@@ -76,7 +87,7 @@ impl HostTransport for TcpTransport {
         wr.write_all(&out)
             .await
             .map_err(|e| TransportError::io("send ICReq", e))?;
-        let mut dec = PduDecoder::new(Role::Host, u32::MAX as usize >> 2);
+        let mut dec = PduDecoder::new(Role::Host, MAX_HOST_TRANSFER as usize);
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let resp = match read_one_pdu(&mut rd, &dec, &mut rbuf).await? {
             Pdu::IcResp(r) => r,
@@ -129,17 +140,28 @@ impl HostQueue for TcpHostQueue {
         if self.is_closed() {
             return Err(closed());
         }
+        if data.len() > MAX_HOST_TRANSFER {
+            return Err(TransportError::Unavailable(format!(
+                "transfer of {} bytes exceeds the NVMe/TCP host limit of {MAX_HOST_TRANSFER} bytes",
+                data.len()
+            )));
+        }
         let _slot = self.slots.acquire().await.map_err(|_| closed())?;
         let (inline, out, read) = match &data {
             HostData::Out(b) if b.len() <= self.inline_data_size as usize => {
                 (Some(b.clone()), None, None)
             }
             HostData::Out(b) => (None, Some(b.clone()), None),
-            HostData::In(n) => (None, None, Some(BytesMut::with_capacity(*n as usize))),
+            HostData::In(n) => (
+                None,
+                None,
+                Some((BytesMut::with_capacity(*n as usize), *n as usize)),
+            ),
             HostData::None => (None, None, None),
         };
         let (cid, rx) = self.shared.insert(Pending {
             out,
+            out_requested: 0,
             read,
             failed: None,
         })?;
@@ -170,6 +192,10 @@ impl HostQueue for TcpHostQueue {
     fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
+
+    fn max_transfer(&self) -> u32 {
+        MAX_HOST_TRANSFER
+    }
 }
 
 impl Drop for TcpHostQueue {
@@ -186,6 +212,8 @@ async fn write_loop(
     let mut batch = BytesMut::with_capacity(64 * 1024);
     loop {
         let first = tokio::select! {
+            // Queued PDUs first: a TermReq queued as the queue closes still goes out.
+            biased;
             m = rx.recv() => m,
             _ = shared.token().cancelled() => None,
         };
@@ -229,17 +257,6 @@ impl Reader {
                     tracing::warn!(error = %e, "fatal PDU error from the controller");
                     let mut b = BytesMut::new();
                     encode_term(&e, true, self.digests, 0, &mut b);
-                    encode(
-                        &PduHeader::TermReq {
-                            h2c: true,
-                            fes: e.fes,
-                            fei: e.fei,
-                        },
-                        &e.header,
-                        self.digests,
-                        0,
-                        &mut b,
-                    );
                     let _ = self.tx.send(b.freeze());
                     break format!("fatal PDU error: {}", e.reason);
                 }
@@ -264,18 +281,28 @@ impl Reader {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
             return;
         };
-        let result = match p.failed {
-            Some(status) if cqe.status.is_success() => CommandResult {
+        // A success that did not bring all the data asked for is a failed
+        // transfer, never a short read.
+        let short = p
+            .read
+            .as_ref()
+            .is_some_and(|(buf, want)| buf.len() != *want);
+        let failed = p
+            .failed
+            .or(short.then_some(Status::DATA_TRANSFER_ERROR))
+            .filter(|_| cqe.status.is_success());
+        let result = match failed {
+            Some(status) => CommandResult {
                 cqe: Completion { status, ..cqe },
                 data: None,
             },
-            _ => CommandResult {
+            None => CommandResult {
                 cqe,
                 data: p
                     .read
                     .take()
                     .filter(|_| cqe.status.is_success())
-                    .map(BytesMut::freeze),
+                    .map(|(buf, _)| buf.freeze()),
             },
         };
         let _ = done.send(Ok(result));
@@ -320,14 +347,13 @@ impl Reader {
         let Some(p) = pending.get_mut(hdr.cccid as usize).map(|e| &mut e.state) else {
             return Err(format!("C2HData for unknown command {}", hdr.cccid));
         };
-        let Some(buf) = p.read.as_mut() else {
+        let Some((buf, want)) = p.read.as_mut() else {
             return Err(format!(
                 "C2HData for command {} that reads nothing",
                 hdr.cccid
             ));
         };
-        let want = buf.capacity();
-        if hdr.datao as usize != buf.len() || buf.len() + data.len() > want {
+        if hdr.datao as usize != buf.len() || buf.len() + data.len() > *want {
             return Err(format!(
                 "C2HData out of order or range for command {}",
                 hdr.cccid
@@ -341,18 +367,31 @@ impl Reader {
     }
 
     fn r2t(&self, r: R2t) -> Result<(), String> {
-        let out = {
-            let pending = self.shared.lock();
-            let p = pending
-                .get(r.cccid as usize)
-                .map(|e| &e.state)
-                .ok_or_else(|| format!("R2T for unknown command {}", r.cccid))?;
-            p.out
-                .clone()
-                .ok_or_else(|| format!("R2T for command {} that writes nothing", r.cccid))?
-        };
         let (start, len) = (r.offset as usize, r.length as usize);
-        if len == 0 || start.checked_add(len).is_none_or(|end| end > out.len()) {
+        let out = {
+            let mut pending = self.shared.lock();
+            let p = pending
+                .get_mut(r.cccid as usize)
+                .map(|e| &mut e.state)
+                .ok_or_else(|| format!("R2T for unknown command {}", r.cccid))?;
+            let out = p
+                .out
+                .clone()
+                .ok_or_else(|| format!("R2T for command {} that writes nothing", r.cccid))?;
+            // Each byte is asked for once: an R2T may not go back over data
+            // already requested (as the Linux host checks), which also bounds
+            // what one command can make the host send.
+            let in_range = len > 0
+                && start >= p.out_requested
+                && start.checked_add(len).is_some_and(|end| end <= out.len());
+            if in_range {
+                p.out_requested = start + len;
+                Some(out)
+            } else {
+                None
+            }
+        };
+        let Some(out) = out else {
             let mut b = BytesMut::new();
             encode(
                 &PduHeader::TermReq {
@@ -367,7 +406,7 @@ impl Reader {
             );
             let _ = self.tx.send(b.freeze());
             return Err("R2T outside the command's data".into());
-        }
+        };
         let mut off = start;
         while off < start + len {
             let n = self.maxh2cdata.min(start + len - off);
