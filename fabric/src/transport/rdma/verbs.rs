@@ -998,6 +998,16 @@ pub enum SendOp {
     },
 }
 
+/// A chain of send work requests that could not be posted whole.
+#[derive(Debug, thiserror::Error)]
+#[error("ibv_post_send: {error} ({posted} work requests of the chain posted)")]
+pub struct PostSendError {
+    /// Requests at the head of the chain that were posted and run on.
+    pub posted: usize,
+    /// Why the rest was refused.
+    pub error: io::Error,
+}
+
 /// A send-side work request: operation, local memory, whether it completes
 /// visibly (signaled), and whether its data is copied at post time (inline).
 #[derive(Clone, Copy, Debug)]
@@ -1027,12 +1037,17 @@ impl QueuePair {
 
     /// Post a chain of send work requests.
     ///
+    /// On failure the error says how many requests at the head of the chain
+    /// were posted all the same (verbs post a chain up to the first request
+    /// they cannot take): those run on, so their memory stays in use.
+    ///
     /// # Safety
     /// The memory of every non-inline SGE must stay registered and untouched
     /// (not written for sends and writes, not read or written for reads)
-    /// until a signaled completion at or after it arrives. The QP must still
-    /// belong to a live [`CmId`].
-    pub unsafe fn post_send(&self, wrs: &[SendWr]) -> io::Result<()> {
+    /// until a signaled completion at or after it arrives, or, for requests
+    /// posted by a chain that failed, until the QP is destroyed. The QP must
+    /// still belong to a live [`CmId`].
+    pub unsafe fn post_send(&self, wrs: &[SendWr]) -> Result<(), PostSendError> {
         if wrs.is_empty() {
             return Ok(());
         }
@@ -1092,10 +1107,18 @@ impl QueuePair {
         // across the call, which copies them; the memory contract is the caller's.
         let rc = unsafe { ibv_post_send(self.qp, raw.as_mut_ptr(), &mut bad) };
         if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc))
+            return Ok(());
         }
+        // `bad` names the first request not posted; if it names none of
+        // ours, assume the worst: the whole chain is in flight.
+        let posted = raw
+            .iter()
+            .position(|w| ptr::eq(w, bad))
+            .unwrap_or(raw.len());
+        Err(PostSendError {
+            posted,
+            error: io::Error::from_raw_os_error(rc),
+        })
     }
 
     /// Post a receive into `sge` (QPs without an SRQ).
