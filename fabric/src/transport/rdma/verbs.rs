@@ -606,15 +606,20 @@ pub struct Access {
 }
 
 /// A registered memory region over memory it owns.
+///
+/// The memory is a raw allocation that Rust code never holds a reference
+/// to: the device (and, for remotely accessible regions, the peer) writes
+/// it behind the compiler's back, so every access is a raw copy at an
+/// address, made while no work request uses those bytes.
 pub struct MemoryRegion {
     mr: *mut ibv_mr,
-    mem: Box<[u8]>,
-    offset: usize,
+    mem: ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
     len: usize,
 }
 
 // SAFETY: registrations are usable from any thread; the memory is only
-// accessed through the pool's ownership discipline.
+// accessed through raw copies under the pool's ownership discipline.
 unsafe impl Send for MemoryRegion {}
 // SAFETY: as above.
 unsafe impl Sync for MemoryRegion {}
@@ -622,8 +627,16 @@ unsafe impl Sync for MemoryRegion {}
 impl MemoryRegion {
     /// Allocate `len` zeroed bytes aligned to 4 KiB and register them.
     pub fn new(pd: &ProtectionDomain, len: usize, access: Access) -> io::Result<MemoryRegion> {
-        let mem = vec![0u8; len + 4096].into_boxed_slice();
-        let offset = mem.as_ptr().align_offset(4096);
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size.
+        let mem =
+            ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("cannot allocate {len} bytes to register"),
+                )
+            })?;
         let mut flags = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
         if access.remote_read {
             flags |= ibv_access_flags::IBV_ACCESS_REMOTE_READ.0;
@@ -631,40 +644,33 @@ impl MemoryRegion {
         if access.remote_write {
             flags |= ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
         }
-        // SAFETY: the memory is owned by the returned value and outlives the
-        // registration (deregistered in Drop before the Box is freed).
+        // SAFETY: valid PD; the memory is owned by the returned value and
+        // outlives the registration (deregistered in Drop before it is freed).
         let mr = unsafe {
             ibv_reg_mr(
                 pd.pd,
-                mem.as_ptr().add(offset) as *mut c_void,
-                len.max(1),
+                mem.as_ptr() as *mut c_void,
+                layout.size(),
                 flags as i32,
             )
         };
         if mr.is_null() {
-            return Err(last_error("ibv_reg_mr"));
+            let e = last_error("ibv_reg_mr");
+            // SAFETY: allocated above with this layout, never registered.
+            unsafe { std::alloc::dealloc(mem.as_ptr(), layout) };
+            return Err(e);
         }
         Ok(MemoryRegion {
             mr,
             mem,
-            offset,
+            layout,
             len,
         })
     }
 
     /// Start address.
     pub fn addr(&self) -> u64 {
-        self.mem[self.offset..].as_ptr() as u64
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the region is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.mem.as_ptr() as u64
     }
 
     /// Local key.
@@ -679,20 +685,24 @@ impl MemoryRegion {
         unsafe { (*self.mr).rkey }
     }
 
+    /// Whether `off..off + n` lies inside the region.
+    fn in_bounds(&self, off: usize, n: usize) -> bool {
+        off.checked_add(n).is_some_and(|end| end <= self.len)
+    }
+
     /// Copy `src` into the region at `off`.
     ///
     /// # Safety
     /// No work request may be reading or writing `off..off + src.len()`.
     pub unsafe fn write_at(&self, off: usize, src: &[u8]) {
         assert!(
-            off + src.len() <= self.len,
+            self.in_bounds(off, src.len()),
             "write past the end of a memory region"
         );
-        // SAFETY: in bounds (checked); the caller guarantees no concurrent
-        // DMA and the pool hands each slot to one owner at a time.
-        unsafe {
-            ptr::copy_nonoverlapping(src.as_ptr(), (self.addr() as *mut u8).add(off), src.len())
-        };
+        // SAFETY: in bounds (checked) of our allocation, which `src` (a
+        // Rust reference) cannot overlap; the caller guarantees no DMA on
+        // these bytes and the pool hands each slot to one owner at a time.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.mem.as_ptr().add(off), src.len()) };
     }
 
     /// Copy `dst.len()` bytes out of the region at `off`.
@@ -701,16 +711,12 @@ impl MemoryRegion {
     /// No work request may be writing `off..off + dst.len()`.
     pub unsafe fn read_at(&self, off: usize, dst: &mut [u8]) {
         assert!(
-            off + dst.len() <= self.len,
+            self.in_bounds(off, dst.len()),
             "read past the end of a memory region"
         );
         // SAFETY: in bounds (checked); no concurrent DMA by the caller's guarantee.
         unsafe {
-            ptr::copy_nonoverlapping(
-                (self.addr() as *const u8).add(off),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
+            ptr::copy_nonoverlapping(self.mem.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
         };
     }
 }
@@ -718,8 +724,12 @@ impl MemoryRegion {
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
         // SAFETY: no work request uses the region any more (its pool and
-        // the connections using it are gone).
-        unsafe { ibv_dereg_mr(self.mr) };
+        // the connections using it are gone); it is deregistered before its
+        // memory, allocated in `new` with this layout, is freed.
+        unsafe {
+            ibv_dereg_mr(self.mr);
+            std::alloc::dealloc(self.mem.as_ptr(), self.layout);
+        }
     }
 }
 
