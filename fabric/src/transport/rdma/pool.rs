@@ -88,17 +88,6 @@ impl SlotPool {
         Some(self.take(n, len, permit))
     }
 
-    /// As [`SlotPool::get`] without waiting.
-    pub fn try_get(self: &Arc<Self>, len: usize) -> Option<PoolBuf> {
-        let n = len.div_ceil(self.slot_size).max(1);
-        let permit = self
-            .available
-            .clone()
-            .try_acquire_many_owned(n as u32)
-            .ok()?;
-        Some(self.take(n, len, permit))
-    }
-
     fn take(self: &Arc<Self>, n: usize, len: usize, permit: OwnedSemaphorePermit) -> PoolBuf {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let at = free.len() - n;
@@ -157,11 +146,6 @@ impl PoolBuf {
             let off = k * size;
             (off < self.len).then(|| (off, self.pool.sge(slot, (self.len - off).min(size))))
         })
-    }
-
-    /// Whether the buffer is one slot (one SGE, one remote range).
-    pub fn is_contiguous(&self) -> bool {
-        self.slots.len() == 1
     }
 
     /// Remote address and key of a one-slot buffer, for a keyed SGL.
@@ -223,16 +207,6 @@ impl RecvBuffers {
         })
     }
 
-    /// Number of buffers.
-    pub fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// Bytes per buffer.
-    pub fn slot_size(&self) -> usize {
-        self.slot_size
-    }
-
     /// The SGE of buffer `i`.
     pub fn sge(&self, i: u32) -> Sge {
         Sge {
@@ -284,11 +258,6 @@ impl SendBuffers {
             slot_size,
             count,
         })
-    }
-
-    /// Bytes per buffer.
-    pub fn slot_size(&self) -> usize {
-        self.slot_size
     }
 
     /// Fill buffer `i` with `parts` (concatenated) and return its SGE;
