@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fabric::target::{PortAddress, TransportKind};
-use fabric::transport::{host_transport, HostData, HostQueue, QueueParams};
+use fabric::transport::{
+    host_transport, CommandResult, HostData, HostQueue, QueueParams, TransportError,
+};
 use fabric::wire::opcode::io;
 use fabric::wire::tcp::{
     encode, DataHeader, Decoded, Digests, IcResp, Pdu, PduDecoder, PduHeader, R2t, Role,
@@ -110,17 +112,20 @@ async fn connected() -> (FakeController, std::sync::Arc<dyn HostQueue>) {
     (fake, queue)
 }
 
+/// Submit `cmd` on `queue` from another task.
+fn submit_in_background(
+    queue: &std::sync::Arc<dyn HostQueue>,
+    cmd: Command,
+    data: HostData,
+) -> tokio::task::JoinHandle<Result<CommandResult, TransportError>> {
+    let queue = queue.clone();
+    tokio::spawn(async move { queue.submit(cmd, data).await })
+}
+
 #[tokio::test]
 async fn read_data_cut_short_fails_the_command() {
     let (mut fake, queue) = connected().await;
-    let read = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            queue
-                .submit(Command::new(io::READ), HostData::In(4096))
-                .await
-        }
-    });
+    let read = submit_in_background(&queue, Command::new(io::READ), HostData::In(4096));
     let cmd = fake.recv_cmd().await;
     // 1 KiB of the 4 KiB asked for, then a successful response.
     let hdr = DataHeader {
@@ -157,14 +162,7 @@ async fn read_data_cut_short_fails_the_command() {
 async fn a_repeated_r2t_does_not_make_the_host_send_its_data_twice() {
     let (mut fake, queue) = connected().await;
     let data = Bytes::from(vec![0x5a; 64 << 10]);
-    let write = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            queue
-                .submit(Command::new(io::WRITE), HostData::Out(data))
-                .await
-        }
-    });
+    let write = submit_in_background(&queue, Command::new(io::WRITE), HostData::Out(data));
     let cmd = fake.recv_cmd().await;
     let r2t = R2t {
         cccid: cmd.cid,
@@ -190,10 +188,7 @@ async fn a_repeated_r2t_does_not_make_the_host_send_its_data_twice() {
 #[tokio::test]
 async fn a_malformed_pdu_gets_one_term_req() {
     let (mut fake, queue) = connected().await;
-    let _pending = tokio::spawn({
-        let queue = queue.clone();
-        async move { queue.submit(Command::new(io::FLUSH), HostData::None).await }
-    });
+    let _pending = submit_in_background(&queue, Command::new(io::FLUSH), HostData::None);
     fake.recv_cmd().await;
     // A response capsule with a wrong header length.
     let mut out = BytesMut::new();

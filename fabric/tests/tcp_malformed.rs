@@ -423,15 +423,7 @@ async fn bad_data_digest_fails_the_command_not_the_connection() {
     assert_eq!(cqe.cid, 3);
     assert_eq!(cqe.status, Status::TRANSIENT_TRANSPORT_ERROR);
     // The connection still works.
-    c.send_cmd(
-        Command {
-            cid: 4,
-            ..Command::new(admin::KEEP_ALIVE)
-        },
-        &[],
-    )
-    .await;
-    assert!(c.recv_cqe().await.status.is_success());
+    c.expect_keep_alive(4).await;
 }
 
 /// Writes waiting for their data (R2T sent) on an I/O queue of 32 entries.
@@ -472,16 +464,7 @@ async fn a_host_past_its_queue_depth_loses_its_connection() {
         "a command past twice the queue depth must close the connection"
     );
     // The admin queue is unaffected.
-    admin
-        .send_cmd(
-            Command {
-                cid: 9,
-                ..Command::new(admin::KEEP_ALIVE)
-            },
-            &[],
-        )
-        .await;
-    assert!(admin.recv_cqe().await.status.is_success());
+    admin.expect_keep_alive(9).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,14 +483,5 @@ async fn a_connection_that_never_connects_is_closed() {
     );
     // A connected queue (KATO 0) outlives the timeout.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    connected
-        .send_cmd(
-            Command {
-                cid: 7,
-                ..Command::new(admin::KEEP_ALIVE)
-            },
-            &[],
-        )
-        .await;
-    assert!(connected.recv_cqe().await.status.is_success());
+    connected.expect_keep_alive(7).await;
 }
