@@ -39,13 +39,14 @@ type Shared = PendingCommands<Pending>;
 pub struct RdmaHostQueue {
     id: Option<CmId>,
     qp: QueuePair,
-    dev: Arc<Device>,
     sends: SendBuffers,
     recv: RecvBuffers,
     shared: Arc<Shared>,
     slots: Semaphore,
     inline_data_size: u32,
     timeout: Duration,
+    /// Dropped last: the buffers above are registered in its PD.
+    dev: Arc<Device>,
 }
 
 async fn wait_for(

@@ -470,8 +470,10 @@ impl CmId {
         attr.cap.max_inline_data = caps.max_inline_data;
         attr.qp_type = ibv_qp_type::IBV_QPT_RC;
         attr.sq_sig_all = 0;
-        // SAFETY: valid id, PD, CQ and SRQ (they outlive the QP: callers
-        // hold them in the same connection object, dropped after it).
+        // SAFETY: valid id, PD, CQ and SRQ. They outlive the QP: they
+        // belong to a device, and devices stay in the transport's registry
+        // (and their poller) for the life of the process, while the QP goes
+        // with its id.
         check(
             unsafe { rdma_create_qp(self.id, pd.pd, &mut attr) },
             "rdma_create_qp",
