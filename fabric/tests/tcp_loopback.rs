@@ -185,3 +185,24 @@ async fn keep_alive_timeout_tears_the_controller_down() {
     }
     assert!(sub.controllers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_controller_without_keep_alive_gets_a_default_timeout() {
+    let t = common::start(8 << 20, vec![]).await;
+    let opts = HostOptions {
+        kato: Duration::ZERO,
+        ..Default::default()
+    };
+    let _ctrl = HostController::connect(&t.address, fabric::wire::DISCOVERY_NQN, &opts)
+        .await
+        .unwrap();
+    let disc = t.target.subsystem(fabric::wire::DISCOVERY_NQN).unwrap();
+    // A stale discovery session must end some day: 120 s, as on Linux.
+    assert_eq!(disc.controllers()[0].kato_ms(), 120_000);
+    // An NVM subsystem's controller keeps what the host asked for.
+    let _io = HostController::connect(&t.address, common::NQN, &opts)
+        .await
+        .unwrap();
+    let sub = t.target.subsystem(common::NQN).unwrap();
+    assert_eq!(sub.controllers()[0].kato_ms(), 0);
+}

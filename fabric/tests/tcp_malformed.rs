@@ -423,13 +423,65 @@ async fn bad_data_digest_fails_the_command_not_the_connection() {
     assert_eq!(cqe.cid, 3);
     assert_eq!(cqe.status, Status::TRANSIENT_TRANSPORT_ERROR);
     // The connection still works.
-    c.send_cmd(
-        Command {
-            cid: 4,
-            ..Command::new(admin::KEEP_ALIVE)
-        },
-        &[],
-    )
-    .await;
-    assert!(c.recv_cqe().await.status.is_success());
+    c.expect_keep_alive(4).await;
+}
+
+/// Writes waiting for their data (R2T sent) on an I/O queue of 32 entries.
+async fn pending_writes(c: &mut RawConn, count: u16) {
+    for cid in 0..count {
+        let cmd = Command {
+            cid,
+            dptr: SglDescriptor::transport_data_block(4096),
+            ..rw_command(io::WRITE, 1, cid as u64, 1)
+        };
+        c.send_pdu(&PduHeader::CapsuleCmd(cmd), &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_past_its_queue_depth_loses_its_connection() {
+    let t = common::start(16 << 20, vec![]).await;
+    let mut admin = RawConn::open(&t, true, Digests::default()).await;
+    let cntlid = admin.connect_admin(HOST, HOSTID).await;
+    let mut io_q = RawConn::open(&t, true, Digests::default()).await;
+    assert!(io_q
+        .connect(1, cntlid, HOST, HOSTID)
+        .await
+        .status
+        .is_success());
+    // SQSIZE 31: 32 entries; the target tolerates twice that outstanding
+    // (as the Linux target does) and no more.
+    pending_writes(&mut io_q, 64).await;
+    for _ in 0..64 {
+        assert!(matches!(
+            io_q.recv().await,
+            common::Received::Pdu(fabric::wire::tcp::Pdu::R2t(_))
+        ));
+    }
+    pending_writes(&mut io_q, 1).await;
+    assert!(
+        matches!(io_q.recv().await, common::Received::Closed),
+        "a command past twice the queue depth must close the connection"
+    );
+    // The admin queue is unaffected.
+    admin.expect_keep_alive(9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_connects_is_closed() {
+    let cfg = fabric::target::TargetConfig {
+        connect_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let t = common::start_with(16 << 20, vec![], cfg).await;
+    let mut idle = RawConn::open(&t, true, Digests::default()).await;
+    let mut connected = RawConn::open(&t, true, Digests::default()).await;
+    connected.connect_admin(HOST, HOSTID).await;
+    assert!(
+        matches!(idle.recv().await, common::Received::Closed),
+        "a queue without Connect must be closed after the connect timeout"
+    );
+    // A connected queue (KATO 0) outlives the timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    connected.expect_keep_alive(7).await;
 }

@@ -418,8 +418,8 @@ impl HostController {
 
     /// The ANA log: change count and groups.
     pub async fn ana_log(&self) -> Result<(u64, Vec<AnaGroup>), TransportError> {
-        let len = 16 + self.identify.nanagrpid * 32 + self.identify.mnan.max(self.identify.nn) * 4;
-        let len = len.div_ceil(4) * 4;
+        let limit = self.max_transfer.min(self.admin.max_transfer() as u64);
+        let len = ana_log_len(&self.identify, limit)?;
         let b = self.get_log_page(log::ANA, 0, len, 0, 0).await?;
         decode_ana_log(&b).ok_or_else(|| TransportError::Protocol("malformed ANA log".into()))
     }
@@ -450,10 +450,16 @@ impl HostController {
         blocks: u32,
         block_size: u32,
     ) -> Result<Bytes, TransportError> {
+        let len = blocks.checked_mul(block_size).ok_or_else(|| {
+            TransportError::Protocol(format!(
+                "a read of {blocks} blocks of {block_size} bytes is too large for one command"
+            ))
+        })?;
         let cmd = rw_command(io::READ, nsid, lba, blocks);
-        let r = ok(self.io(cmd, HostData::In(blocks * block_size)).await?)?;
+        let r = ok(self.io(cmd, HostData::In(len)).await?)?;
         r.data
-            .ok_or_else(|| TransportError::Protocol("Read returned no data".into()))
+            .filter(|d| d.len() == len as usize)
+            .ok_or_else(|| TransportError::Protocol("Read returned no or short data".into()))
     }
 
     /// Write `data` at `lba` of namespace `nsid` in one command.
@@ -516,6 +522,23 @@ impl Drop for HostController {
     }
 }
 
+/// Bytes of the whole ANA log of a controller with this identity: a header,
+/// a descriptor per group and every namespace ID once. The controller's
+/// fields size it, so it must fit in one transfer of at most `limit` bytes
+/// (as the Linux host requires) rather than size an allocation unchecked.
+fn ana_log_len(id: &IdentifyController, limit: u64) -> Result<u32, TransportError> {
+    let len = 16 + u64::from(id.nanagrpid) * 32 + u64::from(id.mnan.max(id.nn)) * 4;
+    u32::try_from(len)
+        .ok()
+        .filter(|&len| u64::from(len) <= limit)
+        .ok_or_else(|| {
+            TransportError::Protocol(format!(
+                "ANA log of {len} bytes (NANAGRPID {}, MNAN {}, NN {}) exceeds the largest transfer of {limit} bytes",
+                id.nanagrpid, id.mnan, id.nn
+            ))
+        })
+}
+
 /// A Read or Write command.
 pub fn rw_command(opcode: u8, nsid: u32, lba: u64, blocks: u32) -> Command {
     Command {
@@ -532,5 +555,34 @@ pub fn status_of(e: &TransportError) -> Option<Status> {
     match e {
         TransportError::Status(s) => Some(*s),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ana_log_length_is_checked_against_the_transfer_limit() {
+        let id = IdentifyController {
+            nanagrpid: 32,
+            mnan: 1024,
+            nn: 1024,
+            ..Default::default()
+        };
+        assert_eq!(ana_log_len(&id, 1 << 20).unwrap(), 16 + 32 * 32 + 1024 * 4);
+        // Fields a controller may report that would overflow 32 bits or ask
+        // for gigabytes are refused, not allocated.
+        let huge = IdentifyController {
+            nanagrpid: u32::MAX,
+            mnan: u32::MAX,
+            ..Default::default()
+        };
+        assert!(ana_log_len(&huge, u64::MAX).is_err());
+        let big = IdentifyController {
+            nn: 1 << 28,
+            ..Default::default()
+        };
+        assert!(ana_log_len(&big, 16 << 20).is_err());
     }
 }

@@ -10,7 +10,7 @@ use crate::wire::fabrics::{
 use crate::wire::opcode::fctype;
 use crate::wire::{Command, Status, CNTLID_DYNAMIC};
 
-use super::controller::{Controller, HostIdentity};
+use super::controller::{Controller, HostIdentity, DISCOVERY_DEFAULT_KATO_MS};
 use super::queue::{Failure, Outcome, Queue, Session};
 use super::request::{Op, Transfer};
 
@@ -108,6 +108,11 @@ pub(crate) async fn connect(
             id: d.hostid,
         };
         let token = q.target.shutdown_token().child_token();
+        let kato_ms = if sub.is_discovery && c.kato_ms == 0 {
+            DISCOVERY_DEFAULT_KATO_MS
+        } else {
+            c.kato_ms
+        };
         let ctrl = sub
             .register_controller(|id| {
                 Controller::new(
@@ -115,13 +120,13 @@ pub(crate) async fn connect(
                     sub.clone(),
                     q.port.clone(),
                     host,
-                    c.kato_ms,
+                    kato_ms,
                     limits,
                     token,
                 )
             })
             .ok_or(Failure::from(Status::CONNECT_CONTROLLER_BUSY))?;
-        tracing::info!(cntlid = ctrl.cntlid, subnqn = %sub.nqn, hostnqn = %d.hostnqn, port = q.port.id, kato_ms = c.kato_ms, "controller created");
+        tracing::info!(cntlid = ctrl.cntlid, subnqn = %sub.nqn, hostnqn = %d.hostnqn, port = q.port.id, kato_ms, "controller created");
         ctrl
     } else {
         if sub.is_discovery {

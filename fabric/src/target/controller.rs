@@ -25,6 +25,9 @@ use super::Limits;
 pub const MAX_AERS: usize = 4;
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
+/// Keep-alive timeout of a discovery controller whose host asked for none
+/// (as the Linux target does), so that stale discovery sessions end.
+pub const DISCOVERY_DEFAULT_KATO_MS: u32 = 120_000;
 
 /// Asynchronous events a controller reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub mod subsystem;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +62,9 @@ pub struct TargetConfig {
     pub max_queue_entries: u16,
     /// I/O queues per controller.
     pub max_io_queues: u16,
+    /// Time a new connection has to send its Connect command; a connection
+    /// still not connected then is closed.
+    pub connect_timeout: Duration,
 }
 
 impl Default for TargetConfig {
@@ -69,6 +73,7 @@ impl Default for TargetConfig {
             max_transfer: 1 << 20,
             max_queue_entries: 1024,
             max_io_queues: 64,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -88,6 +93,11 @@ impl TargetConfig {
         if self.max_io_queues == 0 {
             return Err(TargetError::Config(
                 "at least one I/O queue is needed".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(TargetError::Config(
+                "the connect timeout must not be zero".into(),
             ));
         }
         Ok(())

@@ -86,12 +86,14 @@ pub struct Queue {
     session: OnceLock<Session>,
     sq_head: AtomicU32,
     token: CancellationToken,
+    connect_deadline: tokio::time::Instant,
 }
 
 impl Queue {
     /// A new, unconnected queue on `port`.
     pub fn new(target: Arc<Target>, port: Arc<Port>, caps: TransportCaps) -> Arc<Queue> {
         let token = target.shutdown_token().child_token();
+        let connect_deadline = tokio::time::Instant::now() + target.config().connect_timeout;
         Arc::new(Queue {
             target,
             port,
@@ -99,7 +101,19 @@ impl Queue {
             session: OnceLock::new(),
             sq_head: AtomicU32::new(0),
             token,
+            connect_deadline,
         })
+    }
+
+    /// Completes once the target's connect timeout has passed since the
+    /// queue was created without a successful Connect (never, once
+    /// connected). Transports close such a connection, so that a peer that
+    /// never sends Connect cannot hold a connection and its task for ever.
+    pub async fn connect_timed_out(&self) {
+        tokio::time::sleep_until(self.connect_deadline).await;
+        if self.session.get().is_some() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Cancelled when the connection must close (controller torn down,
@@ -140,6 +154,17 @@ impl Queue {
     /// Queue entries (SQSIZE + 1) once connected.
     pub fn depth(&self) -> Option<u32> {
         self.session.get().map(|s| s.sqsize as u32 + 1)
+    }
+
+    /// Commands a connection may have outstanding (received, response not
+    /// yet handed to the wire) before the host is breaking the protocol:
+    /// twice the queue depth, the slack the Linux target allows (a host may
+    /// reuse a slot as soon as it sees the response, before the transport
+    /// has finished with it), or twice `before_connect` entries while the
+    /// queue is not connected. A transport closes a connection that goes
+    /// over it, so that a host cannot make the target hold unbounded work.
+    pub fn max_outstanding(&self, before_connect: u32) -> usize {
+        2 * self.depth().unwrap_or(before_connect).max(1) as usize
     }
 
     pub(crate) fn set_session(&self, s: Session) -> bool {

@@ -45,9 +45,11 @@ pub struct ConnectRequest {
 }
 
 impl ConnectRequest {
-    /// Decode; `Err` with the reject status when malformed.
+    /// Decode; `Err` with the reject status when malformed (shorter than
+    /// the 32 bytes of the record, or another record format). Longer
+    /// private data is accepted: some fabrics pad it.
     pub fn decode(b: &[u8]) -> Result<ConnectRequest, u16> {
-        if b.len() < 8 {
+        if b.len() < PRIVATE_DATA_LEN {
             return Err(reject::INVALID_LEN);
         }
         let r = ConnectRequest {
@@ -116,6 +118,11 @@ mod tests {
         };
         assert_eq!(ConnectRequest::decode(&r.encode()), Ok(r));
         assert_eq!(ConnectRequest::decode(&[0; 4]), Err(reject::INVALID_LEN));
+        // Short of the CNTLID and the reserved bytes of the record.
+        assert_eq!(ConnectRequest::decode(&[0; 9]), Err(reject::INVALID_LEN));
+        let mut padded = r.encode().to_vec();
+        padded.resize(56, 0);
+        assert_eq!(ConnectRequest::decode(&padded), Ok(r));
         let mut bad = r.encode();
         bad[0] = 1;
         assert_eq!(ConnectRequest::decode(&bad), Err(reject::INVALID_RECFMT));

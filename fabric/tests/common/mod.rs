@@ -206,6 +206,24 @@ impl RawConn {
         c.result as u16
     }
 
+    /// Send Keep Alive as command `cid` and expect it to succeed (the
+    /// connection and its controller still work).
+    pub async fn expect_keep_alive(&mut self, cid: u16) {
+        self.send_cmd(
+            Command {
+                cid,
+                ..Command::new(fabric::wire::opcode::admin::KEEP_ALIVE)
+            },
+            &[],
+        )
+        .await;
+        let cqe = self.recv_cqe().await;
+        assert!(
+            cqe.cid == cid && cqe.status.is_success(),
+            "keep alive failed: {cqe:?}"
+        );
+    }
+
     /// Expect a C2HTermReq with `fes` followed by the connection closing.
     pub async fn expect_term(&mut self, fes: u16) {
         match self.recv().await {

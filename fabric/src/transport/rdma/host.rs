@@ -39,13 +39,14 @@ type Shared = PendingCommands<Pending>;
 pub struct RdmaHostQueue {
     id: Option<CmId>,
     qp: QueuePair,
-    dev: Arc<Device>,
     sends: SendBuffers,
     recv: RecvBuffers,
     shared: Arc<Shared>,
     slots: Semaphore,
     inline_data_size: u32,
     timeout: Duration,
+    /// Dropped last: the buffers above are registered in its PD.
+    dev: Arc<Device>,
 }
 
 async fn wait_for(
@@ -262,12 +263,16 @@ impl HostQueue for RdmaHostQueue {
         let (cid, rx) = self.shared.insert(Pending { buf, read_len })?;
         cmd.cid = cid;
         let sqe = cmd.encode();
-        let sge = self
+        let Some(sge) = self
             .sends
             .fill(cid as u32, &[&sqe, inline.as_deref().unwrap_or(&[])])
-            .ok_or_else(|| {
-                TransportError::Protocol("command capsule does not fit its send buffer".into())
-            })?;
+        else {
+            // Never sent: the command and its buffer can go at once.
+            self.shared.remove(cid);
+            return Err(TransportError::Protocol(
+                "command capsule does not fit its send buffer".into(),
+            ));
+        };
         let (wr_id, sent) = self.dev.op();
         let wr = SendWr {
             wr_id,
@@ -280,9 +285,11 @@ impl HostQueue for RdmaHostQueue {
         // completes (awaited below) and the data buffer lives in `pending`
         // until the response arrives.
         if let Err(e) = unsafe { self.qp.post_send(&[wr]) } {
+            // One request: nothing was posted. The data buffer stays with the
+            // failed command until the queue is gone all the same.
             self.dev.cancel_op(wr_id);
             self.shared.fail_all("post failed");
-            return Err(TransportError::io("post send", e));
+            return Err(TransportError::io("post send", e.error));
         }
         match sent.await {
             Ok(wc) if wc.ok() => {}

@@ -15,8 +15,10 @@
 //! * Completions: one completion queue per device, drained by an adaptive
 //!   poller ([`device`]).
 //!
-//! All `unsafe` code of the transport is in [`verbs`] and the few raw
-//! copies of [`pool`], each with its justification.
+//! The foreign calls and their wrappers are in [`verbs`]; the other files'
+//! `unsafe` blocks are posts of work requests (whose memory must outlive
+//! them), raw copies in and out of registered memory ([`pool`]) and fd
+//! registrations, each with its `SAFETY:` justification.
 
 mod device;
 mod events;

@@ -88,17 +88,6 @@ impl SlotPool {
         Some(self.take(n, len, permit))
     }
 
-    /// As [`SlotPool::get`] without waiting.
-    pub fn try_get(self: &Arc<Self>, len: usize) -> Option<PoolBuf> {
-        let n = len.div_ceil(self.slot_size).max(1);
-        let permit = self
-            .available
-            .clone()
-            .try_acquire_many_owned(n as u32)
-            .ok()?;
-        Some(self.take(n, len, permit))
-    }
-
     fn take(self: &Arc<Self>, n: usize, len: usize, permit: OwnedSemaphorePermit) -> PoolBuf {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let at = free.len() - n;
@@ -159,11 +148,6 @@ impl PoolBuf {
         })
     }
 
-    /// Whether the buffer is one slot (one SGE, one remote range).
-    pub fn is_contiguous(&self) -> bool {
-        self.slots.len() == 1
-    }
-
     /// Remote address and key of a one-slot buffer, for a keyed SGL.
     pub fn remote(&self) -> (u64, u32) {
         (self.pool.addr(self.slots[0]), self.pool.rkey())
@@ -197,13 +181,46 @@ impl Drop for PoolBuf {
     }
 }
 
-/// Receive buffers posted once and reposted after each completion: slot `i`
-/// is always the receive with work request index `i`.
-pub struct RecvBuffers {
+/// Equal buffers in one region that only the local device uses (no remote
+/// access): buffer `i` starts at `i * slot_size`.
+struct LocalBuffers {
     region: MemoryRegion,
     slot_size: usize,
     count: u32,
 }
+
+impl LocalBuffers {
+    fn new(pd: &ProtectionDomain, count: u32, slot_size: usize) -> std::io::Result<LocalBuffers> {
+        let access = Access {
+            remote_read: false,
+            remote_write: false,
+        };
+        Ok(LocalBuffers {
+            region: MemoryRegion::new(pd, count as usize * slot_size, access)?,
+            slot_size,
+            count,
+        })
+    }
+
+    /// Offset of buffer `i` in the region, if `i` is a buffer and `len`
+    /// bytes fit in it.
+    fn offset(&self, i: u32, len: usize) -> Option<usize> {
+        (i < self.count && len <= self.slot_size).then(|| i as usize * self.slot_size)
+    }
+
+    /// The SGE of the first `len` bytes of buffer `i`.
+    fn sge(&self, i: u32, len: usize) -> Sge {
+        Sge {
+            addr: self.region.addr() + i as u64 * self.slot_size as u64,
+            len: len as u32,
+            lkey: self.region.lkey(),
+        }
+    }
+}
+
+/// Receive buffers posted once and reposted after each completion: slot `i`
+/// is always the receive with work request index `i`.
+pub struct RecvBuffers(LocalBuffers);
 
 impl RecvBuffers {
     /// `count` receive buffers of `slot_size` bytes.
@@ -212,34 +229,12 @@ impl RecvBuffers {
         count: u32,
         slot_size: usize,
     ) -> std::io::Result<RecvBuffers> {
-        let access = Access {
-            remote_read: false,
-            remote_write: false,
-        };
-        Ok(RecvBuffers {
-            region: MemoryRegion::new(pd, count as usize * slot_size, access)?,
-            slot_size,
-            count,
-        })
-    }
-
-    /// Number of buffers.
-    pub fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// Bytes per buffer.
-    pub fn slot_size(&self) -> usize {
-        self.slot_size
+        LocalBuffers::new(pd, count, slot_size).map(RecvBuffers)
     }
 
     /// The SGE of buffer `i`.
     pub fn sge(&self, i: u32) -> Sge {
-        Sge {
-            addr: self.region.addr() + i as u64 * self.slot_size as u64,
-            len: self.slot_size as u32,
-            lkey: self.region.lkey(),
-        }
+        self.0.sge(i, self.0.slot_size)
     }
 
     /// Copy the `len` bytes received into buffer `i` (`None` if `i` or
@@ -248,13 +243,11 @@ impl RecvBuffers {
     /// Called after the receive completed and before it is posted again,
     /// so no work request uses the buffer meanwhile.
     pub fn take(&self, i: u32, len: usize) -> Option<Bytes> {
-        if i >= self.count || len > self.slot_size {
-            return None;
-        }
+        let off = self.0.offset(i, len)?;
         let mut out = vec![0u8; len];
         // SAFETY: in range (checked); the receive completed and is not
         // reposted until after this copy (see above).
-        unsafe { self.region.read_at(i as usize * self.slot_size, &mut out) };
+        unsafe { self.0.region.read_at(off, &mut out) };
         Some(Bytes::from(out))
     }
 }
@@ -262,11 +255,7 @@ impl RecvBuffers {
 /// Send buffers, one per command slot of a queue: slot `i` carries the
 /// capsule of the command with ID `i`, so it is free again once that
 /// command's send completed.
-pub struct SendBuffers {
-    region: MemoryRegion,
-    slot_size: usize,
-    count: u32,
-}
+pub struct SendBuffers(LocalBuffers);
 
 impl SendBuffers {
     /// `count` send buffers of `slot_size` bytes.
@@ -275,20 +264,7 @@ impl SendBuffers {
         count: u32,
         slot_size: usize,
     ) -> std::io::Result<SendBuffers> {
-        let access = Access {
-            remote_read: false,
-            remote_write: false,
-        };
-        Ok(SendBuffers {
-            region: MemoryRegion::new(pd, count as usize * slot_size, access)?,
-            slot_size,
-            count,
-        })
-    }
-
-    /// Bytes per buffer.
-    pub fn slot_size(&self) -> usize {
-        self.slot_size
+        LocalBuffers::new(pd, count, slot_size).map(SendBuffers)
     }
 
     /// Fill buffer `i` with `parts` (concatenated) and return its SGE;
@@ -298,20 +274,13 @@ impl SendBuffers {
     /// flight.
     pub fn fill(&self, i: u32, parts: &[&[u8]]) -> Option<Sge> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if i >= self.count || len > self.slot_size {
-            return None;
-        }
-        let mut off = i as usize * self.slot_size;
+        let mut off = self.0.offset(i, len)?;
         for p in parts {
             // SAFETY: in range (checked); the slot's previous send completed
             // (the caller's contract above).
-            unsafe { self.region.write_at(off, p) };
+            unsafe { self.0.region.write_at(off, p) };
             off += p.len();
         }
-        Some(Sge {
-            addr: self.region.addr() + i as u64 * self.slot_size as u64,
-            len: len as u32,
-            lkey: self.region.lkey(),
-        })
+        Some(self.0.sge(i, len))
     }
 }

@@ -145,10 +145,15 @@ fn accept(
             return refuse(id, reject::NO_RESOURCES, "device set-up failed");
         }
     };
-    // Each command needs at most one work request per data slot plus its
-    // response; the send queue is bounded by the device.
-    let per_cmd = (target.config().max_transfer as usize).div_ceil(dev.data.slot_size()) as u32 + 1;
-    let send_wr = (depth * per_cmd).min(dev.limits.max_qp_wr.max(16));
+    // The send queue is bounded by the device.
+    let per_cmd = send_wrs_per_command(
+        target.config().max_transfer,
+        dev.data.slot_size(),
+        caps.sgl_descriptors,
+    );
+    let send_wr = depth
+        .saturating_mul(per_cmd)
+        .min(dev.limits.max_qp_wr.max(16));
     let qp_caps = QpCaps {
         max_send_wr: send_wr,
         max_recv_wr: 0,
@@ -189,10 +194,23 @@ fn accept(
         core: Queue::new(target.clone(), port.clone(), caps),
         qp,
         sq: Arc::new(Semaphore::new(send_wr as usize)),
+        sq_entries: send_wr as usize,
+        depth,
         dev,
         max_descriptors: caps.sgl_descriptors as usize,
     });
     tokio::spawn(run(conn, id, rx, ev_rx, conns.clone()));
+}
+
+/// Send work requests one command may need: its data moves in one RDMA
+/// READ or WRITE per stretch that lies in one data slot and one host
+/// descriptor (at most slots + descriptors - 1 stretches), then its
+/// response.
+fn send_wrs_per_command(max_transfer: u32, slot_size: usize, descriptors: u8) -> u32 {
+    let slots = (max_transfer as usize).div_ceil(slot_size.max(1));
+    u32::try_from(slots)
+        .unwrap_or(u32::MAX)
+        .saturating_add(descriptors.max(1) as u32)
 }
 
 /// One queue pair's connection.
@@ -200,8 +218,50 @@ struct Conn {
     core: Arc<Queue>,
     qp: QueuePair,
     dev: Arc<Device>,
+    /// Free send queue entries.
     sq: Arc<Semaphore>,
+    /// Send queue entries in all.
+    sq_entries: usize,
+    /// Queue entries the host asked for in its connect request.
+    depth: u32,
     max_descriptors: usize,
+}
+
+/// Why posting work requests and waiting for them failed.
+struct PostFailure {
+    reason: String,
+    /// Whether requests may still use their memory (part of a chain was
+    /// posted, or its completion never came): the buffers must not go back
+    /// to the pool while the queue pair lives.
+    memory_in_use: bool,
+}
+
+impl PostFailure {
+    fn before_posting(reason: impl Into<String>) -> PostFailure {
+        PostFailure {
+            reason: reason.into(),
+            memory_in_use: false,
+        }
+    }
+}
+
+impl std::fmt::Display for PostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Give up `bufs` after a failed post: returned to the pool if no work
+/// request can touch them any more, otherwise kept out of it for good (an
+/// RDMA READ still landing in a buffer handed to another command would
+/// corrupt that command's data).
+fn release_after_failure(failure: &PostFailure, bufs: impl IntoIterator<Item = PoolBuf>) {
+    for buf in bufs {
+        if failure.memory_in_use {
+            tracing::error!("work requests may still use an RDMA buffer; it stays reserved");
+            std::mem::forget(buf);
+        }
+    }
 }
 
 type Inflight = FuturesUnordered<futures::future::BoxFuture<'static, bool>>;
@@ -218,7 +278,14 @@ async fn run(
     let why = loop {
         tokio::select! {
             r = rx.recv() => match r {
-                Some(Received { data: Some(capsule), .. }) => inflight.push(Box::pin(handle(conn.clone(), capsule))),
+                Some(Received { data: Some(capsule), .. }) => {
+                    // Commands hold memory until their response is sent; a
+                    // host past its queue depth is closed, not served.
+                    if inflight.len() >= conn.core.max_outstanding(conn.depth) {
+                        break "host exceeded its queue depth";
+                    }
+                    inflight.push(Box::pin(handle(conn.clone(), capsule)));
+                }
                 Some(_) => {}
                 None => break "receive route closed",
             },
@@ -237,6 +304,7 @@ async fn run(
                 None => break "listener stopped",
             },
             _ = token.cancelled() => break "controller or target shut down",
+            _ = conn.core.connect_timed_out() => break "no Connect command in time",
         }
     };
     conn.core.close();
@@ -351,13 +419,21 @@ fn parse_sgl(
     }
 }
 
-/// RDMA READ or WRITE work requests moving `buf` to or from `ranges`.
-fn transfer_wrs(buf: &PoolBuf, ranges: &[(u64, u32, u32)], read: bool) -> Vec<SendWr> {
+/// RDMA READ or WRITE work requests moving the local `pieces` (in order) to
+/// or from the host's `ranges`; zero-length ranges take no request.
+fn transfer_wrs(
+    pieces: impl Iterator<Item = Sge>,
+    ranges: &[(u64, u32, u32)],
+    read: bool,
+) -> Vec<SendWr> {
     let mut wrs = Vec::new();
     let (mut r, mut r_off) = (0usize, 0u64);
-    for (_, sge) in buf.pieces() {
+    for sge in pieces {
         let mut done = 0u32;
         while done < sge.len {
+            while ranges.get(r).is_some_and(|&(_, len, _)| len == 0) {
+                r += 1;
+            }
             let Some(&(addr, len, rkey)) = ranges.get(r) else {
                 return wrs;
             };
@@ -392,32 +468,58 @@ fn transfer_wrs(buf: &PoolBuf, ranges: &[(u64, u32, u32)], read: bool) -> Vec<Se
 
 impl Conn {
     /// Post `wrs` with the last one signaled, and wait for its completion.
-    async fn post_and_wait(&self, mut wrs: Vec<SendWr>) -> Result<WorkCompletion, String> {
+    async fn post_and_wait(&self, mut wrs: Vec<SendWr>) -> Result<WorkCompletion, PostFailure> {
+        // A chain longer than the send queue would wait for ever for
+        // entries that never all come free.
+        if wrs.len() > self.sq_entries {
+            return Err(PostFailure::before_posting(format!(
+                "{} work requests for one command exceed the send queue of {}",
+                wrs.len(),
+                self.sq_entries
+            )));
+        }
         let Some(last) = wrs.last_mut() else {
-            return Err("nothing to post".into());
+            return Err(PostFailure::before_posting("nothing to post"));
         };
         let (wr_id, done) = self.dev.op();
         last.wr_id = wr_id;
         last.signaled = true;
-        let permits = self
-            .sq
-            .acquire_many(wrs.len() as u32)
-            .await
-            .map_err(|_| "send queue closed".to_string())?;
+        let permits = match self.sq.acquire_many(wrs.len() as u32).await {
+            Ok(p) => p,
+            Err(_) => {
+                self.dev.cancel_op(wr_id);
+                return Err(PostFailure::before_posting("send queue closed"));
+            }
+        };
         // SAFETY: every SGE is either inline data (copied at post) or memory
         // of a PoolBuf that the caller keeps until this function returns,
         // and this function waits for the signaled completion, which comes
-        // after every earlier request of the chain.
+        // after every earlier request of the chain; when only part of the
+        // chain was posted, the caller keeps the memory out of the pool
+        // (`memory_in_use`).
         if let Err(e) = unsafe { self.qp.post_send(&wrs) } {
             self.dev.cancel_op(wr_id);
-            return Err(format!("post failed: {e}"));
+            return Err(PostFailure {
+                reason: format!("post failed: {e}"),
+                memory_in_use: e.posted > 0,
+            });
         }
-        let wc = done.await.map_err(|_| "completion lost".to_string())?;
+        let Ok(wc) = done.await else {
+            return Err(PostFailure {
+                reason: "completion lost".into(),
+                memory_in_use: true,
+            });
+        };
         drop(permits);
         if wc.ok() {
             Ok(wc)
         } else {
-            Err(format!("work request failed with status {}", wc.status))
+            // An error completion of the last request comes after the
+            // earlier ones; the queue pair is in the error state.
+            Err(PostFailure::before_posting(format!(
+                "work request failed with status {}",
+                wc.status
+            )))
         }
     }
 
@@ -427,7 +529,7 @@ impl Conn {
         resp: &Response,
         mut data_wrs: Vec<SendWr>,
         invalidate: Option<u32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PostFailure> {
         let cqe = resp.cqe.encode();
         let inline = self.qp.max_inline() as usize >= cqe.len();
         let op = match invalidate {
@@ -454,13 +556,13 @@ impl Conn {
                 .data
                 .get(cqe.len())
                 .await
-                .ok_or("no buffer for a response")?;
+                .ok_or_else(|| PostFailure::before_posting("no buffer for a response"))?;
             buf.copy_in(&cqe);
             let sge = buf
                 .pieces()
                 .next()
                 .map(|(_, s)| s)
-                .ok_or("empty response buffer")?;
+                .ok_or_else(|| PostFailure::before_posting("empty response buffer"))?;
             data_wrs.push(SendWr {
                 wr_id: 0,
                 op,
@@ -469,7 +571,9 @@ impl Conn {
                 inline: false,
             });
             let r = self.post_and_wait(data_wrs).await.map(|_| ());
-            drop(buf);
+            if let Err(failure) = &r {
+                release_after_failure(failure, [buf]);
+            }
             r
         }
     }
@@ -516,9 +620,10 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
                 let resp = conn.core.fail(&cmd, Status::INVALID_FIELD);
                 return conn.respond(&resp, Vec::new(), invalidate).await.is_err();
             };
-            let wrs = transfer_wrs(&buf, ranges, true);
+            let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, true);
             if let Err(e) = conn.post_and_wait(wrs).await {
                 tracing::warn!(error = %e, cid = cmd.cid, "RDMA READ of command data failed; closing the queue");
+                release_after_failure(&e, [buf]);
                 return true;
             }
             Some(buf.copy_out(n as usize))
@@ -541,9 +646,11 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
                 return true;
             };
             buf.copy_in(bytes);
-            let wrs = transfer_wrs(&buf, ranges, false);
+            let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, false);
             let r = conn.respond(&resp, wrs, invalidate).await;
-            drop(buf);
+            if let Err(failure) = &r {
+                release_after_failure(failure, [buf]);
+            }
             r
         }
         _ => conn.respond(&resp, Vec::new(), invalidate).await,
@@ -603,5 +710,46 @@ mod tests {
             parse_sgl(&seg, &Bytes::from(list), 8192, 1).err(),
             Some(Status::SGL_INVALID_COUNT)
         );
+    }
+
+    /// The slots of a `len`-byte buffer, as the pool hands them out.
+    fn slot_pieces(len: u32, slot: u32) -> Vec<Sge> {
+        (0..len.div_ceil(slot))
+            .map(|k| Sge {
+                addr: 0x10_0000 * (k as u64 + 1),
+                len: slot.min(len - k * slot),
+                lkey: 1,
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_command_never_needs_more_send_entries_than_budgeted(
+            cuts in proptest::collection::vec(0u32..=(1 << 20), 0..16),
+            slot_kib in 1u32..=256,
+        ) {
+            // Up to 16 host descriptors (some of zero length) over 1 MiB.
+            let total = 1u32 << 20;
+            let mut cuts = cuts;
+            cuts.push(0);
+            cuts.push(total);
+            cuts.sort_unstable();
+            let ranges: Vec<(u64, u32, u32)> = cuts
+                .windows(2)
+                .enumerate()
+                .map(|(i, w)| (0x1_0000_0000 * (i as u64 + 1), w[1] - w[0], i as u32))
+                .collect();
+            proptest::prop_assume!(ranges.len() <= 16);
+            let slot = slot_kib * 1024;
+            for read in [true, false] {
+                let wrs = transfer_wrs(slot_pieces(total, slot).into_iter(), &ranges, read);
+                let budget = send_wrs_per_command(total, slot as usize, ranges.len() as u8);
+                // The data requests and the response fit the budget.
+                proptest::prop_assert!(wrs.len() < budget as usize);
+                proptest::prop_assert!(wrs.iter().all(|w| w.sge.len > 0));
+                proptest::prop_assert_eq!(wrs.iter().map(|w| w.sge.len as u64).sum::<u64>(), total as u64);
+            }
+        }
     }
 }

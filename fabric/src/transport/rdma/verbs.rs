@@ -470,8 +470,10 @@ impl CmId {
         attr.cap.max_inline_data = caps.max_inline_data;
         attr.qp_type = ibv_qp_type::IBV_QPT_RC;
         attr.sq_sig_all = 0;
-        // SAFETY: valid id, PD, CQ and SRQ (they outlive the QP: callers
-        // hold them in the same connection object, dropped after it).
+        // SAFETY: valid id, PD, CQ and SRQ. They outlive the QP: they
+        // belong to a device, and devices stay in the transport's registry
+        // (and their poller) for the life of the process, while the QP goes
+        // with its id.
         check(
             unsafe { rdma_create_qp(self.id, pd.pd, &mut attr) },
             "rdma_create_qp",
@@ -606,15 +608,20 @@ pub struct Access {
 }
 
 /// A registered memory region over memory it owns.
+///
+/// The memory is a raw allocation that Rust code never holds a reference
+/// to: the device (and, for remotely accessible regions, the peer) writes
+/// it behind the compiler's back, so every access is a raw copy at an
+/// address, made while no work request uses those bytes.
 pub struct MemoryRegion {
     mr: *mut ibv_mr,
-    mem: Box<[u8]>,
-    offset: usize,
+    mem: ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
     len: usize,
 }
 
 // SAFETY: registrations are usable from any thread; the memory is only
-// accessed through the pool's ownership discipline.
+// accessed through raw copies under the pool's ownership discipline.
 unsafe impl Send for MemoryRegion {}
 // SAFETY: as above.
 unsafe impl Sync for MemoryRegion {}
@@ -622,8 +629,16 @@ unsafe impl Sync for MemoryRegion {}
 impl MemoryRegion {
     /// Allocate `len` zeroed bytes aligned to 4 KiB and register them.
     pub fn new(pd: &ProtectionDomain, len: usize, access: Access) -> io::Result<MemoryRegion> {
-        let mem = vec![0u8; len + 4096].into_boxed_slice();
-        let offset = mem.as_ptr().align_offset(4096);
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size.
+        let mem =
+            ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("cannot allocate {len} bytes to register"),
+                )
+            })?;
         let mut flags = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
         if access.remote_read {
             flags |= ibv_access_flags::IBV_ACCESS_REMOTE_READ.0;
@@ -631,40 +646,33 @@ impl MemoryRegion {
         if access.remote_write {
             flags |= ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
         }
-        // SAFETY: the memory is owned by the returned value and outlives the
-        // registration (deregistered in Drop before the Box is freed).
+        // SAFETY: valid PD; the memory is owned by the returned value and
+        // outlives the registration (deregistered in Drop before it is freed).
         let mr = unsafe {
             ibv_reg_mr(
                 pd.pd,
-                mem.as_ptr().add(offset) as *mut c_void,
-                len.max(1),
+                mem.as_ptr() as *mut c_void,
+                layout.size(),
                 flags as i32,
             )
         };
         if mr.is_null() {
-            return Err(last_error("ibv_reg_mr"));
+            let e = last_error("ibv_reg_mr");
+            // SAFETY: allocated above with this layout, never registered.
+            unsafe { std::alloc::dealloc(mem.as_ptr(), layout) };
+            return Err(e);
         }
         Ok(MemoryRegion {
             mr,
             mem,
-            offset,
+            layout,
             len,
         })
     }
 
     /// Start address.
     pub fn addr(&self) -> u64 {
-        self.mem[self.offset..].as_ptr() as u64
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the region is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.mem.as_ptr() as u64
     }
 
     /// Local key.
@@ -679,20 +687,24 @@ impl MemoryRegion {
         unsafe { (*self.mr).rkey }
     }
 
+    /// Whether `off..off + n` lies inside the region.
+    fn in_bounds(&self, off: usize, n: usize) -> bool {
+        off.checked_add(n).is_some_and(|end| end <= self.len)
+    }
+
     /// Copy `src` into the region at `off`.
     ///
     /// # Safety
     /// No work request may be reading or writing `off..off + src.len()`.
     pub unsafe fn write_at(&self, off: usize, src: &[u8]) {
         assert!(
-            off + src.len() <= self.len,
+            self.in_bounds(off, src.len()),
             "write past the end of a memory region"
         );
-        // SAFETY: in bounds (checked); the caller guarantees no concurrent
-        // DMA and the pool hands each slot to one owner at a time.
-        unsafe {
-            ptr::copy_nonoverlapping(src.as_ptr(), (self.addr() as *mut u8).add(off), src.len())
-        };
+        // SAFETY: in bounds (checked) of our allocation, which `src` (a
+        // Rust reference) cannot overlap; the caller guarantees no DMA on
+        // these bytes and the pool hands each slot to one owner at a time.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.mem.as_ptr().add(off), src.len()) };
     }
 
     /// Copy `dst.len()` bytes out of the region at `off`.
@@ -701,16 +713,12 @@ impl MemoryRegion {
     /// No work request may be writing `off..off + dst.len()`.
     pub unsafe fn read_at(&self, off: usize, dst: &mut [u8]) {
         assert!(
-            off + dst.len() <= self.len,
+            self.in_bounds(off, dst.len()),
             "read past the end of a memory region"
         );
         // SAFETY: in bounds (checked); no concurrent DMA by the caller's guarantee.
         unsafe {
-            ptr::copy_nonoverlapping(
-                (self.addr() as *const u8).add(off),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
+            ptr::copy_nonoverlapping(self.mem.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
         };
     }
 }
@@ -718,8 +726,12 @@ impl MemoryRegion {
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
         // SAFETY: no work request uses the region any more (its pool and
-        // the connections using it are gone).
-        unsafe { ibv_dereg_mr(self.mr) };
+        // the connections using it are gone); it is deregistered before its
+        // memory, allocated in `new` with this layout, is freed.
+        unsafe {
+            ibv_dereg_mr(self.mr);
+            std::alloc::dealloc(self.mem.as_ptr(), self.layout);
+        }
     }
 }
 
@@ -998,6 +1010,16 @@ pub enum SendOp {
     },
 }
 
+/// A chain of send work requests that could not be posted whole.
+#[derive(Debug, thiserror::Error)]
+#[error("ibv_post_send: {error} ({posted} work requests of the chain posted)")]
+pub struct PostSendError {
+    /// Requests at the head of the chain that were posted and run on.
+    pub posted: usize,
+    /// Why the rest was refused.
+    pub error: io::Error,
+}
+
 /// A send-side work request: operation, local memory, whether it completes
 /// visibly (signaled), and whether its data is copied at post time (inline).
 #[derive(Clone, Copy, Debug)]
@@ -1027,12 +1049,17 @@ impl QueuePair {
 
     /// Post a chain of send work requests.
     ///
+    /// On failure the error says how many requests at the head of the chain
+    /// were posted all the same (verbs post a chain up to the first request
+    /// they cannot take): those run on, so their memory stays in use.
+    ///
     /// # Safety
     /// The memory of every non-inline SGE must stay registered and untouched
     /// (not written for sends and writes, not read or written for reads)
-    /// until a signaled completion at or after it arrives. The QP must still
-    /// belong to a live [`CmId`].
-    pub unsafe fn post_send(&self, wrs: &[SendWr]) -> io::Result<()> {
+    /// until a signaled completion at or after it arrives, or, for requests
+    /// posted by a chain that failed, until the QP is destroyed. The QP must
+    /// still belong to a live [`CmId`].
+    pub unsafe fn post_send(&self, wrs: &[SendWr]) -> Result<(), PostSendError> {
         if wrs.is_empty() {
             return Ok(());
         }
@@ -1092,10 +1119,18 @@ impl QueuePair {
         // across the call, which copies them; the memory contract is the caller's.
         let rc = unsafe { ibv_post_send(self.qp, raw.as_mut_ptr(), &mut bad) };
         if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc))
+            return Ok(());
         }
+        // `bad` names the first request not posted; if it names none of
+        // ours, assume the worst: the whole chain is in flight.
+        let posted = raw
+            .iter()
+            .position(|w| ptr::eq(w, bad))
+            .unwrap_or(raw.len());
+        Err(PostSendError {
+            posted,
+            error: io::Error::from_raw_os_error(rc),
+        })
     }
 
     /// Post a receive into `sge` (QPs without an SRQ).

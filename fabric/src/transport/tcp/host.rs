@@ -27,9 +27,20 @@ use crate::wire::{Command, Completion, Status};
 use super::{read_one_pdu, TcpTransport};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
+/// Largest data transfer of one command on a host queue: reads and writes
+/// are split to it, and it bounds the data of one PDU from the controller
+/// (so a controller cannot make the host reserve memory for a PDU it
+/// announces without a limit).
+const MAX_HOST_TRANSFER: u32 = 16 << 20;
+
 /// Transport state of an outstanding command.
 struct Pending {
+    /// Data to send when the controller asks for it (R2T).
     out: Option<Bytes>,
+    /// Bytes of `out` the controller has asked for so far (R2T offsets
+    /// only move forward, so no byte is sent twice).
+    out_requested: usize,
+    /// Data received so far, and how much the command reads.
     read: Option<ReadData>,
     failed: Option<Status>,
 }
@@ -128,7 +139,7 @@ impl HostTransport for TcpTransport {
         wr.write_all(&out)
             .await
             .map_err(|e| TransportError::io("send ICReq", e))?;
-        let mut dec = PduDecoder::new(Role::Host, u32::MAX as usize >> 2);
+        let mut dec = PduDecoder::new(Role::Host, MAX_HOST_TRANSFER as usize);
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let resp = match read_one_pdu(&mut rd, &dec, &mut rbuf).await? {
             Pdu::IcResp(r) => r,
@@ -181,6 +192,12 @@ impl HostQueue for TcpHostQueue {
         if self.is_closed() {
             return Err(closed());
         }
+        if data.len() > MAX_HOST_TRANSFER {
+            return Err(TransportError::Unavailable(format!(
+                "transfer of {} bytes exceeds the NVMe/TCP host limit of {MAX_HOST_TRANSFER} bytes",
+                data.len()
+            )));
+        }
         let _slot = self.slots.acquire().await.map_err(|_| closed())?;
         let (inline, out, read) = match &data {
             HostData::Out(b) if b.len() <= self.inline_data_size as usize => {
@@ -192,6 +209,7 @@ impl HostQueue for TcpHostQueue {
         };
         let (cid, rx) = self.shared.insert(Pending {
             out,
+            out_requested: 0,
             read,
             failed: None,
         })?;
@@ -222,6 +240,10 @@ impl HostQueue for TcpHostQueue {
     fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
+
+    fn max_transfer(&self) -> u32 {
+        MAX_HOST_TRANSFER
+    }
 }
 
 impl Drop for TcpHostQueue {
@@ -238,6 +260,8 @@ async fn write_loop(
     let mut batch = BytesMut::with_capacity(64 * 1024);
     loop {
         let first = tokio::select! {
+            // Queued PDUs first: a TermReq queued as the queue closes still goes out.
+            biased;
             m = rx.recv() => m,
             _ = shared.token().cancelled() => None,
         };
@@ -281,17 +305,6 @@ impl Reader {
                     tracing::warn!(error = %e, "fatal PDU error from the controller");
                     let mut b = BytesMut::new();
                     encode_term(&e, true, self.digests, 0, &mut b);
-                    encode(
-                        &PduHeader::TermReq {
-                            h2c: true,
-                            fes: e.fes,
-                            fei: e.fei,
-                        },
-                        &e.header,
-                        self.digests,
-                        0,
-                        &mut b,
-                    );
                     let _ = self.tx.send(b.freeze());
                     break format!("fatal PDU error: {}", e.reason);
                 }
@@ -316,12 +329,22 @@ impl Reader {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
             return;
         };
-        let result = match p.failed {
-            Some(status) if cqe.status.is_success() => CommandResult {
+        // A success that did not bring all the data asked for is a failed
+        // transfer, never a short read.
+        let short = p
+            .read
+            .as_ref()
+            .is_some_and(|r| r.received() != r.expected());
+        let failed = p
+            .failed
+            .or(short.then_some(Status::DATA_TRANSFER_ERROR))
+            .filter(|_| cqe.status.is_success());
+        let result = match failed {
+            Some(status) => CommandResult {
                 cqe: Completion { status, ..cqe },
                 data: None,
             },
-            _ => CommandResult {
+            None => CommandResult {
                 cqe,
                 data: p
                     .read
@@ -393,18 +416,31 @@ impl Reader {
     }
 
     fn r2t(&self, r: R2t) -> Result<(), String> {
-        let out = {
-            let pending = self.shared.lock();
-            let p = pending
-                .get(r.cccid as usize)
-                .map(|e| &e.state)
-                .ok_or_else(|| format!("R2T for unknown command {}", r.cccid))?;
-            p.out
-                .clone()
-                .ok_or_else(|| format!("R2T for command {} that writes nothing", r.cccid))?
-        };
         let (start, len) = (r.offset as usize, r.length as usize);
-        if len == 0 || start.checked_add(len).is_none_or(|end| end > out.len()) {
+        let out = {
+            let mut pending = self.shared.lock();
+            let p = pending
+                .get_mut(r.cccid as usize)
+                .map(|e| &mut e.state)
+                .ok_or_else(|| format!("R2T for unknown command {}", r.cccid))?;
+            let out = p
+                .out
+                .clone()
+                .ok_or_else(|| format!("R2T for command {} that writes nothing", r.cccid))?;
+            // Each byte is asked for once: an R2T may not go back over data
+            // already requested (as the Linux host checks), which also bounds
+            // what one command can make the host send.
+            let in_range = len > 0
+                && start >= p.out_requested
+                && start.checked_add(len).is_some_and(|end| end <= out.len());
+            if in_range {
+                p.out_requested = start + len;
+                Some(out)
+            } else {
+                None
+            }
+        };
+        let Some(out) = out else {
             let mut b = BytesMut::new();
             encode(
                 &PduHeader::TermReq {
@@ -419,7 +455,7 @@ impl Reader {
             );
             let _ = self.tx.send(b.freeze());
             return Err("R2T outside the command's data".into());
-        }
+        };
         let mut off = start;
         while off < start + len {
             let n = self.maxh2cdata.min(start + len - off);

@@ -5,6 +5,7 @@
 //! Commands execute concurrently inside the reader task; their responses go
 //! to the writer in completion order.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use crate::target::{
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
-    encode, encode_prefix, encode_term, fes, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu,
-    PduDecoder, PduError, PduHeader, R2t, Role,
+    encode, encode_prefix, encode_term, fes, DataDigestMismatch, DataHeader, Decoded, Digests,
+    IcReq, IcResp, Pdu, PduDecoder, PduError, PduHeader, R2t, Role,
 };
 use crate::wire::{Command, Completion, Status};
 
@@ -131,27 +132,43 @@ async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: Tr
         return;
     }
     dec.digests = digests;
+    let entries_before_connect = target.config().max_queue_entries as u32;
     let queue = Queue::new(target, port, caps);
     let (tx, rx) = mpsc::unbounded_channel();
     let buffers = Arc::new(ReadBuffers::default());
-    let writer = tokio::spawn(write_loop(
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let mut writer = tokio::spawn(write_loop(
         wr,
         rx,
         digests,
         icreq.hpda,
         queue.clone(),
         buffers.clone(),
+        outstanding.clone(),
     ));
     let mut conn = Connection {
         queue: queue.clone(),
         tx,
         transfers: Slab::new(),
         buffers,
+        outstanding,
+        entries_before_connect,
     };
     let reason = conn.run(&mut rd, &dec, rbuf).await;
     tracing::debug!(?peer, qid = ?queue.qid(), reason, "tcp connection closed");
     drop(conn.tx);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+    // A peer that stops reading must not keep the writer (and its socket
+    // and buffers) alive for ever.
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            ?peer,
+            "responses not taken by the host in time; dropping them"
+        );
+        writer.abort();
+    }
 }
 
 /// Read the ICReq; on anything else answer with a C2HTermReq and give up.
@@ -210,7 +227,12 @@ struct Connection {
     queue: Arc<Queue>,
     tx: mpsc::UnboundedSender<Out>,
     transfers: Slab<H2cTransfer>,
+    /// Read buffers recycled from responses already written.
     buffers: Arc<ReadBuffers>,
+    /// Commands received whose response the writer has not taken yet.
+    outstanding: Arc<AtomicUsize>,
+    /// Queue entries assumed before Connect says how many there are.
+    entries_before_connect: u32,
 }
 
 impl Connection {
@@ -263,6 +285,7 @@ impl Connection {
                     Err(_) => break "read error",
                 },
                 _ = token.cancelled() => break "controller or target shut down",
+                _ = self.queue.connect_timed_out() => break "no Connect command in time",
             }
         };
         // Release the queue (outstanding AERs end), then let commands already
@@ -287,6 +310,21 @@ impl Connection {
     }
 
     fn handle(&mut self, d: Decoded, inflight: &mut Inflight) -> Result<(), &'static str> {
+        if matches!(
+            &d,
+            Decoded::Pdu(Pdu::CapsuleCmd { .. })
+                | Decoded::BadDataDigest(DataDigestMismatch {
+                    pdu: Pdu::CapsuleCmd { .. }
+                })
+        ) {
+            // Every command gets exactly one response; the writer counts it
+            // off when it takes the response.
+            let limit = self.queue.max_outstanding(self.entries_before_connect);
+            if self.outstanding.fetch_add(1, Ordering::AcqRel) >= limit {
+                tracing::warn!(qid = ?self.queue.qid(), limit, "host exceeded its queue depth; closing the connection");
+                return Err("too many outstanding commands");
+            }
+        }
         match d {
             Decoded::Pdu(Pdu::CapsuleCmd { cmd, data }) => self.command(cmd, data, inflight),
             Decoded::Pdu(Pdu::H2cData { hdr, last, data }) => {
@@ -467,6 +505,7 @@ async fn write_loop(
     hpda: u8,
     queue: Arc<Queue>,
     buffers: Arc<ReadBuffers>,
+    outstanding: Arc<AtomicUsize>,
 ) {
     let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
@@ -474,7 +513,10 @@ async fn write_loop(
         let mut terminate = false;
         while let Some(out) = next.take() {
             match out {
-                Out::Response(resp) => put_response(&mut batch, resp, digests, hpda, &queue),
+                Out::Response(resp) => {
+                    outstanding.fetch_sub(1, Ordering::AcqRel);
+                    put_response(&mut batch, resp, digests, hpda, &queue)
+                }
                 Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, batch.head()),
                 Out::Term(e) => {
                     encode_term(&e, false, digests, hpda, batch.head());
