@@ -88,6 +88,15 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Read `buf.len()` bytes starting at block `lba` into `buf`.
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut>;
 
+    /// The `len` bytes at block `lba` as a shared buffer, when the device
+    /// has them without reading into a buffer of the caller's (the null
+    /// device's zeroes), so that a target sends them without a copy.
+    /// `None`, the default, means "use [`read`](Self::read)", which also
+    /// reports any error.
+    fn read_shared(&self, _lba: u64, _len: usize) -> Option<Bytes> {
+        None
+    }
+
     /// Write `data` (a whole number of blocks) starting at block `lba`.
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()>;
 
@@ -162,6 +171,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
         (**self).read(lba, buf).await
+    }
+    fn read_shared(&self, lba: u64, len: usize) -> Option<Bytes> {
+        (**self).read_shared(lba, len)
     }
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         (**self).write(lba, data).await

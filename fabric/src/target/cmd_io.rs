@@ -131,19 +131,25 @@ pub(crate) async fn execute(
     match op {
         Op::Read { ns, lba } => {
             let len = cmd.nlb() as usize * ns.block_size() as usize;
-            let buf = buffer
-                .filter(|b| b.len() == len)
-                .unwrap_or_else(|| raid::buf::alloc(len));
-            let buf = ns
-                .device
-                .read(lba, buf)
-                .await
-                .map_err(|e| fail(e, false, s))?;
+            let buf = match ns.device.read_shared(lba, len) {
+                Some(shared) => shared,
+                None => {
+                    let buf = buffer
+                        .filter(|b| b.len() == len)
+                        .unwrap_or_else(|| raid::buf::alloc(len));
+                    let buf = ns
+                        .device
+                        .read(lba, buf)
+                        .await
+                        .map_err(|e| fail(e, false, s))?;
+                    buf.freeze()
+                }
+            };
             stats.reads.fetch_add(1, Ordering::Relaxed);
             stats.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
             Ok(Outcome {
                 result: 0,
-                data: Some(buf.freeze()),
+                data: Some(buf),
                 close_queue: false,
             })
         }

@@ -55,6 +55,19 @@ impl Request {
     pub fn provide_buffer(&mut self, buf: bytes::BytesMut) {
         self.buffer = Some(buf);
     }
+
+    /// Whether the request reads into a buffer, one that a transport may
+    /// [provide](Self::provide_buffer): not when the namespace hands out
+    /// its data shared ([`raid::BlockDevice::read_shared`]).
+    pub fn needs_read_buffer(&self) -> bool {
+        match &self.op {
+            Op::Read { ns, lba } => ns
+                .device
+                .read_shared(*lba, self.transfer.len() as usize)
+                .is_none(),
+            _ => false,
+        }
+    }
 }
 
 /// What a request does.

@@ -18,6 +18,9 @@ pub struct SlotPool {
     free: Mutex<Vec<u32>>,
     available: Arc<Semaphore>,
     slots: u32,
+    /// Whether peers may write the region (a host's pool): then its bytes
+    /// are never lent out as shared buffers.
+    remote_writable: bool,
 }
 
 impl SlotPool {
@@ -35,6 +38,7 @@ impl SlotPool {
             free: Mutex::new((0..count).rev().collect()),
             available: Arc::new(Semaphore::new(count as usize)),
             slots: count,
+            remote_writable: access.remote_write,
         }))
     }
 
@@ -170,6 +174,37 @@ impl PoolBuf {
             self.pool.read_slot(self.slots[k], 0, chunk);
         }
         out.freeze()
+    }
+
+    /// The first `n` bytes as a shared buffer: the slot itself, without a
+    /// copy, when they fit in one slot of a region no peer can write (the
+    /// slot returns to the pool when the last reference drops); otherwise
+    /// a copy.
+    pub fn into_bytes(self, n: usize) -> Bytes {
+        let len = n.min(self.len);
+        if self.slots.len() == 1 && len <= self.pool.slot_size && !self.pool.remote_writable {
+            Bytes::from_owner(LentSlot { buf: self, len })
+        } else {
+            self.copy_out(len)
+        }
+    }
+}
+
+/// A one-slot [`PoolBuf`] lent out as the storage of a [`Bytes`]: no work
+/// request uses it any more, and its region has no remote write access.
+struct LentSlot {
+    buf: PoolBuf,
+    len: usize,
+}
+
+impl AsRef<[u8]> for LentSlot {
+    fn as_ref(&self) -> &[u8] {
+        let pool = &self.buf.pool;
+        let off = self.buf.slots[0] as usize * pool.slot_size;
+        // SAFETY: the slot belongs to this buffer alone until it drops, its
+        // owner posts nothing on it once lent (`into_bytes` consumed it) and
+        // no peer holds a key that writes the region (`remote_writable`).
+        unsafe { pool.region.slice(off, self.len) }
     }
 }
 

@@ -606,7 +606,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
         }
     };
     let invalidate = data_ref.invalidate();
-    let mut req = match conn.core.prepare(cmd, sgl_len) {
+    let req = match conn.core.prepare(cmd, sgl_len) {
         Ok(r) => r,
         Err(resp) => {
             return conn.respond(&resp, Vec::new(), invalidate).await.is_err() || resp.close_queue
@@ -626,7 +626,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
                 release_after_failure(&e, [buf]);
                 return true;
             }
-            Some(buf.copy_out(n as usize))
+            Some(buf.into_bytes(n as usize))
         }
         (Transfer::ToHost(_), DataRef::InCapsule(_)) => {
             let resp = conn.core.fail(&cmd, Status::SGL_INVALID_TYPE);
@@ -634,11 +634,6 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
         }
         _ => None,
     };
-    if let Transfer::ToHost(n) = transfer {
-        // The core fills a direct-I/O aligned buffer; it is copied into a
-        // registered slot for the RDMA WRITE below.
-        req.provide_buffer(raid::buf::alloc(n as usize));
-    }
     let resp = conn.core.clone().execute(req, data).await;
     let result = match (&resp.data, &data_ref) {
         (Some(bytes), DataRef::Remote { ranges, .. }) if resp.cqe.status.is_success() => {

@@ -721,6 +721,21 @@ impl MemoryRegion {
             ptr::copy_nonoverlapping(self.mem.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
         };
     }
+
+    /// The bytes `off..off + len` of the region, borrowed.
+    ///
+    /// # Safety
+    /// Nothing may write those bytes while the borrow lives: no work
+    /// request, and no peer (the region has no remote write access).
+    pub unsafe fn slice(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            self.in_bounds(off, len),
+            "slice past the end of a memory region"
+        );
+        // SAFETY: in bounds (checked) of our allocation, which lives as long
+        // as `self`; the caller guarantees that nothing writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.mem.as_ptr().add(off), len) }
+    }
 }
 
 impl Drop for MemoryRegion {

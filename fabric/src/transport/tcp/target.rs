@@ -420,7 +420,7 @@ impl Connection {
                 }));
             }
             Transfer::ToController(_) => self.start(req, Some(data), inflight),
-            Transfer::ToHost(n) if self.queue.qid().is_some_and(|q| q > 0) => {
+            Transfer::ToHost(n) if req.needs_read_buffer() => {
                 let mut req = req;
                 req.provide_buffer(self.buffers.take(n as usize));
                 self.start(req, None, inflight)
