@@ -165,6 +165,9 @@ async fn receive_loop(
     events: CmEvents,
 ) {
     let token = q.shared.token().clone();
+    // One waiter for the queue's life, not one per completion.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     let why = loop {
         tokio::select! {
             r = rx.recv() => {
@@ -193,7 +196,7 @@ async fn receive_loop(
                 Ok(_) => {}
                 Err(e) => break format!("rdma_cm events failed: {e}"),
             },
-            _ = token.cancelled() => break "queue closed".to_string(),
+            _ = &mut cancelled => break "queue closed".to_string(),
         }
     };
     tracing::debug!(why, "RDMA host queue closing");

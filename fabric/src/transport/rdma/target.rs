@@ -275,6 +275,10 @@ async fn run(
 ) {
     let mut inflight: Inflight = FuturesUnordered::new();
     let token = conn.core.token().clone();
+    // One waiter for the whole connection, not one registered and dropped
+    // per loop turn (a lock each way, per command).
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     let why = loop {
         tokio::select! {
             r = rx.recv() => match r {
@@ -303,8 +307,11 @@ async fn run(
                 },
                 None => break "listener stopped",
             },
-            _ = token.cancelled() => break "controller or target shut down",
-            _ = conn.core.connect_timed_out() => break "no Connect command in time",
+            _ = &mut cancelled => break "controller or target shut down",
+            // The timer only runs until Connect (no timer work per command).
+            _ = conn.core.connect_timed_out(), if conn.core.qid().is_none() => {
+                break "no Connect command in time"
+            }
         }
     };
     conn.core.close();

@@ -258,12 +258,15 @@ async fn write_loop(
     shared: Arc<Shared>,
 ) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
+    // One waiter for the queue's life, not one per batch.
+    let cancelled = shared.token().cancelled();
+    tokio::pin!(cancelled);
     loop {
         let first = tokio::select! {
             // Queued PDUs first: a TermReq queued as the queue closes still goes out.
             biased;
             m = rx.recv() => m,
-            _ = shared.token().cancelled() => None,
+            _ = &mut cancelled => None,
         };
         let Some(first) = first else { break };
         batch.extend_from_slice(&first);
@@ -292,6 +295,10 @@ struct Reader {
 
 impl Reader {
     async fn run(self, mut rd: OwnedReadHalf, dec: PduDecoder, mut rbuf: BytesMut) {
+        // One waiter for the queue's life, not one per PDU.
+        let token = self.shared.token().clone();
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
         let why = loop {
             match dec.decode(&mut rbuf) {
                 Ok(Some(d)) => {
@@ -318,7 +325,7 @@ impl Reader {
                     Ok(_) => {}
                     Err(e) => break format!("read failed: {e}"),
                 },
-                _ = self.shared.token().cancelled() => break "queue closed".to_string(),
+                _ = &mut cancelled => break "queue closed".to_string(),
             }
         };
         self.shared.fail_all(&why);

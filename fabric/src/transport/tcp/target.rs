@@ -245,6 +245,10 @@ impl Connection {
     ) -> &'static str {
         let mut inflight: Inflight = FuturesUnordered::new();
         let token = self.queue.token().clone();
+        // One waiter for the whole connection, not one registered and
+        // dropped per loop turn (a lock each way, per command).
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
         let reason = loop {
             // Handle every complete PDU already received.
             let mut stop = None;
@@ -284,8 +288,11 @@ impl Connection {
                     Ok(_) => {}
                     Err(_) => break "read error",
                 },
-                _ = token.cancelled() => break "controller or target shut down",
-                _ = self.queue.connect_timed_out() => break "no Connect command in time",
+                _ = &mut cancelled => break "controller or target shut down",
+                // The timer only runs until Connect (no timer work per command).
+                _ = self.queue.connect_timed_out(), if self.queue.qid().is_none() => {
+                    break "no Connect command in time"
+                }
             }
         };
         // Release the queue (outstanding AERs end), then let commands already
