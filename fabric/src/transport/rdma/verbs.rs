@@ -609,10 +609,12 @@ pub struct Access {
 
 /// A registered memory region over memory it owns.
 ///
-/// The memory is a raw allocation that Rust code never holds a reference
-/// to: the device (and, for remotely accessible regions, the peer) writes
-/// it behind the compiler's back, so every access is a raw copy at an
-/// address, made while no work request uses those bytes.
+/// The memory is a raw allocation: the device (and, for remotely
+/// accessible regions, the peer) writes it behind the compiler's back, so
+/// accesses are raw copies at an address, made while no work request uses
+/// those bytes. The one exception is [`slice`](Self::slice), a shared
+/// borrow of bytes that nothing can write while it lives (no work request
+/// on them and no remote write access to the region).
 pub struct MemoryRegion {
     mr: *mut ibv_mr,
     mem: ptr::NonNull<u8>,
