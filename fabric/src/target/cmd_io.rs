@@ -56,7 +56,8 @@ pub(crate) fn parse(
             in_range(&ns, lba, blocks)?;
             let len = len as u32;
             Ok(if cmd.opcode == io::READ {
-                (Op::Read { ns, lba }, Transfer::ToHost(len))
+                let shared = ns.device.read_shared(lba, len as usize);
+                (Op::Read { ns, lba, shared }, Transfer::ToHost(len))
             } else {
                 (
                     Op::Write {
@@ -129,9 +130,9 @@ pub(crate) async fn execute(
 ) -> Result<Outcome, Failure> {
     let stats = &s.ctrl.subsystem.stats;
     match op {
-        Op::Read { ns, lba } => {
+        Op::Read { ns, lba, shared } => {
             let len = cmd.nlb() as usize * ns.block_size() as usize;
-            let buf = match ns.device.read_shared(lba, len) {
+            let buf = match shared {
                 Some(shared) => shared,
                 None => {
                     let buf = buffer

@@ -60,13 +60,7 @@ impl Request {
     /// [provide](Self::provide_buffer): not when the namespace hands out
     /// its data shared ([`raid::BlockDevice::read_shared`]).
     pub fn needs_read_buffer(&self) -> bool {
-        match &self.op {
-            Op::Read { ns, lba } => ns
-                .device
-                .read_shared(*lba, self.transfer.len() as usize)
-                .is_none(),
-            _ => false,
-        }
+        matches!(self.op, Op::Read { shared: None, .. })
     }
 }
 
@@ -96,6 +90,9 @@ pub(crate) enum Op {
     Read {
         ns: Arc<Namespace>,
         lba: u64,
+        /// The data, when the device hands it out shared
+        /// ([`raid::BlockDevice::read_shared`]): nothing left to read.
+        shared: Option<bytes::Bytes>,
     },
     Write {
         ns: Arc<Namespace>,
