@@ -32,6 +32,8 @@ command_line="perf/bench.sh${run_args[*]:+ ${run_args[*]}}"
 if [[ $mode == guest ]]; then ci/setup.sh; else ci/setup.sh --no-guest; fi
 [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
 target=${CARGO_TARGET_DIR:-$PWD/target}
+# The commit the binaries are built from (the tree may change during a run).
+commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
 cargo build --release --locked -p fabric --bin fabricd -p perf --bins
 bin=$target/release
 
@@ -42,7 +44,7 @@ if [[ $mode == guest ]]; then
 else
     "$bin/fabric-bench" run --mode native --out "$out" "${run_args[@]}"
 fi
-report=(--command "$command_line")
+report=(--command "$command_line" --commit "$commit")
 ((append)) && report+=(--results perf/RESULTS.md)
 "$bin/fabric-bench" report "$out" "${report[@]}"
 echo "bench: samples, summary.json, table.md and chart.png in $out"

@@ -206,3 +206,42 @@ async fn a_discovery_controller_without_keep_alive_gets_a_default_timeout() {
     let sub = t.target.subsystem(common::NQN).unwrap();
     assert_eq!(sub.controllers()[0].kato_ms(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_target_serves_sparse_and_back_to_back_commands() {
+    let tcp = fabric::transport::tcp::TcpTransport {
+        poll: Duration::from_millis(2),
+        ..Default::default()
+    };
+    let t = common::start_on(
+        16 << 20,
+        vec![],
+        fabric::target::TargetConfig::default(),
+        std::sync::Arc::new(tcp),
+    )
+    .await;
+    let ctrl = HostController::connect(&t.address, common::NQN, &HostOptions::default())
+        .await
+        .unwrap();
+    let ns = ctrl.namespace(1).await.unwrap();
+    // Commands that arrive while the connection polls, and after it has
+    // gone back to sleep (pauses longer than the polling period).
+    for i in 0..40u64 {
+        let data = pattern(i, 8192);
+        ns.write(i * 2, Bytes::from(data.clone())).await.unwrap();
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let back = ns.read(i * 2, buf::alloc(8192)).await.unwrap();
+        assert!(back[..] == data[..], "mismatch at {i}");
+    }
+    ctrl.disconnect().await;
+    // A connection after the polling one closed is served as well.
+    let ctrl = HostController::connect(&t.address, common::NQN, &HostOptions::default())
+        .await
+        .unwrap();
+    let ns = ctrl.namespace(1).await.unwrap();
+    let back = ns.read(0, buf::alloc(8192)).await.unwrap();
+    assert!(back[..] == pattern(0, 8192)[..]);
+    ctrl.disconnect().await;
+}

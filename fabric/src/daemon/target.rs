@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use raid::{parse_size, DeviceRef, FileDevice, FileOptions, MemoryDevice, NullDevice};
@@ -14,7 +15,8 @@ use serde::Deserialize;
 
 use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
 use crate::transport::rdma::{RdmaConfig, RdmaTransport};
-use crate::transport::{target_transport, TransportError};
+use crate::transport::tcp::TcpTransport;
+use crate::transport::{target_transport, TargetTransport, TransportError};
 
 /// The NQN served when none is given.
 pub const DEFAULT_NQN: &str = "nqn.2026-11.io.fabric:target";
@@ -130,6 +132,11 @@ pub struct TargetArgs {
     /// RDMA: in-capsule data accepted on I/O queues [default: 8K].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub rdma_inline: Option<u64>,
+    /// TCP: microseconds an idle connection keeps reading its socket
+    /// before it sleeps (0 to 10000; lower latency at low queue depth for
+    /// up to this much CPU per idle spell) [default: 0, off].
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub tcp_poll_us: Option<u64>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -203,6 +210,8 @@ pub struct TargetSettings {
     pub cntlid_range: (u16, u16),
     /// RDMA transport settings.
     pub rdma: RdmaConfig,
+    /// TCP transport settings.
+    pub tcp: TcpTransport,
 }
 
 /// A list setting: the flags' values, else the file's, else the default.
@@ -308,6 +317,13 @@ impl TargetArgs {
             }
             rdma.inline_data_size = sz as u32;
         }
+        let mut tcp = TcpTransport::default();
+        if let Some(us) = self.tcp_poll_us {
+            if us > 10_000 {
+                bail!("--tcp-poll-us {us} must be from 0 to 10000");
+            }
+            tcp.poll = Duration::from_micros(us);
+        }
         Ok(TargetSettings {
             listen,
             nqn: self
@@ -327,6 +343,7 @@ impl TargetArgs {
             max_transfer: max_transfer as u32,
             cntlid_range,
             rdma,
+            tcp,
         })
     }
 }
@@ -357,7 +374,10 @@ pub async fn start(
     }
     let mut listeners = Vec::new();
     for addr in &s.listen {
-        let transport = target_transport(addr.kind)?;
+        let transport: Arc<dyn TargetTransport> = match addr.kind {
+            TransportKind::Tcp => Arc::new(s.tcp.clone()),
+            kind => target_transport(kind)?,
+        };
         let port = target.add_port(addr.clone(), s.discovery);
         match transport.listen(target.clone(), port.clone()).await {
             Ok(handle) => listeners.push(handle),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use fabric::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
-use fabric::transport::{target_transport, ListenerHandle};
+use fabric::transport::{target_transport, ListenerHandle, TargetTransport};
 use raid::{MemoryDevice, NullDevice};
 
 /// The NQN the test target serves.
@@ -33,6 +33,17 @@ pub async fn start(size: u64, allowed_hosts: Vec<String>) -> TestTarget {
 
 /// As [`start`], with target settings.
 pub async fn start_with(size: u64, allowed_hosts: Vec<String>, cfg: TargetConfig) -> TestTarget {
+    let tcp = target_transport(fabric::target::TransportKind::Tcp).unwrap();
+    start_on(size, allowed_hosts, cfg, tcp).await
+}
+
+/// As [`start_with`], listening with `transport` (a TCP one).
+pub async fn start_on(
+    size: u64,
+    allowed_hosts: Vec<String>,
+    cfg: TargetConfig,
+    transport: Arc<dyn TargetTransport>,
+) -> TestTarget {
     let target = Target::new(cfg).unwrap();
     let mut sc = SubsystemConfig::new(NQN);
     sc.allowed_hosts = allowed_hosts;
@@ -42,11 +53,7 @@ pub async fn start_with(size: u64, allowed_hosts: Vec<String>, cfg: TargetConfig
     sub.add_namespace(2, Arc::new(NullDevice::new(size, 512)), 2)
         .unwrap();
     let port = target.add_port("tcp://127.0.0.1:0".parse().unwrap(), true);
-    let listener = target_transport(port.address().kind)
-        .unwrap()
-        .listen(target.clone(), port)
-        .await
-        .unwrap();
+    let listener = transport.listen(target.clone(), port).await.unwrap();
     let address = listener.local.clone();
     TestTarget {
         target,

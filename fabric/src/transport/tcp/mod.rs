@@ -23,16 +23,22 @@ pub const DEFAULT_INLINE_DATA: u32 = 16384;
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The NVMe/TCP transport.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpTransport {
     /// In-capsule data accepted on I/O queues (target side).
     pub inline_data_size: u32,
+    /// Target side: how long a connection whose commands have all completed
+    /// keeps reading its socket without sleeping, so that a host at low
+    /// queue depth finds it awake (no wake-up per command) [default: 0,
+    /// off]. Costs up to this much CPU each time a connection goes idle.
+    pub poll: Duration,
 }
 
 impl Default for TcpTransport {
     fn default() -> Self {
         TcpTransport {
             inline_data_size: DEFAULT_INLINE_DATA,
+            poll: Duration::ZERO,
         }
     }
 }

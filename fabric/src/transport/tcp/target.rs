@@ -62,6 +62,7 @@ impl TargetTransport for TcpTransport {
         let local = port.address();
         let token = target.shutdown_token().child_token();
         let caps = TcpTransport::caps(self);
+        let poll = self.poll;
         let stop = token.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -70,7 +71,7 @@ impl TargetTransport for TcpTransport {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             tracing::debug!(%peer, port = port.id, "tcp connection");
-                            tokio::spawn(serve(stream, target.clone(), port.clone(), caps));
+                            tokio::spawn(serve(stream, target.clone(), port.clone(), caps, poll));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");
@@ -82,6 +83,23 @@ impl TargetTransport for TcpTransport {
         });
         Ok(ListenerHandle { local, token, task })
     }
+}
+
+/// Read without sleeping for up to `period`, yielding to other tasks
+/// between attempts; `None` when nothing arrived.
+async fn poll_read(
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    period: Duration,
+) -> Option<std::io::Result<usize>> {
+    let until = std::time::Instant::now() + period;
+    while std::time::Instant::now() < until {
+        match rd.try_read_buf(rbuf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tokio::task::yield_now().await,
+            r => return Some(r),
+        }
+    }
+    None
 }
 
 /// What the reader hands the writer.
@@ -99,7 +117,13 @@ struct H2cTransfer {
     failed: bool,
 }
 
-async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: TransportCaps) {
+async fn serve(
+    stream: TcpStream,
+    target: Arc<Target>,
+    port: Arc<Port>,
+    caps: TransportCaps,
+    poll: Duration,
+) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -153,6 +177,7 @@ async fn serve(stream: TcpStream, target: Arc<Target>, port: Arc<Port>, caps: Tr
         buffers,
         outstanding,
         entries_before_connect,
+        poll,
     };
     let reason = conn.run(&mut rd, &dec, rbuf).await;
     tracing::debug!(?peer, qid = ?queue.qid(), reason, "tcp connection closed");
@@ -233,6 +258,9 @@ struct Connection {
     outstanding: Arc<AtomicUsize>,
     /// Queue entries assumed before Connect says how many there are.
     entries_before_connect: u32,
+    /// How long to keep reading without sleeping once idle
+    /// ([`TcpTransport::poll`]).
+    poll: Duration,
 }
 
 impl Connection {
@@ -274,6 +302,14 @@ impl Connection {
             }
             if rbuf.capacity() - rbuf.len() < 16 * 1024 {
                 rbuf.reserve(64 * 1024);
+            }
+            if inflight.is_empty() && !self.poll.is_zero() {
+                match poll_read(rd, &mut rbuf, self.poll).await {
+                    Some(Ok(0)) => break "peer closed",
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) => break "read error",
+                    None => {}
+                }
             }
             tokio::select! {
                 Some(resp) = inflight.next(), if !inflight.is_empty() => {
