@@ -5,6 +5,7 @@
 
 mod pending;
 pub mod rdma;
+mod read_buffers;
 pub mod tcp;
 
 use std::sync::Arc;

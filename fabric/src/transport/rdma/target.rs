@@ -10,6 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::target::{Port, Queue, Response, Target, Transfer, TransportCaps};
+use crate::transport::read_buffers::ReadBuffers;
 use crate::transport::{ListenerHandle, TransportError};
 use crate::wire::rdma::{encode_accept, encode_reject, reject, ConnectRequest};
 use crate::wire::sgl::{kind, subtype, SglDescriptor};
@@ -198,6 +199,7 @@ fn accept(
         depth,
         dev,
         max_descriptors: caps.sgl_descriptors as usize,
+        read_buffers: ReadBuffers::default(),
     });
     tokio::spawn(run(conn, id, rx, ev_rx, conns.clone()));
 }
@@ -225,6 +227,8 @@ struct Conn {
     /// Queue entries the host asked for in its connect request.
     depth: u32,
     max_descriptors: usize,
+    /// Buffers reads land in before they are copied into a registered slot.
+    read_buffers: ReadBuffers,
 }
 
 /// Why posting work requests and waiting for them failed.
@@ -613,7 +617,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
         }
     };
     let invalidate = data_ref.invalidate();
-    let req = match conn.core.prepare(cmd, sgl_len) {
+    let mut req = match conn.core.prepare(cmd, sgl_len) {
         Ok(r) => r,
         Err(resp) => {
             return conn.respond(&resp, Vec::new(), invalidate).await.is_err() || resp.close_queue
@@ -641,13 +645,19 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
         }
         _ => None,
     };
-    let resp = conn.core.clone().execute(req, data).await;
-    let result = match (&resp.data, &data_ref) {
+    if let Transfer::ToHost(n) = transfer {
+        if req.needs_read_buffer() {
+            req.provide_buffer(conn.read_buffers.take(n as usize));
+        }
+    }
+    let mut resp = conn.core.clone().execute(req, data).await;
+    let result = match (resp.data.take(), &data_ref) {
         (Some(bytes), DataRef::Remote { ranges, .. }) if resp.cqe.status.is_success() => {
             let Some(mut buf) = conn.dev.data.get(bytes.len()).await else {
                 return true;
             };
-            buf.copy_in(bytes);
+            buf.copy_in(&bytes);
+            conn.read_buffers.give_back(bytes);
             let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, false);
             let r = conn.respond(&resp, wrs, invalidate).await;
             if let Err(failure) = &r {

@@ -1,7 +1,6 @@
 //! NVMe/TCP: a connection per queue, PDUs framed by [`crate::wire::tcp`].
 
 mod batch;
-mod buffers;
 mod host;
 mod target;
 

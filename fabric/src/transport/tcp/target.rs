@@ -30,8 +30,8 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::buffers::ReadBuffers;
 use super::{TcpTransport, IC_TIMEOUT};
+use crate::transport::read_buffers::ReadBuffers;
 
 /// How long a closing connection waits for its in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
