@@ -57,7 +57,8 @@ pub(super) async fn listen(
     let stop = token.clone();
     let task = tokio::spawn(async move {
         let conns: Connections = Arc::new(Mutex::new(HashMap::new()));
-        let _listening = id;
+        let listening_key = id.key();
+        let mut listening = Some(id);
         loop {
             let ev = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -68,6 +69,17 @@ pub(super) async fn listen(
                     let id = ev.take_new_id(events.channel());
                     if let Some(id) = id {
                         accept(&devices, &target, &port, caps, &conns, id, &ev);
+                    }
+                }
+                // The device is going away: give up the listening id (the
+                // kernel waits for every user of the device to let go) and
+                // stop advertising the port; connections end on their own
+                // removal events.
+                Ok(ev) if ev.kind == CmEventKind::DeviceRemoval && ev.id_key == listening_key => {
+                    tracing::error!(address = %port.address(), "RDMA device removed; this listener stops (TCP listeners go on)");
+                    target.remove_port(port.id);
+                    if let Some(id) = listening.take() {
+                        destroy(id);
                     }
                 }
                 Ok(ev) => route_event(&conns, &ev),
@@ -90,9 +102,6 @@ fn route_event(conns: &Connections, ev: &CmEvent) {
     match tx {
         Some(tx) => {
             let _ = tx.send(ev.kind);
-        }
-        None if ev.kind == CmEventKind::DeviceRemoval => {
-            tracing::error!("RDMA device removed under the listener")
         }
         None => tracing::debug!(kind = ?ev.kind, "rdma_cm event for no connection"),
     }
