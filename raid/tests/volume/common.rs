@@ -93,6 +93,49 @@ pub async fn write(dev: &dyn BlockDevice, lba: u64, data: &[u8]) {
         .expect("write");
 }
 
+/// A write, discard or flush of a crash run.
+pub enum CrashIo {
+    Write(u64, u64),
+    Discard(u64, u64),
+    Flush,
+}
+
+/// Apply `io` (its range clamped to `size` blocks) to `dev` and to `model`.
+/// Until the power cut it must succeed; after it the result does not matter
+/// (a write may still have landed, so the model takes it either way).
+pub async fn crash_io<D: BlockDevice + ?Sized>(
+    dev: &D,
+    model: &mut raid::model::CrashModel,
+    power: &Power,
+    stamp: u64,
+    io: CrashIo,
+    size: u64,
+) {
+    let must = |ok: bool, what: &str| assert!(ok || power.is_off(), "{what} failed");
+    match io {
+        CrashIo::Write(l, n) => {
+            let (l, n) = clamp(l, n, size);
+            let data = pattern(stamp, n);
+            let r = dev.write(l, data.clone().into()).await;
+            model.write(l, &data);
+            must(r.is_ok(), "write");
+        }
+        CrashIo::Discard(l, n) => {
+            let (l, n) = clamp(l, n, size);
+            let r = dev.discard(l, n).await;
+            model.write(l, &vec![0; n as usize * BS]);
+            must(r.is_ok(), "discard");
+        }
+        CrashIo::Flush => {
+            let ok = dev.flush().await.is_ok();
+            if ok {
+                model.flush();
+            }
+            must(ok, "flush");
+        }
+    }
+}
+
 /// Clamp a generated range to a device of `size` blocks.
 pub fn clamp(lba: u64, blocks: u64, size: u64) -> (u64, u64) {
     let lba = lba % size;

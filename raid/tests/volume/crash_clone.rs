@@ -86,25 +86,12 @@ proptest! {
                 let must = |ok: bool, what: &str| assert!(ok || power.is_off(), "{what} failed");
                 match op {
                     Op::Write(l, n) => {
-                        let (l, n) = clamp(l, n, BLOCKS);
-                        let data = pattern(i as u64, n);
-                        let r = clone.write(l, data.clone().into()).await;
-                        model.write(l, &data);
-                        must(r.is_ok(), "write");
+                        crash_io(&*clone, &mut model, &power, i as u64, CrashIo::Write(l, n), BLOCKS).await
                     }
                     Op::Discard(l, n) => {
-                        let (l, n) = clamp(l, n, BLOCKS);
-                        let r = clone.discard(l, n).await;
-                        model.write(l, &vec![0; n as usize * BS]);
-                        must(r.is_ok(), "discard");
+                        crash_io(&*clone, &mut model, &power, i as u64, CrashIo::Discard(l, n), BLOCKS).await
                     }
-                    Op::Flush => {
-                        if clone.flush().await.is_ok() {
-                            model.flush();
-                        } else {
-                            must(false, "flush");
-                        }
-                    }
+                    Op::Flush => crash_io(&*clone, &mut model, &power, i as u64, CrashIo::Flush, BLOCKS).await,
                     Op::Hydrate => {
                         let r = clone.hydrate_now(&RateLimit::default()).await;
                         must(r.is_ok(), "hydration");

@@ -139,25 +139,12 @@ proptest! {
                 let must = |ok: bool, what: &str| assert!(ok || power.is_off(), "{what} failed");
                 match op {
                     Op::Write(l, n) => {
-                        let (l, n) = clamp(l, n, size);
-                        let data = pattern(i as u64, n);
-                        let r = raid.write(l, data.clone().into()).await;
-                        model.write(l, &data);
-                        must(r.is_ok(), "write");
+                        crash_io(&*raid, &mut model, &power, i as u64, CrashIo::Write(l, n), size).await
                     }
                     Op::Discard(l, n) => {
-                        let (l, n) = clamp(l, n, size);
-                        let r = raid.discard(l, n).await;
-                        model.write(l, &vec![0; n as usize * BS]);
-                        must(r.is_ok(), "discard");
+                        crash_io(&*raid, &mut model, &power, i as u64, CrashIo::Discard(l, n), size).await
                     }
-                    Op::Flush => {
-                        if raid.flush().await.is_ok() {
-                            model.flush();
-                        } else {
-                            must(false, "flush");
-                        }
-                    }
+                    Op::Flush => crash_io(&*raid, &mut model, &power, i as u64, CrashIo::Flush, size).await,
                     Op::Fail(m) => {
                         // Keep an in-sync member that works.
                         let st = raid.status().await;
