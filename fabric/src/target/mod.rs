@@ -22,7 +22,7 @@ pub mod request;
 pub mod subsystem;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -140,6 +140,9 @@ pub struct Target {
     subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
     discovery: Arc<Subsystem>,
     ports: RwLock<Vec<Arc<Port>>>,
+    /// The last port ID handed out (IDs are never reused, so a port taken
+    /// out can come back under its own).
+    last_port_id: AtomicU16,
     generation: AtomicU64,
     token: CancellationToken,
 }
@@ -155,6 +158,7 @@ impl Target {
             subsystems: RwLock::new(BTreeMap::new()),
             discovery: Arc::new(Subsystem::new(disc, true)?),
             ports: RwLock::new(Vec::new()),
+            last_port_id: AtomicU16::new(0),
             generation: AtomicU64::new(1),
             token: CancellationToken::new(),
         }))
@@ -231,13 +235,25 @@ impl Target {
 
     /// Add a port (the transport binds it); IDs are assigned in order from 1.
     pub fn add_port(&self, address: PortAddress, discovery: bool) -> Arc<Port> {
-        let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
-        let id = ports.iter().map(|p| p.id).max().unwrap_or(0) + 1;
+        let id = self
+            .last_port_id
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         let port = Arc::new(Port::new(id, address, discovery));
-        ports.push(port.clone());
+        self.restore_port(port.clone());
+        port
+    }
+
+    /// Put back a port taken out with [`remove_port`](Self::remove_port)
+    /// (its listener serves again).
+    pub fn restore_port(&self, port: Arc<Port>) {
+        let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
+        if ports.iter().any(|p| p.id == port.id) {
+            return;
+        }
+        ports.push(port);
         drop(ports);
         self.discovery_changed();
-        port
     }
 
     /// Remove a port from discovery (its listener is stopped by its owner).
@@ -339,5 +355,26 @@ impl Target {
             keyed_sgls: caps.keyed_sgls,
             sgl_descriptors: caps.sgl_descriptors.max(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_out_comes_back_under_its_id_and_ids_are_not_reused() {
+        let t = Target::new(TargetConfig::default()).unwrap();
+        let addr = |p: u16| format!("rdma://10.0.0.1:{p}").parse().unwrap();
+        let a = t.add_port(addr(1), true);
+        let b = t.add_port(addr(2), true);
+        t.remove_port(b.id);
+        let c = t.add_port(addr(3), true);
+        assert_ne!(c.id, b.id);
+        t.restore_port(b.clone());
+        t.restore_port(b.clone());
+        let mut ids: Vec<u16> = t.ports().iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![a.id, b.id, c.id]);
     }
 }

@@ -4,6 +4,12 @@
 //! poller task drains the completion queue and hands each completion to its
 //! owner.
 //!
+//! When the device is removed, [`Devices::retire`](super::Devices) takes it
+//! out of use: its queues close on their own removal events, the poller goes
+//! on delivering their flushed completions until it holds the last
+//! reference, then lets go of every resource and closes the device, so that
+//! the kernel can complete the removal.
+//!
 //! Polling is adaptive: while completions keep coming the poller polls,
 //! yielding between polls; after a few empty polls it arms the queue and
 //! sleeps on the completion channel. On a 2-core machine, busy polling would
@@ -12,23 +18,27 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::pool::{RecvBuffers, SlotPool};
 use super::verbs::{
-    Access, CmId, CompletionChannel, CompletionQueue, DeviceLimits, ProtectionDomain,
-    SharedReceiveQueue, WorkCompletion,
+    Access, CmId, CompletionChannel, CompletionQueue, DeviceContext, DeviceKey, DeviceLimits,
+    ProtectionDomain, SharedReceiveQueue, WorkCompletion,
 };
 
 /// Top byte of a work request id: what completed.
 const KIND_SHIFT: u32 = 56;
 const KIND_RECV: u64 = 1;
 const KIND_OP: u64 = 2;
+/// How often a retired device's poller looks whether it is the last user.
+const RETIRED_CHECK: Duration = Duration::from_millis(20);
 
 /// Work request id of receive buffer `i`.
 pub fn recv_wr_id(i: u32) -> u64 {
@@ -65,8 +75,10 @@ pub struct Received {
 }
 
 /// Shared resources of one device. Fields drop in order: receive queue and
-/// buffers, data pool, completion queue, channel, then the PD.
+/// buffers, data pool, completion queue, channel, then the PD (each holds
+/// the device context open as long as it needs it).
 pub struct Device {
+    key: DeviceKey,
     /// Shared receive queue (target side).
     pub srq: Option<SharedReceiveQueue>,
     recv: Option<RecvBuffers>,
@@ -76,12 +88,13 @@ pub struct Device {
     pub cq: CompletionQueue,
     channel: CompletionChannel,
     /// Protection domain.
-    pub pd: ProtectionDomain,
+    pub pd: Arc<ProtectionDomain>,
     /// Device limits.
     pub limits: DeviceLimits,
     routes: Mutex<HashMap<u32, mpsc::UnboundedSender<Received>>>,
     ops: Mutex<Slab<oneshot::Sender<WorkCompletion>>>,
     spin_polls: u32,
+    retired: CancellationToken,
 }
 
 struct ChannelFd(Arc<Device>);
@@ -99,11 +112,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Device {
     /// Set up the device `id` is bound to and start its poller.
     pub fn open(id: &CmId, cfg: DeviceConfig) -> std::io::Result<Arc<Device>> {
-        let limits = id.device_limits()?;
-        let pd = ProtectionDomain::new(id)?;
-        let channel = CompletionChannel::new(id)?;
+        let context = DeviceContext::hold(id)?;
+        let limits = context.limits()?;
+        let pd = ProtectionDomain::new(&context)?;
+        let channel = CompletionChannel::new(&context)?;
         let cq_entries = cfg.cq_entries.min(limits.max_cqe.max(1));
-        let cq = CompletionQueue::new(id, cq_entries, &channel)?;
+        let cq = CompletionQueue::new(cq_entries, &channel)?;
         let access = Access {
             remote_read: cfg.remote_access,
             remote_write: cfg.remote_access,
@@ -123,6 +137,7 @@ impl Device {
             (None, None)
         };
         let dev = Arc::new(Device {
+            key: context.key(),
             srq,
             recv,
             data,
@@ -133,6 +148,7 @@ impl Device {
             routes: Mutex::new(HashMap::new()),
             ops: Mutex::new(Slab::new()),
             spin_polls: cfg.spin_polls,
+            retired: CancellationToken::new(),
         });
         dev.cq.arm()?;
         // SAFETY: the fd belongs to the completion channel owned by the
@@ -142,6 +158,18 @@ impl Device {
                 .map_err(|e| e.into_parts().1)?;
         tokio::spawn(poll_loop(fd));
         Ok(dev)
+    }
+
+    /// The device's identity.
+    pub fn key(&self) -> DeviceKey {
+        self.key
+    }
+
+    /// Take the device out of use (it was removed): its poller releases
+    /// it once every queue on it has let go.
+    pub fn retire(&self) {
+        self.pd.context().mark_removed();
+        self.retired.cancel();
     }
 
     /// Deliver receives of QP `qp_num` to `tx`.
@@ -233,6 +261,12 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
                 return;
             }
         }
+        // A retired device is released once only this task holds it (the
+        // registered fd and `dev`): no queue can post to it any more.
+        let retired = dev.retired.is_cancelled();
+        if retired && Arc::strong_count(&dev) <= 2 {
+            break;
+        }
         empty += 1;
         if empty <= dev.spin_polls {
             tokio::task::yield_now().await;
@@ -250,16 +284,28 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
             }
             continue;
         }
-        match fd.readable().await {
-            Ok(mut guard) => {
-                guard.clear_ready();
-                dev.channel.drain(&dev.cq);
-                empty = 0;
+        tokio::select! {
+            ready = fd.readable() => match ready {
+                Ok(mut guard) => {
+                    guard.clear_ready();
+                    dev.channel.drain(&dev.cq);
+                    empty = 0;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot wait on the completion channel; RDMA device stopped");
+                    return;
+                }
+            },
+            _ = dev.retired.cancelled(), if !retired => {
+                tracing::warn!("RDMA device removed; it is released once its queues have closed");
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot wait on the completion channel; RDMA device stopped");
-                return;
-            }
+            _ = tokio::time::sleep(RETIRED_CHECK), if retired => {}
         }
     }
+    // Drop the last references: the device's resources go, and its context
+    // with the last of them (buffers still lent out, such as write data
+    // held by a backend, go when they are returned).
+    drop(dev);
+    drop(fd);
+    tracing::info!("RDMA device released");
 }

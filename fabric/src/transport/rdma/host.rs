@@ -45,7 +45,9 @@ pub struct RdmaHostQueue {
     slots: Semaphore,
     inline_data_size: u32,
     timeout: Duration,
-    /// Dropped last: the buffers above are registered in its PD.
+    /// The transport's devices (a removed device is retired in it).
+    devices: Arc<Devices>,
+    /// Dropped last: the id's QP and the buffers above use it.
     dev: Arc<Device>,
 }
 
@@ -75,7 +77,7 @@ async fn wait_for(
 }
 
 pub(super) async fn connect(
-    devices: &Devices,
+    devices: Arc<Devices>,
     address: &PortAddress,
     params: &QueueParams,
 ) -> Result<Arc<dyn HostQueue>, TransportError> {
@@ -152,6 +154,7 @@ pub(super) async fn connect(
         slots: Semaphore::new(depth as usize - 1),
         inline_data_size: params.inline_data_size,
         timeout: params.timeout,
+        devices,
     });
     tokio::spawn(receive_loop(queue.clone(), rx, events));
     Ok(queue)
@@ -190,7 +193,11 @@ async fn receive_loop(
                 q.complete(Completion::decode(cqe), wc.invalidated_rkey);
             }
             ev = events.next() => match ev {
-                Ok(ev) if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval | CmEventKind::Error) => {
+                Ok(ev) if ev.kind == CmEventKind::DeviceRemoval => {
+                    q.devices.retire(q.dev.key());
+                    break "device removed".to_string();
+                }
+                Ok(ev) if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::Error) => {
                     break format!("connection lost ({:?})", ev.kind);
                 }
                 Ok(_) => {}

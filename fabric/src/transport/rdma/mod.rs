@@ -14,6 +14,10 @@
 //!   SGLs (a last-segment descriptor in the capsule) are served too.
 //! * Completions: one completion queue per device, drained by an adaptive
 //!   poller ([`device`]).
+//! * Device removal: the listeners on the device stop advertising their
+//!   ports, its queues close, its resources are released and rdma_cm is told
+//!   to let go of it, so the kernel completes the removal while the process
+//!   runs; a listener takes up its address again when the device returns.
 //!
 //! The foreign calls and their wrappers are in [`verbs`]; the other files'
 //! `unsafe` blocks are posts of work requests (whose memory must outlive
@@ -79,7 +83,7 @@ pub struct RdmaTransport {
 }
 
 /// The devices in use, target side (with a shared receive queue) and host
-/// side, set up on first use and kept.
+/// side, set up on first use and kept until they are removed.
 #[derive(Default)]
 pub(super) struct Devices {
     config: RdmaConfig,
@@ -172,6 +176,21 @@ impl Devices {
         map.insert(key, dev.clone());
         Ok(dev)
     }
+
+    /// Take the device `key` out of use (it was removed): it is released
+    /// once its queues have closed, and a device that comes back under the
+    /// same key later gets a fresh set-up.
+    fn retire(&self, key: DeviceKey) {
+        for registry in [&self.target, &self.host] {
+            let dev = registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            if let Some(dev) = dev {
+                dev.retire();
+            }
+        }
+    }
 }
 
 fn unavailable() -> TransportError {
@@ -213,6 +232,6 @@ impl HostTransport for RdmaTransport {
         if !Self::available() {
             return Err(unavailable());
         }
-        host::connect(&self.devices, address, params).await
+        host::connect(self.devices.clone(), address, params).await
     }
 }

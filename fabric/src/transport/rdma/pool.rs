@@ -26,7 +26,7 @@ pub struct SlotPool {
 impl SlotPool {
     /// `count` slots of `slot_size` bytes, registered with `access`.
     pub fn new(
-        pd: &ProtectionDomain,
+        pd: &Arc<ProtectionDomain>,
         count: u32,
         slot_size: usize,
         access: Access,
@@ -225,7 +225,11 @@ struct LocalBuffers {
 }
 
 impl LocalBuffers {
-    fn new(pd: &ProtectionDomain, count: u32, slot_size: usize) -> std::io::Result<LocalBuffers> {
+    fn new(
+        pd: &Arc<ProtectionDomain>,
+        count: u32,
+        slot_size: usize,
+    ) -> std::io::Result<LocalBuffers> {
         let access = Access {
             remote_read: false,
             remote_write: false,
@@ -260,7 +264,7 @@ pub struct RecvBuffers(LocalBuffers);
 impl RecvBuffers {
     /// `count` receive buffers of `slot_size` bytes.
     pub fn new(
-        pd: &ProtectionDomain,
+        pd: &Arc<ProtectionDomain>,
         count: u32,
         slot_size: usize,
     ) -> std::io::Result<RecvBuffers> {
@@ -295,7 +299,7 @@ pub struct SendBuffers(LocalBuffers);
 impl SendBuffers {
     /// `count` send buffers of `slot_size` bytes.
     pub fn new(
-        pd: &ProtectionDomain,
+        pd: &Arc<ProtectionDomain>,
         count: u32,
         slot_size: usize,
     ) -> std::io::Result<SendBuffers> {

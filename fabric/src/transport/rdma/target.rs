@@ -29,6 +29,8 @@ use super::Devices;
 const ADMIN_QUEUE_ENTRIES: u32 = 32;
 /// How long a closing connection waits for its in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a listener whose device was removed tries its address again.
+const RELISTEN_INTERVAL: Duration = Duration::from_secs(1);
 
 type Connections = Arc<Mutex<HashMap<usize, mpsc::UnboundedSender<CmEventKind>>>>;
 
@@ -44,10 +46,7 @@ pub(super) async fn listen(
         .parse()
         .map_err(|_| TransportError::Unavailable(format!("bad RDMA address {addr}")))?;
     let events = CmEvents::new().map_err(|e| TransportError::io("rdma_cm event channel", e))?;
-    let id = CmId::new(events.channel()).map_err(|e| TransportError::io("rdma_create_id", e))?;
-    id.bind(sock)
-        .map_err(|e| TransportError::io(format!("cannot listen on {addr}"), e))?;
-    id.listen(128)
+    let id = bind_and_listen(&events, sock)
         .map_err(|e| TransportError::io(format!("cannot listen on {addr}"), e))?;
     if let Some(local) = id.local_addr() {
         port.set_bound_port(local.port());
@@ -57,12 +56,15 @@ pub(super) async fn listen(
     let stop = token.clone();
     let task = tokio::spawn(async move {
         let conns: Connections = Arc::new(Mutex::new(HashMap::new()));
-        let listening_key = id.key();
         let mut listening = Some(id);
         loop {
             let ev = tokio::select! {
                 _ = stop.cancelled() => break,
                 ev = events.next() => ev,
+                _ = tokio::time::sleep(RELISTEN_INTERVAL), if listening.is_none() => {
+                    listening = relisten(&events, &target, &port);
+                    continue;
+                }
             };
             match ev {
                 Ok(mut ev) if ev.kind == CmEventKind::ConnectRequest => {
@@ -71,14 +73,21 @@ pub(super) async fn listen(
                         accept(&devices, &target, &port, caps, &conns, id, &ev);
                     }
                 }
-                // The device is going away: give up the listening id (the
-                // kernel waits for every user of the device to let go) and
-                // stop advertising the port; connections end on their own
-                // removal events.
-                Ok(ev) if ev.kind == CmEventKind::DeviceRemoval && ev.id_key == listening_key => {
-                    tracing::error!(address = %port.address(), "RDMA device removed; this listener stops (TCP listeners go on)");
+                // The device is going away: give up the listening id and the
+                // device (the kernel waits for every user to let go), stop
+                // advertising the port, and listen again once the address
+                // is back on a device. Connections end on their own removal
+                // events.
+                Ok(ev)
+                    if ev.kind == CmEventKind::DeviceRemoval
+                        && listening.as_ref().is_some_and(|l| l.key() == ev.id_key) =>
+                {
+                    tracing::error!(address = %port.address(), "RDMA device removed; this listener pauses until the device is back (TCP listeners go on)");
                     target.remove_port(port.id);
                     if let Some(id) = listening.take() {
+                        if let Some(key) = id.device() {
+                            devices.retire(key);
+                        }
                         destroy(id);
                     }
                 }
@@ -91,6 +100,33 @@ pub(super) async fn listen(
         }
     });
     Ok(ListenerHandle { local, token, task })
+}
+
+/// A listening id on `addr`.
+fn bind_and_listen(events: &CmEvents, addr: SocketAddr) -> std::io::Result<CmId> {
+    let id = CmId::new(events.channel())?;
+    id.bind(addr)?;
+    id.listen(128)?;
+    Ok(id)
+}
+
+/// Listen on `port`'s address again after its device was removed; the port
+/// is advertised again once that works (the device, or another one with the
+/// address, is back).
+fn relisten(events: &CmEvents, target: &Target, port: &Arc<Port>) -> Option<CmId> {
+    let addr = port.address();
+    let sock = addr.socket_string().parse().ok()?;
+    match bind_and_listen(events, sock) {
+        Ok(id) => {
+            tracing::info!(address = %addr, "RDMA device back; the listener serves again");
+            target.restore_port(port.clone());
+            Some(id)
+        }
+        Err(e) => {
+            tracing::debug!(address = %addr, error = %e, "RDMA address not on a device yet");
+            None
+        }
+    }
 }
 
 fn route_event(conns: &Connections, ev: &CmEvent) {
@@ -120,7 +156,7 @@ fn refuse(id: CmId, status: u16, why: &str) {
 }
 
 fn accept(
-    devices: &Devices,
+    devices: &Arc<Devices>,
     target: &Arc<Target>,
     port: &Arc<Port>,
     caps: TransportCaps,
@@ -210,7 +246,7 @@ fn accept(
         max_descriptors: caps.sgl_descriptors as usize,
         read_buffers: ReadBuffers::default(),
     });
-    tokio::spawn(run(conn, id, rx, ev_rx, conns.clone()));
+    tokio::spawn(run(conn, id, rx, ev_rx, conns.clone(), devices.clone()));
 }
 
 /// Send work requests one command may need: its data moves in one RDMA
@@ -285,6 +321,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Received>,
     mut events: mpsc::UnboundedReceiver<CmEventKind>,
     conns: Connections,
+    devices: Arc<Devices>,
 ) {
     let mut inflight: Inflight = FuturesUnordered::new();
     let token = conn.core.token().clone();
@@ -313,9 +350,12 @@ async fn run(
             }
             ev = events.recv() => match ev {
                 Some(CmEventKind::Established) => {}
+                Some(CmEventKind::DeviceRemoval) => {
+                    devices.retire(conn.dev.key());
+                    break "device removed";
+                }
                 Some(kind) => break match kind {
                     CmEventKind::Disconnected => "host disconnected",
-                    CmEventKind::DeviceRemoval => "device removed",
                     _ => "connection error",
                 },
                 None => break "listener stopped",
@@ -344,9 +384,11 @@ async fn run(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id.key());
+    // The id and its QP go before the connection lets go of the device the
+    // QP was created on.
+    let _ = tokio::task::spawn_blocking(move || drop(id)).await;
     let pool = conn.dev.data.clone();
     drop(conn);
-    destroy(id);
     tracing::info!(
         why,
         free_slots = pool.free_slots(),

@@ -19,6 +19,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::ptr;
+use std::sync::Arc;
 
 use rdma_sys::*;
 
@@ -278,7 +279,7 @@ impl Drop for EventChannel {
 
 impl CmEvent {
     /// For a connect request: take ownership of the new id.
-    pub fn take_new_id(&mut self, channel: std::sync::Arc<EventChannel>) -> Option<CmId> {
+    pub fn take_new_id(&mut self, channel: Arc<EventChannel>) -> Option<CmId> {
         if self.kind != CmEventKind::ConnectRequest || self.taken {
             return None;
         }
@@ -303,7 +304,7 @@ impl Drop for CmEvent {
 /// An rdma_cm id: one listening endpoint or one connection (with its QP).
 pub struct CmId {
     id: *mut rdma_cm_id,
-    _channel: std::sync::Arc<EventChannel>,
+    _channel: Arc<EventChannel>,
 }
 
 // SAFETY: rdma_cm ids may be used from any thread; calls on one id are
@@ -335,7 +336,7 @@ pub struct DeviceLimits {
 
 impl CmId {
     /// A new id on `channel` for reliable connected (TCP port space) use.
-    pub fn new(channel: std::sync::Arc<EventChannel>) -> io::Result<CmId> {
+    pub fn new(channel: Arc<EventChannel>) -> io::Result<CmId> {
         let mut id: *mut rdma_cm_id = ptr::null_mut();
         // SAFETY: valid channel; `id` receives the new id on success.
         check(
@@ -418,25 +419,6 @@ impl CmId {
         Ok(ctx)
     }
 
-    /// Query the device's limits.
-    pub fn device_limits(&self) -> io::Result<DeviceLimits> {
-        let ctx = self.context()?;
-        // SAFETY: ibv_device_attr is plain data; ibv_query_device fills it.
-        let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
-        check(
-            unsafe { ibv_query_device(ctx, &mut attr) },
-            "ibv_query_device",
-        )?;
-        Ok(DeviceLimits {
-            max_qp_wr: attr.max_qp_wr.max(0) as u32,
-            max_cqe: attr.max_cqe.max(0) as u32,
-            max_srq_wr: attr.max_srq_wr.max(0) as u32,
-            max_qp_rd_atom: attr.max_qp_rd_atom.clamp(0, 255) as u8,
-            max_qp_init_rd_atom: attr.max_qp_init_rd_atom.clamp(0, 255) as u8,
-            max_sge: attr.max_sge.max(0) as u32,
-        })
-    }
-
     /// Local address (after binding or resolution).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         // SAFETY: valid id; rdma_get_local_addr returns a pointer into it.
@@ -470,10 +452,10 @@ impl CmId {
         attr.cap.max_inline_data = caps.max_inline_data;
         attr.qp_type = ibv_qp_type::IBV_QPT_RC;
         attr.sq_sig_all = 0;
-        // SAFETY: valid id, PD, CQ and SRQ. They outlive the QP: they
-        // belong to a device, and devices stay in the transport's registry
-        // (and their poller) for the life of the process, while the QP goes
-        // with its id.
+        // SAFETY: valid id, PD, CQ and SRQ. They outlive the QP: it goes
+        // with its id, and every owner of an id with a QP holds an Arc of the
+        // device those belong to until after the id is destroyed (the
+        // target's connection task, the host queue's field order).
         check(
             unsafe { rdma_create_qp(self.id, pd.pd, &mut attr) },
             "rdma_create_qp",
@@ -567,9 +549,123 @@ pub struct QpCaps {
     pub max_inline_data: u32,
 }
 
-/// A protection domain.
+/// A device context held open: rdma_cm owns the verbs context of each
+/// device and closes it once no id uses the device and the device is gone,
+/// so this holds an id of its own (the anchor) bound to the device. Every
+/// object created on the context holds an `Arc` of this, so the context
+/// outlives them all, whatever order their owners let go in.
+///
+/// A device that was removed ([`mark_removed`](Self::mark_removed)) is let
+/// go of when the last object goes: the context's device files are closed.
+/// rdma_cm would do that itself only when it next lists the devices and at
+/// least one is left (librdmacm up to at least v56), and devices without
+/// "disassociate" support (rxe) finish their removal only once every
+/// process has closed them.
+pub struct DeviceContext {
+    ctx: *mut ibv_context,
+    removed: std::sync::atomic::AtomicBool,
+    _anchor: CmId,
+}
+
+// SAFETY: verbs contexts are usable from any thread.
+unsafe impl Send for DeviceContext {}
+// SAFETY: as above.
+unsafe impl Sync for DeviceContext {}
+
+impl DeviceContext {
+    /// Hold the device `id` is bound to (by binding an anchor id to `id`'s
+    /// local address).
+    pub fn hold(id: &CmId) -> io::Result<Arc<DeviceContext>> {
+        let ctx = id.context()?;
+        let mut local = id
+            .local_addr()
+            .ok_or_else(|| io::Error::other("rdma_cm id has no local address"))?;
+        local.set_port(0);
+        let anchor = CmId::new(Arc::new(EventChannel::new()?))?;
+        anchor.bind(local)?;
+        if anchor.context()? != ctx {
+            return Err(io::Error::other(format!(
+                "{local} is on another RDMA device than the connection"
+            )));
+        }
+        Ok(Arc::new(DeviceContext {
+            ctx,
+            removed: Default::default(),
+            _anchor: anchor,
+        }))
+    }
+
+    /// The device was removed: close its files once nothing uses it.
+    pub fn mark_removed(&self) {
+        self.removed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Close the device files of the context by putting /dev/null in their
+    /// place: the kernel sees the device closed, while every fd number the
+    /// context owns stays open for rdma_cm, whose later calls on it fail
+    /// cleanly and whose own close of the context closes /dev/null.
+    fn close_device_files(&self) -> io::Result<()> {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        // SAFETY: the context is valid: rdma_cm frees it only once no id
+        // uses its device, and our anchor id still does; its fds are plain
+        // integers in it.
+        let fds = unsafe { [(*self.ctx).cmd_fd, (*self.ctx).async_fd] };
+        for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+            // SAFETY: dup2 atomically replaces an fd that the context owns
+            // with /dev/null; no object of ours is left on the context (each
+            // holds an Arc of this), so nothing of ours uses it again.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+                return Err(last_error("dup2"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's identity (the same as [`CmId::device`] of its ids).
+    pub fn key(&self) -> DeviceKey {
+        DeviceKey(self.ctx as usize)
+    }
+
+    /// Query the device's limits.
+    pub fn limits(&self) -> io::Result<DeviceLimits> {
+        // SAFETY: ibv_device_attr is plain data; ibv_query_device fills it.
+        let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
+        check(
+            // SAFETY: the context is held open by `self`.
+            unsafe { ibv_query_device(self.ctx, &mut attr) },
+            "ibv_query_device",
+        )?;
+        Ok(DeviceLimits {
+            max_qp_wr: attr.max_qp_wr.max(0) as u32,
+            max_cqe: attr.max_cqe.max(0) as u32,
+            max_srq_wr: attr.max_srq_wr.max(0) as u32,
+            max_qp_rd_atom: attr.max_qp_rd_atom.clamp(0, 255) as u8,
+            max_qp_init_rd_atom: attr.max_qp_init_rd_atom.clamp(0, 255) as u8,
+            max_sge: attr.max_sge.max(0) as u32,
+        })
+    }
+}
+
+impl Drop for DeviceContext {
+    fn drop(&mut self) {
+        if self.removed.load(std::sync::atomic::Ordering::Acquire) {
+            match self.close_device_files() {
+                Ok(()) => tracing::info!("removed RDMA device closed"),
+                Err(e) => tracing::error!(error = %e, "cannot close a removed RDMA device"),
+            }
+        }
+        // The anchor id goes after this, as a field.
+    }
+}
+
+/// A protection domain (holding its device context open).
 pub struct ProtectionDomain {
     pd: *mut ibv_pd,
+    context: Arc<DeviceContext>,
 }
 
 // SAFETY: PDs are usable from any thread.
@@ -578,22 +674,30 @@ unsafe impl Send for ProtectionDomain {}
 unsafe impl Sync for ProtectionDomain {}
 
 impl ProtectionDomain {
-    /// Allocate a PD on the device of `id`.
-    pub fn new(id: &CmId) -> io::Result<ProtectionDomain> {
-        let ctx = id.context()?;
-        // SAFETY: valid device context.
-        let pd = unsafe { ibv_alloc_pd(ctx) };
+    /// Allocate a PD on `context`.
+    pub fn new(context: &Arc<DeviceContext>) -> io::Result<Arc<ProtectionDomain>> {
+        // SAFETY: the context is held open by `context`.
+        let pd = unsafe { ibv_alloc_pd(context.ctx) };
         if pd.is_null() {
             return Err(last_error("ibv_alloc_pd"));
         }
-        Ok(ProtectionDomain { pd })
+        Ok(Arc::new(ProtectionDomain {
+            pd,
+            context: context.clone(),
+        }))
+    }
+
+    /// The device context.
+    pub fn context(&self) -> &Arc<DeviceContext> {
+        &self.context
     }
 }
 
 impl Drop for ProtectionDomain {
     fn drop(&mut self) {
-        // SAFETY: every MR, QP and SRQ of the PD is gone (they hold Arcs of
-        // the device resources that own the PD).
+        // SAFETY: every MR and SRQ of the PD holds an Arc of it, so they are
+        // gone; QPs are destroyed before the owner of the id lets go of the
+        // device (see `CmId::create_qp`). The context is still held.
         unsafe { ibv_dealloc_pd(self.pd) };
     }
 }
@@ -620,6 +724,7 @@ pub struct MemoryRegion {
     mem: ptr::NonNull<u8>,
     layout: std::alloc::Layout,
     len: usize,
+    _pd: Arc<ProtectionDomain>,
 }
 
 // SAFETY: registrations are usable from any thread; the memory is only
@@ -630,7 +735,7 @@ unsafe impl Sync for MemoryRegion {}
 
 impl MemoryRegion {
     /// Allocate `len` zeroed bytes aligned to 4 KiB and register them.
-    pub fn new(pd: &ProtectionDomain, len: usize, access: Access) -> io::Result<MemoryRegion> {
+    pub fn new(pd: &Arc<ProtectionDomain>, len: usize, access: Access) -> io::Result<MemoryRegion> {
         let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: the layout has a non-zero size.
@@ -669,6 +774,7 @@ impl MemoryRegion {
             mem,
             layout,
             len,
+            _pd: pd.clone(),
         })
     }
 
@@ -756,6 +862,7 @@ impl Drop for MemoryRegion {
 /// new completion.
 pub struct CompletionChannel {
     ch: *mut ibv_comp_channel,
+    _context: Arc<DeviceContext>,
 }
 
 // SAFETY: completion channels are usable from any thread.
@@ -764,15 +871,17 @@ unsafe impl Send for CompletionChannel {}
 unsafe impl Sync for CompletionChannel {}
 
 impl CompletionChannel {
-    /// A non-blocking completion channel on the device of `id`.
-    pub fn new(id: &CmId) -> io::Result<CompletionChannel> {
-        let ctx = id.context()?;
-        // SAFETY: valid device context.
-        let ch = unsafe { ibv_create_comp_channel(ctx) };
+    /// A non-blocking completion channel on `context`.
+    pub fn new(context: &Arc<DeviceContext>) -> io::Result<CompletionChannel> {
+        // SAFETY: the context is held open by `context`.
+        let ch = unsafe { ibv_create_comp_channel(context.ctx) };
         if ch.is_null() {
             return Err(last_error("ibv_create_comp_channel"));
         }
-        let c = CompletionChannel { ch };
+        let c = CompletionChannel {
+            ch,
+            _context: context.clone(),
+        };
         set_nonblocking(c.fd())?;
         Ok(c)
     }
@@ -841,6 +950,7 @@ impl WorkCompletion {
 /// A completion queue bound to a completion channel.
 pub struct CompletionQueue {
     cq: *mut ibv_cq,
+    _context: Arc<DeviceContext>,
 }
 
 // SAFETY: polling and arming are thread safe in rdma-core.
@@ -849,19 +959,20 @@ unsafe impl Send for CompletionQueue {}
 unsafe impl Sync for CompletionQueue {}
 
 impl CompletionQueue {
-    /// A CQ of `entries` entries on the device of `id`, notifying `channel`.
-    pub fn new(
-        id: &CmId,
-        entries: u32,
-        channel: &CompletionChannel,
-    ) -> io::Result<CompletionQueue> {
-        let ctx = id.context()?;
-        // SAFETY: valid context and channel (the channel outlives the CQ).
-        let cq = unsafe { ibv_create_cq(ctx, entries as i32, ptr::null_mut(), channel.ch, 0) };
+    /// A CQ of `entries` entries on `channel`'s device, notifying `channel`.
+    pub fn new(entries: u32, channel: &CompletionChannel) -> io::Result<CompletionQueue> {
+        let context = &channel._context;
+        // SAFETY: the context is held open; the channel outlives the CQ
+        // (its owner drops the CQ first).
+        let cq =
+            unsafe { ibv_create_cq(context.ctx, entries as i32, ptr::null_mut(), channel.ch, 0) };
         if cq.is_null() {
             return Err(last_error("ibv_create_cq"));
         }
-        Ok(CompletionQueue { cq })
+        Ok(CompletionQueue {
+            cq,
+            _context: context.clone(),
+        })
     }
 
     /// Poll up to `out.capacity()` completions into `out` (cleared first).
@@ -938,6 +1049,7 @@ fn post_one_recv(
 /// A shared receive queue.
 pub struct SharedReceiveQueue {
     srq: *mut ibv_srq,
+    _pd: Arc<ProtectionDomain>,
 }
 
 // SAFETY: posting to an SRQ is thread safe.
@@ -958,7 +1070,7 @@ pub struct Sge {
 
 impl SharedReceiveQueue {
     /// An SRQ of `max_wr` receives on `pd`.
-    pub fn new(pd: &ProtectionDomain, max_wr: u32) -> io::Result<SharedReceiveQueue> {
+    pub fn new(pd: &Arc<ProtectionDomain>, max_wr: u32) -> io::Result<SharedReceiveQueue> {
         // SAFETY: plain data.
         let mut attr: ibv_srq_init_attr = unsafe { std::mem::zeroed() };
         attr.attr.max_wr = max_wr;
@@ -968,7 +1080,10 @@ impl SharedReceiveQueue {
         if srq.is_null() {
             return Err(last_error("ibv_create_srq"));
         }
-        Ok(SharedReceiveQueue { srq })
+        Ok(SharedReceiveQueue {
+            srq,
+            _pd: pd.clone(),
+        })
     }
 
     /// Post a receive into `sge`.
