@@ -126,7 +126,8 @@ fn bench(c: &mut Criterion) {
 /// Same-run A/B comparison for the goal: alternate long batches of writes
 /// to both members directly and of writes through raid1 + thin over two
 /// such members, and report the median of the per-round CPU-time ratios
-/// (drift on a shared machine cancels out within a round). Over memory
+/// (drift on a shared machine cancels out within a round). Rounds last
+/// several hundred milliseconds: schedstat moves in scheduler ticks. Over memory
 /// members this is the goal's ratio; over null members (no data copied)
 /// the difference is the CPU the layers themselves add per I/O.
 fn paired(label: &str, members: [DeviceRef; 2], stack: DeviceRef, ios: u64) {
@@ -192,7 +193,7 @@ fn paired_runs() {
         "memory members",
         s.members.clone(),
         s.raid1_thin.clone(),
-        1 << 17,
+        1 << 19,
     );
     drop(s);
     let stack = rt.block_on(async {
@@ -200,7 +201,7 @@ fn paired_runs() {
         fill(&*stack).await;
         stack
     });
-    paired("null members", [null(VOLUME), null(VOLUME)], stack, 1 << 19);
+    paired("null members", [null(VOLUME), null(VOLUME)], stack, 1 << 22);
 }
 
 criterion_group!(benches, bench);

@@ -124,7 +124,14 @@ impl From<std::io::Error> for BlockError {
 #[inline]
 pub fn check_io<D: BlockDevice + ?Sized>(dev: &D, lba: u64, len: usize) -> BlockResult<u64> {
     let bs = dev.block_size();
-    if len % bs as usize != 0 {
+    // Block sizes are powers of two (NVMe's are 2^LBADS); a mask and a
+    // shift instead of a division on every I/O.
+    let (blocks, rest) = if bs.is_power_of_two() {
+        crate::split::div_rem_pow2(len as u64, bs as u64)
+    } else {
+        ((len / bs as usize) as u64, (len % bs as usize) as u64)
+    };
+    if rest != 0 {
         return Err(BlockError::BadLength {
             len,
             block_size: bs,
@@ -136,7 +143,6 @@ pub fn check_io<D: BlockDevice + ?Sized>(dev: &D, lba: u64, len: usize) -> Block
             max: dev.max_transfer_bytes(),
         });
     }
-    let blocks = (len / bs as usize) as u64;
     check_range(dev, lba, blocks)?;
     Ok(blocks)
 }

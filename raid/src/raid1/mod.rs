@@ -768,8 +768,10 @@ impl Raid1 {
         if blocks == 0 {
             return Ok(());
         }
-        let rb = self.geo.region_blocks();
-        let (first, last) = (lba / rb, (lba + blocks - 1) / rb);
+        let (first, last) = (
+            self.geo.region_of(lba),
+            self.geo.region_of(lba + blocks - 1),
+        );
         let _inflight = self.intent.begin(first, last);
         if !self.intent.all_dirty(first, last) {
             self.mark_dirty(first, last).await?;
@@ -810,7 +812,14 @@ impl Raid1 {
     fn pick_in_sync<'a>(&self, live: &'a Live) -> BlockResult<&'a Member> {
         let k = match live.in_sync.len() {
             0 | 1 => 0,
-            n => self.next_read.fetch_add(1, Ordering::Relaxed) % n,
+            n => {
+                let turn = self.next_read.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    turn & (n - 1)
+                } else {
+                    turn % n
+                }
+            }
         };
         live.in_sync
             .get(k)
@@ -882,11 +891,13 @@ impl BlockDevice for Raid1 {
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
-        let rb = self.geo.region_blocks();
         // The steady state of a two-way mirror is handled here, without a
         // nested future; everything else goes the general (boxed) way.
         if let Some(admitted) = (blocks > 0)
-            .then(|| self.admit_now(lba / rb, (lba + blocks - 1) / rb))
+            .then(|| {
+                let (first, last) = (lba, lba + blocks - 1);
+                self.admit_now(self.geo.region_of(first), self.geo.region_of(last))
+            })
             .flatten()
         {
             let live = self.live();

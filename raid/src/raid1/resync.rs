@@ -288,7 +288,7 @@ impl Raid1 {
 
     /// Copy `blocks` at array block `lba` to those of `needs` still here.
     async fn copy_piece(&self, needs: &[&Target], lba: u64, blocks: u64) -> BlockResult<()> {
-        let region = lba / self.geo.region_blocks();
+        let region = self.geo.region_of(lba);
         let _lock = self.locks[(region % super::LOCK_STRIPES) as usize]
             .close()
             .await;

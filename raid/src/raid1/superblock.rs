@@ -125,9 +125,14 @@ impl Geometry {
         })
     }
 
-    /// Blocks per region.
+    /// Blocks per region (both are powers of two, checked in `plan`).
     pub fn region_blocks(&self) -> u64 {
-        self.region_bytes / self.block_size as u64
+        self.region_bytes >> self.block_size.trailing_zeros()
+    }
+
+    /// The region of array block `lba`.
+    pub fn region_of(&self, lba: u64) -> u64 {
+        crate::split::div_rem_pow2(lba, self.region_blocks()).0
     }
 
     /// Number of regions.

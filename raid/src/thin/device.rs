@@ -22,7 +22,7 @@ use futures::future::try_join_all;
 use super::pool::{DevGate, ThinPool};
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult};
 use crate::gate::Pass;
-use crate::split;
+use crate::split::{self, div_rem_pow2};
 
 /// A thin device (or snapshot) in a pool.
 pub struct ThinDevice {
@@ -151,7 +151,7 @@ impl BlockDevice for ThinDevice {
     async fn read(&self, lba: u64, mut buf: BytesMut) -> BlockResult<BytesMut> {
         let blocks = check_io(self, lba, buf.len())?;
         let bpb = self.pool.bpb;
-        let (vb, off) = (lba / bpb, lba % bpb);
+        let (vb, off) = div_rem_pow2(lba, bpb);
         // One thin block, gate open (steady state): no nested future.
         if off + blocks <= bpb {
             if let Some(pass) = self.pass_now() {
@@ -170,7 +170,7 @@ impl BlockDevice for ThinDevice {
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
         let bpb = self.pool.bpb;
-        let (vb, off) = (lba / bpb, lba % bpb);
+        let (vb, off) = div_rem_pow2(lba, bpb);
         // One thin block of this device's alone, gate open (steady state):
         // in place, no nested future.
         if off + blocks <= bpb {
