@@ -45,6 +45,12 @@ pub fn recv_wr_id(i: u32) -> u64 {
     KIND_RECV << KIND_SHIFT | i as u64
 }
 
+/// Status of a synthetic completion: the work request chain was not posted.
+pub const STATUS_NOT_POSTED: u32 = u32::MAX;
+/// Status of a synthetic completion: only the head of the chain was posted
+/// (its memory may still be in use).
+pub const STATUS_PARTLY_POSTED: u32 = u32::MAX - 1;
+
 /// Sizing of a device's shared resources.
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceConfig {
@@ -192,6 +198,21 @@ impl Device {
     /// Forget an op whose work request could not be posted.
     pub fn cancel_op(&self, wr_id: u64) {
         lock(&self.ops).try_remove((wr_id & ((1 << KIND_SHIFT) - 1)) as usize);
+    }
+
+    /// Complete an op with `status` without the device (its chain was not
+    /// posted: [`STATUS_NOT_POSTED`], [`STATUS_PARTLY_POSTED`]).
+    pub fn fail_op(&self, wr_id: u64, status: u32) {
+        let tx = lock(&self.ops).try_remove((wr_id & ((1 << KIND_SHIFT) - 1)) as usize);
+        if let Some(tx) = tx {
+            let _ = tx.send(WorkCompletion {
+                wr_id,
+                status,
+                byte_len: 0,
+                qp_num: 0,
+                invalidated_rkey: None,
+            });
+        }
     }
 
     fn dispatch(&self, wc: WorkCompletion) {

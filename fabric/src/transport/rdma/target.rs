@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,11 +13,12 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::target::{Port, Queue, Response, Target, Transfer, TransportCaps};
 use crate::transport::read_buffers::ReadBuffers;
 use crate::transport::{ListenerHandle, TransportError};
+use crate::wire::completion::CQE_SIZE;
 use crate::wire::rdma::{encode_accept, encode_reject, reject, ConnectRequest};
 use crate::wire::sgl::{kind, subtype, SglDescriptor};
 use crate::wire::{Command, Status};
 
-use super::device::{Device, Received};
+use super::device::{Device, Received, STATUS_NOT_POSTED, STATUS_PARTLY_POSTED};
 use super::events::CmEvents;
 use super::pool::PoolBuf;
 use super::verbs::{
@@ -245,6 +247,7 @@ fn accept(
         dev,
         max_descriptors: caps.sgl_descriptors as usize,
         read_buffers: ReadBuffers::default(),
+        posts: Mutex::default(),
     });
     tokio::spawn(run(conn, id, rx, ev_rx, conns.clone(), devices.clone()));
 }
@@ -274,6 +277,22 @@ struct Conn {
     max_descriptors: usize,
     /// Buffers reads land in before they are copied into a registered slot.
     read_buffers: ReadBuffers,
+    /// Work requests queued by commands, posted by the connection task.
+    posts: Mutex<PostQueue>,
+}
+
+/// Work request chains waiting to be posted. Commands queue theirs while
+/// the connection task polls them, and the task posts all that is queued
+/// with one `ibv_post_send` (one doorbell; on rxe, one system call) before
+/// it waits again, instead of one per command.
+#[derive(Default)]
+struct PostQueue {
+    wrs: Vec<SendWr>,
+    /// Per chain: its first request and the id of its signaled last one.
+    chains: Vec<(usize, u64)>,
+    /// Inline payloads (response capsules): the request and its bytes,
+    /// owned here until the post has copied them.
+    inline: Vec<(usize, [u8; CQE_SIZE])>,
 }
 
 /// Why posting work requests and waiting for them failed.
@@ -315,6 +334,44 @@ fn release_after_failure(failure: &PostFailure, bufs: impl IntoIterator<Item = P
 
 type Inflight = FuturesUnordered<futures::future::BoxFuture<'static, bool>>;
 
+/// The connection's commands in flight; each poll of them ends by posting
+/// the work requests they queued.
+struct Commands {
+    futs: Inflight,
+    conn: Arc<Conn>,
+}
+
+impl Commands {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<bool>> {
+        let r = self.futs.poll_next_unpin(cx);
+        self.conn.flush_posts();
+        r
+    }
+
+    /// The next command to finish: whether it closes the queue.
+    async fn next(&mut self) -> Option<bool> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Start serving a received capsule; `Err` when the host is past its
+    /// queue depth (commands hold memory until their response is sent, so
+    /// such a host is closed, not served).
+    fn start(&mut self, received: Received) -> Result<(), &'static str> {
+        let Received {
+            data: Some(capsule),
+            ..
+        } = received
+        else {
+            return Ok(());
+        };
+        if self.futs.len() >= self.conn.core.max_outstanding(self.conn.depth) {
+            return Err("host exceeded its queue depth");
+        }
+        self.futs.push(Box::pin(handle(self.conn.clone(), capsule)));
+        Ok(())
+    }
+}
+
 async fn run(
     conn: Arc<Conn>,
     id: CmId,
@@ -323,7 +380,10 @@ async fn run(
     conns: Connections,
     devices: Arc<Devices>,
 ) {
-    let mut inflight: Inflight = FuturesUnordered::new();
+    let mut commands = Commands {
+        futs: FuturesUnordered::new(),
+        conn: conn.clone(),
+    };
     let token = conn.core.token().clone();
     // One waiter for the whole connection, not one registered and dropped
     // per loop turn (a lock each way, per command).
@@ -332,18 +392,25 @@ async fn run(
     let why = loop {
         tokio::select! {
             r = rx.recv() => match r {
-                Some(Received { data: Some(capsule), .. }) => {
-                    // Commands hold memory until their response is sent; a
-                    // host past its queue depth is closed, not served.
-                    if inflight.len() >= conn.core.max_outstanding(conn.depth) {
-                        break "host exceeded its queue depth";
+                // Take every capsule already delivered, so that their
+                // commands run, and post, together.
+                Some(received) => {
+                    let mut next = Some(received);
+                    let mut refused = None;
+                    while let Some(received) = next.take() {
+                        if let Err(why) = commands.start(received) {
+                            refused = Some(why);
+                            break;
+                        }
+                        next = rx.try_recv().ok();
                     }
-                    inflight.push(Box::pin(handle(conn.clone(), capsule)));
+                    if let Some(why) = refused {
+                        break why;
+                    }
                 }
-                Some(_) => {}
                 None => break "receive route closed",
             },
-            Some(close) = inflight.next(), if !inflight.is_empty() => {
+            Some(close) = commands.next(), if !commands.futs.is_empty() => {
                 if close {
                     break "queue closed by command";
                 }
@@ -373,12 +440,14 @@ async fn run(
     // Every posted work request completes (flushed if need be) once the QP is
     // in the error state; buffers go back only after that.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while inflight.next().await.is_some() {}
+        while commands.next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::error!(qid = ?conn.core.qid(), "in-flight RDMA commands did not finish; their buffers stay reserved");
-        std::mem::forget(inflight);
+        std::mem::forget(commands);
+    } else {
+        drop(commands);
     }
     conns
         .lock()
@@ -529,8 +598,63 @@ fn transfer_wrs(
 }
 
 impl Conn {
-    /// Post `wrs` with the last one signaled, and wait for its completion.
-    async fn post_and_wait(&self, mut wrs: Vec<SendWr>) -> Result<WorkCompletion, PostFailure> {
+    fn posts(&self) -> MutexGuard<'_, PostQueue> {
+        self.posts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Post every queued chain with one doorbell. A chain the device
+    /// refused completes with a synthetic status (not or partly posted).
+    fn flush_posts(&self) {
+        let mut q = self.posts();
+        if q.wrs.is_empty() {
+            return;
+        }
+        let PostQueue {
+            wrs,
+            chains,
+            inline,
+        } = &mut *q;
+        for (i, bytes) in inline.iter() {
+            if let Some(wr) = wrs.get_mut(*i) {
+                wr.sge.addr = bytes.as_ptr() as u64;
+                wr.sge.len = bytes.len() as u32;
+            }
+        }
+        // SAFETY: every SGE is inline data owned by the queue until this
+        // call returns (copied by the post), or memory of a PoolBuf kept by
+        // the command that queued the chain until its signaled completion
+        // (`post_and_wait`), which comes after every earlier request of the
+        // chain; a chain posted only in part completes with
+        // STATUS_PARTLY_POSTED, and its command keeps the memory out of the
+        // pool for good (`memory_in_use`).
+        if let Err(e) = unsafe { self.qp.post_send(wrs) } {
+            tracing::warn!(error = %e, requests = wrs.len(), "posting queued work requests failed");
+            for (k, &(start, wr_id)) in chains.iter().enumerate() {
+                let end = chains.get(k + 1).map_or(wrs.len(), |c| c.0);
+                if end <= e.posted {
+                    continue;
+                }
+                let status = if start < e.posted {
+                    STATUS_PARTLY_POSTED
+                } else {
+                    STATUS_NOT_POSTED
+                };
+                self.dev.fail_op(wr_id, status);
+            }
+        }
+        wrs.clear();
+        chains.clear();
+        inline.clear();
+    }
+
+    /// Queue `wrs` with the last one signaled (carrying `inline` as its
+    /// data if given), and wait for its completion. The connection task
+    /// posts the chain.
+    async fn post_and_wait(
+        &self,
+        mut wrs: Vec<SendWr>,
+        inline: Option<[u8; CQE_SIZE]>,
+    ) -> Result<WorkCompletion, PostFailure> {
         // A chain longer than the send queue would wait for ever for
         // entries that never all come free.
         if wrs.len() > self.sq_entries {
@@ -553,18 +677,15 @@ impl Conn {
                 return Err(PostFailure::before_posting("send queue closed"));
             }
         };
-        // SAFETY: every SGE is either inline data (copied at post) or memory
-        // of a PoolBuf that the caller keeps until this function returns,
-        // and this function waits for the signaled completion, which comes
-        // after every earlier request of the chain; when only part of the
-        // chain was posted, the caller keeps the memory out of the pool
-        // (`memory_in_use`).
-        if let Err(e) = unsafe { self.qp.post_send(&wrs) } {
-            self.dev.cancel_op(wr_id);
-            return Err(PostFailure {
-                reason: format!("post failed: {e}"),
-                memory_in_use: e.posted > 0,
-            });
+        {
+            let mut q = self.posts();
+            let start = q.wrs.len();
+            if let Some(bytes) = inline {
+                let at = start + wrs.len() - 1;
+                q.inline.push((at, bytes));
+            }
+            q.chains.push((start, wr_id));
+            q.wrs.append(&mut wrs);
         }
         let Ok(wc) = done.await else {
             return Err(PostFailure {
@@ -573,15 +694,18 @@ impl Conn {
             });
         };
         drop(permits);
-        if wc.ok() {
-            Ok(wc)
-        } else {
+        match wc.status {
+            _ if wc.ok() => Ok(wc),
+            STATUS_NOT_POSTED => Err(PostFailure::before_posting("post failed")),
+            STATUS_PARTLY_POSTED => Err(PostFailure {
+                reason: "post failed part way through a chain".into(),
+                memory_in_use: true,
+            }),
             // An error completion of the last request comes after the
             // earlier ones; the queue pair is in the error state.
-            Err(PostFailure::before_posting(format!(
-                "work request failed with status {}",
-                wc.status
-            )))
+            status => Err(PostFailure::before_posting(format!(
+                "work request failed with status {status}"
+            ))),
         }
     }
 
@@ -599,8 +723,9 @@ impl Conn {
             None => SendOp::Send,
         };
         if inline {
+            // The address is filled in when the queue posts the chain.
             let sge = Sge {
-                addr: cqe.as_ptr() as u64,
+                addr: 0,
                 len: cqe.len() as u32,
                 lkey: 0,
             };
@@ -611,7 +736,7 @@ impl Conn {
                 signaled: true,
                 inline: true,
             });
-            self.post_and_wait(data_wrs).await.map(|_| ())
+            self.post_and_wait(data_wrs, Some(cqe)).await.map(|_| ())
         } else {
             let mut buf = self
                 .dev
@@ -632,7 +757,7 @@ impl Conn {
                 signaled: true,
                 inline: false,
             });
-            let r = self.post_and_wait(data_wrs).await.map(|_| ());
+            let r = self.post_and_wait(data_wrs, None).await.map(|_| ());
             if let Err(failure) = &r {
                 release_after_failure(failure, [buf]);
             }
@@ -683,7 +808,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
                 return conn.respond(&resp, Vec::new(), invalidate).await.is_err();
             };
             let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, true);
-            if let Err(e) = conn.post_and_wait(wrs).await {
+            if let Err(e) = conn.post_and_wait(wrs, None).await {
                 tracing::warn!(error = %e, cid = cmd.cid, "RDMA READ of command data failed; closing the queue");
                 release_after_failure(&e, [buf]);
                 return true;
