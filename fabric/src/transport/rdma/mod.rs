@@ -15,8 +15,9 @@
 //! * Completions: one completion queue per device, drained by an adaptive
 //!   poller ([`device`]).
 //! * Device removal: the listeners on the device stop advertising their
-//!   ports, its queues close, its resources are released and rdma_cm is told
-//!   to let go of it, so the kernel completes the removal while the process
+//!   ports, its queues close, and once the last of them is gone (a host
+//!   queue goes when its owner drops it) its resources are released and the
+//!   device closed, so the kernel completes the removal while the process
 //!   runs; a listener takes up its address again when the device returns.
 //!
 //! The foreign calls and their wrappers are in [`verbs`]; the other files'

@@ -558,7 +558,7 @@ pub struct QpCaps {
 /// A device that was removed ([`mark_removed`](Self::mark_removed)) is let
 /// go of when the last object goes: the context's device files are closed.
 /// rdma_cm would do that itself only when it next lists the devices and at
-/// least one is left (librdmacm up to at least v56), and devices without
+/// least one is left (librdmacm v44 to at least v64), and devices without
 /// "disassociate" support (rxe) finish their removal only once every
 /// process has closed them.
 pub struct DeviceContext {
