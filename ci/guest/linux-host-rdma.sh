@@ -9,6 +9,20 @@ KNQN=nqn.2026-11.io.fabric:kernel-rdma
 VERIFY=${VERIFY:-$(dirname "$FABRICD")/examples/nvmf_verify}
 [[ -n ${RDMA_IP:-} ]] || { echo "FAIL - no soft-RoCE device in the guest"; exit 1; }
 
+# connect_with_load WHAT COUNT SECONDS: connect the Linux host over rdma,
+# wait for COUNT namespaces (into ns) and run fio randrw on the first one in
+# the background for SECONDS (its pid in load).
+connect_with_load() {
+    local what=$1 count=$2 secs=$3
+    check "nvme connect -t rdma $what" \
+        nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN"
+    wait_for "namespaces $what" 30 count_namespaces "$NQN" "$count"
+    mapfile -t ns < <(namespaces_of "$NQN")
+    fio --name=load --filename="${ns[0]}" --ioengine=libaio --direct=1 --rw=randrw --bs=64k \
+        --iodepth=32 --runtime="$secs" --time_based >/dev/null 2>&1 &
+    load=$!
+}
+
 modprobe nvme-rdma && modprobe brd rd_nr=1 rd_size=131072 || exit 1
 check "rxe device present" test -e /sys/class/infiniband/rxe0
 start_fabricd rdma --listen "rdma://$RDMA_IP:4420" --listen tcp://127.0.0.1:4430 --nqn "$NQN" \
@@ -53,15 +67,10 @@ expect_output "a queue deeper than the target allows is rejected (INVALID_HSQSIZ
 
 # A host that goes away in the middle of I/O: the target recovers every
 # buffer and keeps serving.
-check "reconnect for the mid-I/O disconnect test" \
-    nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN"
-wait_for "namespaces for the mid-I/O disconnect test" 30 count_namespaces "$NQN" 2
-mapfile -t ns < <(namespaces_of "$NQN")
-fio --name=cut --filename="${ns[0]}" --ioengine=libaio --direct=1 --rw=randrw --bs=64k --iodepth=32 \
-    --runtime=30 --time_based >/dev/null 2>&1 & cut=$!
+connect_with_load "for the mid-I/O disconnect test" 2 30
 sleep 3
 check "nvme disconnect in the middle of I/O" nvme disconnect -n "$NQN"
-wait "$cut" 2>/dev/null
+wait "$load" 2>/dev/null
 check "fabric host -> fabricd after the cut: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 2 16
 all_free() { grep "RDMA queue closed" "$LOGDIR/rdma-restarted.log" | tail -n 1 | grep -Eq "free_slots=([0-9]+) slots=\1( |$)"; }
 wait_for "every RDMA data buffer back in the pool once all queues closed" 30 all_free
@@ -89,18 +98,13 @@ start_fabricd rdma-removal --listen "rdma://$RDMA_IP:4420" --listen tcp://127.0.
     --nqn "$NQN" --namespace mem:64M --discovery || exit 1
 expect_output "discovery lists the rdma port before the removal" "trtype: *rdma" \
     nvme discover -t tcp -a 127.0.0.1 -s 4431 --hostnqn="$HOSTNQN"
-check "nvme connect -t rdma before the removal" \
-    nvme connect -t rdma -a "$RDMA_IP" -s 4420 -n "$NQN" --hostnqn="$HOSTNQN"
-wait_for "a namespace over rdma before the removal" 30 count_namespaces "$NQN" 1
-mapfile -t ns < <(namespaces_of "$NQN")
-fio --name=removal --filename="${ns[0]}" --ioengine=libaio --direct=1 --rw=randrw --bs=64k --iodepth=32 \
-    --runtime=60 --time_based >/dev/null 2>&1 & io=$!
+connect_with_load "before the removal" 1 60
 sleep 2
 rdma link delete "$RDMA_DEV" & removal=$!
 removal_done() { ! kill -0 "$removal" 2>/dev/null; }
 wait_for "the device removal to complete while fabricd runs" 60 removal_done &&
     check "the device removal completed while fabricd runs" kill -0 "$FABRICD_PID"
-wait "$io" 2>/dev/null
+wait "$load" 2>/dev/null
 check "fabricd logs that it released the device" grep -q "RDMA device released" "$LOGDIR/rdma-removal.log"
 check "the discovery log no longer lists the rdma port" bash -c \
     'out=$(nvme discover -t tcp -a 127.0.0.1 -s 4431 --hostnqn="$0") && grep -q "trtype: *tcp" <<<"$out" && ! grep -q "trtype: *rdma" <<<"$out"' "$HOSTNQN"
