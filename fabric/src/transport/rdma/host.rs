@@ -3,7 +3,7 @@
 //! slots (copied in and out), small writes in the capsule.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,10 +45,24 @@ pub struct RdmaHostQueue {
     slots: Semaphore,
     inline_data_size: u32,
     timeout: Duration,
+    /// Command sends waiting for their doorbell.
+    queued: Mutex<QueuedSends>,
     /// The transport's devices (a removed device is retired in it).
     devices: Arc<Devices>,
     /// Dropped last: the id's QP and the buffers above use it.
     dev: Arc<Device>,
+}
+
+/// Command sends queued by the commands submitted in one poll of their
+/// caller's task, posted together with one doorbell (on rxe, one system
+/// call) by the first of them polled again.
+#[derive(Default)]
+struct QueuedSends {
+    wrs: Vec<SendWr>,
+    /// Sequence number of the next send queued.
+    next: u64,
+    /// Sends before this sequence number have been posted (or failed).
+    posted: u64,
 }
 
 async fn wait_for(
@@ -154,6 +168,7 @@ pub(super) async fn connect(
         slots: Semaphore::new(depth as usize - 1),
         inline_data_size: params.inline_data_size,
         timeout: params.timeout,
+        queued: Mutex::default(),
         devices,
     });
     tokio::spawn(receive_loop(queue.clone(), rx, events));
@@ -215,6 +230,39 @@ async fn receive_loop(
 }
 
 impl RdmaHostQueue {
+    fn queued(&self) -> std::sync::MutexGuard<'_, QueuedSends> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Post every queued send unless send `seq` was already posted. A send
+    /// that could not be posted fails the queue (its command sees its send
+    /// fail).
+    fn post_queued(&self, seq: u64) -> std::io::Result<()> {
+        let mut q = self.queued();
+        if q.posted > seq {
+            return Ok(());
+        }
+        // SAFETY: each send's buffer (its CID's) is not reused before its
+        // command completes, which is after this send completed (awaited in
+        // `submit`) or the queue failed; data buffers live in `pending`
+        // until the response arrives.
+        let r = unsafe { self.qp.post_send(&q.wrs) };
+        q.posted = q.next;
+        if let Err(e) = &r {
+            // Requests past the refused one were not posted: their
+            // commands' send waits end at once.
+            for wr in q.wrs.iter().skip(e.posted) {
+                self.dev.cancel_op(wr.wr_id);
+            }
+        }
+        q.wrs.clear();
+        drop(q);
+        r.map_err(|e| {
+            self.shared.fail_all("post failed");
+            e.error
+        })
+    }
+
     fn complete(&self, cqe: Completion, _invalidated: Option<u32>) {
         let Some(Entry { done, state: p }) = self.shared.remove(cqe.cid) else {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
@@ -291,15 +339,17 @@ impl HostQueue for RdmaHostQueue {
             signaled: true,
             inline: false,
         };
-        // SAFETY: the send buffer of this CID is not reused before this send
-        // completes (awaited below) and the data buffer lives in `pending`
-        // until the response arrives.
-        if let Err(e) = unsafe { self.qp.post_send(&[wr]) } {
-            // One request: nothing was posted. The data buffer stays with the
-            // failed command until the queue is gone all the same.
-            self.dev.cancel_op(wr_id);
-            self.shared.fail_all("post failed");
-            return Err(TransportError::io("post send", e.error));
+        let seq = {
+            let mut q = self.queued();
+            q.wrs.push(wr);
+            q.next += 1;
+            q.next - 1
+        };
+        // Let the other commands submitted in this poll queue theirs; the
+        // first one back posts them all.
+        tokio::task::yield_now().await;
+        if let Err(e) = self.post_queued(seq) {
+            return Err(TransportError::io("post send", e));
         }
         match sent.await {
             Ok(wc) if wc.ok() => {}
