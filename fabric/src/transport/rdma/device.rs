@@ -40,6 +40,11 @@ const KIND_OP: u64 = 2;
 /// How often a retired device's poller looks whether it is the last user.
 const RETIRED_CHECK: Duration = Duration::from_millis(20);
 
+/// The index part of a work request id (below its kind byte).
+fn wr_index(wr_id: u64) -> u64 {
+    wr_id & ((1 << KIND_SHIFT) - 1)
+}
+
 /// Work request id of receive buffer `i`.
 pub fn recv_wr_id(i: u32) -> u64 {
     KIND_RECV << KIND_SHIFT | i as u64
@@ -197,13 +202,13 @@ impl Device {
 
     /// Forget an op whose work request could not be posted.
     pub fn cancel_op(&self, wr_id: u64) {
-        lock(&self.ops).try_remove((wr_id & ((1 << KIND_SHIFT) - 1)) as usize);
+        lock(&self.ops).try_remove(wr_index(wr_id) as usize);
     }
 
     /// Complete an op with `status` without the device (its chain was not
     /// posted: [`STATUS_NOT_POSTED`], [`STATUS_PARTLY_POSTED`]).
     pub fn fail_op(&self, wr_id: u64, status: u32) {
-        let tx = lock(&self.ops).try_remove((wr_id & ((1 << KIND_SHIFT) - 1)) as usize);
+        let tx = lock(&self.ops).try_remove(wr_index(wr_id) as usize);
         if let Some(tx) = tx {
             let _ = tx.send(WorkCompletion {
                 wr_id,
@@ -217,7 +222,7 @@ impl Device {
 
     fn dispatch(&self, wc: WorkCompletion) {
         let kind = wc.wr_id >> KIND_SHIFT;
-        let index = wc.wr_id & ((1 << KIND_SHIFT) - 1);
+        let index = wr_index(wc.wr_id);
         match kind {
             KIND_OP => {
                 if let Some(tx) = lock(&self.ops).try_remove(index as usize) {

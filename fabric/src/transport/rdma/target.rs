@@ -617,7 +617,6 @@ impl Conn {
         for (i, bytes) in inline.iter() {
             if let Some(wr) = wrs.get_mut(*i) {
                 wr.sge.addr = bytes.as_ptr() as u64;
-                wr.sge.len = bytes.len() as u32;
             }
         }
         // SAFETY: every SGE is inline data owned by the queue until this
