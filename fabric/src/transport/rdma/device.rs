@@ -269,10 +269,10 @@ impl Device {
 
 async fn poll_loop(fd: AsyncFd<ChannelFd>) {
     let dev = fd.get_ref().0.clone();
-    let mut wcs = Vec::with_capacity(64);
+    let mut wcs = Vec::with_capacity(super::verbs::POLL_BATCH);
     let mut empty = 0u32;
     loop {
-        match dev.cq.poll(&mut wcs, 64) {
+        match dev.cq.poll(&mut wcs) {
             Ok(0) => {}
             Ok(_) => {
                 empty = 0;
@@ -304,7 +304,7 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
             tracing::error!(error = %e, "cannot arm the completion queue; RDMA device stopped");
             return;
         }
-        if matches!(dev.cq.poll(&mut wcs, 64), Ok(n) if n > 0) {
+        if matches!(dev.cq.poll(&mut wcs), Ok(n) if n > 0) {
             for wc in wcs.drain(..) {
                 dev.dispatch(wc);
             }

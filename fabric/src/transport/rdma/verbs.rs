@@ -920,6 +920,9 @@ impl Drop for CompletionChannel {
     }
 }
 
+/// Most completions taken by one [`CompletionQueue::poll`].
+pub const POLL_BATCH: usize = 64;
+
 /// One work completion.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkCompletion {
@@ -975,17 +978,21 @@ impl CompletionQueue {
         })
     }
 
-    /// Poll up to `out.capacity()` completions into `out` (cleared first).
-    pub fn poll(&self, out: &mut Vec<WorkCompletion>, max: usize) -> io::Result<usize> {
+    /// Poll up to [`POLL_BATCH`] completions into `out` (cleared first).
+    pub fn poll(&self, out: &mut Vec<WorkCompletion>) -> io::Result<usize> {
         out.clear();
-        // SAFETY: ibv_wc is plain data; zero-initialized array of `max`.
-        let mut wcs: Vec<ibv_wc> = (0..max).map(|_| unsafe { std::mem::zeroed() }).collect();
-        // SAFETY: valid CQ; ibv_poll_cq writes at most `max` entries.
-        let n = unsafe { ibv_poll_cq(self.cq, max as i32, wcs.as_mut_ptr()) };
+        // On the stack and not initialized: this runs for every poll, also
+        // the empty ones, and ibv_poll_cq fills in the entries it returns.
+        let mut wcs = [const { std::mem::MaybeUninit::<ibv_wc>::uninit() }; POLL_BATCH];
+        // SAFETY: valid CQ; ibv_poll_cq writes at most POLL_BATCH entries
+        // into the array (MaybeUninit<ibv_wc> has ibv_wc's layout).
+        let n = unsafe { ibv_poll_cq(self.cq, POLL_BATCH as i32, wcs.as_mut_ptr().cast()) };
         if n < 0 {
             return Err(io::Error::other("ibv_poll_cq failed"));
         }
-        for wc in &wcs[..n as usize] {
+        for wc in &wcs[..(n as usize).min(POLL_BATCH)] {
+            // SAFETY: ibv_poll_cq initialized the first `n` entries.
+            let wc = unsafe { wc.assume_init_ref() };
             let inv = if wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_INV.0 != 0 {
                 // SAFETY: with IBV_WC_WITH_INV the union holds the rkey.
                 Some(unsafe { wc.imm_data_invalidated_rkey_union.invalidated_rkey })
