@@ -475,6 +475,14 @@ impl PduDecoder {
         }
     }
 
+    /// Bytes still missing from the PDU at the front of `buf`, once its
+    /// common header is there; call it after [`decode`](Self::decode)
+    /// returned `Ok(None)`, which checked the PDU's length.
+    pub fn missing(buf: &[u8]) -> Option<usize> {
+        let plen = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?) as usize;
+        Some(plen.saturating_sub(buf.len()))
+    }
+
     /// Decode one PDU from the front of `buf`, or `Ok(None)` if it is not
     /// complete yet (read more). On a fatal error the connection must end.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Decoded>, PduError> {
