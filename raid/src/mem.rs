@@ -1,5 +1,8 @@
 //! A RAM-backed device, allocated lazily in chunks so that a large device
-//! costs memory only for what was written.
+//! costs memory only for what was written. Each chunk knows which of its
+//! pages were written: reads of the others give zeroes without touching
+//! the chunk's memory, which the kernel has not backed yet (reading it
+//! would fault every page in).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -10,8 +13,83 @@ use bytes::{Bytes, BytesMut};
 use crate::device::{check_io, check_range, BlockDevice, BlockResult};
 
 const CHUNK: usize = 1 << 20;
+/// Granularity of the written-page map.
+const PAGE: usize = 4096;
+const PAGES: usize = CHUNK / PAGE;
 
-type Chunk = Mutex<Option<Box<[u8]>>>;
+type Chunk = Mutex<Option<ChunkData>>;
+
+/// One chunk's memory and which of its pages hold data. A page without
+/// its bit is all zeroes in memory too (fresh, or zeroed by a discard), so
+/// a partial write to it leaves zeroes around the written bytes.
+struct ChunkData {
+    mem: Box<[u8]>,
+    written: [u64; PAGES / 64],
+}
+
+impl ChunkData {
+    fn new() -> ChunkData {
+        ChunkData {
+            mem: vec![0u8; CHUNK].into_boxed_slice(),
+            written: [0; PAGES / 64],
+        }
+    }
+
+    fn is_written(&self, page: usize) -> bool {
+        self.written[page / 64] & (1 << (page % 64)) != 0
+    }
+
+    fn set_written(&mut self, page: usize, on: bool) {
+        if on {
+            self.written[page / 64] |= 1 << (page % 64);
+        } else {
+            self.written[page / 64] &= !(1 << (page % 64));
+        }
+    }
+
+    /// Copy the bytes at `off` into `dst`: memory for written pages,
+    /// zeroes for the others.
+    fn read(&self, off: usize, dst: &mut [u8]) {
+        let mut at = 0;
+        while at < dst.len() {
+            // A run of pages that are all written or all not.
+            let written = self.is_written((off + at) / PAGE);
+            let mut end = at;
+            while end < dst.len() && self.is_written((off + end) / PAGE) == written {
+                end = (((off + end) / PAGE + 1) * PAGE - off).min(dst.len());
+            }
+            let run = &mut dst[at..end];
+            if written {
+                run.copy_from_slice(&self.mem[off + at..off + end]);
+            } else {
+                run.fill(0);
+            }
+            at = end;
+        }
+    }
+
+    fn write(&mut self, off: usize, src: &[u8]) {
+        self.mem[off..off + src.len()].copy_from_slice(src);
+        for page in off / PAGE..(off + src.len()).div_ceil(PAGE) {
+            self.set_written(page, true);
+        }
+    }
+
+    /// Zero `n` bytes at `off`; pages wholly inside hold no data after.
+    fn discard(&mut self, off: usize, n: usize) {
+        for page in off / PAGE..(off + n).div_ceil(PAGE) {
+            if !self.is_written(page) {
+                continue;
+            }
+            let start = (page * PAGE).max(off);
+            let end = ((page + 1) * PAGE).min(off + n);
+            self.mem[start..end].fill(0);
+            if end - start == PAGE {
+                self.set_written(page, false);
+            }
+        }
+    }
+}
 
 /// Data held in memory; lost when the process ends.
 pub struct MemoryDevice {
@@ -69,7 +147,7 @@ impl MemoryDevice {
     }
 }
 
-fn lock(chunk: &Chunk) -> std::sync::MutexGuard<'_, Option<Box<[u8]>>> {
+fn lock(chunk: &Chunk) -> std::sync::MutexGuard<'_, Option<ChunkData>> {
     chunk.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -90,7 +168,7 @@ impl BlockDevice for MemoryDevice {
         self.for_each_piece(start, len, |chunk, off, n, at| {
             let dst = &mut buf[at..at + n];
             match &*lock(chunk) {
-                Some(data) => dst.copy_from_slice(&data[off..off + n]),
+                Some(data) => data.read(off, dst),
                 None => dst.fill(0),
             }
         });
@@ -102,8 +180,9 @@ impl BlockDevice for MemoryDevice {
         let start = lba * self.block_size as u64;
         self.for_each_piece(start, data.len(), |chunk, off, n, at| {
             let mut guard = lock(chunk);
-            let mem = guard.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
-            mem[off..off + n].copy_from_slice(&data[at..at + n]);
+            guard
+                .get_or_insert_with(ChunkData::new)
+                .write(off, &data[at..at + n]);
         });
         Ok(())
     }
@@ -123,8 +202,8 @@ impl BlockDevice for MemoryDevice {
             let mut guard = lock(chunk);
             if n == CHUNK {
                 *guard = None;
-            } else if let Some(mem) = guard.as_mut() {
-                mem[off..off + n].fill(0);
+            } else if let Some(data) = guard.as_mut() {
+                data.discard(off, n);
             }
         });
         Ok(())
@@ -150,6 +229,39 @@ mod tests {
         let back = dev.read(lba, buf::alloc(8192)).await.unwrap();
         assert!(back[..4096].iter().all(|&b| b == 0));
         assert_eq!(&back[4096..], &data[4096..]);
+    }
+
+    #[tokio::test]
+    async fn unwritten_and_discarded_pages_read_as_zeroes() {
+        let dev = MemoryDevice::new(2 << 20, 512);
+        // 512 bytes into the middle of page 1 of chunk 0.
+        dev.write(10, Bytes::from(vec![5u8; 512])).await.unwrap();
+        let back = dev.read(0, buf::alloc(3 * 4096)).await.unwrap();
+        for (i, &b) in back.iter().enumerate() {
+            let want = if (5120..5632).contains(&i) { 5 } else { 0 };
+            assert_eq!(b, want, "byte {i}");
+        }
+        // A run of written pages between unwritten ones, read in one piece.
+        dev.write(16, Bytes::from(vec![9u8; 8192])).await.unwrap();
+        let back = dev.read(8, buf::alloc(16384)).await.unwrap();
+        assert!(back[1024..1536].iter().all(|&b| b == 5));
+        assert!(back[..1024].iter().chain(&back[1536..4096]).all(|&b| b == 0));
+        assert!(back[4096..12288].iter().all(|&b| b == 9));
+        assert!(back[12288..].iter().all(|&b| b == 0));
+        // Discarding a whole page, then writing part of it: the rest of
+        // the page is zeroes, not the old data.
+        dev.discard(16, 8).await.unwrap();
+        dev.write(16, Bytes::from(vec![3u8; 512])).await.unwrap();
+        let back = dev.read(16, buf::alloc(8192)).await.unwrap();
+        assert!(back[..512].iter().all(|&b| b == 3));
+        assert!(back[512..4096].iter().all(|&b| b == 0));
+        assert!(back[4096..].iter().all(|&b| b == 9));
+        // Part of a page discarded: zeroes there, the rest kept.
+        dev.discard(25, 1).await.unwrap();
+        let back = dev.read(24, buf::alloc(4096)).await.unwrap();
+        assert!(back[..512].iter().all(|&b| b == 9));
+        assert!(back[512..1024].iter().all(|&b| b == 0));
+        assert!(back[1024..].iter().all(|&b| b == 9));
     }
 
     #[tokio::test]
