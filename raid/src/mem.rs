@@ -245,7 +245,10 @@ mod tests {
         dev.write(16, Bytes::from(vec![9u8; 8192])).await.unwrap();
         let back = dev.read(8, buf::alloc(16384)).await.unwrap();
         assert!(back[1024..1536].iter().all(|&b| b == 5));
-        assert!(back[..1024].iter().chain(&back[1536..4096]).all(|&b| b == 0));
+        assert!(back[..1024]
+            .iter()
+            .chain(&back[1536..4096])
+            .all(|&b| b == 0));
         assert!(back[4096..12288].iter().all(|&b| b == 9));
         assert!(back[12288..].iter().all(|&b| b == 0));
         // Discarding a whole page, then writing part of it: the rest of

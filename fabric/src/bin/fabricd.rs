@@ -11,8 +11,22 @@ use fabric::daemon::{logging, target};
 #[derive(Parser)]
 #[command(name = "fabricd", version, about)]
 struct Cli {
+    /// Worker threads serving every role's I/O [default: half the CPUs,
+    /// at least 1]. More threads spread connections over more cores but
+    /// add wake-ups between them: a queue and the RDMA device's completion
+    /// poller on different threads cost a thread switch per completion.
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Half the CPUs, at least one: leaves room for the backends' and the
+/// kernel's work (network stack, RDMA, io_uring), as SPDK's default of one
+/// reactor core does on small machines.
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 #[derive(Subcommand)]
@@ -48,7 +62,11 @@ fn main() -> ExitCode {
         ),
     };
     logging::init(&level);
+    let workers = cli
+        .worker_threads
+        .map_or_else(default_worker_threads, usize::from);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
