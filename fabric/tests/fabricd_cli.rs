@@ -104,6 +104,10 @@ fn bad_input_gets_one_line_naming_it() {
     let (_, err) = fails(&["--max-transfer", "3K", "--listen", "tcp://127.0.0.1:0"]);
     assert!(one_line(&err).contains("--max-transfer"), "{err}");
 
+    let (code, err) = fails(&["--worker-threads", "0"]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("--worker-threads"), "{err}");
+
     let (_, err) = fails(&["--tcp-poll-us", "20000", "--listen", "tcp://127.0.0.1:0"]);
     assert!(one_line(&err).contains("--tcp-poll-us 20000"), "{err}");
 
@@ -149,6 +153,8 @@ fn serves_a_host_after_the_ready_line() {
         "--namespace",
         &img,
         "--discovery",
+        "--worker-threads",
+        "3",
     ]);
     assert!(line.contains(&addr), "{line}");
     let rt = tokio::runtime::Runtime::new().unwrap();
