@@ -1,11 +1,44 @@
 #!/usr/bin/env bash
-# The embedded default: set up the machine, build, and run a node on
-# loopback with nothing to configure. Today that is `fabricd target` serving
-# a 1 GiB memory namespace with discovery on tcp://127.0.0.1:4420; extra
-# arguments go to `fabricd target` (see `fabricd target --help`).
+# The embedded default: set up the machine, build, and run an all-in-one
+# node on loopback with nothing to configure:
+#   * a one-replica metadata group (`fabricd meta`, 127.0.0.1:7400, rocksdb
+#     in DATA/meta), so that `fabric-ctl` works;
+#   * `fabricd target` on tcp://127.0.0.1:4420 with discovery, serving one
+#     namespace mirrored (raid1) over two file-backed disks,
+#     DATA/disk0.img and DATA/disk1.img (4 GiB each, sparse, O_DIRECT),
+#     created on the first start and reassembled on the next ones.
+# DATA is $FABRIC_DATA_DIR [default: ~/.local/share/fabric]. Extra arguments
+# go to `fabricd target` (see `fabricd target --help`); a --namespace or
+# --config among them replaces the mirrored namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/setup.sh --no-guest
 [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
-cargo build --release -p fabric --bin fabricd
-exec target/release/fabricd target --listen tcp://127.0.0.1:4420 --discovery "$@"
+cargo build --release -p fabric --bin fabricd -p ctl --bin fabric-ctl
+bin=$PWD/target/release
+data=${FABRIC_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/fabric}
+mkdir -p "$data"
+
+"$bin/fabricd" meta --data-dir "$data/meta" >"$data/meta.log" 2>&1 &
+meta=$!
+trap 'kill $meta 2>/dev/null; wait $meta 2>/dev/null' EXIT
+for _ in $(seq 300); do
+    grep -q "meta replica serving" "$data/meta.log" && break
+    kill -0 $meta 2>/dev/null || { cat "$data/meta.log" >&2; echo "start: fabricd meta failed" >&2; exit 1; }
+    sleep 0.1
+done
+grep -q "meta replica serving" "$data/meta.log" || { echo "start: fabricd meta did not come up (see $data/meta.log)" >&2; exit 1; }
+echo "start: metadata group on 127.0.0.1:7400 (log: $data/meta.log); try: $bin/fabric-ctl cluster list"
+
+namespace=(--namespace "raid1:$data/disk0.img,$data/disk1.img:4G")
+for a in "$@"; do
+    [[ $a == --namespace* || $a == --config* || $a == -c ]] && namespace=()
+done
+"$bin/fabricd" target --listen tcp://127.0.0.1:4420 --discovery "${namespace[@]}" "$@" &
+target=$!
+# Background jobs of a script ignore the terminal's Ctrl-C: pass it on.
+trap 'kill -TERM $target 2>/dev/null' INT TERM
+set +e
+wait $target; rc=$?
+if kill -0 $target 2>/dev/null; then wait $target; rc=$?; fi
+exit $rc

@@ -23,7 +23,7 @@ impl Drop for Daemon {
 }
 
 /// Start `fabricd target ARGS` and wait for its ready line; returns the
-/// daemon and the line.
+/// daemon and its log up to that line.
 fn start(args: &[&str]) -> (Daemon, String) {
     let mut child = Command::new(BIN)
         .arg("target")
@@ -37,9 +37,12 @@ fn start(args: &[&str]) -> (Daemon, String) {
     let daemon = Daemon(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut log = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
             if line.contains("ready") {
-                let _ = tx.send(line);
+                let _ = tx.send(std::mem::take(&mut log));
             }
         }
     });
@@ -191,10 +194,66 @@ fn serves_a_host_after_the_ready_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// SIGTERM, then wait for the exit: the shutdown a service manager does.
+fn terminate(mut daemon: Daemon) {
+    let pid = daemon.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let status = daemon.0.wait().unwrap();
+    assert!(status.success(), "fabricd exited with {status}");
+}
+
+#[test]
+fn raid1_namespace_restarts_clean_with_its_data() {
+    let dir = std::env::temp_dir().join(format!("fabricd-raid1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = format!(
+        "raid1:{},{}:16M",
+        dir.join("a.img").display(),
+        dir.join("b.img").display()
+    );
+    let addr = format!("tcp://127.0.0.1:{}", free_port());
+    let args = ["--listen", &addr, "--namespace", &spec];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let io = |write: bool| {
+        rt.block_on(async {
+            let address: PortAddress = addr.parse().unwrap();
+            let ctrl = HostController::connect(
+                &address,
+                fabric::daemon::target::DEFAULT_NQN,
+                &HostOptions::default(),
+            )
+            .await
+            .unwrap();
+            let ns = ctrl.namespace(1).await.unwrap();
+            if write {
+                ns.write(5, Bytes::from(vec![0x5a; 8192])).await.unwrap();
+            }
+            let back = ns.read(5, buf::alloc(8192)).await.unwrap();
+            assert!(back.iter().all(|&b| b == 0x5a));
+            ctrl.disconnect().await;
+        })
+    };
+
+    let (daemon, log) = start(&args);
+    assert!(log.contains("raid1 created"), "{log}");
+    io(true);
+    terminate(daemon);
+
+    // A clean shutdown leaves both members in sync and nothing to resync.
+    let (daemon, log) = start(&args);
+    assert!(log.contains("members=[InSync, InSync] dirty=0"), "{log}");
+    io(false);
+    terminate(daemon);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn rdma_listener_without_rdma_devices_still_serves_tcp() {
     let tcp = format!("tcp://127.0.0.1:{}", free_port());
-    let (_daemon, line) = start(&["--listen", &tcp, "--listen", "rdma://127.0.0.1:4420"]);
+    let (_daemon, log) = start(&["--listen", &tcp, "--listen", "rdma://127.0.0.1:4420"]);
+    let line = log.lines().last().unwrap_or_default();
     if fabric::transport::rdma::RdmaTransport::available() {
         // A machine with RDMA devices serves both.
         assert!(line.contains("rdma://127.0.0.1:4420"), "{line}");

@@ -2,4 +2,5 @@
 //! and an async `run`.
 
 pub mod logging;
+pub mod namespace;
 pub mod target;

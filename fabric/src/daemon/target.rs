@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use raid::{parse_size, DeviceRef, FileDevice, FileOptions, MemoryDevice, NullDevice};
+use raid::{parse_size, BackgroundTask, DeviceRef};
 use serde::Deserialize;
 
+pub use super::namespace::NamespaceSpec;
 use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
 use crate::transport::rdma::{RdmaConfig, RdmaTransport};
 use crate::transport::tcp::TcpTransport;
@@ -24,63 +25,6 @@ pub const DEFAULT_NQN: &str = "nqn.2026-11.io.fabric:target";
 pub const DEFAULT_LISTEN: &str = "tcp://127.0.0.1:4420";
 /// The namespace served when none is given.
 pub const DEFAULT_NAMESPACE: &str = "mem:1G";
-
-/// A namespace backend: `mem:SIZE`, `null:SIZE` or `file:PATH[:SIZE]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NamespaceSpec {
-    /// RAM, lost on exit.
-    Memory(u64),
-    /// Discards writes, reads zeroes.
-    Null(u64),
-    /// A file (created and sized when SIZE is given) or a block device.
-    File(PathBuf, Option<u64>),
-}
-
-impl FromStr for NamespaceSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let size = |v: &str| parse_size(v).map_err(|e| format!("{s:?}: {e}"));
-        match s.split_once(':') {
-            Some(("mem", v)) => Ok(NamespaceSpec::Memory(size(v)?)),
-            Some(("null", v)) => Ok(NamespaceSpec::Null(size(v)?)),
-            Some(("file", rest)) if !rest.is_empty() => match rest.rsplit_once(':') {
-                Some((path, v)) if !path.is_empty() && parse_size(v).is_ok() => {
-                    Ok(NamespaceSpec::File(path.into(), Some(size(v)?)))
-                }
-                _ => Ok(NamespaceSpec::File(rest.into(), None)),
-            },
-            _ => Err(format!(
-                "{s:?}: expected mem:SIZE, null:SIZE or file:PATH[:SIZE]"
-            )),
-        }
-    }
-}
-
-impl NamespaceSpec {
-    /// Open the backend with `block_size`-byte blocks.
-    pub fn open(&self, block_size: u32) -> anyhow::Result<DeviceRef> {
-        let too_small = |size: u64| size < block_size as u64;
-        Ok(match self {
-            NamespaceSpec::Memory(size) if too_small(*size) => bail!(
-                "memory namespace of {size} bytes is smaller than one {block_size}-byte block"
-            ),
-            NamespaceSpec::Null(size) if too_small(*size) => {
-                bail!("null namespace of {size} bytes is smaller than one {block_size}-byte block")
-            }
-            NamespaceSpec::Memory(size) => Arc::new(MemoryDevice::new(*size, block_size)),
-            NamespaceSpec::Null(size) => Arc::new(NullDevice::new(*size, block_size)),
-            NamespaceSpec::File(path, size) => {
-                let opts = FileOptions {
-                    size: *size,
-                    block_size,
-                    ..Default::default()
-                };
-                Arc::new(FileDevice::open(path, &opts)?)
-            }
-        })
-    }
-}
 
 /// Arguments of `fabricd target`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -95,10 +39,12 @@ pub struct TargetArgs {
     #[arg(long, value_name = "NQN")]
     pub nqn: Option<String>,
     /// Namespace backend, NSIDs in order from 1; repeat for several
-    /// (SIZE takes K, M, G, T suffixes, powers of two) [default: mem:1G].
+    /// (SIZE takes K, M, G, T suffixes, powers of two; `raid1:` mirrors
+    /// files or block devices, creating the files when SIZE is given)
+    /// [default: mem:1G].
     #[arg(
         long = "namespace",
-        value_name = "mem:SIZE | null:SIZE | file:PATH[:SIZE]"
+        value_name = "mem:SIZE | null:SIZE | file:PATH[:SIZE] | raid1:PATH,PATH[:SIZE]"
     )]
     pub namespaces: Vec<NamespaceSpec>,
     /// Host NQN allowed to connect; repeat for several [default: any host].
@@ -348,11 +294,21 @@ impl TargetArgs {
     }
 }
 
-/// Build the target from settings and start listening; returns the target
-/// and the addresses actually bound.
-pub async fn start(
-    s: &TargetSettings,
-) -> anyhow::Result<(Arc<Target>, Vec<crate::transport::ListenerHandle>)> {
+/// A started target: the target, its listeners (with the addresses
+/// actually bound) and its namespaces' background tasks.
+pub struct Started {
+    /// The target.
+    pub target: Arc<Target>,
+    /// One per listening address.
+    pub listeners: Vec<crate::transport::ListenerHandle>,
+    /// Raid1 resyncs, to stop after the listeners.
+    pub background: Vec<BackgroundTask>,
+    /// The namespaces' devices, flushed when the listeners have stopped.
+    pub devices: Vec<DeviceRef>,
+}
+
+/// Build the target from settings and start listening.
+pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
     let cfg = TargetConfig {
         max_transfer: s.max_transfer,
         ..TargetConfig::default()
@@ -363,11 +319,16 @@ pub async fn start(
     sc.allowed_hosts = s.allow_hosts.clone();
     (sc.cntlid_min, sc.cntlid_max) = s.cntlid_range;
     let sub = target.add_subsystem(sc)?;
+    let mut background = Vec::new();
+    let mut devices = Vec::new();
     for (i, spec) in s.namespaces.iter().enumerate() {
-        let dev = spec
+        let ns = spec
             .open(s.block_size)
+            .await
             .with_context(|| format!("namespace {}", i + 1))?;
-        sub.add_namespace(i as u32 + 1, dev, 1)?;
+        background.extend(ns.resync);
+        devices.push(ns.device.clone());
+        sub.add_namespace(i as u32 + 1, ns.device, 1)?;
     }
     if s.listen.iter().any(|a| a.kind == TransportKind::Rdma) {
         RdmaTransport::configure(s.rdma.clone())?;
@@ -389,13 +350,23 @@ pub async fn start(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((target, listeners))
+    Ok(Started {
+        target,
+        listeners,
+        background,
+        devices,
+    })
 }
 
 /// Run `fabricd target` until SIGINT or SIGTERM.
 pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let (target, listeners) = start(&settings).await?;
+    let Started {
+        target,
+        listeners,
+        background,
+        devices,
+    } = start(&settings).await?;
     let addrs: Vec<String> = listeners.iter().map(|l| l.local.to_string()).collect();
     tracing::info!(
         nqn = %settings.nqn,
@@ -409,6 +380,22 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     target.shutdown();
     for l in listeners {
         l.stop().await;
+    }
+    for task in background {
+        if let Err(e) = task.stop().await {
+            tracing::warn!(error = %e, "raid1 resync ended with an error");
+        }
+    }
+    // Twice: a raid1 clears a write-intent region on the first flush pass
+    // that finds it untouched since the previous one, and a clean bitmap
+    // means the next start resyncs nothing.
+    for (i, dev) in devices.iter().enumerate() {
+        for _ in 0..2 {
+            if let Err(e) = dev.flush().await {
+                tracing::warn!(nsid = i + 1, error = %e, "final flush failed");
+                break;
+            }
+        }
     }
     Ok(())
 }
@@ -431,27 +418,6 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn namespace_specs_parse() {
-        assert_eq!("mem:1G".parse(), Ok(NamespaceSpec::Memory(1 << 30)));
-        assert_eq!("null:2T".parse(), Ok(NamespaceSpec::Null(2 << 40)));
-        assert_eq!(
-            "file:/a/b".parse(),
-            Ok(NamespaceSpec::File("/a/b".into(), None))
-        );
-        assert_eq!(
-            "file:/a/b:64M".parse(),
-            Ok(NamespaceSpec::File("/a/b".into(), Some(64 << 20)))
-        );
-        assert_eq!(
-            "file:/a:b".parse(),
-            Ok(NamespaceSpec::File("/a:b".into(), None))
-        );
-        for bad in ["mem:12X", "mem:", "disk:1G", "file:", "1G"] {
-            assert!(bad.parse::<NamespaceSpec>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn defaults_and_flags_override_file() {

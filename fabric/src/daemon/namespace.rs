@@ -1,0 +1,327 @@
+//! The backends `fabricd target` can serve as namespaces, from their
+//! command-line form (`mem:1G`, `file:/var/tmp/disk0.img:8G`,
+//! `raid1:/d/a.img,/d/b.img:4G`, ...) to an open [`DeviceRef`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use raid::{
+    parse_size, BackgroundTask, BlockError, DeviceRef, FileDevice, FileOptions, MemberHealth,
+    MemoryDevice, NullDevice, Raid1, Raid1Options, RateLimit,
+};
+
+/// A namespace backend: `mem:SIZE`, `null:SIZE`, `file:PATH[:SIZE]` or
+/// `raid1:PATH,PATH[,...][:SIZE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceSpec {
+    /// RAM, lost on exit.
+    Memory(u64),
+    /// Discards writes, reads zeroes.
+    Null(u64),
+    /// A file (created and sized when SIZE is given) or a block device.
+    File(PathBuf, Option<u64>),
+    /// A mirror (raid1) over files or block devices, each created and
+    /// sized like `File` when SIZE is given.
+    Raid1(Vec<PathBuf>, Option<u64>),
+}
+
+/// An open namespace backend and what must run beside it.
+pub struct OpenNamespace {
+    /// The device served.
+    pub device: DeviceRef,
+    /// A raid1's resync (brings back members that missed writes, fills
+    /// replacements); stop it after the last I/O.
+    pub resync: Option<BackgroundTask>,
+    /// The mirror itself when the backend is a raid1, for its status.
+    pub raid1: Option<Arc<Raid1>>,
+}
+
+/// `PATH[:SIZE]`: a size only when what follows the last colon is one.
+fn path_and_size(rest: &str) -> (&str, Option<u64>) {
+    match rest.rsplit_once(':') {
+        Some((path, v)) if !path.is_empty() => match parse_size(v) {
+            Ok(size) => (path, Some(size)),
+            Err(_) => (rest, None),
+        },
+        _ => (rest, None),
+    }
+}
+
+impl FromStr for NamespaceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let size = |v: &str| parse_size(v).map_err(|e| format!("{s:?}: {e}"));
+        match s.split_once(':') {
+            Some(("mem", v)) => Ok(NamespaceSpec::Memory(size(v)?)),
+            Some(("null", v)) => Ok(NamespaceSpec::Null(size(v)?)),
+            Some(("file", rest)) if !rest.is_empty() => {
+                let (path, size) = path_and_size(rest);
+                Ok(NamespaceSpec::File(path.into(), size))
+            }
+            Some(("raid1", rest)) => {
+                let (paths, size) = path_and_size(rest);
+                let paths: Vec<PathBuf> = paths.split(',').map(PathBuf::from).collect();
+                if paths.len() < 2 || paths.iter().any(|p| p.as_os_str().is_empty()) {
+                    return Err(format!(
+                        "{s:?}: raid1 needs two or more comma-separated paths"
+                    ));
+                }
+                Ok(NamespaceSpec::Raid1(paths, size))
+            }
+            _ => Err(format!(
+                "{s:?}: expected mem:SIZE, null:SIZE, file:PATH[:SIZE] or raid1:PATH,PATH[:SIZE]"
+            )),
+        }
+    }
+}
+
+impl NamespaceSpec {
+    /// Open the backend with `block_size`-byte blocks.
+    pub async fn open(&self, block_size: u32) -> anyhow::Result<OpenNamespace> {
+        let too_small = |size: u64| size < block_size as u64;
+        let device: DeviceRef = match self {
+            NamespaceSpec::Memory(size) if too_small(*size) => bail!(
+                "memory namespace of {size} bytes is smaller than one {block_size}-byte block"
+            ),
+            NamespaceSpec::Null(size) if too_small(*size) => {
+                bail!("null namespace of {size} bytes is smaller than one {block_size}-byte block")
+            }
+            NamespaceSpec::Memory(size) => Arc::new(MemoryDevice::new(*size, block_size)),
+            NamespaceSpec::Null(size) => Arc::new(NullDevice::new(*size, block_size)),
+            NamespaceSpec::File(path, size) => open_file(path, *size, block_size)?,
+            NamespaceSpec::Raid1(paths, size) => return open_raid1(paths, *size, block_size).await,
+        };
+        Ok(OpenNamespace {
+            device,
+            resync: None,
+            raid1: None,
+        })
+    }
+}
+
+fn open_file(path: &PathBuf, size: Option<u64>, block_size: u32) -> anyhow::Result<DeviceRef> {
+    let opts = FileOptions {
+        size,
+        block_size,
+        ..Default::default()
+    };
+    Ok(Arc::new(FileDevice::open(path, &opts)?))
+}
+
+/// Open a raid1. Decisions: when every member file is new the array is
+/// created (the fresh files are all zeroes, so nothing is copied);
+/// otherwise the members with a raid1 superblock assemble it (a member that
+/// missed writes catches up from the write-intent bitmap) and each new file
+/// takes a missing member's place and is rebuilt in full, in the
+/// background while I/O goes on. A new file with no missing member to
+/// replace is an error (growing a mirror is not done by adding a path).
+async fn open_raid1(
+    paths: &[PathBuf],
+    size: Option<u64>,
+    block_size: u32,
+) -> anyhow::Result<OpenNamespace> {
+    let (new, old): (Vec<&PathBuf>, Vec<&PathBuf>) = paths.iter().partition(|p| !p.exists());
+    let raid = if old.is_empty() {
+        let devs = new
+            .iter()
+            .map(|p| open_file(p, size, block_size))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Raid1::create(devs, &Raid1Options::default())
+            .await
+            .context("creating the raid1")?
+    } else {
+        let devs = old
+            .iter()
+            .map(|p| open_file(p, size, block_size))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let raid = Raid1::open(devs).await.map_err(|e| match e {
+            BlockError::Unsupported(_) => {
+                anyhow!("no existing member holds a usable raid1 superblock ({e})")
+            }
+            e => anyhow!(e).context("assembling the raid1"),
+        })?;
+        let status = raid.status().await;
+        let free: Vec<usize> = status
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| matches!(h, MemberHealth::Missing | MemberHealth::Empty))
+            .map(|(slot, _)| slot)
+            .collect();
+        if new.len() > free.len() {
+            bail!(
+                "{} is a new file but the raid1 has no missing member for it",
+                new[free.len()].display()
+            );
+        }
+        // Only now are the new files created.
+        for (path, slot) in new.into_iter().zip(free) {
+            let dev = open_file(path, size, block_size)?;
+            raid.replace_member(slot, dev)
+                .await
+                .with_context(|| format!("rebuilding onto {}", path.display()))?;
+            tracing::warn!(path = %path.display(), slot, "raid1 member replaced; rebuilding");
+        }
+        raid
+    };
+    let resync = raid.start_resync(RateLimit::new(0));
+    Ok(OpenNamespace {
+        device: raid.clone(),
+        resync: Some(resync),
+        raid1: Some(raid),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_specs_parse() {
+        assert_eq!("mem:1G".parse(), Ok(NamespaceSpec::Memory(1 << 30)));
+        assert_eq!("null:2T".parse(), Ok(NamespaceSpec::Null(2 << 40)));
+        assert_eq!(
+            "file:/a/b".parse(),
+            Ok(NamespaceSpec::File("/a/b".into(), None))
+        );
+        assert_eq!(
+            "file:/a/b:64M".parse(),
+            Ok(NamespaceSpec::File("/a/b".into(), Some(64 << 20)))
+        );
+        assert_eq!(
+            "file:/a:b".parse(),
+            Ok(NamespaceSpec::File("/a:b".into(), None))
+        );
+        assert_eq!(
+            "raid1:/a,/b:4G".parse(),
+            Ok(NamespaceSpec::Raid1(
+                vec!["/a".into(), "/b".into()],
+                Some(4 << 30)
+            ))
+        );
+        assert_eq!(
+            "raid1:/a,/b,/c".parse(),
+            Ok(NamespaceSpec::Raid1(
+                vec!["/a".into(), "/b".into(), "/c".into()],
+                None
+            ))
+        );
+        for bad in [
+            "mem:12X",
+            "mem:",
+            "disk:1G",
+            "file:",
+            "1G",
+            "raid1:",
+            "raid1:/a",
+            "raid1:/a,:1G",
+            "raid1:/a,,/b",
+        ] {
+            assert!(bad.parse::<NamespaceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fabric-ns-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn in_sync(ns: &OpenNamespace) {
+        let raid = ns.raid1.as_ref().unwrap();
+        for _ in 0..1000 {
+            let st = raid.status().await;
+            if st.members.iter().all(|h| *h == MemberHealth::InSync) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!(
+            "raid1 not in sync after 10 s: {:?}",
+            raid.status().await.members
+        );
+    }
+
+    async fn close(ns: OpenNamespace) {
+        ns.device.flush().await.unwrap();
+        ns.resync.unwrap().stop().await.unwrap();
+    }
+
+    fn pattern(lba: u64) -> Vec<u8> {
+        (0..8192u64).map(|i| (lba * 31 + i) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn raid1_keeps_the_data_through_replacing_each_member() {
+        let dir = scratch("replace");
+        let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+        let spec: NamespaceSpec = format!("raid1:{},{}:16M", a.display(), b.display())
+            .parse()
+            .unwrap();
+        let lbas = [0u64, 7, 1000, 3000];
+
+        // New files: the mirror is created; write, flush, close.
+        let ns = spec.open(4096).await.unwrap();
+        for &lba in &lbas {
+            ns.device
+                .write(lba, raid::Bytes::from(pattern(lba)))
+                .await
+                .unwrap();
+        }
+        close(ns).await;
+
+        // b is lost and comes back empty: rebuilt from a.
+        std::fs::remove_file(&b).unwrap();
+        let ns = spec.open(4096).await.unwrap();
+        in_sync(&ns).await;
+        close(ns).await;
+
+        // Then a is lost: the array now comes from the rebuilt b alone,
+        // then a is rebuilt from it.
+        std::fs::remove_file(&a).unwrap();
+        let ns = spec.open(4096).await.unwrap();
+        for &lba in &lbas {
+            let back = ns.device.read(lba, raid::buf::alloc(8192)).await.unwrap();
+            assert_eq!(&back[..], &pattern(lba)[..], "lba {lba}");
+        }
+        in_sync(&ns).await;
+        close(ns).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn raid1_refuses_what_it_cannot_assemble() {
+        let dir = scratch("refuse");
+        let (a, b, c) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
+        // Existing files without a raid1 superblock are not overwritten.
+        for p in [&a, &b] {
+            std::fs::write(p, vec![7u8; 1 << 20]).unwrap();
+        }
+        let spec: NamespaceSpec = format!("raid1:{},{}", a.display(), b.display())
+            .parse()
+            .unwrap();
+        let err = spec.open(4096).await.err().unwrap();
+        assert!(format!("{err:#}").contains("superblock"), "{err:#}");
+        assert!(std::fs::read(&a).unwrap().iter().all(|&x| x == 7));
+
+        // A new path beside a complete mirror does not grow it.
+        std::fs::remove_file(&a).unwrap();
+        std::fs::remove_file(&b).unwrap();
+        let two: NamespaceSpec = format!("raid1:{},{}:4M", a.display(), b.display())
+            .parse()
+            .unwrap();
+        close(two.open(4096).await.unwrap()).await;
+        let three: NamespaceSpec =
+            format!("raid1:{},{},{}:4M", a.display(), b.display(), c.display())
+                .parse()
+                .unwrap();
+        let err = three.open(4096).await.err().unwrap();
+        assert!(format!("{err:#}").contains("no missing member"), "{err:#}");
+        assert!(!c.exists(), "nothing created for a refused spec");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
