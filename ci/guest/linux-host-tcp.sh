@@ -4,7 +4,7 @@
 . "$(dirname "$0")/lib.sh"
 NQN=nqn.2026-11.io.fabric:guest-tcp
 
-modprobe nvme-tcp && modprobe brd rd_nr=1 rd_size=131072 || exit 1
+modprobe nvme-tcp && modprobe brd rd_nr=2 rd_size=131072 || exit 1
 start_fabricd tcp --listen tcp://127.0.0.1:4420 --listen tcp://10.77.0.1:4420 --nqn "$NQN" \
     --namespace mem:256M --namespace file:/dev/ram0 --discovery --serial guest-tcp-1 || exit 1
 
@@ -79,4 +79,32 @@ fio_verify multipath-128k "${ns[0]}" 128k 8M
 check "nvme disconnect (every path)" nvme disconnect -n "$NQN"
 
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+
+# The embedded default's kind of namespace (ci/start.sh): a raid1 over two
+# files, here on ext4 on a RAM disk; its data survives a restart, and a clean
+# shutdown leaves nothing to resync.
+R1NQN=$NQN-raid1
+R1SPEC=raid1:/tmp/raid1-fs/disk0.img,/tmp/raid1-fs/disk1.img:48M
+mkdir -p /tmp/raid1-fs && mkfs.ext4 -q /dev/ram1 && mount /dev/ram1 /tmp/raid1-fs || exit 1
+trap "umount /tmp/raid1-fs 2>/dev/null" EXIT
+start_fabricd raid1 --listen tcp://127.0.0.1:4421 --nqn "$R1NQN" --namespace "$R1SPEC" || exit 1
+check "raid1: nvme connect" nvme connect -t tcp -a 127.0.0.1 -s 4421 -n "$R1NQN" --hostnqn="$HOSTNQN"
+wait_for "raid1 namespace" 30 count_namespaces "$R1NQN" 1
+r1=$(namespaces_of "$R1NQN" | head -1)
+fio_verify raid1-4k "$r1" 4k 8M
+head -c 4M /dev/urandom > /tmp/raid1-pattern
+check "raid1: write a pattern" dd if=/tmp/raid1-pattern of="$r1" bs=1M seek=40 oflag=direct status=none
+check "raid1: nvme disconnect" nvme disconnect -n "$R1NQN"
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+start_fabricd raid1-again --listen tcp://127.0.0.1:4421 --nqn "$R1NQN" --namespace "$R1SPEC" || exit 1
+expect_output "raid1: reassembled clean after SIGTERM" "members=\[InSync, InSync\] dirty=0" \
+    cat "$LOGDIR/raid1-again.log"
+check "raid1: nvme connect again" nvme connect -t tcp -a 127.0.0.1 -s 4421 -n "$R1NQN" --hostnqn="$HOSTNQN"
+wait_for "raid1 namespace again" 30 count_namespaces "$R1NQN" 1
+r1=$(namespaces_of "$R1NQN" | head -1)
+check "raid1: the pattern survived the restart" \
+    bash -c "dd if='$r1' bs=1M skip=40 count=4 iflag=direct status=none | cmp - /tmp/raid1-pattern"
+check "raid1: nvme disconnect again" nvme disconnect -n "$R1NQN"
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+
 finish

@@ -139,7 +139,7 @@ async fn open_raid1(
             .collect::<anyhow::Result<Vec<_>>>()?;
         let raid = Raid1::open(devs).await.map_err(|e| match e {
             BlockError::Unsupported(_) => {
-                anyhow!("no existing member holds a usable raid1 superblock ({e})")
+                anyhow!("no existing member holds a usable raid1 superblock ({e}); a mirror is created only when every path is a new file")
             }
             e => anyhow!(e).context("assembling the raid1"),
         })?;
