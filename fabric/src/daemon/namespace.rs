@@ -2,7 +2,7 @@
 //! command-line form (`mem:1G`, `file:/var/tmp/disk0.img:8G`,
 //! `raid1:/d/a.img,/d/b.img:4G`, ...) to an open [`DeviceRef`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -22,8 +22,9 @@ pub enum NamespaceSpec {
     Null(u64),
     /// A file (created and sized when SIZE is given) or a block device.
     File(PathBuf, Option<u64>),
-    /// A mirror (raid1) over files or block devices, each created and
-    /// sized like `File` when SIZE is given.
+    /// A mirror (raid1) over files, created and sized like `File` when
+    /// SIZE is given (see [`NamespaceSpec::open`] for when the mirror itself
+    /// is created).
     Raid1(Vec<PathBuf>, Option<u64>),
 }
 
@@ -79,7 +80,9 @@ impl FromStr for NamespaceSpec {
 }
 
 impl NamespaceSpec {
-    /// Open the backend with `block_size`-byte blocks.
+    /// Open the backend with `block_size`-byte blocks. A raid1 is created
+    /// when every path is a new file, else assembled from the members that
+    /// exist, new files rebuilding missing members.
     pub async fn open(&self, block_size: u32) -> anyhow::Result<OpenNamespace> {
         let too_small = |size: u64| size < block_size as u64;
         let device: DeviceRef = match self {
@@ -102,7 +105,7 @@ impl NamespaceSpec {
     }
 }
 
-fn open_file(path: &PathBuf, size: Option<u64>, block_size: u32) -> anyhow::Result<DeviceRef> {
+fn open_file(path: &Path, size: Option<u64>, block_size: u32) -> anyhow::Result<DeviceRef> {
     let opts = FileOptions {
         size,
         block_size,
@@ -124,20 +127,18 @@ async fn open_raid1(
     block_size: u32,
 ) -> anyhow::Result<OpenNamespace> {
     let (new, old): (Vec<&PathBuf>, Vec<&PathBuf>) = paths.iter().partition(|p| !p.exists());
-    let raid = if old.is_empty() {
-        let devs = new
+    let open_all = |paths: &[&PathBuf]| {
+        paths
             .iter()
             .map(|p| open_file(p, size, block_size))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Raid1::create(devs, &Raid1Options::default())
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let raid = if old.is_empty() {
+        Raid1::create(open_all(&new)?, &Raid1Options::default())
             .await
             .context("creating the raid1")?
     } else {
-        let devs = old
-            .iter()
-            .map(|p| open_file(p, size, block_size))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let raid = Raid1::open(devs).await.map_err(|e| match e {
+        let raid = Raid1::open(open_all(&old)?).await.map_err(|e| match e {
             BlockError::Unsupported(_) => {
                 anyhow!("no existing member holds a usable raid1 superblock ({e}); a mirror is created only when every path is a new file")
             }
