@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use raid::{
-    parse_size, BackgroundTask, BlockError, DeviceRef, FileDevice, FileOptions, MemberHealth,
-    MemoryDevice, NullDevice, Raid1, Raid1Options, RateLimit,
+    parse_size, BackgroundTask, DeviceRef, FileDevice, FileOptions, MemberHealth, MemoryDevice,
+    NullDevice, Raid1, Raid1Options, RateLimit,
 };
 
 /// A namespace backend: `mem:SIZE`, `null:SIZE`, `file:PATH[:SIZE]` or
@@ -22,9 +22,9 @@ pub enum NamespaceSpec {
     Null(u64),
     /// A file (created and sized when SIZE is given) or a block device.
     File(PathBuf, Option<u64>),
-    /// A mirror (raid1) over files, created and sized like `File` when
-    /// SIZE is given (see [`NamespaceSpec::open`] for when the mirror itself
-    /// is created).
+    /// A mirror (raid1) over files or block devices, missing files created
+    /// and sized like `File` when SIZE is given (see [`NamespaceSpec::open`]
+    /// for when the mirror itself is created).
     Raid1(Vec<PathBuf>, Option<u64>),
 }
 
@@ -81,8 +81,8 @@ impl FromStr for NamespaceSpec {
 
 impl NamespaceSpec {
     /// Open the backend with `block_size`-byte blocks. A raid1 is created
-    /// when every path is a new file, else assembled from the members that
-    /// exist, new files rebuilding missing members.
+    /// when every member is blank, else assembled from the members with a
+    /// superblock, blank ones rebuilding missing members.
     pub async fn open(&self, block_size: u32) -> anyhow::Result<OpenNamespace> {
         let too_small = |size: u64| size < block_size as u64;
         let device: DeviceRef = match self {
@@ -114,36 +114,72 @@ fn open_file(path: &Path, size: Option<u64>, block_size: u32) -> anyhow::Result<
     Ok(Arc::new(FileDevice::open(path, &opts)?))
 }
 
-/// Open a raid1. Decisions: when every member file is new the array is
-/// created (the fresh files are all zeroes, so nothing is copied);
-/// otherwise the members with a raid1 superblock assemble it (a member that
-/// missed writes catches up from the write-intent bitmap) and each new file
-/// takes a missing member's place and is rebuilt in full, in the
-/// background while I/O goes on. A new file with no missing member to
-/// replace is an error (growing a mirror is not done by adding a path).
+/// Bytes at the start of a member checked for blankness: the raid1
+/// superblock and bitmap, and where partition tables, LVM labels and file
+/// systems put their signatures.
+const BLANK_CHECK_BYTES: u64 = 1 << 20;
+
+/// Whether the first MiB of `dev` is all zeroes (a new file, a new or
+/// discarded disk).
+async fn is_blank(dev: &DeviceRef) -> anyhow::Result<bool> {
+    let bs = u64::from(dev.block_size());
+    let len = BLANK_CHECK_BYTES.min(dev.num_blocks() * bs) / bs * bs;
+    let data = dev.read(0, raid::buf::alloc(len as usize)).await?;
+    Ok(data.iter().all(|&b| b == 0))
+}
+
+/// Open a raid1. Decisions: a member is blank when its first MiB is zeroes
+/// (a new file, created with SIZE, or a new or discarded disk). When no
+/// member holds a raid1 superblock and all are blank the mirror is created
+/// (nothing is copied: blank members read the same). Otherwise the members
+/// with a superblock assemble it (one that missed writes catches up from
+/// the write-intent bitmap) and each blank one takes a missing member's
+/// place and is rebuilt in full, in the background while I/O goes on. A
+/// member with data but no superblock is refused, never overwritten, and
+/// so is a blank one with no missing member to replace (a mirror does not
+/// grow by adding a path). New files are created only once the spec is
+/// accepted.
 async fn open_raid1(
     paths: &[PathBuf],
     size: Option<u64>,
     block_size: u32,
 ) -> anyhow::Result<OpenNamespace> {
-    let (new, old): (Vec<&PathBuf>, Vec<&PathBuf>) = paths.iter().partition(|p| !p.exists());
-    let open_all = |paths: &[&PathBuf]| {
-        paths
-            .iter()
-            .map(|p| open_file(p, size, block_size))
-            .collect::<anyhow::Result<Vec<_>>>()
+    let mut members = Vec::new();
+    let mut blank = Vec::new(); // (path, device when it exists)
+    for path in paths {
+        if !path.exists() {
+            blank.push((path, None));
+            continue;
+        }
+        let dev = open_file(path, size, block_size)?;
+        if Raid1::is_member(&dev).await {
+            members.push(dev);
+        } else if is_blank(&dev)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            blank.push((path, Some(dev)));
+        } else {
+            bail!(
+                "{} holds data but no raid1 superblock; refusing to overwrite it",
+                path.display()
+            );
+        }
+    }
+    let open_blank = |(path, dev): (&PathBuf, Option<DeviceRef>)| match dev {
+        Some(dev) => Ok(dev),
+        None => open_file(path, size, block_size),
     };
-    let raid = if old.is_empty() {
-        Raid1::create(open_all(&new)?, &Raid1Options::default())
+    let raid = if members.is_empty() {
+        let devs = blank
+            .into_iter()
+            .map(open_blank)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Raid1::create(devs, &Raid1Options::default())
             .await
             .context("creating the raid1")?
     } else {
-        let raid = Raid1::open(open_all(&old)?).await.map_err(|e| match e {
-            BlockError::Unsupported(_) => {
-                anyhow!("no existing member holds a usable raid1 superblock ({e}); a mirror is created only when every path is a new file")
-            }
-            e => anyhow!(e).context("assembling the raid1"),
-        })?;
+        let raid = Raid1::open(members).await.context("assembling the raid1")?;
         let status = raid.status().await;
         let free: Vec<usize> = status
             .members
@@ -152,16 +188,15 @@ async fn open_raid1(
             .filter(|(_, h)| matches!(h, MemberHealth::Missing | MemberHealth::Empty))
             .map(|(slot, _)| slot)
             .collect();
-        if new.len() > free.len() {
+        if let Some((path, _)) = blank.get(free.len()) {
             bail!(
-                "{} is a new file but the raid1 has no missing member for it",
-                new[free.len()].display()
+                "{} is blank but the raid1 has no missing member for it",
+                path.display()
             );
         }
-        // Only now are the new files created.
-        for (path, slot) in new.into_iter().zip(free) {
-            let dev = open_file(path, size, block_size)?;
-            raid.replace_member(slot, dev)
+        for (member, slot) in blank.into_iter().zip(free) {
+            let path = member.0;
+            raid.replace_member(slot, open_blank(member)?)
                 .await
                 .with_context(|| format!("rebuilding onto {}", path.display()))?;
             tracing::warn!(path = %path.display(), slot, "raid1 member replaced; rebuilding");
@@ -295,19 +330,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn raid1_refuses_what_it_cannot_assemble() {
-        let dir = scratch("refuse");
-        let (a, b, c) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
-        // Existing files without a raid1 superblock are not overwritten.
+    async fn raid1_is_created_over_blank_existing_members() {
+        // As on new disks: the members exist and are all zeroes.
+        let dir = scratch("blank");
+        let (a, b) = (dir.join("a.img"), dir.join("b.img"));
         for p in [&a, &b] {
-            std::fs::write(p, vec![7u8; 1 << 20]).unwrap();
+            std::fs::write(p, vec![0u8; 4 << 20]).unwrap();
         }
         let spec: NamespaceSpec = format!("raid1:{},{}", a.display(), b.display())
             .parse()
             .unwrap();
+        let ns = spec.open(4096).await.unwrap();
+        ns.device
+            .write(1, raid::Bytes::from(pattern(1)))
+            .await
+            .unwrap();
+        close(ns).await;
+        let ns = spec.open(4096).await.unwrap();
+        let back = ns.device.read(1, raid::buf::alloc(8192)).await.unwrap();
+        assert_eq!(&back[..], &pattern(1)[..]);
+        close(ns).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn raid1_refuses_what_it_cannot_assemble() {
+        let dir = scratch("refuse");
+        let (a, b, c) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
+        // A member with data but no raid1 superblock is not overwritten.
+        std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&b, vec![7u8; 1 << 20]).unwrap();
+        let spec: NamespaceSpec = format!("raid1:{},{}", a.display(), b.display())
+            .parse()
+            .unwrap();
         let err = spec.open(4096).await.err().unwrap();
-        assert!(format!("{err:#}").contains("superblock"), "{err:#}");
-        assert!(std::fs::read(&a).unwrap().iter().all(|&x| x == 7));
+        assert!(
+            format!("{err:#}").contains("no raid1 superblock"),
+            "{err:#}"
+        );
+        assert!(std::fs::read(&b).unwrap().iter().all(|&x| x == 7));
 
         // A new path beside a complete mirror does not grow it.
         std::fs::remove_file(&a).unwrap();

@@ -40,8 +40,8 @@ pub struct TargetArgs {
     pub nqn: Option<String>,
     /// Namespace backend, NSIDs in order from 1; repeat for several
     /// (SIZE takes K, M, G, T suffixes, powers of two; `raid1:` mirrors
-    /// files, created with SIZE on the first start and reassembled on later
-    /// ones) [default: mem:1G].
+    /// files or devices: created over blank ones, with SIZE creating missing
+    /// files, and reassembled on later starts) [default: mem:1G].
     #[arg(
         long = "namespace",
         value_name = "mem:SIZE | null:SIZE | file:PATH[:SIZE] | raid1:PATH,PATH[:SIZE]"

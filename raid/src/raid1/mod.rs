@@ -228,6 +228,11 @@ async fn read_superblock(dev: &DeviceRef) -> BlockResult<Superblock> {
 }
 
 impl Raid1 {
+    /// Whether `dev` holds a raid1 member superblock (of any array).
+    pub async fn is_member(dev: &DeviceRef) -> bool {
+        read_superblock(dev).await.is_ok()
+    }
+
     /// Create a new array over `devs` (slot `i` = `devs[i]`), writing fresh
     /// superblocks and an empty bitmap to each.
     pub async fn create(devs: Vec<DeviceRef>, opts: &Raid1Options) -> BlockResult<Arc<Raid1>> {
