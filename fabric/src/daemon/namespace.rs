@@ -70,6 +70,10 @@ impl FromStr for NamespaceSpec {
                         "{s:?}: raid1 needs two or more comma-separated paths"
                     ));
                 }
+                let distinct: std::collections::HashSet<_> = paths.iter().collect();
+                if distinct.len() != paths.len() {
+                    return Err(format!("{s:?}: a raid1 path is given twice"));
+                }
                 Ok(NamespaceSpec::Raid1(paths, size))
             }
             _ => Err(format!(
@@ -130,8 +134,10 @@ async fn is_blank(dev: &DeviceRef) -> anyhow::Result<bool> {
 
 /// Open a raid1. Decisions: a member is blank when its first MiB is zeroes
 /// (a new file, created with SIZE, or a new or discarded disk). When no
-/// member holds a raid1 superblock and all are blank the mirror is created
-/// (nothing is copied: blank members read the same). Otherwise the members
+/// member holds a raid1 superblock and all are blank the mirror is created:
+/// over new files nothing is copied (they read zeroes alike); over existing
+/// members the first is copied to the others in the background, since what
+/// lies past a disk's first MiB is unknown. Otherwise the members
 /// with a superblock assemble it (one that missed writes catches up from
 /// the write-intent bitmap) and each blank one takes a missing member's
 /// place and is rebuilt in full, in the background while I/O goes on. A
@@ -171,11 +177,15 @@ async fn open_raid1(
         None => open_file(path, size, block_size),
     };
     let raid = if members.is_empty() {
+        let opts = Raid1Options {
+            initial_sync: blank.iter().any(|(_, dev)| dev.is_some()),
+            ..Raid1Options::default()
+        };
         let devs = blank
             .into_iter()
             .map(open_blank)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Raid1::create(devs, &Raid1Options::default())
+        Raid1::create(devs, &opts)
             .await
             .context("creating the raid1")?
     } else {
@@ -255,6 +265,7 @@ mod tests {
             "raid1:/a",
             "raid1:/a,:1G",
             "raid1:/a,,/b",
+            "raid1:/a,/b,/a:1G",
         ] {
             assert!(bad.parse::<NamespaceSpec>().is_err(), "{bad}");
         }
@@ -332,15 +343,25 @@ mod tests {
     #[tokio::test]
     async fn raid1_is_created_over_blank_existing_members() {
         // As on new disks: the members exist and are all zeroes.
+        // Past their first MiB they differ: the creation copies the first
+        // member over the others, so that every block reads the same from
+        // either.
         let dir = scratch("blank");
         let (a, b) = (dir.join("a.img"), dir.join("b.img"));
-        for p in [&a, &b] {
-            std::fs::write(p, vec![0u8; 4 << 20]).unwrap();
-        }
+        let mut old = vec![0u8; 4 << 20];
+        old[2 << 20..].fill(0xee);
+        std::fs::write(&a, vec![0u8; 4 << 20]).unwrap();
+        std::fs::write(&b, &old).unwrap();
         let spec: NamespaceSpec = format!("raid1:{},{}", a.display(), b.display())
             .parse()
             .unwrap();
         let ns = spec.open(4096).await.unwrap();
+        in_sync(&ns).await;
+        let tail = std::fs::read(&b).unwrap();
+        assert!(
+            tail[2 << 20..].iter().all(|&x| x == 0),
+            "b was not synced from a"
+        );
         ns.device
             .write(1, raid::Bytes::from(pattern(1)))
             .await
