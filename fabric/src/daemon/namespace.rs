@@ -35,8 +35,23 @@ pub struct OpenNamespace {
     /// A raid1's resync (brings back members that missed writes, fills
     /// replacements); stop it after the last I/O.
     pub resync: Option<BackgroundTask>,
-    /// The mirror itself when the backend is a raid1, for its status.
+    /// The mirror itself when the backend is a raid1.
     pub raid1: Option<Arc<Raid1>>,
+}
+
+impl OpenNamespace {
+    /// After the last I/O: stop the resync, then flush (a raid1 is closed,
+    /// which leaves its bitmap clean).
+    pub async fn close(self) -> anyhow::Result<()> {
+        if let Some(resync) = self.resync {
+            resync.stop().await.context("raid1 resync")?;
+        }
+        match self.raid1 {
+            Some(raid) => raid.close().await?,
+            None => self.device.flush().await?,
+        }
+        Ok(())
+    }
 }
 
 /// `PATH[:SIZE]`: a size only when what follows the last colon is one.
@@ -294,8 +309,7 @@ mod tests {
     }
 
     async fn close(ns: OpenNamespace) {
-        ns.device.flush().await.unwrap();
-        ns.resync.unwrap().stop().await.unwrap();
+        ns.close().await.unwrap();
     }
 
     fn pattern(lba: u64) -> Vec<u8> {

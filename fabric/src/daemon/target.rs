@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use raid::{parse_size, BackgroundTask, DeviceRef};
+use raid::parse_size;
 use serde::Deserialize;
 
-pub use super::namespace::NamespaceSpec;
+pub use super::namespace::{NamespaceSpec, OpenNamespace};
 use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
 use crate::transport::rdma::{RdmaConfig, RdmaTransport};
 use crate::transport::tcp::TcpTransport;
@@ -295,16 +295,14 @@ impl TargetArgs {
 }
 
 /// A started target: the target, its listeners (with the addresses
-/// actually bound) and its namespaces' background tasks.
+/// actually bound) and its namespaces.
 pub struct Started {
     /// The target.
     pub target: Arc<Target>,
     /// One per listening address.
     pub listeners: Vec<crate::transport::ListenerHandle>,
-    /// Raid1 resyncs, to stop after the listeners.
-    pub background: Vec<BackgroundTask>,
-    /// The namespaces' devices, flushed when the listeners have stopped.
-    pub devices: Vec<DeviceRef>,
+    /// The namespaces' backends, closed after the listeners have stopped.
+    pub namespaces: Vec<OpenNamespace>,
 }
 
 /// Build the target from settings and start listening.
@@ -319,16 +317,14 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
     sc.allowed_hosts = s.allow_hosts.clone();
     (sc.cntlid_min, sc.cntlid_max) = s.cntlid_range;
     let sub = target.add_subsystem(sc)?;
-    let mut background = Vec::new();
-    let mut devices = Vec::new();
+    let mut namespaces = Vec::new();
     for (i, spec) in s.namespaces.iter().enumerate() {
         let ns = spec
             .open(s.block_size)
             .await
             .with_context(|| format!("namespace {}", i + 1))?;
-        background.extend(ns.resync);
-        devices.push(ns.device.clone());
-        sub.add_namespace(i as u32 + 1, ns.device, 1)?;
+        sub.add_namespace(i as u32 + 1, ns.device.clone(), 1)?;
+        namespaces.push(ns);
     }
     if s.listen.iter().any(|a| a.kind == TransportKind::Rdma) {
         RdmaTransport::configure(s.rdma.clone())?;
@@ -353,8 +349,7 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
     Ok(Started {
         target,
         listeners,
-        background,
-        devices,
+        namespaces,
     })
 }
 
@@ -364,8 +359,7 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     let Started {
         target,
         listeners,
-        background,
-        devices,
+        namespaces,
     } = start(&settings).await?;
     let addrs: Vec<String> = listeners.iter().map(|l| l.local.to_string()).collect();
     tracing::info!(
@@ -381,20 +375,13 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     for l in listeners {
         l.stop().await;
     }
-    for task in background {
-        if let Err(e) = task.stop().await {
-            tracing::warn!(error = %e, "raid1 resync ended with an error");
-        }
-    }
-    // Twice: a raid1 clears a write-intent region on the first flush pass
-    // that finds it untouched since the previous one, and a clean bitmap
-    // means the next start resyncs nothing.
-    for (i, dev) in devices.iter().enumerate() {
-        for _ in 0..2 {
-            if let Err(e) = dev.flush().await {
-                tracing::warn!(nsid = i + 1, error = %e, "final flush failed");
-                break;
-            }
+    for (i, ns) in namespaces.into_iter().enumerate() {
+        if let Err(e) = ns.close().await {
+            tracing::warn!(
+                nsid = i + 1,
+                error = format!("{e:#}"),
+                "closing the namespace failed"
+            );
         }
     }
     Ok(())

@@ -228,6 +228,15 @@ async fn read_superblock(dev: &DeviceRef) -> BlockResult<Superblock> {
 }
 
 impl Raid1 {
+    /// Flush and leave the write-intent bitmap clean, after the last write
+    /// (a shutdown): two flush passes, since a region is cleared by the
+    /// first pass that finds it untouched since the previous one. The next
+    /// open then resyncs nothing.
+    pub async fn close(&self) -> BlockResult<()> {
+        self.flush().await?;
+        self.flush().await
+    }
+
     /// Whether `dev` holds a raid1 member superblock (of any array).
     pub async fn is_member(dev: &DeviceRef) -> bool {
         read_superblock(dev).await.is_ok()
