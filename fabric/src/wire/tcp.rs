@@ -231,7 +231,7 @@ impl PduHeader {
 
     /// Whether data in this PDU is protected by the data digest (TermReq
     /// data never is).
-    fn data_digestible(&self) -> bool {
+    pub fn data_digestible(&self) -> bool {
         matches!(self, PduHeader::CapsuleCmd(_) | PduHeader::Data { .. })
     }
 }
@@ -277,23 +277,24 @@ pub fn encode_prefix(
     if dd > 0 {
         flags |= flags::DDGST;
     }
-    let mut hdr = vec![0u8; hlen];
+    let mut hdr_buf = [0u8; IC_LEN];
+    let hdr = &mut hdr_buf[..hlen];
     match h {
         PduHeader::IcReq(r) => {
-            put_u16(&mut hdr, 8, r.pfv);
+            put_u16(hdr, 8, r.pfv);
             hdr[10] = r.hpda;
             hdr[11] = digest_bits(r.digests);
-            put_u32(&mut hdr, 12, r.maxr2t);
+            put_u32(hdr, 12, r.maxr2t);
         }
         PduHeader::IcResp(r) => {
-            put_u16(&mut hdr, 8, r.pfv);
+            put_u16(hdr, 8, r.pfv);
             hdr[10] = r.cpda;
             hdr[11] = digest_bits(r.digests);
-            put_u32(&mut hdr, 12, r.maxh2cdata);
+            put_u32(hdr, 12, r.maxh2cdata);
         }
         PduHeader::TermReq { fes, fei, .. } => {
-            put_u16(&mut hdr, 8, *fes);
-            put_u32(&mut hdr, 10, *fei);
+            put_u16(hdr, 8, *fes);
+            put_u32(hdr, 10, *fei);
         }
         PduHeader::CapsuleCmd(c) => hdr[8..8 + SQE_SIZE].copy_from_slice(&c.encode()),
         PduHeader::CapsuleResp(c) => hdr[8..8 + CQE_SIZE].copy_from_slice(&c.encode()),
@@ -303,10 +304,10 @@ pub fn encode_prefix(
             success,
             ..
         } => {
-            put_u16(&mut hdr, 8, d.cccid);
-            put_u16(&mut hdr, 10, d.ttag);
-            put_u32(&mut hdr, 12, d.datao);
-            put_u32(&mut hdr, 16, d.datal);
+            put_u16(hdr, 8, d.cccid);
+            put_u16(hdr, 10, d.ttag);
+            put_u32(hdr, 12, d.datao);
+            put_u32(hdr, 16, d.datal);
             if *last {
                 flags |= flags::LAST_PDU;
             }
@@ -315,21 +316,22 @@ pub fn encode_prefix(
             }
         }
         PduHeader::R2t(r) => {
-            put_u16(&mut hdr, 8, r.cccid);
-            put_u16(&mut hdr, 10, r.ttag);
-            put_u32(&mut hdr, 12, r.offset);
-            put_u32(&mut hdr, 16, r.length);
+            put_u16(hdr, 8, r.cccid);
+            put_u16(hdr, 10, r.ttag);
+            put_u32(hdr, 12, r.offset);
+            put_u32(hdr, 16, r.length);
         }
     }
     hdr[0] = t;
     hdr[1] = flags;
     hdr[2] = hlen as u8;
     hdr[3] = if data_len > 0 { pdo as u8 } else { 0 };
-    put_u32(&mut hdr, 4, plen as u32);
-    out.reserve(pdo.max(hlen + hd) + data_len + dd);
-    out.put_slice(&hdr);
+    put_u32(hdr, 4, plen as u32);
+    // Room for the header only: the data may go out as a buffer of its own.
+    out.reserve(pdo.max(hlen + hd));
+    out.put_slice(hdr);
     if hd > 0 {
-        out.put_slice(&digest(&hdr));
+        out.put_slice(&digest(hdr));
     }
     if data_len > 0 {
         out.put_bytes(0, pdo - hlen - hd);
@@ -353,6 +355,7 @@ pub fn encode_term(e: &PduError, h2c: bool, digests: Digests, pda: u8, out: &mut
 
 /// Write a whole PDU: header, data and digests.
 pub fn encode(h: &PduHeader, data: &[u8], digests: Digests, pda: u8, out: &mut BytesMut) {
+    out.reserve(IC_LEN + data.len() + 2 * DIGEST_LEN);
     encode_prefix(h, data.len(), digests, pda, out);
     out.put_slice(data);
     if digests.data && h.data_digestible() && !data.is_empty() {

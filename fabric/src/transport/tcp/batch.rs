@@ -8,6 +8,8 @@ use std::io::{self, IoSlice};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::wire::tcp::{digest, encode_prefix, Digests, PduHeader};
+
 /// Data shorter than this is copied into the header buffer (an extra
 /// segment costs more than the copy).
 const COPY_BELOW: usize = 1024;
@@ -16,8 +18,11 @@ const MAX_BYTES: usize = 256 * 1024;
 /// ...or segments (well below the kernel's limit of 1024 per writev).
 const MAX_SEGMENTS: usize = 256;
 
+/// Initial room for headers: the buffer is taken back whole once a write
+/// has dropped the headers split off it, so headers cost no allocation each.
+const HEAD_CAPACITY: usize = 16 * 1024;
+
 /// PDUs waiting to be written.
-#[derive(Default)]
 pub(super) struct Batch {
     head: BytesMut,
     /// Segments in order; `true` for data buffers given with [`Batch::push_data`].
@@ -25,10 +30,34 @@ pub(super) struct Batch {
     bytes: usize,
 }
 
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            head: BytesMut::with_capacity(HEAD_CAPACITY),
+            segments: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
 impl Batch {
     /// The buffer to encode headers and small payloads into.
     pub fn head(&mut self) -> &mut BytesMut {
         &mut self.head
+    }
+
+    /// Append a PDU: its header, `data` (as a segment of its own unless it is
+    /// small) and the data digest when `digests` has one for it.
+    pub fn push_pdu(&mut self, h: &PduHeader, data: Bytes, digests: Digests, pda: u8) {
+        encode_prefix(h, data.len(), digests, pda, &mut self.head);
+        if data.is_empty() {
+            return;
+        }
+        let crc = (digests.data && h.data_digestible()).then(|| digest(&data));
+        self.push_data(data);
+        if let Some(crc) = crc {
+            self.head.extend_from_slice(&crc);
+        }
     }
 
     /// Append `data` after what is encoded so far.
@@ -59,25 +88,37 @@ impl Batch {
         self.bytes + self.head.len() >= MAX_BYTES || self.segments.len() >= MAX_SEGMENTS
     }
 
-    /// Write everything; returns the data buffers, now written, for reuse.
-    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> io::Result<Vec<Bytes>> {
+    /// Write everything, then hand each data buffer, now written, to `written`
+    /// (for reuse).
+    pub async fn write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        mut written: impl FnMut(Bytes),
+    ) -> io::Result<()> {
         self.seal();
-        let mut slices: Vec<IoSlice<'_>> =
-            self.segments.iter().map(|(s, _)| IoSlice::new(s)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = wr.write_vectored(rest).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+        // On the stack, not a vector per write: `is_full` keeps most batches
+        // within one chunk.
+        let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
+        for chunk in self.segments.chunks(MAX_SEGMENTS) {
+            for (slice, (s, _)) in slices.iter_mut().zip(chunk) {
+                *slice = IoSlice::new(s);
             }
-            IoSlice::advance_slices(&mut rest, n);
+            let mut rest = &mut slices[..chunk.len()];
+            while !rest.is_empty() {
+                let n = wr.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
         }
         self.bytes = 0;
-        Ok(self
-            .segments
-            .drain(..)
-            .filter_map(|(s, data)| data.then_some(s))
-            .collect())
+        for (s, data) in self.segments.drain(..) {
+            if data {
+                written(s);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -120,7 +161,8 @@ mod tests {
         b.push_data(Bytes::from_static(b"small"));
         b.head().extend_from_slice(b"h2");
         let mut w = Trickle::default();
-        let data = b.write_to(&mut w).await.unwrap();
+        let mut data = Vec::new();
+        b.write_to(&mut w, |d| data.push(d)).await.unwrap();
         let mut want = b"h1".to_vec();
         want.extend_from_slice(&big);
         want.extend_from_slice(b"t1smallh2");
@@ -144,5 +186,21 @@ mod tests {
             s.push_data(Bytes::from(vec![0; COPY_BELOW]));
         }
         assert!(s.is_full());
+    }
+
+    #[tokio::test]
+    async fn more_segments_than_one_vectored_write_takes_stay_in_order() {
+        let mut b = Batch::default();
+        let mut want = Vec::new();
+        for i in 0..MAX_SEGMENTS * 2 + 3 {
+            let d = Bytes::from(vec![i as u8; COPY_BELOW]);
+            want.extend_from_slice(&d);
+            b.push_data(d);
+        }
+        let mut w = Trickle::default();
+        let mut handed_back = 0;
+        b.write_to(&mut w, |_| handed_back += 1).await.unwrap();
+        assert_eq!(w.0, want);
+        assert_eq!(handed_back, MAX_SEGMENTS * 2 + 3);
     }
 }

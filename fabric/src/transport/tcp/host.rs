@@ -1,8 +1,10 @@
 //! The NVMe/TCP host side: one connection per queue.
 //!
-//! `submit` registers the command under a free CID and hands the capsule to
-//! the writer task; the reader task matches responses, C2HData and R2Ts to
-//! their commands. At most `queue_size - 1` commands are outstanding.
+//! `submit` registers the command under a free CID and hands it to the
+//! writer task, which encodes what is queued into one batch and writes it
+//! with the data buffers as they are (no copy); the reader task matches
+//! responses, C2HData and R2Ts to their commands. At most `queue_size - 1`
+//! commands are outstanding.
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use crate::wire::tcp::{
 };
 use crate::wire::{Command, Completion, Status};
 
+use super::batch::Batch;
 use super::{read_one_pdu, TcpTransport};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
@@ -99,14 +102,26 @@ impl ReadData {
 
 type Shared = PendingCommands<Pending>;
 
+/// What the writer task sends, encoding it into its batch.
+enum Outgoing {
+    /// A command capsule with its in-capsule data.
+    Command(Command, Option<Bytes>),
+    /// H2CData for an R2T: `data` is the requested part of the command's data.
+    Data {
+        hdr: DataHeader,
+        last: bool,
+        data: Bytes,
+    },
+    /// A TermReq ending the connection.
+    Term(Bytes),
+}
+
 /// A host queue over NVMe/TCP.
 pub struct TcpHostQueue {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     slots: Semaphore,
     inline_data_size: u32,
-    digests: Digests,
-    cpda: u8,
     timeout: std::time::Duration,
 }
 
@@ -160,21 +175,18 @@ impl HostTransport for TcpTransport {
         dec.digests = resp.digests;
         let shared = Arc::new(Shared::new(params.queue_size as usize));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(wr, rx, shared.clone()));
+        tokio::spawn(write_loop(wr, rx, shared.clone(), resp.digests, resp.cpda));
         let queue = Arc::new(TcpHostQueue {
             shared: shared.clone(),
             tx: tx.clone(),
             slots: Semaphore::new(params.queue_size.saturating_sub(1).max(1) as usize),
             inline_data_size: params.inline_data_size,
-            digests: resp.digests,
-            cpda: resp.cpda,
             timeout: params.timeout,
         });
         let reader = Reader {
             shared,
             tx,
             digests: resp.digests,
-            cpda: resp.cpda,
             maxh2cdata: resp.maxh2cdata as usize,
         };
         tokio::spawn(reader.run(rd, dec, rbuf));
@@ -218,15 +230,7 @@ impl HostQueue for TcpHostQueue {
             Some(b) => SglDescriptor::in_capsule(b.len() as u32),
             None => SglDescriptor::transport_data_block(data.len()),
         };
-        let mut pdu = BytesMut::new();
-        encode(
-            &PduHeader::CapsuleCmd(cmd),
-            inline.as_deref().unwrap_or(&[]),
-            self.digests,
-            self.cpda,
-            &mut pdu,
-        );
-        if self.tx.send(pdu.freeze()).is_err() {
+        if self.tx.send(Outgoing::Command(cmd, inline)).is_err() {
             self.shared.remove(cid);
             return Err(closed());
         }
@@ -254,10 +258,12 @@ impl Drop for TcpHostQueue {
 
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
+    digests: Digests,
+    cpda: u8,
 ) {
-    let mut batch = BytesMut::with_capacity(64 * 1024);
+    let mut batch = Batch::default();
     // One waiter for the queue's life, not one per batch.
     let cancelled = shared.token().cancelled();
     tokio::pin!(cancelled);
@@ -268,19 +274,37 @@ async fn write_loop(
             m = rx.recv() => m,
             _ = &mut cancelled => None,
         };
-        let Some(first) = first else { break };
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(m) => batch.extend_from_slice(&m),
-                Err(_) => break,
+        let mut next = first;
+        while let Some(m) = next.take() {
+            match m {
+                Outgoing::Command(cmd, inline) => batch.push_pdu(
+                    &PduHeader::CapsuleCmd(cmd),
+                    inline.unwrap_or_default(),
+                    digests,
+                    cpda,
+                ),
+                Outgoing::Data { hdr, last, data } => {
+                    let h = PduHeader::Data {
+                        h2c: true,
+                        hdr,
+                        last,
+                        success: false,
+                    };
+                    batch.push_pdu(&h, data, digests, cpda)
+                }
+                Outgoing::Term(pdu) => batch.push_data(pdu),
+            }
+            if !batch.is_full() {
+                next = rx.try_recv().ok();
             }
         }
-        if let Err(e) = wr.write_all(&batch).await {
+        if batch.is_empty() {
+            break;
+        }
+        if let Err(e) = batch.write_to(&mut wr, drop).await {
             shared.fail_all(&format!("write failed: {e}"));
             break;
         }
-        batch.clear();
     }
     let _ = wr.shutdown().await;
 }
@@ -337,9 +361,8 @@ impl HandedOut {
 
 struct Reader {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     digests: Digests,
-    cpda: u8,
     maxh2cdata: usize,
 }
 
@@ -366,7 +389,7 @@ impl Reader {
                     tracing::warn!(error = %e, "fatal PDU error from the controller");
                     let mut b = BytesMut::new();
                     encode_term(&e, true, self.digests, 0, &mut b);
-                    let _ = self.tx.send(b.freeze());
+                    let _ = self.tx.send(Outgoing::Term(b.freeze()));
                     break format!("fatal PDU error: {}", e.reason);
                 }
             }
@@ -517,7 +540,7 @@ impl Reader {
                 0,
                 &mut b,
             );
-            let _ = self.tx.send(b.freeze());
+            let _ = self.tx.send(Outgoing::Term(b.freeze()));
             return Err("R2T outside the command's data".into());
         };
         let mut off = start;
@@ -529,17 +552,12 @@ impl Reader {
                 datao: off as u32,
                 datal: n as u32,
             };
-            let mut b = BytesMut::new();
-            let h = PduHeader::Data {
-                h2c: true,
+            let data = Outgoing::Data {
                 hdr,
                 last: off + n == start + len,
-                success: false,
+                data: out.slice(off..off + n),
             };
-            encode(&h, &out[off..off + n], self.digests, self.cpda, &mut b);
-            self.tx
-                .send(b.freeze())
-                .map_err(|_| "writer gone".to_string())?;
+            self.tx.send(data).map_err(|_| "writer gone".to_string())?;
             off += n;
         }
         Ok(())

@@ -24,8 +24,8 @@ use crate::target::{
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
-    encode, encode_prefix, encode_term, fes, DataDigestMismatch, DataHeader, Decoded, Digests,
-    IcReq, IcResp, Pdu, PduDecoder, PduError, PduHeader, R2t, Role,
+    encode, encode_term, fes, DataDigestMismatch, DataHeader, Decoded, Digests, IcReq, IcResp, Pdu,
+    PduDecoder, PduError, PduHeader, R2t, Role,
 };
 use crate::wire::{Command, Completion, Status};
 
@@ -560,7 +560,7 @@ async fn write_loop(
                     outstanding.fetch_sub(1, Ordering::AcqRel);
                     put_response(&mut batch, resp, digests, hpda, &queue)
                 }
-                Out::R2t(r) => encode(&PduHeader::R2t(r), &[], digests, hpda, batch.head()),
+                Out::R2t(r) => batch.push_pdu(&PduHeader::R2t(r), Bytes::new(), digests, hpda),
                 Out::Term(e) => {
                     encode_term(&e, false, digests, hpda, batch.head());
                     terminate = true;
@@ -571,12 +571,9 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            match batch.write_to(&mut wr).await {
-                Ok(written) => written.into_iter().for_each(|d| buffers.give_back(d)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "write failed");
-                    return;
-                }
+            if let Err(e) = batch.write_to(&mut wr, |d| buffers.give_back(d)).await {
+                tracing::debug!(error = %e, "write failed");
+                return;
             }
         }
         if terminate {
@@ -610,21 +607,10 @@ fn put_response(batch: &mut Batch, resp: Response, digests: Digests, hpda: u8, q
             last: true,
             success,
         };
-        encode_prefix(&h, data.len(), digests, hpda, batch.head());
-        let crc = digests.data.then(|| crate::wire::tcp::digest(&data));
-        batch.push_data(data);
-        if let Some(crc) = crc {
-            batch.head().extend_from_slice(&crc);
-        }
+        batch.push_pdu(&h, data, digests, hpda);
         need_capsule = !success;
     }
     if need_capsule {
-        encode(
-            &PduHeader::CapsuleResp(cqe),
-            &[],
-            digests,
-            hpda,
-            batch.head(),
-        );
+        batch.push_pdu(&PduHeader::CapsuleResp(cqe), Bytes::new(), digests, hpda);
     }
 }
