@@ -187,6 +187,35 @@ async fn keep_alive_timeout_tears_the_controller_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_traffic_keeps_the_controller_alive_without_keep_alives() {
+    let t = common::start(8 << 20, vec![]).await;
+    let opts = HostOptions {
+        kato: Duration::ZERO,
+        ..Default::default()
+    };
+    let ctrl = HostController::connect(&t.address, common::NQN, &opts)
+        .await
+        .unwrap();
+    let ns = ctrl.namespace(1).await.unwrap();
+    let sub = t.target.subsystem(common::NQN).unwrap();
+    sub.controllers()[0].set_kato_ms(300);
+    // Traffic based keep alive: reads every 50 ms for five timeouts.
+    let busy_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < busy_until {
+        ns.read(0, buf::alloc(4096)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ctrl.is_connected());
+    // Silent from here: torn down after one to two timeouts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ctrl.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "not torn down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sub.controllers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discovery_controller_without_keep_alive_gets_a_default_timeout() {
     let t = common::start(8 << 20, vec![]).await;
     let opts = HostOptions {

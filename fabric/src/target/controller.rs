@@ -4,7 +4,7 @@
 //! that tears it down when the host goes silent.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -112,7 +112,8 @@ pub struct Controller {
     pub limits: Limits,
     state: Mutex<State>,
     created: Instant,
-    last_activity_ms: AtomicU64,
+    /// Whether a command came since the keep-alive monitor last looked.
+    activity: AtomicBool,
     kato: watch::Sender<u32>,
     dead: AtomicBool,
     token: CancellationToken,
@@ -152,7 +153,7 @@ impl Controller {
                 write_cache: true,
             }),
             created: Instant::now(),
-            last_activity_ms: AtomicU64::new(0),
+            activity: AtomicBool::new(true),
             kato: watch::Sender::new(kato_ms),
             dead: AtomicBool::new(false),
             token,
@@ -179,13 +180,19 @@ impl Controller {
     }
 
     /// Note host activity (any command resets the keep-alive timer: the
-    /// controller advertises traffic based keep alive).
+    /// controller advertises traffic based keep alive). A flag, read before
+    /// it is written: no clock read per command, and the queues' threads
+    /// keep sharing its cache line while it is set.
     pub fn touch(&self) {
-        let ms = self.created.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        if !self.activity.load(Ordering::Relaxed) {
+            self.activity.store(true, Ordering::Relaxed);
+        }
     }
 
-    /// Start the keep-alive monitor (no-op while KATO is 0).
+    /// Start the keep-alive monitor (no-op while KATO is 0). As in Linux's
+    /// target, the timer runs a whole KATO at a time and expires when no
+    /// command came during one, so a silent host is found after one to two
+    /// KATOs (a host sends its keep alives at least every KATO / 2).
     pub(crate) fn start_keep_alive(self: &Arc<Self>) {
         self.touch();
         let weak = Arc::downgrade(self);
@@ -193,29 +200,24 @@ impl Controller {
         let mut kato_rx = self.kato.subscribe();
         tokio::spawn(async move {
             loop {
-                let Some(ctrl) = weak.upgrade() else { return };
                 let kato = *kato_rx.borrow_and_update();
-                let wait = if kato == 0 {
-                    None
-                } else {
-                    let now = ctrl.created.elapsed().as_millis() as u64;
-                    let idle = now.saturating_sub(ctrl.last_activity_ms.load(Ordering::Relaxed));
-                    if idle >= kato as u64 {
-                        ctrl.shutdown("keep-alive timeout expired");
-                        return;
+                let timer = async {
+                    match kato {
+                        0 => std::future::pending().await,
+                        ms => tokio::time::sleep(Duration::from_millis(ms as u64)).await,
                     }
-                    Some(Duration::from_millis(kato as u64 - idle))
                 };
-                drop(ctrl);
                 tokio::select! {
                     _ = token.cancelled() => return,
-                    _ = kato_rx.changed() => {}
-                    _ = async {
-                        match wait {
-                            Some(d) => tokio::time::sleep(d).await,
-                            None => std::future::pending().await,
+                    // A new KATO starts a whole timer; no sender: controller gone.
+                    r = kato_rx.changed() => if r.is_err() { return },
+                    _ = timer => {
+                        let Some(ctrl) = weak.upgrade() else { return };
+                        if !ctrl.activity.swap(false, Ordering::Relaxed) {
+                            ctrl.shutdown("keep-alive timeout expired");
+                            return;
                         }
-                    } => {}
+                    }
                 }
             }
         });
