@@ -480,7 +480,8 @@ impl PduDecoder {
 
     /// Bytes still missing from the PDU at the front of `buf`, once its
     /// common header is there; call it after [`decode`](Self::decode)
-    /// returned `Ok(None)`, which checked the PDU's length.
+    /// returned `Ok(None)`, which checked the PDU's length. Making room for
+    /// them is the reader's business (decode never grows `buf`).
     pub fn missing(buf: &[u8]) -> Option<usize> {
         let plen = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?) as usize;
         Some(plen.saturating_sub(buf.len()))
@@ -625,7 +626,6 @@ impl PduDecoder {
             ));
         }
         if buf.len() < plen {
-            buf.reserve(plen - buf.len());
             return Ok(None);
         }
         let pdu = buf.split_to(plen).freeze();

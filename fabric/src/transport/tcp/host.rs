@@ -27,7 +27,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{read_one_pdu, TcpTransport};
+use super::{read_growth_needed, read_one_pdu, TcpTransport};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
 /// Largest data transfer of one command on a host queue: reads and writes
@@ -309,10 +309,6 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-/// Least free room in the receive buffer before a read.
-const MIN_READ_ROOM: usize = 16 * 1024;
-/// Least room a receive buffer grows by.
-const READ_GROWTH: usize = 64 * 1024;
 /// Data at least this large is worth taking back once the caller drops it.
 const RECYCLE_MIN: usize = 32 * 1024;
 /// Buffers of handed-out data watched at most.
@@ -326,20 +322,32 @@ const RECYCLE_KEEP: usize = 16;
 #[derive(Default)]
 struct HandedOut {
     data: Vec<Bytes>,
+    /// Room for one more PDU like the last large one (its data and room for
+    /// its header): a buffer grown for less would take only part of such a
+    /// PDU, which then moves to a larger one.
+    pdu_room: usize,
 }
+
+/// Room for a C2HData PDU's header, digests and padding besides its data.
+const PDU_HEADER_ROOM: usize = 128;
 
 impl HandedOut {
     /// Watch the buffer of a large C2HData's `data` (a clone of it).
     fn keep(&mut self, data: &Bytes) {
-        if data.len() >= RECYCLE_MIN && self.data.len() < RECYCLE_KEEP {
-            self.data.push(data.clone());
+        if data.len() >= RECYCLE_MIN {
+            self.pdu_room = data.len() + PDU_HEADER_ROOM;
+            if self.data.len() < RECYCLE_KEEP {
+                self.data.push(data.clone());
+            }
         }
     }
 
-    /// Move `rbuf`'s bytes into a buffer with at least `room` bytes free:
-    /// a taken-back one if one is large enough, else a new one.
+    /// Move `rbuf`'s bytes into a buffer with at least `room` bytes free,
+    /// and at least the size of a PDU like the last large one: a taken-back
+    /// one if one is large enough, else a new one.
     fn regrow(&mut self, rbuf: &mut BytesMut, room: usize) {
-        let want = rbuf.len() + room;
+        let want = (rbuf.len() + room).max(self.pdu_room);
+        let room = want - rbuf.len();
         let mut i = 0;
         while i < self.data.len() {
             if !self.data[i].is_unique() {
@@ -393,14 +401,21 @@ impl Reader {
                     break format!("fatal PDU error: {}", e.reason);
                 }
             }
-            // Room for the rest of the PDU being received (a large C2HData
-            // is read into one buffer, not grown and copied piece by piece).
-            let missing = PduDecoder::missing(&rbuf).unwrap_or(0);
-            if rbuf.capacity() - rbuf.len() < missing.max(MIN_READ_ROOM) {
-                handed_out.regrow(&mut rbuf, missing.max(READ_GROWTH));
+            if let Some(growth) = read_growth_needed(&rbuf) {
+                handed_out.regrow(&mut rbuf, growth);
             }
+            // A read ends where a large PDU in progress ends: the next PDU
+            // then starts a buffer of its own (taken back, sized to a PDU)
+            // instead of being copied out of this one for want of room.
+            let missing = PduDecoder::missing(&rbuf).unwrap_or(0);
+            let limit = if missing >= RECYCLE_MIN {
+                missing as u64
+            } else {
+                u64::MAX
+            };
+            let mut limited = (&mut rd).take(limit);
             tokio::select! {
-                r = rd.read_buf(&mut rbuf) => match r {
+                r = limited.read_buf(&mut rbuf) => match r {
                     Ok(0) => break "controller closed the connection".to_string(),
                     Ok(_) => {}
                     Err(e) => break format!("read failed: {e}"),

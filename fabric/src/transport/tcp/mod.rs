@@ -18,6 +18,22 @@ use super::TransportError;
 /// never needs an R2T round trip).
 pub const DEFAULT_INLINE_DATA: u32 = 16384;
 
+/// Least free room in a receive buffer before a read.
+const MIN_READ_ROOM: usize = 16 * 1024;
+/// Least room a receive buffer grows by.
+const READ_GROWTH: usize = 64 * 1024;
+
+/// How much `rbuf` must grow by before the next read, if it must: room for
+/// the rest of the PDU in progress (a large PDU is read into one buffer, not
+/// grown and copied piece by piece), or [`MIN_READ_ROOM`] between PDUs. A
+/// PDU nearly complete in a nearly full buffer is finished in place rather
+/// than moved.
+fn read_growth_needed(rbuf: &BytesMut) -> Option<usize> {
+    let missing = PduDecoder::missing(rbuf).unwrap_or(0);
+    let need = if missing > 0 { missing } else { MIN_READ_ROOM };
+    (rbuf.capacity() - rbuf.len() < need).then(|| missing.max(READ_GROWTH))
+}
+
 /// Time allowed for connection initialization (ICReq/ICResp).
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,4 +102,35 @@ async fn read_one_pdu<R: AsyncRead + Unpin>(
     tokio::time::timeout(IC_TIMEOUT, fut)
         .await
         .map_err(|_| TransportError::Timeout(IC_TIMEOUT))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp::pdu_type;
+
+    /// `len` bytes of a C2HData PDU of `plen` bytes in a buffer of `cap`.
+    fn partial_pdu(plen: u32, len: usize, cap: usize) -> BytesMut {
+        let mut b = BytesMut::with_capacity(cap);
+        b.extend_from_slice(&[pdu_type::C2H_DATA, 0, 24, 24]);
+        b.extend_from_slice(&plen.to_le_bytes());
+        b.resize(len, 0);
+        b
+    }
+
+    #[test]
+    fn receive_buffers_grow_for_the_whole_pdu_and_only_when_needed() {
+        // The rest of a nearly complete PDU fits: finished in place.
+        let b = partial_pdu(1000, 990, 1000);
+        assert!(b.capacity() >= 1000);
+        assert_eq!(read_growth_needed(&b), None);
+        // A large PDU gets room for all of what is missing at once.
+        let b = partial_pdu(200_000, 100, 4096);
+        assert_eq!(read_growth_needed(&b), Some(199_900));
+        // Between PDUs: at least MIN_READ_ROOM free.
+        let b = BytesMut::with_capacity(100);
+        assert_eq!(read_growth_needed(&b), Some(READ_GROWTH));
+        let b = BytesMut::with_capacity(MIN_READ_ROOM);
+        assert_eq!(read_growth_needed(&b), None);
+    }
 }

@@ -30,7 +30,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{TcpTransport, IC_TIMEOUT};
+use super::{read_growth_needed, TcpTransport, IC_TIMEOUT};
 use crate::transport::read_buffers::ReadBuffers;
 
 /// How long a closing connection waits for its in-flight commands.
@@ -300,8 +300,8 @@ impl Connection {
             if let Some(why) = stop {
                 break why;
             }
-            if rbuf.capacity() - rbuf.len() < 16 * 1024 {
-                rbuf.reserve(64 * 1024);
+            if let Some(growth) = read_growth_needed(&rbuf) {
+                rbuf.reserve(growth);
             }
             if inflight.is_empty() && !self.poll.is_zero() {
                 match poll_read(rd, &mut rbuf, self.poll).await {
