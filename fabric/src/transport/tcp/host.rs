@@ -27,7 +27,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{read_growth_needed, read_one_pdu, TcpTransport};
+use super::{read_buffer_needed, read_one_pdu, TcpTransport};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
 /// Largest data transfer of one command on a host queue: reads and writes
@@ -322,9 +322,9 @@ const RECYCLE_KEEP: usize = 16;
 #[derive(Default)]
 struct HandedOut {
     data: Vec<Bytes>,
-    /// Room for one more PDU like the last large one (its data and room for
-    /// its header): a buffer grown for less would take only part of such a
-    /// PDU, which then moves to a larger one.
+    /// Room for one more PDU like the last one if it was large (its data
+    /// and room for its header), else 0: a buffer grown for less would take
+    /// only part of such a PDU, which then moves to a larger one.
     pdu_room: usize,
 }
 
@@ -332,22 +332,24 @@ struct HandedOut {
 const PDU_HEADER_ROOM: usize = 128;
 
 impl HandedOut {
-    /// Watch the buffer of a large C2HData's `data` (a clone of it).
+    /// Note a C2HData's `data`, and watch its buffer (a clone of it) if it
+    /// is large.
     fn keep(&mut self, data: &Bytes) {
-        if data.len() >= RECYCLE_MIN {
-            self.pdu_room = data.len() + PDU_HEADER_ROOM;
-            if self.data.len() < RECYCLE_KEEP {
-                self.data.push(data.clone());
-            }
+        if data.len() < RECYCLE_MIN {
+            self.pdu_room = 0;
+            return;
+        }
+        self.pdu_room = data.len() + PDU_HEADER_ROOM;
+        if self.data.len() < RECYCLE_KEEP {
+            self.data.push(data.clone());
         }
     }
 
-    /// Move `rbuf`'s bytes into a buffer with at least `room` bytes free,
-    /// and at least the size of a PDU like the last large one: a taken-back
-    /// one if one is large enough, else a new one.
-    fn regrow(&mut self, rbuf: &mut BytesMut, room: usize) {
-        let want = (rbuf.len() + room).max(self.pdu_room);
-        let room = want - rbuf.len();
+    /// Move `rbuf`'s bytes into a buffer of at least `capacity` bytes, and
+    /// at least the size of a PDU like the last large one: a taken-back one
+    /// if one is large enough, else a new one of just that size.
+    fn regrow(&mut self, rbuf: &mut BytesMut, capacity: usize) {
+        let want = capacity.max(self.pdu_room);
         let mut i = 0;
         while i < self.data.len() {
             if !self.data[i].is_unique() {
@@ -363,7 +365,9 @@ impl HandedOut {
                 }
             }
         }
-        rbuf.reserve(room);
+        let mut buf = BytesMut::with_capacity(want);
+        buf.extend_from_slice(rbuf);
+        *rbuf = buf;
     }
 }
 
@@ -401,8 +405,8 @@ impl Reader {
                     break format!("fatal PDU error: {}", e.reason);
                 }
             }
-            if let Some(growth) = read_growth_needed(&rbuf) {
-                handed_out.regrow(&mut rbuf, growth);
+            if let Some(capacity) = read_buffer_needed(&rbuf) {
+                handed_out.regrow(&mut rbuf, capacity);
             }
             // A read ends where a large PDU in progress ends: the next PDU
             // then starts a buffer of its own (taken back, sized to a PDU)
@@ -630,5 +634,23 @@ mod tests {
         // Small data is not watched.
         handed.keep(&Bytes::from(vec![0u8; 100]));
         assert!(handed.data.is_empty());
+    }
+
+    #[test]
+    fn buffers_grow_to_a_whole_pdu_while_the_last_one_was_large() {
+        let mut handed = HandedOut::default();
+        let large = Bytes::from(vec![0u8; 128 * 1024]);
+        handed.keep(&large);
+        // Between PDUs, room for a whole one like it: a read cannot end
+        // part way into the next for want of room.
+        let mut rbuf = BytesMut::new();
+        handed.regrow(&mut rbuf, 1024);
+        assert!(rbuf.capacity() >= 128 * 1024 + PDU_HEADER_ROOM);
+        // After small data, buffers stay small.
+        handed.keep(&Bytes::from(vec![0u8; 4096]));
+        let mut rbuf = BytesMut::new();
+        handed.regrow(&mut rbuf, 1024);
+        assert!(rbuf.capacity() < 64 * 1024);
+        drop(large);
     }
 }

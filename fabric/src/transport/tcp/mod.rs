@@ -20,18 +20,25 @@ pub const DEFAULT_INLINE_DATA: u32 = 16384;
 
 /// Least free room in a receive buffer before a read.
 const MIN_READ_ROOM: usize = 16 * 1024;
-/// Least room a receive buffer grows by.
-const READ_GROWTH: usize = 64 * 1024;
+/// Least capacity of a new receive buffer (one size for the common case, so
+/// that the allocator hands the same blocks back and forth instead of
+/// growing and trimming its heap).
+const READ_BUFFER: usize = 64 * 1024;
 
-/// How much `rbuf` must grow by before the next read, if it must: room for
-/// the rest of the PDU in progress (a large PDU is read into one buffer, not
-/// grown and copied piece by piece), or [`MIN_READ_ROOM`] between PDUs. A
-/// PDU nearly complete in a nearly full buffer is finished in place rather
-/// than moved.
-fn read_growth_needed(rbuf: &BytesMut) -> Option<usize> {
+/// The capacity of the buffer `rbuf`'s bytes must move to before the next
+/// read, if they must: room for the rest of the PDU in progress (a large
+/// PDU is read into one buffer, not grown and copied piece by piece) and
+/// [`MIN_READ_ROOM`], so that small PDUs are read many at a time. When more
+/// than [`MIN_READ_ROOM`] bytes are waiting in `rbuf`, a PDU nearly complete
+/// in a nearly full buffer is finished in place rather than moved.
+fn read_buffer_needed(rbuf: &BytesMut) -> Option<usize> {
     let missing = PduDecoder::missing(rbuf).unwrap_or(0);
-    let need = if missing > 0 { missing } else { MIN_READ_ROOM };
-    (rbuf.capacity() - rbuf.len() < need).then(|| missing.max(READ_GROWTH))
+    let need = if rbuf.len() > MIN_READ_ROOM {
+        missing
+    } else {
+        missing.max(MIN_READ_ROOM)
+    };
+    (rbuf.capacity() - rbuf.len() < need).then(|| (rbuf.len() + need).max(READ_BUFFER))
 }
 
 /// Time allowed for connection initialization (ICReq/ICResp).
@@ -120,17 +127,20 @@ mod tests {
 
     #[test]
     fn receive_buffers_grow_for_the_whole_pdu_and_only_when_needed() {
-        // The rest of a nearly complete PDU fits: finished in place.
+        // The rest of a nearly complete large PDU fits: finished in place.
+        let b = partial_pdu(100_000, 99_990, 100_000);
+        assert!(b.capacity() >= 100_000);
+        assert_eq!(read_buffer_needed(&b), None);
+        // A small one moves, for room to read the PDUs after it too.
         let b = partial_pdu(1000, 990, 1000);
-        assert!(b.capacity() >= 1000);
-        assert_eq!(read_growth_needed(&b), None);
-        // A large PDU gets room for all of what is missing at once.
+        assert_eq!(read_buffer_needed(&b), Some(READ_BUFFER));
+        // A large PDU gets room for all of it at once.
         let b = partial_pdu(200_000, 100, 4096);
-        assert_eq!(read_growth_needed(&b), Some(199_900));
+        assert_eq!(read_buffer_needed(&b), Some(200_000));
         // Between PDUs: at least MIN_READ_ROOM free.
         let b = BytesMut::with_capacity(100);
-        assert_eq!(read_growth_needed(&b), Some(READ_GROWTH));
+        assert_eq!(read_buffer_needed(&b), Some(READ_BUFFER));
         let b = BytesMut::with_capacity(MIN_READ_ROOM);
-        assert_eq!(read_growth_needed(&b), None);
+        assert_eq!(read_buffer_needed(&b), None);
     }
 }

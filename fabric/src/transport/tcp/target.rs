@@ -30,7 +30,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{read_growth_needed, TcpTransport, IC_TIMEOUT};
+use super::{read_buffer_needed, TcpTransport, IC_TIMEOUT};
 use crate::transport::read_buffers::ReadBuffers;
 
 /// How long a closing connection waits for its in-flight commands.
@@ -300,8 +300,8 @@ impl Connection {
             if let Some(why) = stop {
                 break why;
             }
-            if let Some(growth) = read_growth_needed(&rbuf) {
-                rbuf.reserve(growth);
+            if let Some(capacity) = read_buffer_needed(&rbuf) {
+                rbuf.reserve(capacity - rbuf.len());
             }
             if inflight.is_empty() && !self.poll.is_zero() {
                 match poll_read(rd, &mut rbuf, self.poll).await {
