@@ -15,6 +15,8 @@ struct Cli {
     /// at least 1]. More threads spread connections over more cores but
     /// add wake-ups between them: a queue and the RDMA device's completion
     /// poller on different threads cost a thread switch per completion.
+    /// With 1, everything runs on the main thread (tokio's current-thread
+    /// scheduler).
     #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
@@ -65,11 +67,18 @@ fn main() -> ExitCode {
     let workers = cli
         .worker_threads
         .map_or_else(default_worker_threads, usize::from);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    // One worker: tokio's current-thread scheduler. It runs the same tasks
+    // on one thread without the multi-thread scheduler's bookkeeping on
+    // every wake-up (idle-worker tracking, poll-time statistics); see
+    // perf/RESULTS.md, 2026-11-27.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fabricd: cannot start the runtime: {e}");
