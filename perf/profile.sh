@@ -3,8 +3,8 @@
 # on this machine's loopback over TCP, samples both with `perf record`
 # (cpu-clock, DWARF call graphs, so Rust frames without frame pointers are
 # unwound), and writes for each process a flamegraph (SVG, by inferno) and the
-# top of `perf report` (text) to the output directory. The guest cannot be
-# profiled this way: under TCG its samples land only in the idle loop.
+# top of `perf report` (text) to the output directory. For the guest, ours
+# against the kernel target, see perf/guest-profile.sh.
 #
 # usage: perf/profile.sh [--qd N] [--bs SIZE] [--workload W] [--seconds S]
 #                        [--namespace SPEC] [--out DIR]

@@ -4,9 +4,8 @@
 # backends (our null namespace, null_blk). For each target: IOPS; the whole
 # guest's user, system and softirq CPU per I/O; per thread, CPU and context
 # switches per I/O; and the kernel stacks that wake threads and that raise
-# tasklets, counted exactly with tracefs histogram triggers. A sampling
-# profile is no use in the guest: under TCG perf's cpu-clock samples land
-# only in the idle loop.
+# tasklets, counted exactly with tracefs histogram triggers. For a sampling
+# profile of the same comparison see perf/guest-profile.sh.
 #
 # usage: ci/guest-run -- perf/wake-profile.sh [tcp|rdma] [QD] [BS] [RW] [ROUNDS]
 #        (default: rdma 32 4k randread 1; ROUNDS alternates ours and nvmet)
@@ -23,8 +22,7 @@ esac
 NQN=nqn.2026-11.io.fabric:wake-profile
 T=/sys/kernel/tracing
 [[ -d $T/events ]] || mount -t tracefs nodev $T || exit 1
-modprobe -a "nvme-$transport" nvmet "nvmet-$transport" || exit 1
-modprobe null_blk nr_devices=1 gb=1 || exit 1
+. "$(dirname "$0")/guest-targets.sh"
 WINDOW=5
 
 # The triggers: who wakes whom (sched_waking runs in the waker, also when
@@ -134,29 +132,15 @@ PY
 }
 
 ours() {
-    start_fabricd wake-profile --listen "$transport://$addr:4420" --nqn $NQN --namespace null:1G || exit 1
-    nvme connect -t "$transport" -a "$addr" -s 4420 -n $NQN --hostnqn="$HOSTNQN" >/dev/null || exit 1
-    wait_for "namespace" 30 count_namespaces $NQN 1
-    measure "ours-$1" "$(namespaces_of $NQN | head -1)"
-    nvme disconnect -n $NQN >/dev/null
-    kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+    serve_ours wake-profile
+    measure "ours-$1" "$DEV"
+    unserve_ours
 }
 
 kernel() {
-    local c=/sys/kernel/config/nvmet
-    mkdir -p "$c/subsystems/$NQN/namespaces/1" "$c/ports/1"
-    echo 1 >"$c/subsystems/$NQN/attr_allow_any_host"
-    echo -n /dev/nullb0 >"$c/subsystems/$NQN/namespaces/1/device_path"
-    echo 1 >"$c/subsystems/$NQN/namespaces/1/enable"
-    echo "$addr" >"$c/ports/1/addr_traddr"; echo "$transport" >"$c/ports/1/addr_trtype"
-    echo 4421 >"$c/ports/1/addr_trsvcid"; echo ipv4 >"$c/ports/1/addr_adrfam"
-    ln -s "$c/subsystems/$NQN" "$c/ports/1/subsystems/$NQN"
-    nvme connect -t "$transport" -a "$addr" -s 4421 -n $NQN --hostnqn="$HOSTNQN" >/dev/null || exit 1
-    wait_for "namespace" 30 count_namespaces $NQN 1
-    measure "nvmet-$1" "$(namespaces_of $NQN | head -1)"
-    nvme disconnect -n $NQN >/dev/null
-    rm "$c/ports/1/subsystems/$NQN"; echo 0 >"$c/subsystems/$NQN/namespaces/1/enable"
-    rmdir "$c/subsystems/$NQN/namespaces/1" "$c/subsystems/$NQN" "$c/ports/1"
+    serve_nvmet
+    measure "nvmet-$1" "$DEV"
+    unserve_nvmet
 }
 
 echo "wake-profile: $transport $bs $rw QD$qd, null backends, fio through the Linux host, ${WINDOW} s windows"
