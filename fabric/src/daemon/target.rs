@@ -78,6 +78,10 @@ pub struct TargetArgs {
     /// RDMA: in-capsule data accepted on I/O queues [default: 8K].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub rdma_inline: Option<u64>,
+    /// RDMA: microseconds a device's completion poller keeps polling after
+    /// the last completion before it sleeps (0 to 10000) [default: 300].
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub rdma_poll_us: Option<u64>,
     /// TCP: microseconds an idle connection keeps reading its socket
     /// before it sleeps (0 to 10000; lower latency at low queue depth for
     /// up to this much CPU per idle spell) [default: 0, off].
@@ -262,6 +266,12 @@ impl TargetArgs {
                 bail!("--rdma-inline {sz} must be a multiple of 16 up to 64K");
             }
             rdma.inline_data_size = sz as u32;
+        }
+        if let Some(us) = self.rdma_poll_us {
+            if us > 10_000 {
+                bail!("--rdma-poll-us {us} must be from 0 to 10000");
+            }
+            rdma.poll_spin = Duration::from_micros(us);
         }
         let mut tcp = TcpTransport::default();
         if let Some(us) = self.tcp_poll_us {

@@ -16,9 +16,12 @@
 //! starve the host side of the same machine.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
@@ -71,8 +74,9 @@ pub struct DeviceConfig {
     pub slots: u32,
     /// Whether peers may read and write the data slots (host side).
     pub remote_access: bool,
-    /// Empty polls before sleeping on the completion channel.
-    pub spin_polls: u32,
+    /// How long the poller keeps polling after the last completion before
+    /// it sleeps on the completion channel.
+    pub poll_spin: Duration,
 }
 
 /// A receive delivered to the queue that owns its QP.
@@ -104,7 +108,7 @@ pub struct Device {
     pub limits: DeviceLimits,
     routes: Mutex<HashMap<u32, mpsc::UnboundedSender<Received>>>,
     ops: Mutex<Slab<oneshot::Sender<WorkCompletion>>>,
-    spin_polls: u32,
+    poll_spin: Duration,
     retired: CancellationToken,
 }
 
@@ -158,7 +162,7 @@ impl Device {
             limits,
             routes: Mutex::new(HashMap::new()),
             ops: Mutex::new(Slab::new()),
-            spin_polls: cfg.spin_polls,
+            poll_spin: cfg.poll_spin,
             retired: CancellationToken::new(),
         });
         dev.cq.arm()?;
@@ -270,12 +274,12 @@ impl Device {
 async fn poll_loop(fd: AsyncFd<ChannelFd>) {
     let dev = fd.get_ref().0.clone();
     let mut wcs = Vec::with_capacity(super::verbs::POLL_BATCH);
-    let mut empty = 0u32;
+    let mut last_completion = Instant::now();
     loop {
         match dev.cq.poll(&mut wcs) {
             Ok(0) => {}
             Ok(_) => {
-                empty = 0;
+                last_completion = Instant::now();
                 for wc in wcs.drain(..) {
                     dev.dispatch(wc);
                 }
@@ -293,9 +297,11 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
         if retired && Arc::strong_count(&dev) <= 2 {
             break;
         }
-        empty += 1;
-        if empty <= dev.spin_polls {
-            tokio::task::yield_now().await;
+        if last_completion.elapsed() < dev.poll_spin {
+            // Let the tasks just woken run, then poll again; no system call
+            // (tokio's `yield_now` would poll the I/O driver each time,
+            // one `epoll_wait` per empty poll).
+            Reschedule(false).await;
             continue;
         }
         // Idle: arm, poll once more (a completion may have slipped in before
@@ -315,7 +321,7 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
                 Ok(mut guard) => {
                     guard.clear_ready();
                     dev.channel.drain(&dev.cq);
-                    empty = 0;
+                    last_completion = Instant::now();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot wait on the completion channel; RDMA device stopped");
@@ -334,4 +340,22 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
     drop(dev);
     drop(fd);
     tracing::info!("RDMA device released");
+}
+
+/// Yields once to the runtime's other ready tasks: wakes itself and
+/// returns pending, so the task is queued again behind them. The runtime
+/// still polls its I/O driver at its usual interval.
+struct Reschedule(bool);
+
+impl Future for Reschedule {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }

@@ -56,11 +56,17 @@ pub struct RdmaConfig {
     pub slot_size: usize,
     /// Data slots per device.
     pub slots: u32,
-    /// Empty completion polls before sleeping on the completion channel.
-    pub spin_polls: u32,
+    /// How long a device's completion poller keeps polling after the last
+    /// completion before it sleeps on the completion channel.
+    pub poll_spin: std::time::Duration,
     /// SGL data block descriptors accepted per command.
     pub sgl_descriptors: u8,
 }
+
+/// Default [`RdmaConfig::poll_spin`]: long enough, in the emulated guest,
+/// to catch the next command of a queue-depth-1 stream without sleeping
+/// (perf/RESULTS.md, 2026-11-27); a busy device never sleeps.
+pub const DEFAULT_POLL_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
 
 impl Default for RdmaConfig {
     fn default() -> Self {
@@ -69,7 +75,7 @@ impl Default for RdmaConfig {
             srq_entries: 1024,
             slot_size: 128 * 1024,
             slots: 512,
-            spin_polls: 8,
+            poll_spin: DEFAULT_POLL_SPIN,
             sgl_descriptors: 16,
         }
     }
@@ -164,7 +170,7 @@ impl Devices {
             slot_size: self.config.slot_size,
             slots: self.config.slots,
             remote_access: !target,
-            spin_polls: self.config.spin_polls,
+            poll_spin: self.config.poll_spin,
         };
         let dev = Device::open(id, cfg).map_err(|e| TransportError::io("RDMA device set-up", e))?;
         tracing::info!(
