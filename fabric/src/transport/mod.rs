@@ -6,6 +6,7 @@
 mod pending;
 pub mod rdma;
 mod read_buffers;
+mod reschedule;
 pub mod tcp;
 
 use std::sync::Arc;

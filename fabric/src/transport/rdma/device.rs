@@ -16,11 +16,8 @@
 //! starve the host side of the same machine.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +32,7 @@ use super::verbs::{
     Access, CmId, CompletionChannel, CompletionQueue, DeviceContext, DeviceKey, DeviceLimits,
     ProtectionDomain, SharedReceiveQueue, WorkCompletion,
 };
+use crate::transport::reschedule::reschedule;
 
 /// Top byte of a work request id: what completed.
 const KIND_SHIFT: u32 = 56;
@@ -301,7 +299,7 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
             // Let the tasks just woken run, then poll again; no system call
             // (tokio's `yield_now` would poll the I/O driver each time,
             // one `epoll_wait` per empty poll).
-            Reschedule(false).await;
+            reschedule().await;
             continue;
         }
         // Idle: arm, poll once more (a completion may have slipped in before
@@ -340,22 +338,4 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
     drop(dev);
     drop(fd);
     tracing::info!("RDMA device released");
-}
-
-/// Yields once to the runtime's other ready tasks: wakes itself and
-/// returns pending, so the task is queued again behind them. The runtime
-/// still polls its I/O driver at its usual interval.
-struct Reschedule(bool);
-
-impl Future for Reschedule {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::target::{
     Port, Queue, Request, Response, Target, Transfer, TransportCaps, TransportKind,
 };
+use crate::transport::reschedule::reschedule;
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
@@ -85,8 +86,8 @@ impl TargetTransport for TcpTransport {
     }
 }
 
-/// Read without sleeping for up to `period`, yielding to other tasks
-/// between attempts; `None` when nothing arrived.
+/// Read without sleeping for up to `period`, letting the other ready tasks
+/// run between attempts; `None` when nothing arrived.
 async fn poll_read(
     rd: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
@@ -95,7 +96,7 @@ async fn poll_read(
     let until = std::time::Instant::now() + period;
     while std::time::Instant::now() < until {
         match rd.try_read_buf(rbuf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tokio::task::yield_now().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => reschedule().await,
             r => return Some(r),
         }
     }
