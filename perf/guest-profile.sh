@@ -23,6 +23,11 @@ case $transport in
     rdma) addr=${RDMA_IP:?no soft-RoCE device in the guest} ;;
     *) echo "guest-profile: transport must be tcp or rdma, not '$transport'" >&2; exit 2 ;;
 esac
+command -v perf >/dev/null || {
+    echo "guest-profile: perf is missing; the guest runs the host's programs:" \
+        "install linux-perf on the host (perf/profile.sh does, with inferno)" >&2
+    exit 1
+}
 NQN=nqn.2026-11.io.fabric:guest-profile
 OUT=$root/target/guest-profile/$transport-$qd-$bs-$rw
 mkdir -p "$OUT"
