@@ -18,20 +18,15 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 FABRICD=${FABRICD:-$root/target/release/fabricd}
 . "$root/ci/guest/lib.sh"
 transport=${1:-rdma} qd=${2:-32} bs=${3:-4k} rw=${4:-randread}
-case $transport in
-    tcp) addr=127.0.0.1 ;;
-    rdma) addr=${RDMA_IP:?no soft-RoCE device in the guest} ;;
-    *) echo "guest-profile: transport must be tcp or rdma, not '$transport'" >&2; exit 2 ;;
-esac
 command -v perf >/dev/null || {
     echo "guest-profile: perf is missing; the guest runs the host's programs:" \
         "install linux-perf on the host (perf/profile.sh does, with inferno)" >&2
     exit 1
 }
+. "$root/perf/guest-targets.sh"
 NQN=nqn.2026-11.io.fabric:guest-profile
 OUT=$root/target/guest-profile/$transport-$qd-$bs-$rw
 mkdir -p "$OUT"
-. "$root/perf/guest-targets.sh"
 FREQ=499 WINDOW=10
 PATH=$PATH:$HOME/.cargo/bin
 

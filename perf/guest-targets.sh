@@ -1,8 +1,14 @@
 # Sourced by the guest measurement scripts (after ci/guest/lib.sh): serve a
 # null namespace from ours (fabricd, our `null:` backend) or from the kernel
-# target (nvmet, null_blk) over TRANSPORT, connect the Linux host to it, and
-# tear it all down again. Needs: transport, addr and NQN set by the caller.
+# target (nvmet, null_blk) over `transport` (tcp or rdma, set by the caller,
+# who also sets NQN before serving), connect the Linux host to it, and tear
+# it all down again. Sets `addr`, the address served on.
 
+case $transport in
+    tcp) addr=127.0.0.1 ;;
+    rdma) addr=${RDMA_IP:?no soft-RoCE device in the guest} ;;
+    *) echo "$(basename "$0"): transport must be tcp or rdma, not '$transport'" >&2; exit 2 ;;
+esac
 modprobe -a "nvme-$transport" nvmet "nvmet-$transport" || exit 1
 [[ -e /dev/nullb0 ]] || modprobe null_blk nr_devices=1 gb=1 || exit 1
 

@@ -14,15 +14,10 @@ set -uo pipefail
 FABRICD=${FABRICD:-$(cd "$(dirname "$0")/.." && pwd)/target/release/fabricd}
 . "$(dirname "$0")/../ci/guest/lib.sh"
 transport=${1:-rdma} qd=${2:-32} bs=${3:-4k} rw=${4:-randread} rounds=${5:-1}
-case $transport in
-    tcp) addr=127.0.0.1 ;;
-    rdma) addr=${RDMA_IP:?no soft-RoCE device in the guest} ;;
-    *) echo "wake-profile: transport must be tcp or rdma, not '$transport'" >&2; exit 2 ;;
-esac
+. "$(dirname "$0")/guest-targets.sh"
 NQN=nqn.2026-11.io.fabric:wake-profile
 T=/sys/kernel/tracing
 [[ -d $T/events ]] || mount -t tracefs nodev $T || exit 1
-. "$(dirname "$0")/guest-targets.sh"
 WINDOW=5
 
 # The triggers: who wakes whom (sched_waking runs in the waker, also when
