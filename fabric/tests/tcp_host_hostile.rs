@@ -101,6 +101,7 @@ async fn connected() -> (FakeController, std::sync::Arc<dyn HostQueue>) {
         inline_data_size: 0,
         digests: Digests::default(),
         timeout: Duration::from_secs(5),
+        poll: Duration::ZERO,
     };
     let (fake, queue) = tokio::join!(FakeController::accept(&listener), async {
         host_transport(TransportKind::Tcp)

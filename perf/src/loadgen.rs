@@ -66,6 +66,8 @@ pub struct LoadSpec {
     pub digests: bool,
     /// Seed of offsets and of the verify pattern.
     pub seed: u64,
+    /// TCP: how long a queue waiting for responses reads without sleeping.
+    pub poll: Duration,
 }
 
 /// Why a run failed.
@@ -420,6 +422,7 @@ pub async fn run(spec: &LoadSpec, progress: bool) -> Result<RunReport, PerfError
             header: spec.digests,
             data: spec.digests,
         },
+        poll: spec.poll,
         ..HostOptions::default()
     };
     if let Some(h) = &spec.hostnqn {

@@ -72,6 +72,11 @@ struct Args {
     /// Seed of the random offsets and of the verify pattern.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// TCP: microseconds a queue waiting for responses keeps reading
+    /// without sleeping each time it finds nothing (0: sleep at once).
+    /// RDMA completions are polled by the device (300 µs).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    poll_us: u64,
     /// Runtime threads (1: everything on one thread, the cheapest per I/O).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -109,6 +114,7 @@ impl Args {
             hostnqn: self.hostnqn.clone(),
             digests: self.digests,
             seed: self.seed,
+            poll: Duration::from_micros(self.poll_us),
         }
     }
 }

@@ -48,6 +48,7 @@ fn spec(address: PortAddress) -> LoadSpec {
         hostnqn: None,
         digests: false,
         seed: 1,
+        poll: Duration::ZERO,
     }
 }
 
@@ -74,6 +75,31 @@ async fn randrw_with_verify_checks_every_block_it_wrote() {
     assert!(v.blocks_checked >= 500, "{v:?}");
     assert!(r.latency.p50_us > 0.0 && r.latency.max_us >= r.latency.p99_us);
     assert!(r.iops > 0.0 && r.mb_per_s > 0.0);
+    t.shutdown();
+}
+
+#[tokio::test]
+async fn polling_queues_carry_writes_and_reads_intact() {
+    let (t, addr) = target().await;
+    // 32 KiB writes go by R2T (above the in-capsule size), reads as
+    // C2HData: both paths while the reader polls instead of sleeping.
+    let s = LoadSpec {
+        workload: Workload::Randrw,
+        io_size: 32 << 10,
+        iodepth: 2,
+        queues: 1,
+        ios: Some(600),
+        size: Some(2 << 20),
+        verify: true,
+        poll: Duration::from_millis(2),
+        ..spec(addr)
+    };
+    let r = run(&s, false).await.unwrap();
+    assert_eq!(r.errors, 0);
+    assert!(r.read.unwrap().ios > 0 && r.write.unwrap().ios > 0);
+    let v = r.verify.unwrap();
+    assert_eq!(v.mismatches, 0);
+    assert!(v.blocks_checked >= 32, "{v:?}");
     t.shutdown();
 }
 

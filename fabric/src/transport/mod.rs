@@ -141,6 +141,10 @@ pub struct QueueParams {
     pub digests: Digests,
     /// Per-command timeout.
     pub timeout: Duration,
+    /// TCP: how long the queue, while it waits for responses, keeps
+    /// reading without sleeping each time it finds nothing (zero: it
+    /// sleeps at once). RDMA polls per device instead (`RdmaConfig`).
+    pub poll: Duration,
 }
 
 /// One queue of the host side.

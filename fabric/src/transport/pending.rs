@@ -71,6 +71,11 @@ impl<P> PendingCommands<P> {
         })
     }
 
+    /// Whether no command is outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Take a command out (completed or abandoned).
     pub fn remove(&self, cid: u16) -> Option<Entry<P>> {
         self.lock().try_remove(cid as usize)

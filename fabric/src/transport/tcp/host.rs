@@ -7,6 +7,7 @@
 //! commands are outstanding.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -16,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::target::PortAddress;
+use crate::transport::reschedule::reschedule;
 use crate::transport::{
     CommandResult, HostData, HostQueue, HostTransport, QueueParams, TransportError,
 };
@@ -188,6 +190,7 @@ impl HostTransport for TcpTransport {
             tx,
             digests: resp.digests,
             maxh2cdata: resp.maxh2cdata as usize,
+            poll: params.poll,
         };
         tokio::spawn(reader.run(rd, dec, rbuf));
         Ok(queue)
@@ -376,6 +379,8 @@ struct Reader {
     tx: mpsc::UnboundedSender<Outgoing>,
     digests: Digests,
     maxh2cdata: usize,
+    /// How long to keep reading without sleeping while commands wait.
+    poll: Duration,
 }
 
 impl Reader {
@@ -417,6 +422,14 @@ impl Reader {
             } else {
                 u64::MAX
             };
+            if limit == u64::MAX && !self.poll.is_zero() {
+                match self.poll_read(&rd, &mut rbuf).await {
+                    Some(Ok(0)) => break "controller closed the connection".to_string(),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break format!("read failed: {e}"),
+                    None => {}
+                }
+            }
             let mut limited = (&mut rd).take(limit);
             tokio::select! {
                 r = limited.read_buf(&mut rbuf) => match r {
@@ -428,6 +441,29 @@ impl Reader {
             }
         };
         self.shared.fail_all(&why);
+    }
+
+    /// Read without sleeping while commands are outstanding, for up to
+    /// the poll period, letting the other ready tasks (the submitters
+    /// among them) run between attempts; `None` when it gave up.
+    async fn poll_read(
+        &self,
+        rd: &OwnedReadHalf,
+        rbuf: &mut BytesMut,
+    ) -> Option<std::io::Result<usize>> {
+        let until = Instant::now() + self.poll;
+        loop {
+            match rd.try_read_buf(rbuf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Some(r),
+            }
+            // The yield first: a response just handled lets its submitter
+            // send the next command before the queue looks empty.
+            reschedule().await;
+            if self.shared.is_empty() || self.shared.is_closed() || Instant::now() >= until {
+                return None;
+            }
+        }
     }
 
     fn complete(&self, cqe: Completion) {
