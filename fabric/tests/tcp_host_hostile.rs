@@ -211,3 +211,62 @@ async fn a_malformed_pdu_gets_one_term_req() {
     }
     assert_eq!(terms, 1, "the host must send exactly one H2CTermReq");
 }
+
+#[tokio::test]
+async fn abandoned_commands_keep_their_slots_until_answered() {
+    let (mut fake, queue) = connected().await;
+    // A queue of 32 entries carries 31 commands. Submit 31 and abandon
+    // them once they are on the wire.
+    let abandoned: Vec<_> = (0..31)
+        .map(|_| submit_in_background(&queue, Command::new(io::FLUSH), HostData::None))
+        .collect();
+    let mut cids = Vec::new();
+    for _ in 0..31 {
+        cids.push(fake.recv_cmd().await.cid);
+    }
+    for task in &abandoned {
+        task.abort();
+    }
+    for task in abandoned {
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    // Still outstanding at the controller: the next command must wait.
+    let next = submit_in_background(&queue, Command::new(io::FLUSH), HostData::None);
+    assert!(
+        fake.recv().await.is_none(),
+        "a 32nd command was sent while 31 were outstanding"
+    );
+    // One answered: the waiting command goes out, and completes.
+    fake.send(
+        &PduHeader::CapsuleResp(Completion::new(cids[0], Status::SUCCESS)),
+        &[],
+    )
+    .await;
+    let cmd = fake.recv_cmd().await;
+    fake.send(
+        &PduHeader::CapsuleResp(Completion::new(cmd.cid, Status::SUCCESS)),
+        &[],
+    )
+    .await;
+    let r = next.await.unwrap().unwrap();
+    assert_eq!(r.cqe.status, Status::SUCCESS);
+}
+
+#[tokio::test]
+async fn closing_the_queue_ends_a_submit_waiting_for_a_slot() {
+    let (mut fake, queue) = connected().await;
+    let outstanding: Vec<_> = (0..31)
+        .map(|_| submit_in_background(&queue, Command::new(io::FLUSH), HostData::None))
+        .collect();
+    for _ in 0..31 {
+        fake.recv_cmd().await;
+    }
+    let waiting = submit_in_background(&queue, Command::new(io::FLUSH), HostData::None);
+    tokio::task::yield_now().await;
+    queue.close();
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    assert!(r.expect("the waiting submit hung").unwrap().is_err());
+    for task in outstanding {
+        assert!(task.await.unwrap().is_err());
+    }
+}

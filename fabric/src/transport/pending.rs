@@ -1,11 +1,12 @@
-//! The commands a host queue has outstanding, by command ID, and whether the
-//! queue is closed: shared by the transports' host sides.
+//! The commands a host queue has outstanding, by command ID, the queue's
+//! free slots, and whether the queue is closed: shared by the transports'
+//! host sides.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use slab::Slab;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{CommandResult, TransportError};
@@ -17,6 +18,9 @@ pub(crate) type Done = oneshot::Sender<Result<CommandResult, TransportError>>;
 pub(crate) struct Entry<P> {
     pub done: Done,
     pub state: P,
+    /// Its slot of the queue, free again when the entry is dropped: when
+    /// the response has been handled, not when the submitter stops waiting.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Outstanding commands; their slab keys are their command IDs.
@@ -28,19 +32,31 @@ pub(crate) struct Entry<P> {
 pub(crate) struct PendingCommands<P> {
     table: Mutex<Slab<Entry<P>>>,
     retired: Mutex<Vec<P>>,
+    /// Commands the queue may still have outstanding.
+    slots: Arc<Semaphore>,
     closed: AtomicBool,
     token: CancellationToken,
 }
 
 impl<P> PendingCommands<P> {
-    /// Room for `capacity` commands (more grow the table).
-    pub fn new(capacity: usize) -> PendingCommands<P> {
+    /// A queue that takes at most `slots` commands at a time.
+    pub fn new(slots: usize) -> PendingCommands<P> {
         PendingCommands {
-            table: Mutex::new(Slab::with_capacity(capacity)),
+            table: Mutex::new(Slab::with_capacity(slots)),
             retired: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(slots.max(1))),
             closed: AtomicBool::new(false),
             token: CancellationToken::new(),
         }
+    }
+
+    /// Wait for a free slot; fails once the queue is closed.
+    pub async fn reserve(&self) -> Result<OwnedSemaphorePermit, TransportError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())
     }
 
     /// The table, locked.
@@ -48,10 +64,12 @@ impl<P> PendingCommands<P> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Register a command; returns its ID and where its result arrives.
+    /// Register a command in its `slot`; returns its ID and where its
+    /// result arrives.
     pub fn insert(
         &self,
         state: P,
+        slot: OwnedSemaphorePermit,
     ) -> Result<
         (
             u16,
@@ -64,7 +82,11 @@ impl<P> PendingCommands<P> {
         if self.is_closed() {
             return Err(closed());
         }
-        let cid = table.insert(Entry { done, state });
+        let cid = table.insert(Entry {
+            done,
+            state,
+            _slot: slot,
+        });
         u16::try_from(cid).map(|c| (c, rx)).map_err(|_| {
             table.remove(cid);
             TransportError::Protocol("more than 65536 commands outstanding".into())
@@ -84,6 +106,7 @@ impl<P> PendingCommands<P> {
     /// Close the queue: fail every outstanding command with `why`.
     pub fn fail_all(&self, why: &str) {
         self.closed.store(true, Ordering::Release);
+        self.slots.close();
         self.token.cancel();
         let drained: Vec<Entry<P>> = self.lock().drain().collect();
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());

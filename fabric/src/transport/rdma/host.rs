@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::target::PortAddress;
 use crate::transport::{CommandResult, HostData, HostQueue, QueueParams, TransportError};
@@ -42,7 +42,6 @@ pub struct RdmaHostQueue {
     sends: SendBuffers,
     recv: RecvBuffers,
     shared: Arc<Shared>,
-    slots: Semaphore,
     inline_data_size: u32,
     timeout: Duration,
     /// Command sends waiting for their doorbell.
@@ -157,7 +156,7 @@ pub(super) async fn connect(
         tracing::debug!(qid = params.qid, crqsize, "RDMA queue established");
     }
     drop(ev);
-    let shared = Arc::new(Shared::new(depth as usize));
+    let shared = Arc::new(Shared::new(depth as usize - 1));
     let queue = Arc::new(RdmaHostQueue {
         id: Some(id),
         qp,
@@ -165,7 +164,6 @@ pub(super) async fn connect(
         sends,
         recv,
         shared: shared.clone(),
-        slots: Semaphore::new(depth as usize - 1),
         inline_data_size: params.inline_data_size,
         timeout: params.timeout,
         queued: Mutex::default(),
@@ -264,7 +262,7 @@ impl RdmaHostQueue {
     }
 
     fn complete(&self, cqe: Completion, _invalidated: Option<u32>) {
-        let Some(Entry { done, state: p }) = self.shared.remove(cqe.cid) else {
+        let Some(Entry { done, state: p, .. }) = self.shared.remove(cqe.cid) else {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
             return;
         };
@@ -273,6 +271,29 @@ impl RdmaHostQueue {
             _ => None,
         };
         let _ = done.send(Ok(CommandResult { cqe, data }));
+    }
+}
+
+/// Posts a queued send whose submitter stopped waiting before posting it,
+/// so that the command still goes out and, once answered, frees its slot
+/// (a send left queued would hold it until some later command posts).
+struct PostIfAbandoned<'a> {
+    queue: Option<&'a RdmaHostQueue>,
+    seq: u64,
+}
+
+impl PostIfAbandoned<'_> {
+    fn disarm(mut self) {
+        self.queue = None;
+    }
+}
+
+impl Drop for PostIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(q) = self.queue {
+            // A failed post fails the queue, and with it the command.
+            let _ = q.post_queued(self.seq);
+        }
     }
 }
 
@@ -286,7 +307,7 @@ impl HostQueue for RdmaHostQueue {
         if self.is_closed() {
             return Err(closed());
         }
-        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let slot = self.shared.reserve().await?;
         let slot_size = self.dev.data.slot_size();
         if data.len() as usize > slot_size {
             return Err(TransportError::Unavailable(format!(
@@ -318,7 +339,7 @@ impl HostQueue for RdmaHostQueue {
             }
             (None, None) => SglDescriptor::keyed(0, 0, 0, false),
         };
-        let (cid, rx) = self.shared.insert(Pending { buf, read_len })?;
+        let (cid, rx) = self.shared.insert(Pending { buf, read_len }, slot)?;
         cmd.cid = cid;
         let sqe = cmd.encode();
         let Some(sge) = self
@@ -347,7 +368,12 @@ impl HostQueue for RdmaHostQueue {
         };
         // Let the other commands submitted in this poll queue theirs; the
         // first one back posts them all.
+        let abandoned = PostIfAbandoned {
+            queue: Some(self),
+            seq,
+        };
         tokio::task::yield_now().await;
+        abandoned.disarm();
         if let Err(e) = self.post_queued(seq) {
             return Err(TransportError::io("post send", e));
         }

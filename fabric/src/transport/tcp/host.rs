@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::target::PortAddress;
 use crate::transport::reschedule::reschedule;
@@ -122,7 +122,6 @@ enum Outgoing {
 pub struct TcpHostQueue {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Outgoing>,
-    slots: Semaphore,
     inline_data_size: u32,
     timeout: std::time::Duration,
 }
@@ -175,13 +174,12 @@ impl HostTransport for TcpTransport {
             )));
         }
         dec.digests = resp.digests;
-        let shared = Arc::new(Shared::new(params.queue_size as usize));
+        let shared = Arc::new(Shared::new(params.queue_size.saturating_sub(1) as usize));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, rx, shared.clone(), resp.digests, resp.cpda));
         let queue = Arc::new(TcpHostQueue {
             shared: shared.clone(),
             tx: tx.clone(),
-            slots: Semaphore::new(params.queue_size.saturating_sub(1).max(1) as usize),
             inline_data_size: params.inline_data_size,
             timeout: params.timeout,
         });
@@ -213,7 +211,7 @@ impl HostQueue for TcpHostQueue {
                 data.len()
             )));
         }
-        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let slot = self.shared.reserve().await?;
         let (inline, out, read) = match &data {
             HostData::Out(b) if b.len() <= self.inline_data_size as usize => {
                 (Some(b.clone()), None, None)
@@ -222,12 +220,15 @@ impl HostQueue for TcpHostQueue {
             HostData::In(n) => (None, None, Some(ReadData::Expected(*n as usize))),
             HostData::None => (None, None, None),
         };
-        let (cid, rx) = self.shared.insert(Pending {
-            out,
-            out_requested: 0,
-            read,
-            failed: None,
-        })?;
+        let (cid, rx) = self.shared.insert(
+            Pending {
+                out,
+                out_requested: 0,
+                read,
+                failed: None,
+            },
+            slot,
+        )?;
         cmd.cid = cid;
         cmd.dptr = match &inline {
             Some(b) => SglDescriptor::in_capsule(b.len() as u32),
@@ -467,7 +468,10 @@ impl Reader {
     }
 
     fn complete(&self, cqe: Completion) {
-        let Some(Entry { done, state: mut p }) = self.shared.remove(cqe.cid) else {
+        let Some(Entry {
+            done, state: mut p, ..
+        }) = self.shared.remove(cqe.cid)
+        else {
             tracing::warn!(cid = cqe.cid, "completion for an unknown command");
             return;
         };
