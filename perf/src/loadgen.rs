@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fabric::host::{rw_command, HostController, HostOptions};
-use fabric::target::PortAddress;
+use fabric::target::{PortAddress, TransportKind};
 use fabric::transport::{CommandResult, HostData, HostQueue, TransportError};
 use fabric::wire::log_page::subtype;
 use fabric::wire::opcode::io;
@@ -95,6 +95,9 @@ fn failed(context: impl Into<String>) -> impl FnOnce(TransportError) -> PerfErro
     move |source| PerfError::Transport { context, source }
 }
 
+/// Longest `--poll-us`: 10 ms.
+const MAX_POLL: Duration = Duration::from_millis(10);
+
 impl LoadSpec {
     /// Check the values that do not depend on the target.
     pub fn validate(&self) -> Result<(), PerfError> {
@@ -119,6 +122,19 @@ impl LoadSpec {
         }
         if self.time.is_none() && self.ios.is_none() {
             return bad("give a time or an I/O count".into());
+        }
+        if self.poll > MAX_POLL {
+            return bad(format!(
+                "--poll-us {} must be at most {}",
+                self.poll.as_micros(),
+                MAX_POLL.as_micros()
+            ));
+        }
+        if !self.poll.is_zero() && self.address.kind != TransportKind::Tcp {
+            return bad(
+                "--poll-us applies to tcp:// only (RDMA completions are polled by each device)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -72,9 +72,10 @@ struct Args {
     /// Seed of the random offsets and of the verify pattern.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// TCP: microseconds a queue waiting for responses keeps reading
-    /// without sleeping each time it finds nothing (0: sleep at once).
-    /// RDMA completions are polled by the device (300 µs).
+    /// tcp:// only: microseconds (up to 10000) a queue waiting for
+    /// responses keeps reading without sleeping each time it finds nothing
+    /// (0: sleep at once). RDMA completions are always polled, by each
+    /// device, for 300 µs after the last one.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     poll_us: u64,
     /// Runtime threads (1: everything on one thread, the cheapest per I/O).

@@ -167,6 +167,19 @@ async fn impossible_runs_are_refused_with_reasons() {
         ..spec(addr.clone())
     };
     assert!(run(&no_ns, false).await.is_err());
+    let long_poll = LoadSpec {
+        poll: Duration::from_secs(1),
+        ..spec(addr.clone())
+    };
+    let e = run(&long_poll, false).await.unwrap_err();
+    assert!(e.to_string().contains("--poll-us 1000000"), "{e}");
+    let rdma_poll = LoadSpec {
+        address: "rdma://127.0.0.1:4420".parse().unwrap(),
+        poll: Duration::from_micros(300),
+        ..spec(addr.clone())
+    };
+    let e = run(&rdma_poll, false).await.unwrap_err();
+    assert!(e.to_string().contains("tcp:// only"), "{e}");
     let rdma = LoadSpec {
         address: "rdma://127.0.0.1:4420".parse().unwrap(),
         ..spec(addr)

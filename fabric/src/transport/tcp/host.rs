@@ -452,7 +452,9 @@ impl Reader {
         rd: &OwnedReadHalf,
         rbuf: &mut BytesMut,
     ) -> Option<std::io::Result<usize>> {
-        let until = Instant::now() + self.poll;
+        // No deadline if it lies beyond what a clock can say: poll for as
+        // long as commands are outstanding.
+        let until = Instant::now().checked_add(self.poll);
         loop {
             match rd.try_read_buf(rbuf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -461,7 +463,10 @@ impl Reader {
             // The yield first: a response just handled lets its submitter
             // send the next command before the queue looks empty.
             reschedule().await;
-            if self.shared.is_empty() || self.shared.is_closed() || Instant::now() >= until {
+            if self.shared.is_empty()
+                || self.shared.is_closed()
+                || until.is_some_and(|u| Instant::now() >= u)
+            {
                 return None;
             }
         }
