@@ -139,6 +139,7 @@ mod tests {
         let s = Summary {
             mode: Mode::Guest,
             rows: vec![row, empty],
+            clients: Vec::new(),
         };
         assert_eq!(
             data(&s),

@@ -70,6 +70,22 @@ pub struct Row {
     pub p99_ratio: Option<f64>,
 }
 
+/// fabric-perf's IOPS over fio's for one workload, on each target: whether
+/// the load generator keeps up with the Linux host.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClientRatio {
+    /// tcp or rdma.
+    pub transport: String,
+    /// Backend.
+    pub backend: String,
+    /// Workload label.
+    pub case: String,
+    /// On our target.
+    pub ours: Option<f64>,
+    /// On the kernel target.
+    pub kernel: Option<f64>,
+}
+
 /// All rows of a run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
@@ -77,6 +93,32 @@ pub struct Summary {
     pub mode: Mode,
     /// Rows in the order they ran.
     pub rows: Vec<Row>,
+    /// fabric-perf against fio, for the workloads both ran.
+    pub clients: Vec<ClientRatio>,
+}
+
+/// fabric-perf / fio IOPS for every workload that has both clients' rows.
+fn client_ratios(rows: &[Row]) -> Vec<ClientRatio> {
+    let iops = |o: &Outcome| o.figures().map(|f| f.iops);
+    rows.iter()
+        .filter(|r| r.client == "fabric-perf")
+        .filter_map(|fp| {
+            let fio = rows.iter().find(|r| {
+                r.client == "fio"
+                    && r.transport == fp.transport
+                    && r.backend == fp.backend
+                    && r.case == fp.case
+            })?;
+            let side = |a: &Outcome, b: &Outcome| ratio(iops(a)?, iops(b)?);
+            Some(ClientRatio {
+                transport: fp.transport.clone(),
+                backend: fp.backend.clone(),
+                case: fp.case.clone(),
+                ours: side(&fp.ours, &fio.ours),
+                kernel: side(&fp.kernel, &fio.kernel),
+            })
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -176,9 +218,10 @@ pub fn summarize(set: &SampleSet) -> Summary {
                 kernel,
             }
         })
-        .collect();
+        .collect::<Vec<Row>>();
     Summary {
         mode: set.mode,
+        clients: client_ratios(&rows),
         rows,
     }
 }
@@ -278,6 +321,21 @@ pub fn markdown(summary: &Summary) -> String {
                     cell(&r.ours, |f| f.cpu_s_per_mio),
                 );
             }
+        }
+    }
+    if summary.mode == Mode::Guest && !summary.clients.is_empty() {
+        out += "\nfabric-perf against fio on the same target (IOPS fabric-perf / fio):\n\n";
+        out += "| transport | backend | workload | on ours | on the kernel target |\n";
+        out += "|---|---|---|---:|---:|\n";
+        for c in &summary.clients {
+            out += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                c.transport,
+                c.backend,
+                c.case,
+                ratio_cell(c.ours),
+                ratio_cell(c.kernel)
+            );
         }
     }
     let mut notes: Vec<String> = Vec::new();
@@ -383,6 +441,28 @@ mod tests {
         let md = markdown(&sum);
         assert!(md.contains("unavail."), "{md}");
         assert!(md.contains("* rdma ours: no RDMA device found"), "{md}");
+    }
+
+    #[test]
+    fn fabric_perf_is_compared_with_fio_on_each_target() {
+        let fp = |mut s: Sample| {
+            s.client = "fabric-perf".into();
+            s
+        };
+        let sum = summarize(&set(vec![
+            sample("ours", 0, 1000.0, 1.0),
+            sample("kernel", 0, 2000.0, 1.0),
+            fp(sample("ours", 0, 1500.0, 1.0)),
+            fp(sample("kernel", 0, 1000.0, 1.0)),
+        ]));
+        assert_eq!(sum.clients.len(), 1);
+        let c = &sum.clients[0];
+        assert_eq!((c.ours, c.kernel), (Some(1.5), Some(0.5)));
+        let md = markdown(&sum);
+        assert!(
+            md.contains("| tcp | null | 4k randread QD1 | 1.50 | 0.50 |"),
+            "{md}"
+        );
     }
 
     #[test]
