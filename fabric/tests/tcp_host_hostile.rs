@@ -77,6 +77,12 @@ impl FakeController {
             .flatten()
     }
 
+    /// Complete command `cid` successfully.
+    async fn succeed(&mut self, cid: u16) {
+        let resp = PduHeader::CapsuleResp(Completion::new(cid, Status::SUCCESS));
+        self.send(&resp, &[]).await;
+    }
+
     /// The next command capsule.
     async fn recv_cmd(&mut self) -> Command {
         match self.recv().await {
@@ -145,11 +151,7 @@ async fn read_data_cut_short_fails_the_command() {
         &[0xab; 1024],
     )
     .await;
-    fake.send(
-        &PduHeader::CapsuleResp(Completion::new(cmd.cid, Status::SUCCESS)),
-        &[],
-    )
-    .await;
+    fake.succeed(cmd.cid).await;
     let r = read.await.unwrap().unwrap();
     assert!(
         r.data.is_none() && r.cqe.status == Status::DATA_TRANSFER_ERROR,
@@ -212,18 +214,30 @@ async fn a_malformed_pdu_gets_one_term_req() {
     assert_eq!(terms, 1, "the host must send exactly one H2CTermReq");
 }
 
-#[tokio::test]
-async fn abandoned_commands_keep_their_slots_until_answered() {
-    let (mut fake, queue) = connected().await;
-    // A queue of 32 entries carries 31 commands. Submit 31 and abandon
-    // them once they are on the wire.
-    let abandoned: Vec<_> = (0..31)
-        .map(|_| submit_in_background(&queue, Command::new(io::FLUSH), HostData::None))
+/// Fill the queue (32 entries carry 31 commands) with flushes the fake
+/// controller receives and leaves unanswered; their tasks and CIDs.
+async fn fill_queue(
+    fake: &mut FakeController,
+    queue: &std::sync::Arc<dyn HostQueue>,
+) -> (
+    Vec<tokio::task::JoinHandle<Result<CommandResult, TransportError>>>,
+    Vec<u16>,
+) {
+    let tasks: Vec<_> = (0..31)
+        .map(|_| submit_in_background(queue, Command::new(io::FLUSH), HostData::None))
         .collect();
     let mut cids = Vec::new();
     for _ in 0..31 {
         cids.push(fake.recv_cmd().await.cid);
     }
+    (tasks, cids)
+}
+
+#[tokio::test]
+async fn abandoned_commands_keep_their_slots_until_answered() {
+    let (mut fake, queue) = connected().await;
+    // Abandon a full queue's commands once they are on the wire.
+    let (abandoned, cids) = fill_queue(&mut fake, &queue).await;
     for task in &abandoned {
         task.abort();
     }
@@ -237,17 +251,9 @@ async fn abandoned_commands_keep_their_slots_until_answered() {
         "a 32nd command was sent while 31 were outstanding"
     );
     // One answered: the waiting command goes out, and completes.
-    fake.send(
-        &PduHeader::CapsuleResp(Completion::new(cids[0], Status::SUCCESS)),
-        &[],
-    )
-    .await;
-    let cmd = fake.recv_cmd().await;
-    fake.send(
-        &PduHeader::CapsuleResp(Completion::new(cmd.cid, Status::SUCCESS)),
-        &[],
-    )
-    .await;
+    fake.succeed(cids[0]).await;
+    let cid = fake.recv_cmd().await.cid;
+    fake.succeed(cid).await;
     let r = next.await.unwrap().unwrap();
     assert_eq!(r.cqe.status, Status::SUCCESS);
 }
@@ -255,12 +261,7 @@ async fn abandoned_commands_keep_their_slots_until_answered() {
 #[tokio::test]
 async fn closing_the_queue_ends_a_submit_waiting_for_a_slot() {
     let (mut fake, queue) = connected().await;
-    let outstanding: Vec<_> = (0..31)
-        .map(|_| submit_in_background(&queue, Command::new(io::FLUSH), HostData::None))
-        .collect();
-    for _ in 0..31 {
-        fake.recv_cmd().await;
-    }
+    let (outstanding, _) = fill_queue(&mut fake, &queue).await;
     let waiting = submit_in_background(&queue, Command::new(io::FLUSH), HostData::None);
     tokio::task::yield_now().await;
     queue.close();
