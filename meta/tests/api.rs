@@ -217,3 +217,24 @@ async fn objects_errors_watch_and_restart() {
     assert_eq!(c.get::<Volume>("v1").await.expect("v1"), vol);
     replica.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_replica_leads_from_the_start_and_after_a_restart() {
+    let dir = temp_dir();
+    for _ in 0..2 {
+        let (l, addr) = listener().await;
+        let peers = BTreeMap::from([(1, addr)]);
+        // An election timeout of 200 s, ten times what `leader_known`
+        // waits: only the election a lone voter holds at start can make
+        // it leader in time.
+        let a = meta::cli::MetaArgs {
+            election_ticks: Some(4000),
+            ..args(1, dir.path(), &peers, false)
+        };
+        let replica = start(a, l);
+        let s = leader_known(&replica).await;
+        assert!(is_leader(&s), "{s:?}");
+        assert_eq!(s.leader_id, 1);
+        replica.stop().await;
+    }
+}

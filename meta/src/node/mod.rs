@@ -121,6 +121,7 @@ pub fn start(
             storage.bootstrap(&voters)?;
         }
     }
+    let conf = crate::storage::read_conf_state(&db)?;
     let sm = StateMachine::new(db, config.watch_history);
     let reader = sm.reader().clone();
     let (applied, _) = reader.applied()?;
@@ -155,8 +156,15 @@ pub fn start(
     raft_config
         .validate()
         .map_err(|e| MetaError::InvalidArgument(format!("raft settings: {e}")))?;
-    let raw = RawNode::new(&raft_config, storage, &crate::raft_logger::logger())
+    let mut raw = RawNode::new(&raft_config, storage, &crate::raft_logger::logger())
         .map_err(|e| MetaError::Storage(format!("cannot start raft: {e}")))?;
+    // A replica that is the group's only voter would win the election its
+    // timeout starts anyway: hold it now, so that the group answers from
+    // the start instead of an election timeout later.
+    if conf.voters == [config.id] {
+        raw.campaign()
+            .map_err(|e| MetaError::Storage(format!("cannot start an election: {e}")))?;
+    }
 
     let view = Arc::new(RwLock::new(NodeView {
         id: config.id,
