@@ -101,6 +101,10 @@ fn request_id(context: &[u8]) -> Option<u64> {
 impl Driver {
     /// Runs until stopped or until the local store fails.
     pub fn run(mut self) -> Result<(), MetaError> {
+        // What starting produced (a lone voter's election) is persisted and
+        // shown at once, not after the first tick.
+        self.on_ready()?;
+        self.publish();
         let mut last_tick = Instant::now();
         loop {
             let wait = self.tick.saturating_sub(last_tick.elapsed());
