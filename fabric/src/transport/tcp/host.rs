@@ -7,7 +7,7 @@
 //! commands are outstanding.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -17,7 +17,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::target::PortAddress;
-use crate::transport::reschedule::reschedule;
 use crate::transport::{
     CommandResult, HostData, HostQueue, HostTransport, QueueParams, TransportError,
 };
@@ -29,7 +28,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{read_buffer_needed, read_one_pdu, TcpTransport};
+use super::{poll_read, read_buffer_needed, read_one_pdu, TcpTransport};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
 /// Largest data transfer of one command on a host queue: reads and writes
@@ -424,7 +423,9 @@ impl Reader {
                 u64::MAX
             };
             if limit == u64::MAX && !self.poll.is_zero() {
-                match self.poll_read(&rd, &mut rbuf).await {
+                let shared = &self.shared;
+                let waiting = || !shared.is_empty() && !shared.is_closed();
+                match poll_read(&rd, &mut rbuf, self.poll, waiting).await {
                     Some(Ok(0)) => break "controller closed the connection".to_string(),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => break format!("read failed: {e}"),
@@ -442,34 +443,6 @@ impl Reader {
             }
         };
         self.shared.fail_all(&why);
-    }
-
-    /// Read without sleeping while commands are outstanding, for up to
-    /// the poll period, letting the other ready tasks (the submitters
-    /// among them) run between attempts; `None` when it gave up.
-    async fn poll_read(
-        &self,
-        rd: &OwnedReadHalf,
-        rbuf: &mut BytesMut,
-    ) -> Option<std::io::Result<usize>> {
-        // No deadline if it lies beyond what a clock can say: poll for as
-        // long as commands are outstanding.
-        let until = Instant::now().checked_add(self.poll);
-        loop {
-            match rd.try_read_buf(rbuf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return Some(r),
-            }
-            // The yield first: a response just handled lets its submitter
-            // send the next command before the queue looks empty.
-            reschedule().await;
-            if self.shared.is_empty()
-                || self.shared.is_closed()
-                || until.is_some_and(|u| Instant::now() >= u)
-            {
-                return None;
-            }
-        }
     }
 
     fn complete(&self, cqe: Completion) {

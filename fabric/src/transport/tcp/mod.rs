@@ -4,14 +4,16 @@ mod batch;
 mod host;
 mod target;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::target::{TransportCaps, TransportKind};
 use crate::wire::tcp::{Decoded, Pdu, PduDecoder};
 
+use super::reschedule::reschedule;
 use super::TransportError;
 
 /// In-capsule data accepted on I/O queues by default (16 KiB: a 4 KiB write
@@ -72,6 +74,31 @@ impl TcpTransport {
             inline_data_size: self.inline_data_size,
             keyed_sgls: false,
             sgl_descriptors: 1,
+        }
+    }
+}
+
+/// Read without sleeping for up to `period` (without a deadline if it lies
+/// beyond what the clock can say) while `go_on` holds, letting the other
+/// ready tasks run between attempts; `None` when it gave up. Both sides'
+/// idle polling.
+async fn poll_read(
+    rd: &OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    period: Duration,
+    mut go_on: impl FnMut() -> bool,
+) -> Option<std::io::Result<usize>> {
+    let until = Instant::now().checked_add(period);
+    loop {
+        match rd.try_read_buf(rbuf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return Some(r),
+        }
+        // The yield before the check: a host's submitter, woken by the
+        // response just handled, sends its next command in it.
+        reschedule().await;
+        if !go_on() || until.is_some_and(|u| Instant::now() >= u) {
+            return None;
         }
     }
 }

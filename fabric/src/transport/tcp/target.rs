@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use crate::target::{
     Port, Queue, Request, Response, Target, Transfer, TransportCaps, TransportKind,
 };
-use crate::transport::reschedule::reschedule;
 use crate::transport::{ListenerHandle, TargetTransport, TransportError};
 use crate::wire::sgl::{kind, subtype};
 use crate::wire::tcp::{
@@ -31,7 +30,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{read_buffer_needed, TcpTransport, IC_TIMEOUT};
+use super::{poll_read, read_buffer_needed, TcpTransport, IC_TIMEOUT};
 use crate::transport::read_buffers::ReadBuffers;
 
 /// How long a closing connection waits for its in-flight commands.
@@ -84,23 +83,6 @@ impl TargetTransport for TcpTransport {
         });
         Ok(ListenerHandle { local, token, task })
     }
-}
-
-/// Read without sleeping for up to `period`, letting the other ready tasks
-/// run between attempts; `None` when nothing arrived.
-async fn poll_read(
-    rd: &mut OwnedReadHalf,
-    rbuf: &mut BytesMut,
-    period: Duration,
-) -> Option<std::io::Result<usize>> {
-    let until = std::time::Instant::now() + period;
-    while std::time::Instant::now() < until {
-        match rd.try_read_buf(rbuf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => reschedule().await,
-            r => return Some(r),
-        }
-    }
-    None
 }
 
 /// What the reader hands the writer.
@@ -305,7 +287,7 @@ impl Connection {
                 rbuf.reserve(capacity - rbuf.len());
             }
             if inflight.is_empty() && !self.poll.is_zero() {
-                match poll_read(rd, &mut rbuf, self.poll).await {
+                match poll_read(rd, &mut rbuf, self.poll, || true).await {
                     Some(Ok(0)) => break "peer closed",
                     Some(Ok(_)) => continue,
                     Some(Err(_)) => break "read error",
