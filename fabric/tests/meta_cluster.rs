@@ -276,7 +276,8 @@ async fn leader_failover_keeps_acknowledged_writes() {
     while back.status().await.map(|s| s.revision).unwrap_or(0) < target {
         assert!(
             Instant::now() < deadline,
-            "restarted replica did not catch up"
+            "restarted replica did not catch up; its log:\n{}",
+            std::fs::read_to_string(&group.replica(leader).log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

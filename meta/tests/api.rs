@@ -238,3 +238,47 @@ async fn a_lone_replica_leads_from_the_start_and_after_a_restart() {
         replica.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_applied_past_its_commit_index_starts_again() {
+    let dir = temp_dir();
+    let (l, addr) = listener().await;
+    let peers = BTreeMap::from([(1, addr)]);
+    let replica = start(args(1, dir.path(), &peers, false), l);
+    leader_known(&replica).await;
+    let c = replica.client();
+    c.create_cluster(CreateClusterRequest {
+        name: "test".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("cluster");
+    c.create_host(CreateHostRequest {
+        name: "h1".into(),
+        nqn: "nqn.2014-08.org.nvmexpress:uuid:h1".into(),
+    })
+    .await
+    .expect("host");
+    replica.stop().await;
+
+    // What a crash between applying and storing the commit index could
+    // leave: the state machine two entries past the stored commit index.
+    let a = args(1, dir.path(), &peers, false);
+    {
+        let db = meta::server::open_db(&a.resolve().expect("settings")).expect("db");
+        let store = meta::storage::RaftStorage::new(db);
+        let commit = store.hard_state().expect("hard state").commit;
+        assert!(commit > 2, "{commit}");
+        store
+            .set_commit(commit - 2)
+            .expect("lower the commit index");
+    }
+
+    let (l, addr) = listener().await;
+    let peers = BTreeMap::from([(1, addr)]);
+    let replica = start(args(1, dir.path(), &peers, false), l);
+    leader_known(&replica).await;
+    let c = replica.client();
+    assert_eq!(c.get::<Host>("h1").await.expect("h1").name, "h1");
+    replica.stop().await;
+}

@@ -279,9 +279,12 @@ impl Driver {
         if *ready.snapshot() != Snapshot::default() {
             self.install_snapshot(ready.snapshot())?;
         }
-        self.apply(ready.take_committed_entries())?;
+        // The log and the commit index are durable before anything is
+        // applied: a state machine ahead of the stored commit index would
+        // stop the replica from starting again after a crash in between.
         let hs = ready.hs().cloned();
         self.raw.store().append(ready.entries(), hs.as_ref())?;
+        self.apply(ready.take_committed_entries())?;
         for rs in ready.take_read_states() {
             let Some(ctx) = request_id(&rs.request_ctx) else {
                 continue;

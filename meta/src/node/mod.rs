@@ -125,6 +125,19 @@ pub fn start(
     let sm = StateMachine::new(db, config.watch_history);
     let reader = sm.reader().clone();
     let (applied, _) = reader.applied()?;
+    // A crash used to be able to leave the state machine past the stored
+    // commit index (the driver applied before it persisted the index; it
+    // no longer does). What was applied had been committed, so the index
+    // catches up instead of the replica refusing to start.
+    let commit = storage.hard_state()?.commit;
+    if applied > commit {
+        tracing::warn!(
+            applied,
+            commit,
+            "stored commit index behind the applied index; raising it"
+        );
+        storage.set_commit(applied)?;
+    }
 
     let (inbox_tx, inbox_rx) = mpsc::channel();
     let feedback_tx = inbox_tx.clone();
