@@ -225,8 +225,15 @@ impl PduHeader {
     }
 
     /// Whether digests apply (never to ICReq/ICResp).
+    /// Whether this PDU carries a header digest when header digests are on:
+    /// never the connection initialization PDUs, and never a TermReq (as
+    /// Linux and SPDK expect: a peer ending the connection may not agree on
+    /// digests any more).
     fn digestible(&self) -> bool {
-        !matches!(self, PduHeader::IcReq(_) | PduHeader::IcResp(_))
+        !matches!(
+            self,
+            PduHeader::IcReq(_) | PduHeader::IcResp(_) | PduHeader::TermReq { .. }
+        )
     }
 
     /// Whether data in this PDU is protected by the data digest (TermReq
@@ -338,8 +345,10 @@ pub fn encode_prefix(
     }
 }
 
-/// Write the TermReq (C2H unless `h2c`) that answers a fatal PDU error.
-pub fn encode_term(e: &PduError, h2c: bool, digests: Digests, pda: u8, out: &mut BytesMut) {
+/// Write the TermReq (C2H unless `h2c`) that answers a fatal PDU error. A
+/// TermReq never has digests, and its data (the offending header) follows
+/// its header directly, whatever the connection negotiated.
+pub fn encode_term(e: &PduError, h2c: bool, out: &mut BytesMut) {
     encode(
         &PduHeader::TermReq {
             h2c,
@@ -347,8 +356,8 @@ pub fn encode_term(e: &PduError, h2c: bool, digests: Digests, pda: u8, out: &mut
             fei: e.fei,
         },
         &e.header,
-        digests,
-        pda,
+        Digests::default(),
+        0,
         out,
     );
 }
@@ -535,6 +544,7 @@ impl PduDecoder {
             ));
         }
         let is_ic = matches!(t, pdu_type::IC_REQ | pdu_type::IC_RESP);
+        let term = matches!(t, pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ);
         let has_hd = fl & flags::HDGST != 0;
         if is_ic && (has_hd || fl & flags::DDGST != 0) {
             return Err(fail(
@@ -543,7 +553,9 @@ impl PduDecoder {
                 "digest flag on a connection initialization PDU",
             ));
         }
-        if !is_ic && has_hd != self.digests.header {
+        // A TermReq is sent without a header digest; one that has it (and
+        // says so) is read too.
+        if !is_ic && !term && has_hd != self.digests.header {
             return Err(fail(
                 fes::INVALID_HEADER_FIELD,
                 1,
@@ -559,7 +571,6 @@ impl PduDecoder {
                 | pdu_type::H2C_TERM_REQ
                 | pdu_type::C2H_TERM_REQ
         );
-        let term = matches!(t, pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ);
         if plen < hlen + hd || (!carries_data && plen != hlen + hd) {
             return Err(fail(
                 fes::INVALID_HEADER_FIELD,
@@ -999,6 +1010,50 @@ mod tests {
         );
         b[10] ^= 1;
         assert_eq!(dg.decode(&mut b).unwrap_err().fes, fes::HEADER_DIGEST_ERROR);
+    }
+
+    #[test]
+    fn term_requests_carry_no_digests_on_a_digest_connection() {
+        let dg = Digests {
+            header: true,
+            data: true,
+        };
+        let e = PduError {
+            fes: fes::PDU_SEQUENCE_ERROR,
+            fei: 0,
+            reason: "test",
+            header: Bytes::from_static(&[4, 0, 72, 0, 0, 0, 0, 0]),
+        };
+        let mut out = BytesMut::new();
+        encode_term(&e, false, &mut out);
+        // No HDGST/DDGST flags; plen = header + the offending bytes only.
+        assert_eq!(out[1], 0);
+        assert_eq!(
+            u32_at(&out, 4) as usize,
+            header_len(pdu_type::C2H_TERM_REQ).unwrap() + 8
+        );
+        let mut dec = PduDecoder::new(Role::Host, 1 << 20);
+        dec.digests = dg;
+        let mut buf = out.clone();
+        match dec.decode(&mut buf) {
+            Ok(Some(Decoded::Pdu(Pdu::C2hTermReq(t)))) => {
+                assert_eq!(t.fes, fes::PDU_SEQUENCE_ERROR)
+            }
+            other => panic!("expected a C2HTermReq, got {other:?}"),
+        }
+        // A TermReq that has a header digest, and says so, is read too.
+        let mut hdr = out[..header_len(pdu_type::C2H_TERM_REQ).unwrap()].to_vec();
+        hdr[1] = flags::HDGST;
+        let plen = u32_at(&out, 4) + 4;
+        hdr[4..8].copy_from_slice(&plen.to_le_bytes());
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&hdr);
+        buf.extend_from_slice(&digest(&hdr));
+        buf.extend_from_slice(&e.header);
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Ok(Some(Decoded::Pdu(Pdu::C2hTermReq(_))))
+        ));
     }
 
     #[test]

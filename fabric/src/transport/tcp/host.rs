@@ -405,7 +405,7 @@ impl Reader {
                 Err(e) => {
                     tracing::warn!(error = %e, "fatal PDU error from the controller");
                     let mut b = BytesMut::new();
-                    encode_term(&e, true, self.digests, 0, &mut b);
+                    encode_term(&e, true, &mut b);
                     let _ = self.tx.send(Outgoing::Term(b.freeze()));
                     break format!("fatal PDU error: {}", e.reason);
                 }

@@ -220,7 +220,7 @@ async fn initialize(
         Ok(Err(e)) if e.fes != 0 => {
             tracing::warn!(error = %e, "bad connection initialization");
             let mut out = BytesMut::new();
-            encode_term(&e, false, Digests::default(), 0, &mut out);
+            encode_term(&e, false, &mut out);
             let _ = wr.write_all(&out).await;
             let _ = wr.shutdown().await;
             None
@@ -545,7 +545,7 @@ async fn write_loop(
                 }
                 Out::R2t(r) => batch.push_pdu(&PduHeader::R2t(r), Bytes::new(), digests, hpda),
                 Out::Term(e) => {
-                    encode_term(&e, false, digests, hpda, batch.head());
+                    encode_term(&e, false, batch.head());
                     terminate = true;
                 }
             }
