@@ -1,5 +1,6 @@
 //! The TCP target on a fuzzed session over a real loopback socket. After the
-//! fuzzer's choice of prelude (nothing, ICReq, ICReq + admin Connect, or an
+//! fuzzer's choice of prelude (nothing, ICReq, ICReq + admin Connect to the
+//! subsystem or to discovery, or an
 //! I/O queue Connect on a live controller) comes a fuzzed sequence of
 //! command capsules, H2CData PDUs (fuzzed, or answering an R2T the target
 //! sent, perturbed), H2CTermReqs and raw bytes, framed with the negotiated
@@ -18,7 +19,7 @@ use fabric::transport::{target_transport, ListenerHandle};
 use fabric::wire::fabrics::{cc, ConnectCommand, ConnectData, PropertyCommand};
 use fabric::wire::sgl::SglDescriptor;
 use fabric::wire::tcp::{encode, DataHeader, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, R2t, Role};
-use fabric::wire::{Command, Completion, CNTLID_DYNAMIC};
+use fabric::wire::{Command, Completion, CNTLID_DYNAMIC, DISCOVERY_NQN};
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,7 +168,7 @@ impl Session {
         self.send(&out).await
     }
 
-    async fn connect(&mut self, qid: u16, cntlid: u16) -> Option<Completion> {
+    async fn connect(&mut self, subnqn: &str, qid: u16, cntlid: u16) -> Option<Completion> {
         let cmd = ConnectCommand {
             recfmt: 0,
             qid,
@@ -179,7 +180,7 @@ impl Session {
         let data = ConnectData {
             hostid: [7; 16],
             cntlid,
-            subnqn: NQN.into(),
+            subnqn: subnqn.into(),
             hostnqn: HOSTNQN.into(),
         };
         if !self.send_pdu(&PduHeader::CapsuleCmd(cmd), &data.encode()).await {
@@ -284,7 +285,7 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
         header: u.ratio(1, 4)?,
         data: u.ratio(1, 4)?,
     };
-    let prelude = u.int_in_range(0..=3u8)?;
+    let prelude = u.int_in_range(0..=4u8)?;
     // The admin queue the I/O queue's controller lives on, kept open
     // while the I/O queue is fuzzed.
     let mut admin = None;
@@ -293,9 +294,10 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
         s.finish().await;
         return Ok(());
     }
-    if prelude == 2 {
+    if prelude == 2 || prelude == 4 {
+        let subnqn = if prelude == 2 { NQN } else { DISCOVERY_NQN };
         let r = s
-            .connect(0, CNTLID_DYNAMIC)
+            .connect(subnqn, 0, CNTLID_DYNAMIC)
             .await
             .expect("no answer to an admin Connect");
         assert!(r.status.is_success(), "admin Connect failed: {r:?}");
@@ -304,7 +306,7 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
         let mut a = Session::open(w).await;
         assert!(a.initialize(Digests::default()).await);
         let r = a
-            .connect(0, CNTLID_DYNAMIC)
+            .connect(NQN, 0, CNTLID_DYNAMIC)
             .await
             .expect("no answer to an admin Connect");
         assert!(r.status.is_success(), "admin Connect failed: {r:?}");
@@ -317,7 +319,7 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
             r.is_some_and(|c| c.status.is_success()),
             "enabling the controller: {r:?}"
         );
-        let r = s.connect(1, cntlid).await.expect("no answer to an I/O Connect");
+        let r = s.connect(NQN, 1, cntlid).await.expect("no answer to an I/O Connect");
         assert!(r.status.is_success(), "I/O Connect failed: {r:?}");
         admin = Some(a);
     }
