@@ -911,6 +911,38 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any data pointer and capsule from the host: a status or a data
+        /// reference inside what the capsule holds and the limits allow.
+        #[test]
+        fn any_data_pointer_parses_or_gets_a_status(
+            raw in proptest::array::uniform16(proptest::prelude::any::<u8>()),
+            capsule in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            list_form in proptest::prelude::any::<bool>(),
+            max_descriptors in 1usize..=16,
+        ) {
+            let mut sgl = SglDescriptor::decode(&raw);
+            if list_form {
+                // Often a last segment pointing into the capsule.
+                sgl.id = kind::LAST_SEGMENT << 4 | subtype::OFFSET;
+                sgl.address %= 64;
+                sgl.length %= 320;
+            }
+            let inline = Bytes::from(capsule);
+            if let Ok((d, n)) = parse_sgl(&sgl, &inline, 256, max_descriptors) {
+                match d {
+                    DataRef::InCapsule(b) => {
+                        proptest::prop_assert_eq!(b.len() as u32, n);
+                        proptest::prop_assert!(b.len() <= 256 && b.len() <= inline.len());
+                    }
+                    DataRef::Remote { ranges, .. } => {
+                        proptest::prop_assert!(!ranges.is_empty() && ranges.len() <= max_descriptors);
+                        proptest::prop_assert_eq!(ranges.iter().map(|r| r.1 as u64).sum::<u64>(), n as u64);
+                    }
+                    DataRef::None => proptest::prop_assert_eq!(n, 0),
+                }
+            }
+        }
+
         #[test]
         fn a_command_never_needs_more_send_entries_than_budgeted(
             cuts in proptest::collection::vec(0u32..=(1 << 20), 0..16),
