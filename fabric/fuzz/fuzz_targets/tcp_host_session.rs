@@ -8,6 +8,8 @@
 //! the close (no hang), and never panic.
 #![no_main]
 
+mod common;
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,10 +36,7 @@ struct World {
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::runtime();
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let address = PortAddress {
@@ -222,16 +221,9 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
                 tokio::time::sleep(Duration::from_millis(u.int_in_range(0..=20)?)).await;
                 continue;
             }
-            _ => {
-                let n = u.int_in_range(0..=256usize)?;
-                out.extend_from_slice(u.bytes(n.min(u.len()))?);
-            }
+            _ => common::raw_bytes(u, &mut out)?,
         }
-        if !out.is_empty() && u.ratio(1, 16)? {
-            let i = u.choose_index(out.len())?;
-            out[i] ^= u.int_in_range(1..=255u8)?;
-        }
-        if wr.write_all(&out).await.is_err() {
+        if !common::send(u, &mut wr, out).await? {
             break;
         }
     }

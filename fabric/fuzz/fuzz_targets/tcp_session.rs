@@ -10,6 +10,8 @@
 //! panic (libFuzzer turns a panic on any thread into a crash).
 #![no_main]
 
+mod common;
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -42,10 +44,7 @@ struct World {
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::runtime();
         let (target, listener) = rt.block_on(async {
             let target = Target::new(TargetConfig::default()).unwrap();
             let sub = target.add_subsystem(SubsystemConfig::new(NQN)).unwrap();
@@ -357,25 +356,9 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
                 };
                 encode(&h, &[], s.digests, 0, &mut out);
             }
-            _ => {
-                let n = u.int_in_range(0..=256usize)?;
-                out.extend_from_slice(u.bytes(n.min(u.len()))?);
-            }
+            _ => common::raw_bytes(u, &mut out)?,
         }
-        // Sometimes corrupt one byte (a header field, a digest, data).
-        if !out.is_empty() && u.ratio(1, 16)? {
-            let i = u.choose_index(out.len())?;
-            out[i] ^= u.int_in_range(1..=255u8)?;
-        }
-        // Sometimes send the PDU in two pieces with a pause between.
-        let ok = if out.len() > 1 && u.ratio(1, 8)? {
-            let cut = u.int_in_range(1..=out.len() - 1)?;
-            let first = s.send(&out[..cut]).await;
-            tokio::task::yield_now().await;
-            first && s.send(&out[cut..]).await
-        } else {
-            s.send(&out).await
-        };
+        let ok = common::send(u, &mut s.wr, out).await?;
         if !ok {
             break;
         }
