@@ -179,7 +179,12 @@ async fn a_repeated_r2t_does_not_make_the_host_send_its_data_twice() {
     while let Some(p) = fake.recv().await {
         match p {
             Pdu::H2cData { data, .. } => sent += data.len(),
-            Pdu::H2cTermReq(_) => term = true,
+            Pdu::H2cTermReq(t) => {
+                // It carries the R2T's header, and no field offset.
+                assert_eq!(t.data, Pdu::R2t(r2t).header_bytes());
+                assert_eq!((t.data.len(), t.fei), (24, 0));
+                term = true;
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

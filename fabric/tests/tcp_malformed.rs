@@ -77,10 +77,26 @@ async fn malformed_pdus_end_only_their_connection() {
     c.send_raw(&icreq).await;
     c.expect_term(fes::UNSUPPORTED_PARAMETER).await;
 
-    // A command capsule as the first PDU.
+    // A command capsule as the first PDU: the TermReq carries its header
+    // (as the spec asks and SPDK requires), and no field offset (the spec
+    // defines one only for invalid fields and unsupported parameters).
     let mut c = RawConn::open(&t, false, Digests::default()).await;
-    c.send_cmd(Command::new(admin::IDENTIFY), &[]).await;
-    c.expect_term(fes::PDU_SEQUENCE_ERROR).await;
+    let cmd = Command {
+        dptr: fabric::wire::sgl::SglDescriptor::transport_data_block(0),
+        ..Command::new(admin::IDENTIFY)
+    };
+    c.send_cmd(cmd, &[]).await;
+    let term = c.expect_term(fes::PDU_SEQUENCE_ERROR).await;
+    let mut sent = bytes::BytesMut::new();
+    fabric::wire::tcp::encode(
+        &PduHeader::CapsuleCmd(cmd),
+        &[],
+        Digests::default(),
+        0,
+        &mut sent,
+    );
+    assert_eq!(term.data, sent[..72]);
+    assert_eq!(term.fei, 0);
 
     // Wrong header length of a capsule.
     let mut c = RawConn::open(&t, true, Digests::default()).await;
@@ -137,7 +153,18 @@ async fn malformed_pdus_end_only_their_connection() {
         b"abcd",
     )
     .await;
-    c.expect_term(fes::INVALID_HEADER_FIELD).await;
+    let term = c.expect_term(fes::INVALID_HEADER_FIELD).await;
+    // Its header comes back, with the offset of the bad field (TTAG).
+    let mut sent = bytes::BytesMut::new();
+    let h2c = PduHeader::Data {
+        h2c: true,
+        hdr,
+        last: true,
+        success: false,
+    };
+    fabric::wire::tcp::encode(&h2c, b"abcd", Digests::default(), 0, &mut sent);
+    assert_eq!(term.data, sent[..24]);
+    assert_eq!(term.fei, 10);
 
     // A connection that stops mid-PDU: the target just waits; the good host
     // is unaffected. Close it.

@@ -347,13 +347,18 @@ pub fn encode_prefix(
 
 /// Write the TermReq (C2H unless `h2c`) that answers a fatal PDU error. A
 /// TermReq never has digests, and its data (the offending header) follows
-/// its header directly, whatever the connection negotiated.
+/// its header directly, whatever the connection negotiated. The field
+/// offset goes out only with the two statuses that define it.
 pub fn encode_term(e: &PduError, h2c: bool, out: &mut BytesMut) {
+    let fei = match e.fes {
+        fes::INVALID_HEADER_FIELD | fes::UNSUPPORTED_PARAMETER => e.fei,
+        _ => 0,
+    };
     encode(
         &PduHeader::TermReq {
             h2c,
             fes: e.fes,
-            fei: e.fei,
+            fei,
         },
         &e.header,
         Digests::default(),
@@ -425,6 +430,56 @@ pub enum Pdu {
     },
     /// R2T.
     R2t(R2t),
+}
+
+impl Pdu {
+    /// This PDU's header as sent without digests: the data of a TermReq
+    /// about it, for errors found after it was decoded.
+    pub fn header_bytes(&self) -> Bytes {
+        let (h, data_len) = match self {
+            Pdu::IcReq(r) => (PduHeader::IcReq(*r), 0),
+            Pdu::IcResp(r) => (PduHeader::IcResp(*r), 0),
+            Pdu::H2cTermReq(t) | Pdu::C2hTermReq(t) => (
+                PduHeader::TermReq {
+                    h2c: matches!(self, Pdu::H2cTermReq(_)),
+                    fes: t.fes,
+                    fei: t.fei,
+                },
+                t.data.len(),
+            ),
+            Pdu::CapsuleCmd { cmd, data } => (PduHeader::CapsuleCmd(*cmd), data.len()),
+            Pdu::CapsuleResp(c) => (PduHeader::CapsuleResp(*c), 0),
+            Pdu::H2cData { hdr, last, data } => (
+                PduHeader::Data {
+                    h2c: true,
+                    hdr: *hdr,
+                    last: *last,
+                    success: false,
+                },
+                data.len(),
+            ),
+            Pdu::C2hData {
+                hdr,
+                last,
+                success,
+                data,
+            } => (
+                PduHeader::Data {
+                    h2c: false,
+                    hdr: *hdr,
+                    last: *last,
+                    success: *success,
+                },
+                data.len(),
+            ),
+            Pdu::R2t(r) => (PduHeader::R2t(*r), 0),
+        };
+        let hlen = header_len(h.pdu_type()).unwrap_or(COMMON_HEADER_LEN);
+        let mut out = BytesMut::new();
+        encode_prefix(&h, data_len, Digests::default(), 0, &mut out);
+        out.truncate(hlen);
+        out.freeze()
+    }
 }
 
 /// A fatal PDU error: the connection must be terminated.
@@ -1010,6 +1065,54 @@ mod tests {
         );
         b[10] ^= 1;
         assert_eq!(dg.decode(&mut b).unwrap_err().fes, fes::HEADER_DIGEST_ERROR);
+    }
+
+    #[test]
+    fn a_decoded_pdu_gives_back_the_header_it_was_sent_with() {
+        let hdr = DataHeader {
+            cccid: 3,
+            ttag: 1,
+            datao: 8,
+            datal: 4,
+        };
+        let cmd = Command {
+            cid: 3,
+            dptr: SglDescriptor::in_capsule(4),
+            ..Command::new(1)
+        };
+        let cases = [
+            (PduHeader::CapsuleCmd(cmd), Role::Controller),
+            (
+                PduHeader::CapsuleResp(Completion::new(3, Status::INVALID_FIELD)),
+                Role::Host,
+            ),
+            (
+                PduHeader::Data {
+                    h2c: true,
+                    hdr,
+                    last: true,
+                    success: false,
+                },
+                Role::Controller,
+            ),
+            (
+                PduHeader::R2t(R2t {
+                    cccid: 3,
+                    ttag: 2,
+                    offset: 0,
+                    length: 4096,
+                }),
+                Role::Host,
+            ),
+        ];
+        for (h, role) in cases {
+            let data: &[u8] = if h.data_digestible() { b"abcd" } else { &[] };
+            let mut out = BytesMut::new();
+            encode(&h, data, Digests::default(), 0, &mut out);
+            let pdu = round_trip(h, data, Digests::default(), role);
+            let hlen = header_len(out[0]).unwrap();
+            assert_eq!(pdu.header_bytes(), out[..hlen], "{pdu:?}");
+        }
     }
 
     #[test]

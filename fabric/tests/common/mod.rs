@@ -65,7 +65,9 @@ pub async fn start_on(
 use bytes::{Bytes, BytesMut};
 use fabric::wire::fabrics::{ConnectCommand, ConnectData};
 use fabric::wire::sgl::SglDescriptor;
-use fabric::wire::tcp::{encode, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, Role};
+use fabric::wire::tcp::{
+    encode, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, Role, TermReq,
+};
 use fabric::wire::{Command, Completion, CNTLID_DYNAMIC};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -232,15 +234,17 @@ impl RawConn {
     }
 
     /// Expect a C2HTermReq with `fes` followed by the connection closing.
-    pub async fn expect_term(&mut self, fes: u16) {
-        match self.recv().await {
-            Received::Pdu(Pdu::C2hTermReq(t)) => assert_eq!(t.fes, fes, "wrong FES in {t:?}"),
+    pub async fn expect_term(&mut self, fes: u16) -> TermReq {
+        let t = match self.recv().await {
+            Received::Pdu(Pdu::C2hTermReq(t)) => t,
             other => panic!("expected C2HTermReq, got {other:?}"),
-        }
+        };
+        assert_eq!(t.fes, fes, "wrong FES in {t:?}");
         assert!(
             matches!(self.recv().await, Received::Closed),
             "connection not closed after the TermReq"
         );
+        t
     }
 }
 

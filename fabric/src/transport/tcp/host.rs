@@ -22,8 +22,8 @@ use crate::transport::{
 };
 use crate::wire::sgl::SglDescriptor;
 use crate::wire::tcp::{
-    encode, encode_term, fes, DataHeader, Decoded, Digests, IcReq, Pdu, PduDecoder, PduHeader, R2t,
-    Role,
+    encode, encode_term, fes, DataHeader, Decoded, Digests, IcReq, Pdu, PduDecoder, PduError,
+    PduHeader, R2t, Role,
 };
 use crate::wire::{Command, Completion, Status};
 
@@ -185,7 +185,6 @@ impl HostTransport for TcpTransport {
         let reader = Reader {
             shared,
             tx,
-            digests: resp.digests,
             maxh2cdata: resp.maxh2cdata as usize,
             poll: params.poll,
         };
@@ -377,7 +376,6 @@ impl HandedOut {
 struct Reader {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Outgoing>,
-    digests: Digests,
     maxh2cdata: usize,
     /// How long to keep reading without sleeping while commands wait.
     poll: Duration,
@@ -565,18 +563,14 @@ impl Reader {
             }
         };
         let Some(out) = out else {
+            let e = PduError {
+                fes: fes::DATA_OUT_OF_RANGE,
+                fei: 0,
+                reason: "R2T outside the command's data",
+                header: Pdu::R2t(r).header_bytes(),
+            };
             let mut b = BytesMut::new();
-            encode(
-                &PduHeader::TermReq {
-                    h2c: true,
-                    fes: fes::DATA_OUT_OF_RANGE,
-                    fei: 12,
-                },
-                &[],
-                self.digests,
-                0,
-                &mut b,
-            );
+            encode_term(&e, true, &mut b);
             let _ = self.tx.send(Outgoing::Term(b.freeze()));
             return Err("R2T outside the command's data".into());
         };

@@ -190,12 +190,14 @@ async fn initialize(
         loop {
             match dec.decode(rbuf) {
                 Ok(Some(Decoded::Pdu(Pdu::IcReq(r)))) => return Ok(r),
-                Ok(Some(_)) => {
+                Ok(Some(
+                    Decoded::Pdu(p) | Decoded::BadDataDigest(DataDigestMismatch { pdu: p }),
+                )) => {
                     return Err(PduError {
                         fes: fes::PDU_SEQUENCE_ERROR,
                         fei: 0,
                         reason: "first PDU is not an ICReq",
-                        header: Bytes::new(),
+                        header: p.header_bytes(),
                     })
                 }
                 Ok(None) => {}
@@ -360,11 +362,12 @@ impl Connection {
                 tracing::warn!(fes = t.fes, fei = t.fei, "host terminated the connection");
                 Err("host sent H2CTermReq")
             }
-            Decoded::Pdu(_) => {
+            Decoded::Pdu(p) => {
                 self.fatal(
                     fes::PDU_SEQUENCE_ERROR,
                     0,
                     "unexpected PDU after initialization",
+                    &p,
                 );
                 Err("PDU sequence error")
             }
@@ -380,13 +383,14 @@ impl Connection {
         }
     }
 
-    fn fatal(&self, fes: u16, fei: u32, reason: &'static str) {
+    /// End the connection with a C2HTermReq about the PDU `offending`.
+    fn fatal(&self, fes: u16, fei: u32, reason: &'static str, offending: &Pdu) {
         tracing::warn!(qid = ?self.queue.qid(), reason, "terminating the connection");
         let _ = self.tx.send(Out::Term(PduError {
             fes,
             fei,
             reason,
-            header: Bytes::new(),
+            header: offending.header_bytes(),
         }));
     }
 
@@ -469,6 +473,11 @@ impl Connection {
                 fes::INVALID_HEADER_FIELD,
                 10,
                 "H2CData for an unknown transfer tag",
+                &Pdu::H2cData {
+                    hdr,
+                    last,
+                    data: data.clone(),
+                },
             );
             return Err("unknown transfer tag");
         };
@@ -477,6 +486,11 @@ impl Connection {
                 fes::INVALID_HEADER_FIELD,
                 8,
                 "H2CData command ID does not match its transfer tag",
+                &Pdu::H2cData {
+                    hdr,
+                    last,
+                    data: data.clone(),
+                },
             );
             return Err("bad CCCID");
         }
@@ -485,6 +499,11 @@ impl Connection {
                 fes::DATA_OUT_OF_RANGE,
                 12,
                 "H2CData outside the requested range",
+                &Pdu::H2cData {
+                    hdr,
+                    last,
+                    data: data.clone(),
+                },
             );
             return Err("data out of range");
         }
@@ -495,6 +514,11 @@ impl Connection {
                 fes::PDU_SEQUENCE_ERROR,
                 1,
                 "LAST_PDU before all requested data",
+                &Pdu::H2cData {
+                    hdr,
+                    last,
+                    data: data.clone(),
+                },
             );
             return Err("early LAST_PDU");
         }
@@ -541,7 +565,7 @@ async fn write_loop(
             match out {
                 Out::Response(resp) => {
                     outstanding.fetch_sub(1, Ordering::AcqRel);
-                    put_response(&mut batch, resp, digests, hpda, &queue)
+                    put_response(&mut batch, resp, digests, hpda, queue.sq_flow_disabled())
                 }
                 Out::R2t(r) => batch.push_pdu(&PduHeader::R2t(r), Bytes::new(), digests, hpda),
                 Out::Term(e) => {
@@ -568,16 +592,24 @@ async fn write_loop(
 }
 
 /// Encode a response: C2HData with its data (and the SUCCESS flag when the
-/// host disabled SQ flow control), then the response capsule unless the
-/// flag made it unnecessary.
-fn put_response(batch: &mut Batch, resp: Response, digests: Digests, hpda: u8, queue: &Queue) {
+/// host disabled SQ flow control and the completion has nothing else to
+/// say: the host then makes up a completion with a zero result, as Linux
+/// and SPDK do), then the response capsule unless the flag made it
+/// unnecessary.
+fn put_response(
+    batch: &mut Batch,
+    resp: Response,
+    digests: Digests,
+    hpda: u8,
+    sq_flow_disabled: bool,
+) {
     let cqe: Completion = resp.cqe;
     let mut need_capsule = true;
     if let Some(data) = resp
         .data
         .filter(|d| !d.is_empty() && cqe.status.is_success())
     {
-        let success = queue.sq_flow_disabled();
+        let success = sq_flow_disabled && cqe.result == 0 && cqe.result_hi == 0;
         let hdr = DataHeader {
             cccid: cqe.cid,
             ttag: 0,
@@ -595,5 +627,56 @@ fn put_response(batch: &mut Batch, resp: Response, digests: Digests, hpda: u8, q
     }
     if need_capsule {
         batch.push_pdu(&PduHeader::CapsuleResp(cqe), Bytes::new(), digests, hpda);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp::{Decoded, Pdu, PduDecoder, Role};
+
+    /// The PDUs `put_response` writes for a 512-byte read with `result`.
+    async fn pdus_for_read(result: u32, sq_flow_disabled: bool) -> Vec<Pdu> {
+        let mut cqe = Completion::new(7, Status::SUCCESS);
+        cqe.result = result;
+        let resp = Response {
+            cqe,
+            data: Some(Bytes::from(vec![1u8; 512])),
+            close_queue: false,
+        };
+        let mut batch = Batch::default();
+        put_response(&mut batch, resp, Digests::default(), 0, sq_flow_disabled);
+        let mut wire = Vec::new();
+        batch.write_to(&mut wire, |_| {}).await.unwrap();
+        let dec = PduDecoder::new(Role::Host, 1 << 20);
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut pdus = Vec::new();
+        while let Some(Decoded::Pdu(p)) = dec.decode(&mut buf).unwrap() {
+            pdus.push(p);
+        }
+        pdus
+    }
+
+    #[tokio::test]
+    async fn c2h_success_only_when_the_completion_says_nothing_more() {
+        let kinds = |pdus: &[Pdu]| -> Vec<(bool, bool)> {
+            pdus.iter()
+                .map(|p| match p {
+                    Pdu::C2hData { success, .. } => (true, *success),
+                    _ => (false, false),
+                })
+                .collect()
+        };
+        // Flow control off, zero result: C2HData with SUCCESS, no capsule.
+        assert_eq!(kinds(&pdus_for_read(0, true).await), [(true, true)]);
+        // A result the host must see: the capsule carries it.
+        let pdus = pdus_for_read(5, true).await;
+        assert_eq!(kinds(&pdus), [(true, false), (false, false)]);
+        assert!(matches!(pdus[1], Pdu::CapsuleResp(c) if c.result == 5));
+        // Flow control on: always the capsule.
+        assert_eq!(
+            kinds(&pdus_for_read(0, false).await),
+            [(true, false), (false, false)]
+        );
     }
 }
