@@ -224,7 +224,6 @@ impl PduHeader {
         }
     }
 
-    /// Whether digests apply (never to ICReq/ICResp).
     /// Whether this PDU carries a header digest when header digests are on:
     /// never the connection initialization PDUs, and never a TermReq (as
     /// Linux and SPDK expect: a peer ending the connection may not agree on

@@ -468,16 +468,18 @@ impl Connection {
         bad_digest: bool,
         inflight: &mut Inflight,
     ) -> Result<(), &'static str> {
+        // What a TermReq about this PDU carries.
+        let offending = || Pdu::H2cData {
+            hdr,
+            last,
+            data: data.clone(),
+        };
         let Some(t) = self.transfers.get_mut(hdr.ttag as usize) else {
             self.fatal(
                 fes::INVALID_HEADER_FIELD,
                 10,
                 "H2CData for an unknown transfer tag",
-                &Pdu::H2cData {
-                    hdr,
-                    last,
-                    data: data.clone(),
-                },
+                &offending(),
             );
             return Err("unknown transfer tag");
         };
@@ -486,11 +488,7 @@ impl Connection {
                 fes::INVALID_HEADER_FIELD,
                 8,
                 "H2CData command ID does not match its transfer tag",
-                &Pdu::H2cData {
-                    hdr,
-                    last,
-                    data: data.clone(),
-                },
+                &offending(),
             );
             return Err("bad CCCID");
         }
@@ -499,11 +497,7 @@ impl Connection {
                 fes::DATA_OUT_OF_RANGE,
                 12,
                 "H2CData outside the requested range",
-                &Pdu::H2cData {
-                    hdr,
-                    last,
-                    data: data.clone(),
-                },
+                &offending(),
             );
             return Err("data out of range");
         }
@@ -514,11 +508,7 @@ impl Connection {
                 fes::PDU_SEQUENCE_ERROR,
                 1,
                 "LAST_PDU before all requested data",
-                &Pdu::H2cData {
-                    hdr,
-                    last,
-                    data: data.clone(),
-                },
+                &offending(),
             );
             return Err("early LAST_PDU");
         }
