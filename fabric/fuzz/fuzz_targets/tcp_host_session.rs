@@ -48,12 +48,6 @@ fn world() -> &'static World {
     })
 }
 
-/// What the fake controller has seen from the host.
-#[derive(Default)]
-struct Seen {
-    commands: Vec<Command>,
-}
-
 async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
     let digests = Digests {
         header: u.ratio(1, 4)?,
@@ -137,14 +131,13 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
     }
 
     // The host's PDUs, checked as they come.
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    // The commands the fake controller has seen from the host.
+    let seen = Arc::new(Mutex::new(Vec::<Command>::new()));
     let seen_by_reader = seen.clone();
     let reader = tokio::spawn(async move {
         loop {
             match dec.decode(&mut buf) {
-                Ok(Some(Decoded::Pdu(Pdu::CapsuleCmd { cmd, .. }))) => {
-                    seen_by_reader.lock().unwrap().commands.push(cmd)
-                }
+                Ok(Some(Decoded::Pdu(Pdu::CapsuleCmd { cmd, .. }))) => seen_by_reader.lock().unwrap().push(cmd),
                 Ok(Some(Decoded::Pdu(_))) => {}
                 Ok(Some(Decoded::BadDataDigest(_))) => panic!("the host sent a bad data digest"),
                 Err(e) => panic!("the host sent a malformed PDU: {e}"),
@@ -159,7 +152,7 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
     });
 
     while !u.is_empty() {
-        let cmds = seen.lock().unwrap().commands.clone();
+        let cmds = seen.lock().unwrap().clone();
         let cid = match cmds.is_empty() || u.ratio(1, 8)? {
             true => u.int_in_range(0..=15u16)?,
             false => u.choose(&cmds)?.cid,

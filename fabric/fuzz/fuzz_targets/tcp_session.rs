@@ -74,26 +74,23 @@ struct Session {
     r2ts: Arc<Mutex<Vec<R2t>>>,
     responses: Arc<Mutex<Vec<Completion>>>,
     reader: tokio::task::JoinHandle<()>,
-    /// Tells the reader the digests negotiated.
-    reader_digests: tokio::sync::watch::Sender<Digests>,
 }
 
 impl Session {
-    async fn open(w: &World) -> Session {
+    /// Connect; PDUs go out, and are read, with `digests` (the
+    /// initialization PDUs never carry any).
+    async fn open(w: &World, digests: Digests) -> Session {
         let stream = TcpStream::connect(w.address.socket_string()).await.unwrap();
         let _ = stream.set_nodelay(true);
         let (mut rd, wr) = stream.into_split();
         let r2ts = Arc::new(Mutex::new(Vec::new()));
         let responses = Arc::new(Mutex::new(Vec::new()));
         let (r2, rs) = (r2ts.clone(), responses.clone());
-        let (dtx, mut drx) = tokio::sync::watch::channel(Digests::default());
         let reader = tokio::spawn(async move {
             let mut dec = PduDecoder::new(Role::Host, 1 << 24);
+            dec.digests = digests;
             let mut buf = BytesMut::new();
             loop {
-                if drx.has_changed().unwrap_or(false) {
-                    dec.digests = *drx.borrow_and_update();
-                }
                 match dec.decode(&mut buf) {
                     Ok(Some(Decoded::Pdu(p))) => {
                         match p {
@@ -116,17 +113,11 @@ impl Session {
         });
         Session {
             wr,
-            digests: Digests::default(),
+            digests,
             r2ts,
             responses,
             reader,
-            reader_digests: dtx,
         }
-    }
-
-    fn set_digests(&mut self, d: Digests) {
-        self.digests = d;
-        let _ = self.reader_digests.send(d);
     }
 
     async fn send(&mut self, bytes: &[u8]) -> bool {
@@ -150,18 +141,15 @@ impl Session {
         None
     }
 
-    /// ICReq with `digests`; true once the ICResp came (the reader decodes
-    /// with the digests from then on).
-    async fn initialize(&mut self, digests: Digests) -> bool {
+    /// ICReq asking for the session's digests; false if it could not be
+    /// sent.
+    async fn initialize(&mut self) -> bool {
         let ic = PduHeader::IcReq(IcReq {
             pfv: 0,
             hpda: 0,
-            digests,
+            digests: self.digests,
             maxr2t: 0,
         });
-        // The ICResp is the first PDU and carries no digests either way;
-        // switching before it arrives is safe.
-        self.set_digests(digests);
         let mut out = BytesMut::new();
         encode(&ic, &[], Digests::default(), 0, &mut out);
         self.send(&out).await
@@ -288,8 +276,10 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
     // The admin queue the I/O queue's controller lives on, kept open
     // while the I/O queue is fuzzed.
     let mut admin = None;
-    let mut s = Session::open(w).await;
-    if prelude >= 1 && !s.initialize(digests).await {
+    // Without an ICReq nothing was negotiated.
+    let negotiated = if prelude >= 1 { digests } else { Digests::default() };
+    let mut s = Session::open(w, negotiated).await;
+    if prelude >= 1 && !s.initialize().await {
         s.finish().await;
         return Ok(());
     }
@@ -302,8 +292,8 @@ async fn session(w: &World, u: &mut Unstructured<'_>) -> ArbResult<()> {
         assert!(r.status.is_success(), "admin Connect failed: {r:?}");
     }
     if prelude == 3 {
-        let mut a = Session::open(w).await;
-        assert!(a.initialize(Digests::default()).await);
+        let mut a = Session::open(w, Digests::default()).await;
+        assert!(a.initialize().await);
         let r = a
             .connect(NQN, 0, CNTLID_DYNAMIC)
             .await
