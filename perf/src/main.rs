@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fabric::target::PortAddress;
-use perf::duration::parse_duration;
+use perf::duration::{parse_duration, parse_nonzero_duration};
 use perf::loadgen::{self, LoadSpec};
 use perf::workload::Workload;
 
@@ -44,11 +44,11 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     queues: u16,
     /// Measured time (10s, 500ms, 2m) [default: 10s, or unlimited with --ios].
-    #[arg(long, short = 't', value_parser = parse_duration)]
+    #[arg(long, short = 't', value_parser = parse_nonzero_duration)]
     time: Option<Duration>,
     /// Stop after this many measured I/Os (all queues together).
     #[arg(long, value_name = "N")]
-    ios: Option<u64>,
+    ios: Option<std::num::NonZeroU64>,
     /// Time run before measuring starts.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     ramp: Duration,
@@ -107,7 +107,7 @@ impl Args {
             time: self
                 .time
                 .or((self.ios.is_none()).then_some(Duration::from_secs(10))),
-            ios: self.ios,
+            ios: self.ios.map(std::num::NonZeroU64::get),
             ramp: self.ramp,
             verify: self.verify,
             offset: self.offset,
