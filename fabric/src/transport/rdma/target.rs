@@ -302,6 +302,10 @@ struct PostFailure {
     /// posted, or its completion never came): the buffers must not go back
     /// to the pool while the queue pair lives.
     memory_in_use: bool,
+    /// Whether the request was flushed because the queue pair had already
+    /// gone to the error state (the host disconnected or the queue is
+    /// closing): expected, not worth a warning.
+    queue_closed: bool,
 }
 
 impl PostFailure {
@@ -309,6 +313,16 @@ impl PostFailure {
         PostFailure {
             reason: reason.into(),
             memory_in_use: false,
+            queue_closed: false,
+        }
+    }
+
+    /// Log why a command's transfer failed (its queue closes).
+    fn log(&self, what: &str, cid: u16) {
+        if self.queue_closed {
+            tracing::debug!(error = %self, cid, "{what} flushed: the queue was already closing");
+        } else {
+            tracing::warn!(error = %self, cid, "{what} failed; closing the queue");
         }
     }
 }
@@ -690,6 +704,7 @@ impl Conn {
             return Err(PostFailure {
                 reason: "completion lost".into(),
                 memory_in_use: true,
+                queue_closed: false,
             });
         };
         drop(permits);
@@ -699,12 +714,14 @@ impl Conn {
             STATUS_PARTLY_POSTED => Err(PostFailure {
                 reason: "post failed part way through a chain".into(),
                 memory_in_use: true,
+                queue_closed: false,
             }),
             // An error completion of the last request comes after the
             // earlier ones; the queue pair is in the error state.
-            status => Err(PostFailure::before_posting(format!(
-                "work request failed with status {status}"
-            ))),
+            status => Err(PostFailure {
+                queue_closed: wc.flushed(),
+                ..PostFailure::before_posting(format!("work request failed with status {status}"))
+            }),
         }
     }
 
@@ -808,7 +825,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
             };
             let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, true);
             if let Err(e) = conn.post_and_wait(wrs, None).await {
-                tracing::warn!(error = %e, cid = cmd.cid, "RDMA READ of command data failed; closing the queue");
+                e.log("RDMA READ of command data", cmd.cid);
                 release_after_failure(&e, [buf]);
                 return true;
             }
@@ -845,7 +862,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
     match result {
         Ok(()) => resp.close_queue,
         Err(e) => {
-            tracing::warn!(error = %e, cid = resp.cqe.cid, "sending a response failed; closing the queue");
+            e.log("sending a response", resp.cqe.cid);
             true
         }
     }
