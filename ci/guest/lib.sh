@@ -57,7 +57,11 @@ start_fabricd() {
     local log=$LOGDIR/$name.log
     "$FABRICD" target "$@" >"$log" 2>&1 &
     FABRICD_PID=$!
-    if ! wait_for "fabricd $name ready" 60 grep -q ready "$log"; then
+    # Stop waiting as soon as it exits: a bad flag or address ends it at once.
+    wait_for "fabricd $name ready" 60 bash -c "grep -q ready '$log' || ! kill -0 $FABRICD_PID"
+    if ! grep -q ready "$log"; then
+        failures=$((failures + 1)); checks=$((checks + 1))
+        echo "FAIL - fabricd $name did not start"
         cat "$log"
         return 1
     fi
@@ -93,8 +97,78 @@ fio_verify() {
             --do_verify=1 --verify_fatal=1 --verify_state_save=0 --group_reporting --output="$LOGDIR/fio-$name.txt"
 }
 
+# ctrl_of NQN ADDRESS: the host's controller (nvmeN) of NQN through ADDRESS.
+ctrl_of() {
+    local c
+    for c in $(controllers_of "$1"); do
+        grep -q "traddr=$2," "/sys/class/nvme/${c#/dev/}/address" && echo "${c#/dev/}"
+    done
+}
+
+# path_sectors CTRL read|written: 512-byte sectors moved through that
+# controller's path (the statistics of its hidden block device).
+path_sectors() {
+    local p
+    p=$(basename "$(ls -d /sys/class/nvme/"$1"/nvme*c*n1 | head -1)")
+    awk -v f="$2" '{print (f == "read") ? $3 : $7}' "/sys/block/$p/stat"
+}
+
+ctrl_live() { grep -q live "/sys/class/nvme/$1/state"; }
+
+# two_node_failover TRANSPORT ADDRESS_A ADDRESS_B NQN DEVICE: two nodes
+# (fabricd processes on their own addresses) export one volume: the same
+# subsystem NQN, namespace and backing DEVICE, distinct controller IDs. The
+# Linux host's native multipath sees one namespace with a path through each
+# and spreads I/O over both (round-robin). Node A killed (SIGKILL) in the
+# middle of a verified write run must not fail one I/O: its commands fail
+# over to node B. Back up, node A serves all the data while B is down.
+two_node_failover() {
+    local tr=$1 addr_a=$2 addr_b=$3 nqn=$4 device=$5
+    local node_args=(--nqn "$nqn" --namespace "file:$device" --serial two-nodes)
+    local a_pid b_pid ca cb dev fio_pid rc s before
+    start_fabricd "$tr-node-a" --listen "$tr://$addr_a:4422" --cntlid-range 1-999 "${node_args[@]}" || return 1
+    a_pid=$FABRICD_PID
+    start_fabricd "$tr-node-b" --listen "$tr://$addr_b:4422" --cntlid-range 1000-1999 "${node_args[@]}" || return 1
+    b_pid=$FABRICD_PID
+    for s in "$addr_a" "$addr_b"; do
+        check "$tr nodes: nvme connect to the node at $s" nvme connect -t "$tr" -a "$s" -s 4422 -n "$nqn" \
+            --hostnqn="$HOSTNQN" --reconnect-delay=1 --ctrl-loss-tmo=60
+    done
+    wait_for "$tr nodes: a live controller per node" 30 bash -c \
+        'ctrl_live "$(ctrl_of "$0" "$1")" && ctrl_live "$(ctrl_of "$0" "$2")"' "$nqn" "$addr_a" "$addr_b"
+    wait_for "$tr nodes: one namespace over both" 30 count_namespaces "$nqn" 1
+    dev=$(namespaces_of "$nqn" | head -1) ca=$(ctrl_of "$nqn" "$addr_a") cb=$(ctrl_of "$nqn" "$addr_b")
+    for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+        [[ $(cat "$s/subsysnqn") == "$nqn" ]] && echo round-robin > "$s/iopolicy"
+    done
+    local fio_args=(--name="$tr-nodes" --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite
+        --bs=4k --iodepth=16 --size=64M --verify=crc32c --verify_fatal=1 --verify_state_save=0)
+    fio "${fio_args[@]}" --output="$LOGDIR/fio-$tr-nodes.txt" &
+    fio_pid=$!
+    wait_for "$tr nodes: node A served writes" 60 bash -c '(( $(path_sectors "$0" written) >= 4096 ))' "$ca"
+    check "$tr nodes: fio still writing when node A is killed" kill -0 "$fio_pid"
+    kill -9 "$a_pid"; wait "$a_pid" 2>/dev/null
+    before=$(path_sectors "$cb" written)
+    wait "$fio_pid"; rc=$?
+    check "$tr nodes: fio wrote and verified 64M with node A killed mid-run" \
+        bash -c "(( $rc == 0 )) || { cat '$LOGDIR/fio-$tr-nodes.txt'; exit 1; }"
+    check "$tr nodes: node B took the writes after the kill" test "$(path_sectors "$cb" written)" -gt "$before"
+    start_fabricd "$tr-node-a-again" --listen "$tr://$addr_a:4422" --cntlid-range 1-999 "${node_args[@]}" || return 1
+    a_pid=$FABRICD_PID
+    wait_for "$tr nodes: the host reconnects to node A" 90 ctrl_live "$ca"
+    kill -9 "$b_pid"; wait "$b_pid" 2>/dev/null
+    before=$(path_sectors "$ca" read)
+    check "$tr nodes: with node B killed, node A reads back all 64M (fio verify)" \
+        fio "${fio_args[@]}" --verify_only --output="$LOGDIR/fio-$tr-nodes-verify.txt"
+    check "$tr nodes: node A served those reads" test "$(path_sectors "$ca" read)" -ge $((before + 131072))
+    check "$tr nodes: nvme disconnect" nvme disconnect -n "$nqn"
+    kill "$a_pid"; wait "$a_pid" 2>/dev/null
+    check "$tr nodes: node A logged no warning (a host's disconnect is routine)" \
+        bash -c '! grep -E "WARN|ERROR" "$0"' "$LOGDIR/$tr-node-a-again.log"
+}
+
 finish() {
     echo "# $((checks - failures))/$checks checks passed"
     ((failures == 0))
 }
-export -f namespaces_of controllers_of count_namespaces
+export -f namespaces_of controllers_of count_namespaces ctrl_of path_sectors ctrl_live

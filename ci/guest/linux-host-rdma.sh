@@ -76,6 +76,11 @@ all_free() { grep "RDMA queue closed" "$LOGDIR/rdma-restarted.log" | tail -n 1 |
 wait_for "every RDMA data buffer back in the pool once all queues closed" 30 all_free
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 
+# Two nodes exporting one volume over rdma, one killed mid-run (lib.sh); the
+# second node's address on the same soft-RoCE device.
+ip addr add 10.77.0.3/24 dev "$RDMA_NETDEV"
+two_node_failover rdma "$RDMA_IP" 10.77.0.3 "$NQN-nodes" /dev/ram0
+
 # Our host library against the Linux kernel target (nvmet-rdma, brd backend).
 modprobe -a nvmet nvmet-rdma || exit 1
 C=/sys/kernel/config/nvmet

@@ -80,6 +80,9 @@ check "nvme disconnect (every path)" nvme disconnect -n "$NQN"
 
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 
+# Two nodes exporting one volume; one killed mid-run (lib.sh).
+two_node_failover tcp 127.0.0.2 127.0.0.3 "$NQN-nodes" /dev/ram0
+
 # The embedded default's kind of namespace (ci/start.sh): a raid1 over two
 # files, here on ext4 on a RAM disk; its data survives a restart, and a clean
 # shutdown leaves nothing to resync.
