@@ -59,7 +59,10 @@ fn fabric_perf_bad_arguments_are_one_line_naming_them() {
             &["-a", "tcp://127.0.0.1:4420", "--time", "soon"][..],
             "soon",
         ),
-        (&["-a", "tcp://127.0.0.1:4420", "--time", "0s"][..], "--time"),
+        (
+            &["-a", "tcp://127.0.0.1:4420", "--time", "0s"][..],
+            "--time",
+        ),
         (&["-a", "tcp://127.0.0.1:4420", "--ios", "0"][..], "--ios"),
         (&["--iodepth", "4"][..], "--address"),
     ] {
