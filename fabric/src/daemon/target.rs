@@ -29,7 +29,9 @@ pub const DEFAULT_NAMESPACE: &str = "mem:1G";
 /// Arguments of `fabricd target`.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct TargetArgs {
-    /// TOML file with the same settings as the flags (flags win).
+    /// TOML file with the same settings as the flags, but --log-level and
+    /// --worker-threads (keys with underscores: `rdma_slots = 1024`; flags
+    /// win).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on; repeat for several [default: tcp://127.0.0.1:4420].
@@ -135,6 +137,18 @@ pub struct TargetFile {
     pub max_transfer: Option<String>,
     /// Controller ID range "MIN-MAX".
     pub cntlid_range: Option<String>,
+    /// RDMA data slots per device.
+    pub rdma_slots: Option<u32>,
+    /// RDMA bytes per data slot (size string).
+    pub rdma_slot_size: Option<String>,
+    /// RDMA shared receive queue entries per device.
+    pub rdma_srq_size: Option<u32>,
+    /// RDMA in-capsule data (size string).
+    pub rdma_inline: Option<String>,
+    /// RDMA completion polling after the last completion, µs.
+    pub rdma_poll_us: Option<u64>,
+    /// TCP idle polling, µs.
+    pub tcp_poll_us: Option<u64>,
 }
 
 /// Settings after merging the file and the flags.
@@ -201,6 +215,14 @@ fn scalar_setting<T>(
     }
 }
 
+/// A polling time in µs, at most 10 ms.
+fn poll_time(us: u64, name: &str) -> anyhow::Result<Duration> {
+    if us > 10_000 {
+        bail!("{name} {us} must be from 0 to 10000");
+    }
+    Ok(Duration::from_micros(us))
+}
+
 fn read_file(path: &Path) -> anyhow::Result<TargetFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -229,11 +251,13 @@ impl TargetArgs {
         )?
         .unwrap_or(1 << 20);
         if !max_transfer.is_power_of_two() || !(4096..=1 << 24).contains(&max_transfer) {
-            bail!("--max-transfer {max_transfer} must be a power of two from 4K to 16M");
+            bail!("--max-transfer (max_transfer) {max_transfer} must be a power of two from 4K to 16M");
         }
         let block_size = self.block_size.or(file.block_size).unwrap_or(4096);
         if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
-            bail!("--block-size {block_size} must be a power of two from 512 to 65536");
+            bail!(
+                "--block-size (block_size) {block_size} must be a power of two from 512 to 65536"
+            );
         }
         let cntlid_range = scalar_setting(
             self.cntlid_range,
@@ -243,42 +267,50 @@ impl TargetArgs {
         )?
         .unwrap_or((1, crate::wire::CNTLID_MAX));
         let mut rdma = RdmaConfig::default();
-        if let Some(n) = self.rdma_slots {
+        if let Some(n) = self.rdma_slots.or(file.rdma_slots) {
             if n == 0 {
-                bail!("--rdma-slots must be at least 1");
+                bail!("--rdma-slots (rdma_slots) must be at least 1");
             }
             rdma.slots = n;
         }
-        if let Some(sz) = self.rdma_slot_size {
+        let slot_size = scalar_setting(
+            self.rdma_slot_size,
+            &file.rdma_slot_size,
+            "rdma_slot_size",
+            parse_size_arg,
+        )?;
+        if let Some(sz) = slot_size {
             if !sz.is_power_of_two() || !(4096..=1 << 20).contains(&sz) {
-                bail!("--rdma-slot-size {sz} must be a power of two from 4K to 1M");
+                bail!(
+                    "--rdma-slot-size (rdma_slot_size) {sz} must be a power of two from 4K to 1M"
+                );
             }
             rdma.slot_size = sz as usize;
         }
-        if let Some(n) = self.rdma_srq_size {
+        if let Some(n) = self.rdma_srq_size.or(file.rdma_srq_size) {
             if !(16..=65536).contains(&n) {
-                bail!("--rdma-srq-size {n} must be from 16 to 65536");
+                bail!("--rdma-srq-size (rdma_srq_size) {n} must be from 16 to 65536");
             }
             rdma.srq_entries = n;
         }
-        if let Some(sz) = self.rdma_inline {
+        let inline = scalar_setting(
+            self.rdma_inline,
+            &file.rdma_inline,
+            "rdma_inline",
+            parse_size_arg,
+        )?;
+        if let Some(sz) = inline {
             if sz > 65536 || sz % 16 != 0 {
-                bail!("--rdma-inline {sz} must be a multiple of 16 up to 64K");
+                bail!("--rdma-inline (rdma_inline) {sz} must be a multiple of 16 up to 64K");
             }
             rdma.inline_data_size = sz as u32;
         }
-        if let Some(us) = self.rdma_poll_us {
-            if us > 10_000 {
-                bail!("--rdma-poll-us {us} must be from 0 to 10000");
-            }
-            rdma.poll_spin = Duration::from_micros(us);
+        if let Some(us) = self.rdma_poll_us.or(file.rdma_poll_us) {
+            rdma.poll_spin = poll_time(us, "--rdma-poll-us (rdma_poll_us)")?;
         }
         let mut tcp = TcpTransport::default();
-        if let Some(us) = self.tcp_poll_us {
-            if us > 10_000 {
-                bail!("--tcp-poll-us {us} must be from 0 to 10000");
-            }
-            tcp.poll = Duration::from_micros(us);
+        if let Some(us) = self.tcp_poll_us.or(file.tcp_poll_us) {
+            tcp.poll = poll_time(us, "--tcp-poll-us (tcp_poll_us)")?;
         }
         Ok(TargetSettings {
             listen,
@@ -447,6 +479,50 @@ mod tests {
         .settings()
         .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn transport_settings_come_from_the_file_too() {
+        let dir = std::env::temp_dir().join(format!("fabricd-cfg-rdma-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        let settings = |text: &str, flags: TargetArgs| {
+            std::fs::write(&path, text).unwrap();
+            TargetArgs {
+                config: Some(path.clone()),
+                ..flags
+            }
+            .settings()
+        };
+        let file = "rdma_slots = 64\nrdma_slot_size = \"64K\"\nrdma_srq_size = 256\n\
+                    rdma_inline = \"4K\"\nrdma_poll_us = 50\ntcp_poll_us = 20\n";
+        let s = settings(file, TargetArgs::default()).unwrap();
+        assert_eq!(s.rdma.slots, 64);
+        assert_eq!(s.rdma.slot_size, 64 << 10);
+        assert_eq!(s.rdma.srq_entries, 256);
+        assert_eq!(s.rdma.inline_data_size, 4096);
+        assert_eq!(s.rdma.poll_spin, Duration::from_micros(50));
+        assert_eq!(s.tcp.poll, Duration::from_micros(20));
+        let flags = TargetArgs {
+            rdma_slots: Some(8),
+            tcp_poll_us: Some(0),
+            ..Default::default()
+        };
+        let s = settings(file, flags).unwrap();
+        assert_eq!((s.rdma.slots, s.tcp.poll), (8, Duration::ZERO));
+        for (bad, named) in [
+            ("rdma_slots = 0", "rdma_slots"),
+            ("rdma_slot_size = \"3K\"", "rdma_slot_size"),
+            ("rdma_inline = \"lots\"", "rdma_inline"),
+            ("tcp_poll_us = 20000", "tcp_poll_us"),
+            ("block_size = 1000", "block_size"),
+        ] {
+            let err = settings(bad, TargetArgs::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
