@@ -38,7 +38,18 @@ fn message(error: &anyhow::Error) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // One line naming the bad argument; --help has the rest.
+            eprintln!("fabric-ctl: {}", raid::one_line_error(&e.to_string()));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(
             shell,

@@ -168,3 +168,24 @@ fn completions_are_generated() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("fabric-ctl"));
 }
+
+#[test]
+fn bad_arguments_are_one_line_naming_them() {
+    for (args, named) in [
+        (&["vol", "create", "v", "--size", "10Q"][..], "10Q"),
+        (
+            &["dn", "create", "d", "--address", "tcp:x:1"][..],
+            "--capacity",
+        ),
+        (&["bogus"][..], "bogus"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
+            .args(args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+}

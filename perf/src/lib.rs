@@ -2,7 +2,6 @@
 //! and the pieces fabric-bench (the side-by-side benchmark against the Linux
 //! kernel target) shares with it.
 
-pub mod cli;
 pub mod cpu;
 pub mod duration;
 pub mod loadgen;

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
             // One line naming the bad argument; --help has the rest.
-            eprintln!("fabric-perf: {}", perf::cli::one_line_error(&e.to_string()));
+            eprintln!("fabric-perf: {}", raid::one_line_error(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {

@@ -20,6 +20,7 @@
 
 pub mod bits;
 pub mod buf;
+pub mod cli;
 pub mod clone;
 mod device;
 pub mod error;
@@ -41,6 +42,7 @@ pub mod thin;
 mod uring;
 
 pub use bytes::{Bytes, BytesMut};
+pub use cli::one_line_error;
 pub use clone::{CloneDevice, CloneProgress};
 pub use device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 pub use error::ErrorDevice;

@@ -46,9 +46,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
             // One line naming the bad argument; --help has the rest.
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("fabricd: {}", first.trim_start_matches("error: "));
+            eprintln!("fabricd: {}", raid::one_line_error(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {

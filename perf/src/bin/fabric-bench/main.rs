@@ -235,10 +235,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
-            eprintln!(
-                "fabric-bench: {}",
-                perf::cli::one_line_error(&e.to_string())
-            );
+            eprintln!("fabric-bench: {}", raid::one_line_error(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {

@@ -1,4 +1,6 @@
-//! Command-line helpers shared by fabric-perf and fabric-bench.
+//! Command-line text shared by the workspace's binaries (fabricd,
+//! fabric-ctl, fabric-perf, fabric-bench): a bad argument is reported in
+//! one line that names it.
 
 /// A clap error as one line: its first paragraph (the message and any
 /// argument names listed under it), without the usage that follows.
