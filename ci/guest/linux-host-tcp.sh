@@ -5,6 +5,16 @@
 NQN=nqn.2026-11.io.fabric:guest-tcp
 
 modprobe nvme-tcp && modprobe brd rd_nr=2 rd_size=131072 || exit 1
+# The Linux host and fabricd share this guest's loopback. Debian 12's 6.1
+# kernel lacks upstream commit d2d30a376d9c (Linux 6.10, "net: allow
+# skb_datagram_iter to be called from any context"): a write whose pages
+# the host sends straight from a transparent huge page can leave an skb
+# fragment running past the end of that page, and copying it to a user-space
+# receiver (fabricd's recvfrom) then trips hardened usercopy, a kernel BUG
+# that kills the receiving thread. Across a network the fragments are the
+# NIC's own pages and this cannot happen; here fio's buffers stay off huge
+# pages (README, "Attach a Linux host").
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
 start_fabricd tcp --listen tcp://127.0.0.1:4420 --listen tcp://10.77.0.1:4420 --nqn "$NQN" \
     --namespace mem:256M --namespace file:/dev/ram0 --discovery --serial guest-tcp-1 || exit 1
 
@@ -31,6 +41,7 @@ fio_verify mem-4k "${ns[0]}" 4k
 fio_verify mem-128k "${ns[0]}" 128k
 fio_verify file-4k "${ns[1]}" 4k 8M
 fio_verify file-128k "${ns[1]}" 128k 8M
+fio_verify mem-1m "${ns[0]}" 1m 16M
 
 # Malformed traffic while a host does I/O: the I/O still verifies and the
 # target keeps running.
