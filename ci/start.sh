@@ -30,6 +30,15 @@ done
 grep -q "meta replica serving" "$data/meta.log" || { echo "start: fabricd meta did not come up (see $data/meta.log)" >&2; exit 1; }
 echo "start: metadata group on 127.0.0.1:7400 (log: $data/meta.log); try: $bin/fabric-ctl cluster list"
 
+# A Linux host on this machine over loopback meets a kernel bug before 6.10
+# when huge pages are always on (README, "Attach a Linux host").
+read -r kmaj kmin _ < <(uname -r | tr '.-' '  ')
+thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || true)
+if (( kmaj < 6 || (kmaj == 6 && kmin < 10) )) && [[ $thp == *"[always]"* ]]; then
+    echo "start: note: a Linux host on this machine may need huge pages off first:" \
+        "echo never > /sys/kernel/mm/transparent_hugepage/enabled (README, \"Attach a Linux host\")"
+fi
+
 namespace=(--namespace "raid1:$data/disk0.img,$data/disk1.img:4G")
 for a in "$@"; do
     [[ $a == --namespace* || $a == --config* || $a == -c ]] && namespace=()
