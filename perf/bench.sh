@@ -40,7 +40,9 @@ bin=$target/release
 out=${out:-perf/out/$mode-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 if [[ $mode == guest ]]; then
-    ci/guest-run --timeout 7200 -- "$bin/fabric-bench" run --mode guest --out "$out" "${run_args[@]}"
+    # 4 GiB: both RAM backends (1 GiB each) are written in full before
+    # measuring (fabric-bench's fill), on top of the guest's own needs.
+    ci/guest-run --mem 4G --timeout 7200 -- "$bin/fabric-bench" run --mode guest --out "$out" "${run_args[@]}"
 else
     "$bin/fabric-bench" run --mode native --out "$out" "${run_args[@]}"
 fi

@@ -199,6 +199,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
         if cfg.mode == Mode::Guest {
             sides.push(kernel_endpoint(&mut kernel, i as u16 + 1, transport));
         }
+        if cfg.backends.contains(&Backend::Mem) {
+            fill_mem(cfg, &sides, sizes.1);
+        }
         for &client in &cfg.clients {
             if client == Client::Fio {
                 for s in sides.iter_mut().filter(|s| s.error.is_none()) {
@@ -236,6 +239,23 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
         }
     }
     Ok(set)
+}
+
+/// Write the whole RAM backend of each side once before measuring. brd
+/// and our `mem:` namespace both allocate a page on its first write, and
+/// brd outlives a transport's fabricd: without this, ours would start
+/// every transport empty against a kernel RAM disk already written.
+fn fill_mem(cfg: &RunConfig, sides: &[Endpoint], bytes: u64) {
+    for s in sides.iter().filter(|s| s.error.is_none()) {
+        let nsid = Backend::Mem.nsid();
+        match clients::fill(&cfg.fabric_perf, &s.address, s.nqn, nsid, bytes) {
+            Ok(()) => println!("filled the {} side's mem backend", s.side.name()),
+            Err(e) => println!(
+                "filling the {} side's mem backend failed: {e:#}",
+                s.side.name()
+            ),
+        }
+    }
 }
 
 fn split_address(address: &str) -> (String, u16) {
