@@ -17,6 +17,8 @@
 //! Background work (resync, hydration, periodic thin commits) runs as
 //! [`BackgroundTask`]s paced by a [`RateLimit`]. For tests, [`FaultDevice`]
 //! injects failures and power loss and [`model`] holds reference models.
+//! The workspace's binaries share two command-line helpers from here:
+//! [`parse_size`] and [`one_line_error`].
 
 pub mod bits;
 pub mod buf;
