@@ -58,10 +58,13 @@ start_fabricd() {
     "$FABRICD" target "$@" >"$log" 2>&1 &
     FABRICD_PID=$!
     # Stop waiting as soon as it exits: a bad flag or address ends it at once.
-    wait_for "fabricd $name ready" 60 bash -c "grep -q ready '$log' || ! kill -0 $FABRICD_PID"
+    if ! wait_for "fabricd $name ready" 60 bash -c "grep -q ready '$log' || ! kill -0 $FABRICD_PID"; then
+        cat "$log"
+        return 1
+    fi
     if ! grep -q ready "$log"; then
         failures=$((failures + 1)); checks=$((checks + 1))
-        echo "FAIL - fabricd $name did not start"
+        echo "FAIL - fabricd $name exited before it was ready"
         cat "$log"
         return 1
     fi
