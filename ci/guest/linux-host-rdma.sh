@@ -54,8 +54,7 @@ check "write a pattern to the file namespace" dd if=/tmp/pattern of="${ns[1]}" b
 kill -9 "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 start_fabricd rdma-restarted --listen "rdma://$RDMA_IP:4420" --nqn "$NQN" \
     --namespace mem:256M --namespace file:/dev/ram0 || exit 1
-live() { grep -q live "/sys/class/nvme/${ctrl#/dev/}/state"; }
-wait_for "the Linux host reconnects after the target restart" 90 live
+wait_for "the Linux host reconnects after the target restart" 90 ctrl_live "${ctrl#/dev/}"
 check "pattern reads back after the restart" cmp -n 1048576 /tmp/pattern <(dd if="${ns[1]}" bs=64k skip=100 count=16 iflag=direct status=none)
 fio_verify rdma-after-restart "${ns[0]}" 4k 8M
 check "nvme disconnect (rdma)" nvme disconnect -n "$NQN"
