@@ -600,7 +600,7 @@ async fn measure(
         .collect();
     let ticker = progress.then(|| start_progress(sh.clone(), spec.time));
     tokio::time::sleep_until(sh.measure_from.into()).await;
-    let (cpu0, sys0) = (cpu::process_cpu()?, cpu::system_cpu()?);
+    let (cpu0, sys0) = (cpu::process_cpu(), cpu::system_cpu()?);
     let mut reads = IoStats::default();
     let mut writes_st = IoStats::default();
     let mut last_end = None;
@@ -623,7 +623,7 @@ async fn measure(
         }
     }
     let end = Instant::now();
-    let (cpu1, sys1) = (cpu::process_cpu()?, cpu::system_cpu()?);
+    let (cpu1, sys1) = (cpu::process_cpu(), cpu::system_cpu()?);
     if let Some(t) = ticker {
         t.abort();
         eprint!("\r\x1b[K");
