@@ -8,7 +8,7 @@ mod output;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use tonic::Code;
 
 use args::{Cli, Command};
@@ -38,17 +38,9 @@ fn message(error: &anyhow::Error) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cmdline::parse::<Cli>("fabric-ctl") {
         Ok(c) => c,
-        Err(e) if e.use_stderr() => {
-            // One line naming the bad argument; --help has the rest.
-            eprintln!("fabric-ctl: {}", raid::one_line_error(&e.to_string()));
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+        Err(code) => return code,
     };
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(

@@ -121,17 +121,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if e.use_stderr() => {
-            // One line naming the bad argument; --help has the rest.
-            eprintln!("fabric-perf: {}", raid::one_line_error(&e.to_string()));
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+    let args = match cmdline::parse::<Args>("fabric-perf") {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -17,12 +17,10 @@
 //! Background work (resync, hydration, periodic thin commits) runs as
 //! [`BackgroundTask`]s paced by a [`RateLimit`]. For tests, [`FaultDevice`]
 //! injects failures and power loss and [`model`] holds reference models.
-//! The workspace's binaries share two command-line helpers from here:
-//! [`parse_size`] and [`one_line_error`].
+//! The workspace's binaries read their size arguments with [`parse_size`].
 
 pub mod bits;
 pub mod buf;
-pub mod cli;
 pub mod clone;
 mod device;
 pub mod error;
@@ -44,7 +42,6 @@ pub mod thin;
 mod uring;
 
 pub use bytes::{Bytes, BytesMut};
-pub use cli::one_line_error;
 pub use clone::{CloneDevice, CloneProgress};
 pub use device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 pub use error::ErrorDevice;

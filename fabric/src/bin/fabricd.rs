@@ -42,17 +42,9 @@ enum Command {
 type RoleFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cmdline::parse::<Cli>("fabricd") {
         Ok(c) => c,
-        Err(e) if e.use_stderr() => {
-            // One line naming the bad argument; --help has the rest.
-            eprintln!("fabricd: {}", raid::one_line_error(&e.to_string()));
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+        Err(code) => return code,
     };
     let (level, fut): (String, RoleFuture) = match cli.command {
         Command::Target(args) => (args.log_level.clone(), Box::pin(target::run(*args))),

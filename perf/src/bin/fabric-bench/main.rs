@@ -232,16 +232,9 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cmdline::parse::<Cli>("fabric-bench") {
         Ok(c) => c,
-        Err(e) if e.use_stderr() => {
-            eprintln!("fabric-bench: {}", raid::one_line_error(&e.to_string()));
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+        Err(code) => return code,
     };
     let result = match cli.command {
         Command::Run(a) => run(a).map(|()| true),
