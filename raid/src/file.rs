@@ -69,7 +69,22 @@ impl FileDevice {
                 "block size {bs} must be a power of two from 512 to 64K"
             )));
         }
-        let exists = path.exists();
+        let exists = match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
+                return Err(BlockError::Unsupported(format!(
+                    "{}: not a regular file or a block device",
+                    path.display()
+                )))
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        if opts.size.is_some_and(|s| s > i64::MAX as u64) {
+            return Err(BlockError::Unsupported(format!(
+                "{}: size larger than a file can be",
+                path.display()
+            )));
+        }
         if !exists && opts.size.is_none() {
             return Err(err(
                 path,
@@ -101,6 +116,17 @@ impl FileDevice {
                     err(path, "cannot open", e)
                 }
             })?;
+        let opened = Self::open_file(path, file, opts);
+        if opened.is_err() && !exists {
+            // Leave nothing behind from a create that failed.
+            let _ = std::fs::remove_file(path);
+        }
+        opened
+    }
+
+    /// The rest of [`FileDevice::open`] once `file` is open.
+    fn open_file(path: &Path, file: std::fs::File, opts: &FileOptions) -> BlockResult<FileDevice> {
+        let bs = opts.block_size;
         let meta = file.metadata().map_err(|e| err(path, "stat", e))?;
         let is_block_device = meta.file_type().is_block_device();
         let bytes = if is_block_device {
@@ -353,6 +379,31 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("no such file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refused_paths_and_sizes_leave_nothing_behind() {
+        let open = |path: &Path, size: u64| {
+            let opts = FileOptions {
+                size: Some(size),
+                ..Default::default()
+            };
+            FileDevice::open(path, &opts).err().unwrap().to_string()
+        };
+        let path = scratch("refused");
+        // Too small for one block: the new file is removed again.
+        assert!(open(&path, 100).contains("smaller than one"));
+        assert!(!path.exists());
+        assert!(open(&path, u64::MAX).contains("larger than a file can be"));
+        assert!(!path.exists());
+        // A device that is neither a file nor a block device, and a directory.
+        assert!(open(Path::new("/dev/null"), 1 << 20).contains("not a regular file"));
+        assert!(open(path.parent().unwrap(), 1 << 20).contains("not a regular file"));
+        // An existing file is kept whatever goes wrong.
+        std::fs::write(&path, b"x").unwrap();
+        assert!(open(&path, 100).contains("smaller than one"));
+        assert!(path.exists());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]
