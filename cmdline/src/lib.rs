@@ -5,7 +5,7 @@
 
 use std::fmt::Display;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
@@ -47,23 +47,32 @@ pub fn one_line_error(message: &str) -> String {
         .join(" ")
 }
 
-/// Read and parse a TOML config file. Errors are one line naming the file
-/// and, for a bad value, the line and its text: a path that is not a
+/// A config file that cannot be used, and why (one line).
+#[derive(Debug, thiserror::Error)]
+#[error("config {}: {reason}", path.display())]
+pub struct ConfigFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it; for a bad value, its line and text.
+    pub reason: String,
+}
+
+/// Read and parse a TOML config file. Refused: a path that is not a
 /// regular file (a FIFO would block for ever), a file larger than
 /// [`MAX_CONFIG_BYTES`], text that is not UTF-8 or not valid for `T`.
-pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
     let text = read_config_text(path)?;
-    toml::from_str(&text).map_err(|e| {
-        format!(
-            "config {}: {}",
-            path.display(),
-            toml_error(&text, e.span(), e.message())
-        )
+    toml::from_str(&text).map_err(|e| ConfigFileError {
+        path: path.to_path_buf(),
+        reason: toml_error(&text, e.span(), e.message()),
     })
 }
 
-fn read_config_text(path: &Path) -> Result<String, String> {
-    let fail = |what: &dyn Display| format!("config {}: {what}", path.display());
+fn read_config_text(path: &Path) -> Result<String, ConfigFileError> {
+    let fail = |what: &dyn Display| ConfigFileError {
+        path: path.to_path_buf(),
+        reason: what.to_string(),
+    };
     let unreadable = |e: std::io::Error| fail(&format_args!("cannot read it: {e}"));
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
@@ -134,10 +143,12 @@ mod tests {
     fn error_of(text: &[u8]) -> String {
         let f = write(text);
         let e = read_toml::<Conf>(f.path()).unwrap_err();
-        let prefix = format!("config {}: ", f.path().display());
-        assert!(e.starts_with(&prefix), "{e}");
-        assert!(!e.contains('\n'), "{e}");
-        e[prefix.len()..].to_string()
+        assert_eq!(
+            e.to_string(),
+            format!("config {}: {}", f.path().display(), e.reason)
+        );
+        assert!(!e.reason.contains('\n'), "{e}");
+        e.reason
     }
 
     #[test]
@@ -161,8 +172,8 @@ mod tests {
         assert_eq!(c.size, Some(7));
         let dir = tempfile::tempdir().unwrap();
         let e = read_toml::<Conf>(dir.path()).unwrap_err();
-        assert!(e.ends_with("not a regular file"), "{e}");
+        assert_eq!(e.reason, "not a regular file");
         let e = read_toml::<Conf>(&dir.path().join("none")).unwrap_err();
-        assert!(e.contains(": cannot read it: "), "{e}");
+        assert!(e.reason.starts_with("cannot read it: "), "{e}");
     }
 }
