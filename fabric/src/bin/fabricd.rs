@@ -16,9 +16,9 @@ struct Cli {
     /// add wake-ups between them: a queue and the RDMA device's completion
     /// poller on different threads cost a thread switch per completion.
     /// With 1, everything runs on the main thread (tokio's current-thread
-    /// scheduler).
+    /// scheduler). At most 256.
     #[arg(long, global = true, value_name = "N",
-          value_parser = clap::value_parser!(u16).range(1..))]
+          value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,

@@ -13,3 +13,24 @@ pub fn init(level: &str) {
         .with_target(false)
         .try_init();
 }
+
+/// A `--log-level` value, checked: a filter `tracing` cannot parse would
+/// otherwise turn logging off without a word.
+pub fn parse_filter(s: &str) -> Result<String, String> {
+    EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log filter (e.g. info, debug, fabric=trace): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_checked() {
+        assert_eq!(parse_filter("debug").as_deref(), Ok("debug"));
+        assert!(parse_filter("fabric=trace,info").is_ok());
+        assert!(parse_filter("bogus[").is_err());
+        assert!(parse_filter("a=b=c").is_err());
+    }
+}

@@ -54,14 +54,15 @@ impl OpenNamespace {
     }
 }
 
-/// `PATH[:SIZE]`: a size only when what follows the last colon is one.
-fn path_and_size(rest: &str) -> (&str, Option<u64>) {
+/// `PATH[:SIZE]`: what follows the last colon is a size when it starts
+/// with a digit (and must then be a valid one), else part of the path.
+fn path_and_size(rest: &str) -> Result<(&str, Option<u64>), String> {
     match rest.rsplit_once(':') {
-        Some((path, v)) if !path.is_empty() => match parse_size(v) {
-            Ok(size) => (path, Some(size)),
-            Err(_) => (rest, None),
-        },
-        _ => (rest, None),
+        Some((path, v)) if !path.is_empty() && v.starts_with(|c: char| c.is_ascii_digit()) => {
+            let size = parse_size(v).map_err(|e| e.to_string())?;
+            Ok((path, Some(size)))
+        }
+        _ => Ok((rest, None)),
     }
 }
 
@@ -74,11 +75,11 @@ impl FromStr for NamespaceSpec {
             Some(("mem", v)) => Ok(NamespaceSpec::Memory(size(v)?)),
             Some(("null", v)) => Ok(NamespaceSpec::Null(size(v)?)),
             Some(("file", rest)) if !rest.is_empty() => {
-                let (path, size) = path_and_size(rest);
+                let (path, size) = path_and_size(rest).map_err(|e| format!("{s:?}: {e}"))?;
                 Ok(NamespaceSpec::File(path.into(), size))
             }
             Some(("raid1", rest)) => {
-                let (paths, size) = path_and_size(rest);
+                let (paths, size) = path_and_size(rest).map_err(|e| format!("{s:?}: {e}"))?;
                 let paths: Vec<PathBuf> = paths.split(',').map(PathBuf::from).collect();
                 if paths.len() < 2 || paths.iter().any(|p| p.as_os_str().is_empty()) {
                     return Err(format!(
@@ -99,11 +100,22 @@ impl FromStr for NamespaceSpec {
 }
 
 impl NamespaceSpec {
+    /// The size given in the spec, if any.
+    fn size(&self) -> Option<u64> {
+        match self {
+            NamespaceSpec::Memory(size) | NamespaceSpec::Null(size) => Some(*size),
+            NamespaceSpec::File(_, size) | NamespaceSpec::Raid1(_, size) => *size,
+        }
+    }
+
     /// Open the backend with `block_size`-byte blocks. A raid1 is created
     /// when every member is blank, else assembled from the members with a
     /// superblock, blank ones rebuilding missing members.
     pub async fn open(&self, block_size: u32) -> anyhow::Result<OpenNamespace> {
         let too_small = |size: u64| size < block_size as u64;
+        if let Some(size) = self.size().filter(|s| s % u64::from(block_size) != 0) {
+            bail!("size {size} is not a multiple of the {block_size}-byte block size");
+        }
         let device: DeviceRef = match self {
             NamespaceSpec::Memory(size) if too_small(*size) => bail!(
                 "memory namespace of {size} bytes is smaller than one {block_size}-byte block"
@@ -111,7 +123,15 @@ impl NamespaceSpec {
             NamespaceSpec::Null(size) if too_small(*size) => {
                 bail!("null namespace of {size} bytes is smaller than one {block_size}-byte block")
             }
-            NamespaceSpec::Memory(size) => Arc::new(MemoryDevice::new(*size, block_size)),
+            NamespaceSpec::Memory(size) => match physical_memory() {
+                Some(ram) if *size > ram => bail!(
+                    "memory namespace of {} GiB is larger than this machine's memory ({} GiB); \
+                     a mem: namespace keeps all its data in RAM",
+                    size >> 30,
+                    ram >> 30
+                ),
+                _ => Arc::new(MemoryDevice::new(*size, block_size)),
+            },
             NamespaceSpec::Null(size) => Arc::new(NullDevice::new(*size, block_size)),
             NamespaceSpec::File(path, size) => open_file(path, *size, block_size)?,
             NamespaceSpec::Raid1(paths, size) => return open_raid1(paths, *size, block_size).await,
@@ -122,6 +142,14 @@ impl NamespaceSpec {
             raid1: None,
         })
     }
+}
+
+/// The machine's RAM in bytes (`MemTotal` in `/proc/meminfo`).
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn open_file(path: &Path, size: Option<u64>, block_size: u32) -> anyhow::Result<DeviceRef> {
@@ -281,6 +309,8 @@ mod tests {
             "raid1:/a,:1G",
             "raid1:/a,,/b",
             "raid1:/a,/b,/a:1G",
+            "file:/a:1Q",
+            "raid1:/a,/b:4X",
         ] {
             assert!(bad.parse::<NamespaceSpec>().is_err(), "{bad}");
         }
@@ -386,6 +416,27 @@ mod tests {
         assert_eq!(&back[..], &pattern(1)[..]);
         close(ns).await;
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn sizes_the_backends_cannot_serve_are_refused() {
+        async fn refusal(spec: &str) -> String {
+            let spec: NamespaceSpec = spec.parse().unwrap();
+            match spec.open(4096).await {
+                Ok(_) => panic!("{spec:?} opened"),
+                Err(e) => e.to_string(),
+            }
+        }
+        for spec in ["mem:5000", "null:5000", "mem:1G", "null:1G"] {
+            let e = refusal(&spec.replace("1G", "1073741825")).await;
+            assert!(
+                e.contains("not a multiple of the 4096-byte block size"),
+                "{spec}: {e}"
+            );
+        }
+        // No table for 16 TiB of RAM built up front: refused at once.
+        let e = refusal("mem:16T").await;
+        assert!(e.contains("larger than this machine's memory"), "{e}");
     }
 
     #[tokio::test]

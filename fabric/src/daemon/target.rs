@@ -68,7 +68,8 @@ pub struct TargetArgs {
     /// multipath subsystem) [default: 1-65519].
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
     pub cntlid_range: Option<(u16, u16)>,
-    /// RDMA: data slots registered per device [default: 512].
+    /// RDMA: data slots registered per device [default: 512]; slots x
+    /// slot size at most 4G.
     #[arg(long, value_name = "N")]
     pub rdma_slots: Option<u32>,
     /// RDMA: bytes per data slot (power of two, 4K to 1M) [default: 128K].
@@ -90,7 +91,7 @@ pub struct TargetArgs {
     #[arg(long, value_name = "MICROSECONDS")]
     pub tcp_poll_us: Option<u64>,
     /// Log filter when RUST_LOG is unset.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", value_parser = super::logging::parse_filter)]
     pub log_level: String,
 }
 
@@ -215,6 +216,9 @@ fn scalar_setting<T>(
     }
 }
 
+/// Largest RDMA data pool per device (slots x slot size): it is pinned.
+const MAX_RDMA_POOL: u64 = 4 << 30;
+
 /// A polling time in µs, at most 10 ms.
 fn poll_time(us: u64, name: &str) -> anyhow::Result<Duration> {
     if us > 10_000 {
@@ -224,9 +228,7 @@ fn poll_time(us: u64, name: &str) -> anyhow::Result<Duration> {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<TargetFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
+    Ok(cmdline::read_toml(path)?)
 }
 
 impl TargetArgs {
@@ -286,6 +288,15 @@ impl TargetArgs {
                 );
             }
             rdma.slot_size = sz as usize;
+        }
+        let pool = u64::from(rdma.slots) * rdma.slot_size as u64;
+        if pool > MAX_RDMA_POOL {
+            bail!(
+                "--rdma-slots x --rdma-slot-size (rdma_slots x rdma_slot_size) is {} MiB: \
+                 the pool registered (pinned) per RDMA device is at most {} MiB",
+                pool >> 20,
+                MAX_RDMA_POOL >> 20
+            );
         }
         if let Some(n) = self.rdma_srq_size.or(file.rdma_srq_size) {
             if !(16..=65536).contains(&n) {
@@ -514,6 +525,10 @@ mod tests {
         for (bad, named) in [
             ("rdma_slots = 0", "rdma_slots"),
             ("rdma_slot_size = \"3K\"", "rdma_slot_size"),
+            (
+                "rdma_slots = 40000\nrdma_slot_size = \"1M\"",
+                "rdma_slot_size",
+            ),
             ("rdma_inline = \"lots\"", "rdma_inline"),
             ("tcp_poll_us = 20000", "tcp_poll_us"),
             ("block_size = 1000", "block_size"),

@@ -377,4 +377,24 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, vec![a.id, b.id, c.id]);
     }
+
+    #[test]
+    fn subsystems_with_malformed_nqns_are_refused() {
+        let t = Target::new(TargetConfig::default()).unwrap();
+        let refusal = |cfg: SubsystemConfig| t.add_subsystem(cfg).err().unwrap().to_string();
+        let e = refusal(SubsystemConfig::new("foo"));
+        assert!(
+            e.contains("subsystem NQN \"foo\" is not a valid NQN"),
+            "{e}"
+        );
+        let mut cfg = SubsystemConfig::new("nqn.2026-11.io.fabric:a");
+        cfg.allowed_hosts = vec!["nqn.2026-11.io.fabric:host".into(), String::new()];
+        let e = refusal(cfg.clone());
+        assert!(
+            e.contains("allowed host NQN \"\" is not a valid NQN"),
+            "{e}"
+        );
+        cfg.allowed_hosts.pop();
+        assert!(t.add_subsystem(cfg).is_ok());
+    }
 }

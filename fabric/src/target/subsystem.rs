@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use raid::DeviceRef;
 
+use crate::wire::fabrics::{valid_nqn, MAX_NQN_LEN};
+
 use super::controller::Controller;
 use super::namespace::Namespace;
 use super::TargetError;
@@ -84,11 +86,17 @@ pub struct Subsystem {
 
 impl Subsystem {
     pub(crate) fn new(cfg: SubsystemConfig, is_discovery: bool) -> Result<Subsystem, TargetError> {
-        if cfg.nqn.is_empty() || cfg.nqn.len() > 223 || !cfg.nqn.is_ascii() {
-            return Err(TargetError::Config(format!(
-                "NQN {:?} must be 1 to 223 ASCII characters",
-                cfg.nqn
-            )));
+        let bad = |what: &str, nqn: &str| {
+            TargetError::Config(format!(
+                "{what} {nqn:?} is not a valid NQN (nqn. and then at most {} printable ASCII characters)",
+                MAX_NQN_LEN - 4
+            ))
+        };
+        if !valid_nqn(&cfg.nqn) {
+            return Err(bad("subsystem NQN", &cfg.nqn));
+        }
+        if let Some(host) = cfg.allowed_hosts.iter().find(|h| !valid_nqn(h)) {
+            return Err(bad("allowed host NQN", host));
         }
         if cfg.cntlid_min == 0
             || cfg.cntlid_min > cfg.cntlid_max

@@ -124,6 +124,21 @@ impl ConnectData {
     }
 }
 
+/// Longest NQN in bytes (the Connect data's fields are 256 bytes with a
+/// terminating NUL; the specification allows 223).
+pub const MAX_NQN_LEN: usize = 223;
+
+/// Whether `nqn` is a well-formed NVMe Qualified Name as we accept it in
+/// configuration: `nqn.` and then printable ASCII without spaces, at most
+/// [`MAX_NQN_LEN`] bytes (`nqn.2014-08.org.nvmexpress:uuid:...` included).
+/// What a host sends in a Connect is matched as it is, not checked.
+pub fn valid_nqn(nqn: &str) -> bool {
+    nqn.len() > 4
+        && nqn.len() <= MAX_NQN_LEN
+        && nqn.starts_with("nqn.")
+        && nqn.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// IPO/IATTR result dword of a Connect that failed with invalid parameters:
 /// `in_data` says whether the offset is into the data or the command.
 pub fn connect_error_location(offset: u16, in_data: bool) -> u32 {
@@ -301,6 +316,29 @@ mod tests {
         assert_eq!(ConnectData::decode(&raw), Some(data));
         assert_eq!(ConnectData::decode(&raw[..1000]), None);
         assert!(!ConnectData::nqns_terminated(&[b'a'; 1024]));
+    }
+
+    #[test]
+    fn nqns_checked_for_configuration() {
+        for good in [
+            "nqn.2014-08.org.nvmexpress.discovery",
+            "nqn.2014-08.org.nvmexpress:uuid:0c3d8a1e-7c1f-4a5e-9d2b-6e4f5a3b2c1d",
+            &format!("nqn.{}", "a".repeat(MAX_NQN_LEN - 4)),
+        ] {
+            assert!(valid_nqn(good), "{good}");
+        }
+        for bad in [
+            "",
+            "nqn.",
+            "foo",
+            "testnqn",
+            "nqn.with space",
+            "nqn.tab\t",
+            "nqn.h\u{e9}llo",
+            &format!("nqn.{}", "a".repeat(MAX_NQN_LEN - 3)),
+        ] {
+            assert!(!valid_nqn(bad), "{bad}");
+        }
     }
 
     #[test]
