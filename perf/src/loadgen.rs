@@ -167,6 +167,11 @@ impl Geometry {
 }
 
 /// Which units hold the verify pattern.
+/// Most I/O units a verifying run covers: its table of written units
+/// (and the list of them read back) is sized by the region, not by what the
+/// run writes (64 GiB at 4 KiB; 2 MiB of bitmap).
+const MAX_VERIFY_UNITS: u64 = 1 << 24;
+
 struct Verifier {
     seed: u64,
     written: Vec<AtomicU64>,
@@ -501,6 +506,13 @@ async fn geometry(spec: &LoadSpec, ctrl: &HostController) -> Result<Geometry, Pe
         return Err(PerfError::Invalid(format!(
             "region of {size} bytes at {} does not fit the namespace ({capacity} bytes) with one {}-byte I/O per queue",
             spec.offset, spec.io_size
+        )));
+    }
+    if spec.verify && units > MAX_VERIFY_UNITS {
+        return Err(PerfError::Invalid(format!(
+            "--verify tracks at most {MAX_VERIFY_UNITS} I/O units and this region has {units} \
+             of {} bytes; give a smaller --size",
+            spec.io_size
         )));
     }
     Ok(Geometry {

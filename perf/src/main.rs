@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, short = 'a', value_name = "tcp://ADDR:PORT")]
     address: PortAddress,
     /// Subsystem NQN [default: the first NVM subsystem of the discovery log at ADDRESS].
-    #[arg(long, short = 'n', value_name = "NQN")]
+    #[arg(long, short = 'n', value_name = "NQN", value_parser = nqn_arg)]
     nqn: Option<String>,
     /// Namespace ID.
     #[arg(long, default_value_t = 1)]
@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, value_parser = parse_size_arg)]
     size: Option<u64>,
     /// Host NQN [default: a random UUID NQN].
-    #[arg(long, value_name = "NQN")]
+    #[arg(long, value_name = "NQN", value_parser = nqn_arg)]
     hostnqn: Option<String>,
     /// NVMe/TCP header and data digests (CRC32C).
     #[arg(long)]
@@ -120,6 +120,19 @@ impl Args {
     }
 }
 
+/// An NQN as a Connect command can carry it: 1 to 223 bytes without NUL.
+/// Any name passes beyond that (the kernel target's subsystems may be
+/// named anything), so a target's own rules decide the rest.
+fn nqn_arg(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > fabric::wire::fabrics::MAX_NQN_LEN || s.contains('\0') {
+        return Err(format!(
+            "an NQN is 1 to {} bytes",
+            fabric::wire::fabrics::MAX_NQN_LEN
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn main() -> ExitCode {
     let args = match cmdline::parse::<Args>("fabric-perf") {
         Ok(c) => c,
@@ -130,6 +143,7 @@ fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
     let runtime = if args.threads == 1 {

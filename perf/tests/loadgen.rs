@@ -11,14 +11,16 @@ use raid::{MemoryDevice, NullDevice};
 
 const NQN: &str = "nqn.2026-11.io.fabric:perf-test";
 
-/// A target with a 64 MiB memory namespace (1) and a null one (2), with
-/// discovery, on an ephemeral loopback port.
+/// A target with a 64 MiB memory namespace (1), a null one (2) and a
+/// 16 TiB null one (3), with discovery, on an ephemeral loopback port.
 async fn target() -> (Arc<Target>, PortAddress) {
     let target = Target::new(TargetConfig::default()).unwrap();
     let sub = target.add_subsystem(SubsystemConfig::new(NQN)).unwrap();
     sub.add_namespace(1, Arc::new(MemoryDevice::new(64 << 20, 4096)), 1)
         .unwrap();
     sub.add_namespace(2, Arc::new(NullDevice::new(64 << 20, 512)), 1)
+        .unwrap();
+    sub.add_namespace(3, Arc::new(NullDevice::new(16 << 40, 512)), 1)
         .unwrap();
     let port = target.add_port("tcp://127.0.0.1:0".parse().unwrap(), true);
     let listener = target_transport(port.address().kind)
@@ -167,6 +169,21 @@ async fn impossible_runs_are_refused_with_reasons() {
         ..spec(addr.clone())
     };
     assert!(run(&no_ns, false).await.is_err());
+    // Verifying 2^35 units would need a 4 GiB table before the first I/O.
+    let verify_all = LoadSpec {
+        nsid: 3,
+        io_size: 512,
+        verify: true,
+        ..spec(addr.clone())
+    };
+    let e = run(&verify_all, false).await.unwrap_err();
+    assert!(e.to_string().contains("give a smaller --size"), "{e}");
+    let verify_some = LoadSpec {
+        size: Some(1 << 20),
+        ..verify_all
+    };
+    let checked = run(&verify_some, false).await.unwrap().verify.unwrap();
+    assert!(checked.blocks_checked > 0, "{checked:?}");
     let long_poll = LoadSpec {
         poll: Duration::from_secs(1),
         ..spec(addr.clone())

@@ -28,7 +28,7 @@ use crate::wire::tcp::{
 use crate::wire::{Command, Completion, Status};
 
 use super::batch::Batch;
-use super::{poll_read, read_buffer_needed, read_one_pdu, TcpTransport};
+use super::{poll_read, read_buffer_needed, read_one_pdu, TcpTransport, IC_TIMEOUT};
 use crate::transport::pending::{closed, wait, Entry, PendingCommands};
 
 /// Largest data transfer of one command on a host queue: reads and writes
@@ -132,8 +132,17 @@ impl HostTransport for TcpTransport {
         address: &PortAddress,
         params: &QueueParams,
     ) -> Result<Arc<dyn HostQueue>, TransportError> {
-        let stream = TcpStream::connect(address.socket_string())
+        // An address that never answers would otherwise take the kernel's
+        // SYN retries (about two minutes) to fail.
+        let connect = TcpStream::connect(address.socket_string());
+        let stream = tokio::time::timeout(IC_TIMEOUT, connect)
             .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {IC_TIMEOUT:?}"),
+                ))
+            })
             .map_err(|e| TransportError::io(format!("cannot connect to {address}"), e))?;
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();

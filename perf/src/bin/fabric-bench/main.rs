@@ -138,6 +138,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if native && cfg.clients.contains(&Client::Fio) {
         anyhow::bail!("--clients fio needs the Linux host: use --mode guest");
     }
+    let perf_needed = cfg.clients.contains(&Client::FabricPerf);
+    for (flag, path, needed) in [
+        ("--fabricd", &cfg.fabricd, true),
+        ("--fabric-perf", &cfg.fabric_perf, perf_needed),
+    ] {
+        if needed && !path.is_file() {
+            anyhow::bail!("{flag}: no program at {}", path.display());
+        }
+    }
     let set = runner::run(&cfg)?;
     print!("\n{}", summary::markdown(&summary::summarize(&set)));
     println!("samples: {}", cfg.out.join("samples.json").display());
