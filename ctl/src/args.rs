@@ -1,6 +1,9 @@
 //! The command line of `fabric-ctl`.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use clap::{Args, Parser, Subcommand};
+use meta::validate::{MAX_CONTROLLERS, MAX_LEGS, MAX_REPLICAS};
 
 /// Exit codes that scripts can rely on.
 pub const EXIT_CODES: &str = "\
@@ -13,13 +16,14 @@ lost race); 6 meta group unavailable or outcome unknown (a write may still take 
 #[command(name = "fabric-ctl", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Meta replicas to talk to, comma-separated host:port or http://host:port.
-    #[arg(long, global = true, env = meta::client::ENDPOINT_ENV, default_value = meta::client::DEFAULT_ENDPOINT)]
+    #[arg(long, global = true, env = meta::client::ENDPOINT_ENV, default_value = meta::client::DEFAULT_ENDPOINT, value_parser = parse_endpoints)]
     pub endpoint: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to keep retrying while the meta group is unavailable.
-    #[arg(long, global = true, default_value_t = 10, value_name = "SECS")]
+    /// Seconds to keep retrying while the meta group is unavailable (1 to 86400).
+    #[arg(long, global = true, default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub timeout: u64,
     /// What to do.
     #[command(subcommand)]
@@ -71,16 +75,16 @@ pub enum ClusterCmd {
         /// Name of the cluster.
         name: String,
         /// Extent allocation unit (e.g. 1G) [default: 1G].
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_positive_size)]
         extent_size: Option<u64>,
         /// Raid0 chunk [default: 16K].
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_positive_size)]
         raid0_chunk: Option<u64>,
         /// Thin-pool block [default: 1M].
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_positive_size)]
         thin_block: Option<u64>,
         /// Raid1 bitmap region [default: 4M].
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_positive_size)]
         raid1_region: Option<u64>,
     },
     /// Show the cluster object.
@@ -96,6 +100,7 @@ pub enum ClusterCmd {
         /// Its Raft id.
         id: u64,
         /// Its gRPC address (host:port).
+        #[arg(value_parser = parse_replica_address)]
         address: String,
     },
     /// Remove a replica from the meta group.
@@ -136,11 +141,12 @@ pub enum NodeCmd<A: Args> {
 pub struct DiskNodeArgs {
     /// Node name.
     pub name: String,
-    /// NVMe-oF address its logical disks are exported on (e.g. tcp:10.0.0.5:4420).
-    #[arg(long)]
+    /// NVMe-oF address its logical disks are exported on, tcp:IP:PORT or
+    /// rdma:IP:PORT (e.g. tcp:10.0.0.5:4420, tcp:[fd00::5]:4420).
+    #[arg(long, value_parser = parse_nvmf_address)]
     pub address: String,
     /// Usable capacity of its device (e.g. 2T).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_positive_size)]
     pub capacity: u64,
     /// Failure-domain tag (rack, power feed).
     #[arg(long, default_value = "")]
@@ -152,8 +158,8 @@ pub struct DiskNodeArgs {
 pub struct ControllerNodeArgs {
     /// Node name.
     pub name: String,
-    /// NVMe-oF address hosts and peers connect to.
-    #[arg(long)]
+    /// NVMe-oF address hosts and peers connect to, tcp:IP:PORT or rdma:IP:PORT.
+    #[arg(long, value_parser = parse_nvmf_address)]
     pub address: String,
 }
 
@@ -190,19 +196,19 @@ pub enum VolCmd {
         /// Volume name.
         name: String,
         /// Size (e.g. 100G).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_positive_size)]
         size: u64,
-        /// Mirrors per raid1 group [default: 2].
-        #[arg(long)]
+        /// Mirrors per raid1 group, 1 to 3 [default: 2].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_REPLICAS)))]
         replicas: Option<u32>,
-        /// Stripe legs [default: one per active controller].
-        #[arg(long)]
+        /// Stripe legs, 1 to 64 [default: one per active controller].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LEGS)))]
         legs: Option<u32>,
-        /// Active controllers [default: 1].
-        #[arg(long)]
+        /// Active controllers, 1 to 16 [default: 1].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONTROLLERS)))]
         active: Option<u32>,
-        /// Standby controllers [default: 1 when a spare controller exists].
-        #[arg(long)]
+        /// Standby controllers, 0 to 16 [default: 1 when a spare controller exists].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(..=i64::from(MAX_CONTROLLERS)))]
         standby: Option<u32>,
         /// Host allowed to connect (repeat for more).
         #[arg(long = "host")]
@@ -270,6 +276,142 @@ pub enum OpCmd {
     },
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    raid::parse_size(text).map_err(|e| e.to_string())
+/// Longest `--timeout`: a day.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// A size of at least one byte (0 would silently mean the server's default).
+fn parse_positive_size(text: &str) -> Result<u64, String> {
+    match raid::parse_size(text) {
+        Ok(0) => Err("must be more than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Comma-separated `HOST:PORT` or `http://HOST:PORT`.
+fn parse_endpoints(text: &str) -> Result<String, String> {
+    meta::client::parse_endpoints(text).map(|_| text.to_string())
+}
+
+/// A replica's gRPC address, `HOST:PORT`.
+fn parse_replica_address(text: &str) -> Result<String, String> {
+    meta::cli::check_address(text).map(|()| text.to_string())
+}
+
+/// An NVMe-oF address as the meta group records it: `tcp:IP:PORT` or
+/// `rdma:IP:PORT`, an IPv6 address in brackets, the port not 0.
+fn parse_nvmf_address(text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("'{text}' is not tcp:IP:PORT or rdma:IP:PORT ({why})");
+    let (transport, rest) = text.split_once(':').ok_or_else(|| bad("no transport"))?;
+    if !matches!(transport, "tcp" | "rdma") {
+        return Err(bad("the transport is not tcp or rdma"));
+    }
+    if rest.starts_with("//") {
+        return Err(bad("no // after the transport"));
+    }
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => host.parse::<Ipv4Addr>().is_ok(),
+    };
+    if !ip {
+        return Err(bad("not an IPv4 address or an [IPv6] address"));
+    }
+    match port.parse::<u16>() {
+        Ok(1..) => Ok(text.to_string()),
+        _ => Err(bad("the port is not a number from 1 to 65535")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-line error of parsing `args`.
+    fn error(args: &[&str]) -> String {
+        let argv = std::iter::once("fabric-ctl").chain(args.iter().copied());
+        let e = Cli::try_parse_from(argv).expect_err("refused");
+        cmdline::one_line_error(&e.to_string())
+    }
+
+    fn parses(args: &[&str]) -> Cli {
+        let argv = std::iter::once("fabric-ctl").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("valid")
+    }
+
+    #[test]
+    fn timeout_is_one_second_to_a_day() {
+        assert_eq!(
+            parses(&["--timeout", "86400", "cluster", "get"]).timeout,
+            86_400
+        );
+        for bad in ["0", "86401", "9223372036854775807", "18446744073709551615"] {
+            let e = error(&["--timeout", bad, "cluster", "list"]);
+            assert!(e.contains("--timeout") && e.contains("1..=86400"), "{e}");
+        }
+    }
+
+    #[test]
+    fn zero_counts_and_sizes_are_refused() {
+        let e = error(&["cluster", "create", "demo", "--extent-size", "0"]);
+        assert!(
+            e.contains("--extent-size") && e.contains("more than 0"),
+            "{e}"
+        );
+        for flag in ["--replicas", "--legs", "--active"] {
+            let e = error(&["vol", "create", "v1", "--size", "1G", flag, "0"]);
+            assert!(e.contains(flag), "{e}");
+        }
+        let e = error(&["vol", "create", "v1", "--size", "1G", "--replicas", "4"]);
+        assert!(e.contains("--replicas") && e.contains("1..=3"), "{e}");
+        let e = error(&["vol", "create", "v1", "--size", "0"]);
+        assert!(e.contains("--size"), "{e}");
+        parses(&["vol", "create", "v1", "--size", "1G", "--standby", "0"]);
+    }
+
+    #[test]
+    fn node_addresses_are_transport_ip_port() {
+        for good in ["tcp:10.0.0.5:4420", "rdma:[fd00::5]:4420"] {
+            parses(&["dn", "create", "d", "--address", good, "--capacity", "2T"]);
+            parses(&["cn", "create", "c", "--address", good]);
+        }
+        for bad in [
+            "bogus",
+            "10.0.0.5:4420",
+            "udp:10.0.0.5:4420",
+            "tcp://10.0.0.5:4420",
+            "tcp:host:4420",
+            "tcp:fd00::5:4420",
+            "tcp:10.0.0.5:0",
+            "tcp:10.0.0.5:70000",
+        ] {
+            let e = error(&["dn", "create", "d", "--address", bad, "--capacity", "2T"]);
+            assert!(e.contains("--address") && e.contains("tcp:IP:PORT"), "{e}");
+        }
+        let e = error(&["cluster", "add-replica", "2", "tcp://127.0.0.1:7401"]);
+        assert!(e.contains("ADDRESS") && e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_are_host_port_or_http() {
+        let cli = parses(&[
+            "--endpoint",
+            "a:1, http://127.0.0.1:7400/",
+            "cluster",
+            "get",
+        ]);
+        assert_eq!(cli.endpoint, "a:1, http://127.0.0.1:7400/");
+        for bad in [
+            "ftp://127.0.0.1:15998",
+            "https://127.0.0.1:15998",
+            "127.0.0.1:70000",
+            "127.0.0.1:0",
+            "foo",
+            "a:1,foo",
+            ",",
+        ] {
+            let e = error(&["--endpoint", bad, "cluster", "list"]);
+            assert!(e.contains("--endpoint"), "{e}");
+        }
+    }
 }

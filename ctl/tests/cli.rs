@@ -174,10 +174,35 @@ fn bad_arguments_are_one_line_naming_them() {
     for (args, named) in [
         (&["vol", "create", "v", "--size", "10Q"][..], "10Q"),
         (
-            &["dn", "create", "d", "--address", "tcp:x:1"][..],
+            &["dn", "create", "d", "--address", "tcp:127.0.0.1:1"][..],
             "--capacity",
         ),
         (&["bogus"][..], "bogus"),
+        (
+            &[
+                "dn",
+                "create",
+                "d",
+                "--address",
+                "bogus",
+                "--capacity",
+                "2T",
+            ][..],
+            "--address",
+        ),
+        (
+            &["--timeout", "18446744073709551615", "cluster", "list"][..],
+            "--timeout",
+        ),
+        (&["--endpoint", "foo", "cluster", "list"][..], "--endpoint"),
+        (
+            &["cluster", "create", "demo", "--extent-size", "0"][..],
+            "--extent-size",
+        ),
+        (
+            &["vol", "create", "v1", "--size", "1G", "--replicas", "0"][..],
+            "--replicas",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
             .args(args)

@@ -5,6 +5,7 @@
 //! embedded replica on 127.0.0.1:7400 with its data in `./fabric-meta`.
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ use crate::node::NodeConfig;
 
 /// Default address of the gRPC endpoint.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+/// Most ticks without a leader before an election (Raft randomizes the
+/// timeout up to twice the setting).
+pub const MAX_ELECTION_TICKS: usize = 10_000;
 
 /// Flags of `fabricd meta`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,8 +31,9 @@ pub struct MetaArgs {
     /// Directory of this replica's rocksdb [default: ./fabric-meta].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to serve gRPC on (clients and peers) [default: 127.0.0.1:7400].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to serve gRPC on (clients and peers), HOST:PORT without a
+    /// scheme [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
     /// All replicas of the group, this one included, as ID=HOST:PORT,...
     /// (empty: a single replica at --listen).
@@ -40,7 +45,8 @@ pub struct MetaArgs {
     /// Raft tick in milliseconds [default: 100].
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
-    /// Ticks without a leader before an election [default: 10].
+    /// Ticks without a leader before an election, more than
+    /// --heartbeat-ticks and at most 10000 [default: 10].
     #[arg(long, value_name = "N")]
     pub election_ticks: Option<usize>,
     /// Ticks between leader heartbeats [default: 2].
@@ -145,21 +151,43 @@ fn parse_id(id: &str) -> Result<u64, String> {
     }
 }
 
-fn check_address(addr: &str) -> Result<(), String> {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("'{addr}' is not HOST:PORT")),
+/// Splits a gRPC address, `HOST:PORT` without a scheme: HOST is a host
+/// name, an IPv4 address or an IPv6 address in brackets.
+pub fn split_address(addr: &str) -> Result<(&str, u16), String> {
+    let bad = |why: &str| format!("'{addr}' is not HOST:PORT ({why})");
+    if let Some((scheme, _)) = addr.split_once("://") {
+        return Err(bad(&format!("drop the {scheme}:// prefix")));
     }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !host_ok {
+        return Err(bad(
+            "the host is not a name, an IPv4 address or an [IPv6] address",
+        ));
+    }
+    Ok((host, port))
+}
+
+/// Checks a gRPC address as [`split_address`] takes it.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    split_address(addr).map(|_| ())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::File {
-        path: path.to_path_buf(),
-        reason: e.message().to_string(),
+    cmdline::read_toml(path).map_err(|e| ConfigError::File {
+        path: e.path,
+        reason: e.reason,
     })
 }
 
@@ -215,6 +243,16 @@ impl MetaArgs {
         let tick_ms = positive("--tick-ms", self.tick_ms.or(file.tick_ms).unwrap_or(100))?;
         let heartbeat_ticks = self.heartbeat_ticks.or(file.heartbeat_ticks).unwrap_or(2);
         let election_ticks = self.election_ticks.or(file.election_ticks).unwrap_or(10);
+        if election_ticks > MAX_ELECTION_TICKS {
+            let setting = match self.election_ticks {
+                Some(_) => "--election-ticks",
+                None => "election_ticks",
+            };
+            return Err(invalid(
+                setting,
+                format!("{election_ticks} is more than {MAX_ELECTION_TICKS}"),
+            ));
+        }
         if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
             return Err(invalid(
                 "--election-ticks",
@@ -309,6 +347,77 @@ mod tests {
         };
         let err = args.resolve().expect_err("3 is not listed").to_string();
         assert!(err.starts_with("--peers:"), "{err}");
+    }
+
+    #[test]
+    fn addresses_are_host_port_without_a_scheme() {
+        for good in ["127.0.0.1:7400", "meta-1.example:7400", "[::1]:7400"] {
+            check_address(good).expect(good);
+        }
+        for bad in [
+            "tcp://127.0.0.1:15013",
+            "http://a:1",
+            "::1:7400",
+            "a b:1",
+            ":1",
+            "a:70000",
+        ] {
+            let e = check_address(bad).expect_err(bad);
+            assert!(e.contains("is not HOST:PORT"), "{e}");
+        }
+        let args = MetaArgs {
+            listen: Some("tcp://127.0.0.1:15013".into()),
+            ..Default::default()
+        };
+        let err = args.resolve().expect_err("scheme").to_string();
+        assert!(
+            err.starts_with("--listen: ") && err.contains("drop the tcp://"),
+            "{err}"
+        );
+        let e = parse_peers("1=tcp://127.0.0.1:7401").expect_err("scheme");
+        assert!(e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn election_ticks_are_bounded() {
+        let args = |n| MetaArgs {
+            election_ticks: Some(n),
+            ..Default::default()
+        };
+        args(MAX_ELECTION_TICKS).resolve().expect("at the bound");
+        for n in [MAX_ELECTION_TICKS + 1, usize::MAX] {
+            let err = args(n).resolve().expect_err("too many").to_string();
+            assert!(err.starts_with("--election-ticks: "), "{err}");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.toml");
+        std::fs::write(&path, "election_ticks = 10001\n").expect("write");
+        let args = MetaArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = args.resolve().expect_err("too many").to_string();
+        assert!(err.starts_with("election_ticks: "), "{err}");
+    }
+
+    #[test]
+    fn config_file_errors_are_one_line_naming_the_path_once() {
+        let args = MetaArgs {
+            config: Some("/dev/zero".into()),
+            ..Default::default()
+        };
+        let err = args.resolve().expect_err("not a file").to_string();
+        assert_eq!(err, "config file /dev/zero: not a regular file");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.toml");
+        std::fs::write(&path, "id = 1\ntick_ms = \"5\"\n").expect("write");
+        let args = MetaArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = args.resolve().expect_err("bad type").to_string();
+        assert_eq!(err.matches("meta.toml").count(), 1, "{err}");
+        assert!(err.contains("line 2 (`tick_ms = \"5\"`)"), "{err}");
     }
 
     #[test]

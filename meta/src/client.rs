@@ -66,32 +66,57 @@ fn transient(status: &Status) -> bool {
     )
 }
 
-/// Normalizes `host:port` to `http://host:port`.
-fn endpoint_uri(raw: &str) -> String {
-    if raw.contains("://") {
-        raw.to_string()
-    } else {
-        format!("http://{raw}")
+/// Checks a comma-separated list of endpoints, each `HOST:PORT` or
+/// `http://HOST:PORT`, and gives them as `http://HOST:PORT` URIs.
+pub fn parse_endpoints(value: &str) -> Result<Vec<String>, String> {
+    let uris = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|raw| {
+            let addr = match raw.split_once("://") {
+                Some(("http", rest)) => rest.strip_suffix('/').unwrap_or(rest),
+                Some(_) => return Err(format!("'{raw}' is not HOST:PORT or http://HOST:PORT")),
+                None => raw,
+            };
+            match crate::cli::split_address(addr) {
+                Ok((_, 0)) => Err(format!("'{raw}': port 0 cannot be connected to")),
+                Ok(_) => Ok(format!("http://{addr}")),
+                Err(e) => Err(e),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if uris.is_empty() {
+        return Err("no endpoint given".into());
     }
+    Ok(uris)
+}
+
+/// When a call that starts now and may retry for `deadline` must end; none
+/// when that is past the clock's range (no practical limit).
+fn deadline_from_now(deadline: Duration) -> Option<Instant> {
+    Instant::now().checked_add(deadline)
+}
+
+/// Whether `deadline` (see [`deadline_from_now`]) has passed.
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 impl MetaClient {
     /// A client of the replicas at `endpoints` (comma-separated
-    /// `[http://]host:port`), retrying each call for at most `deadline`.
+    /// `[http://]HOST:PORT`, see [`parse_endpoints`]), retrying each call for
+    /// at most `deadline`.
     pub fn new(endpoints: &str, deadline: Duration) -> Result<Self, Status> {
-        let endpoints = endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|raw| {
-                Endpoint::from_shared(endpoint_uri(raw))
+        let endpoints = parse_endpoints(endpoints)
+            .map_err(|e| Status::invalid_argument(format!("meta endpoints: {e}")))?
+            .into_iter()
+            .map(|uri| {
+                Endpoint::from_shared(uri.clone())
                     .map(|e| e.connect_timeout(Duration::from_secs(1)))
-                    .map_err(|e| Status::invalid_argument(format!("endpoint '{raw}': {e}")))
+                    .map_err(|e| Status::invalid_argument(format!("endpoint '{uri}': {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(Status::invalid_argument("no meta endpoint given"));
-        }
         Ok(MetaClient {
             endpoints,
             deadline,
@@ -102,7 +127,10 @@ impl MetaClient {
 
     /// The gRPC client of the current replica, connecting to the next one
     /// that answers when there is none.
-    async fn client(&self, deadline: Instant) -> Result<(usize, GrpcClient<Channel>), Status> {
+    async fn client(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(usize, GrpcClient<Channel>), Status> {
         if let Some(current) = self.current.lock().ok().and_then(|c| c.clone()) {
             return Ok(current);
         }
@@ -124,7 +152,7 @@ impl MetaClient {
                 }
             }
             round += 1;
-            if Instant::now() >= deadline {
+            if passed(deadline) {
                 return Err(retry_safe(Status::unavailable(format!(
                     "no meta replica reachable ({last_error})"
                 ))));
@@ -150,7 +178,7 @@ impl MetaClient {
         F: Fn(GrpcClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.deadline;
+        let deadline = deadline_from_now(self.deadline);
         let mut attempt = 0usize;
         loop {
             attempt += 1;
@@ -170,7 +198,7 @@ impl MetaClient {
             } else {
                 refused || transient(&status)
             };
-            if !retry || Instant::now() >= deadline {
+            if !retry || passed(deadline) {
                 return Err(status);
             }
             tokio::time::sleep(backoff(attempt)).await;
@@ -369,4 +397,45 @@ impl MetaClient {
 fn backoff(attempt: usize) -> Duration {
     let ms = 50u64.saturating_mul(1 << attempt.min(4) as u32);
     Duration::from_millis(ms.min(800))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_host_port_or_http() {
+        assert_eq!(
+            parse_endpoints("a:1, http://127.0.0.1:7400/,").expect("valid"),
+            ["http://a:1", "http://127.0.0.1:7400"]
+        );
+        for bad in [
+            "ftp://127.0.0.1:15998",
+            "127.0.0.1:70000",
+            "foo",
+            "a:0",
+            " , ",
+        ] {
+            parse_endpoints(bad).expect_err(bad);
+            let e = MetaClient::new(bad, Duration::from_secs(1))
+                .err()
+                .expect(bad);
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_past_the_clock_does_not_panic() {
+        assert!(deadline_from_now(Duration::MAX).is_none());
+        assert!(!passed(None));
+        // Nothing listens on port 1: with no practical deadline the client
+        // keeps retrying (adding Duration::MAX to now used to panic).
+        let client = MetaClient::new("127.0.0.1:1", Duration::MAX).expect("client");
+        let call = client.call(
+            true,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        );
+        let outcome = tokio::time::timeout(Duration::from_millis(300), call).await;
+        assert!(outcome.is_err(), "still retrying, as asked");
+    }
 }

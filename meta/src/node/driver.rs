@@ -254,7 +254,7 @@ impl Driver {
         self.proposals.retain(|_, p| !p.reply.is_closed());
         self.reads.retain(|_, r| !r.reply.is_closed());
         self.read_waits.retain(|(_, r)| !r.is_closed());
-        let retry_after = self.tick * READ_RETRY_TICKS;
+        let retry_after = self.tick.saturating_mul(READ_RETRY_TICKS);
         let due: Vec<u64> = self
             .reads
             .iter()

@@ -333,12 +333,13 @@ impl MetaNode {
     /// Moves leadership to replica `to` and waits until this replica sees it
     /// lead.
     pub async fn transfer_leadership(&self, to: u64) -> Result<(), MetaError> {
-        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        // None: the timeout is past the clock's range (no practical limit).
+        let deadline = tokio::time::Instant::now().checked_add(self.inner.request_timeout);
         loop {
             if self.view().leader_id == to {
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Err(MetaError::Unavailable(format!(
                     "leadership did not move to replica {to} in time; retry"
                 )));
