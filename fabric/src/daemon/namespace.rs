@@ -100,6 +100,15 @@ impl FromStr for NamespaceSpec {
 }
 
 impl NamespaceSpec {
+    /// The files or block devices the backend uses.
+    pub fn paths(&self) -> &[PathBuf] {
+        match self {
+            NamespaceSpec::Memory(_) | NamespaceSpec::Null(_) => &[],
+            NamespaceSpec::File(path, _) => std::slice::from_ref(path),
+            NamespaceSpec::Raid1(paths, _) => paths,
+        }
+    }
+
     /// The size given in the spec, if any.
     fn size(&self) -> Option<u64> {
         match self {
@@ -142,6 +151,25 @@ impl NamespaceSpec {
             raid1: None,
         })
     }
+}
+
+/// Refuse a file or device that two namespaces would share (each would
+/// overwrite the other's data); paths are compared after resolving links.
+pub fn check_distinct_paths(specs: &[NamespaceSpec]) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        for path in spec.paths() {
+            let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            if let Some(first) = seen.insert(key, i + 1) {
+                bail!(
+                    "namespaces {first} and {} both use {}",
+                    i + 1,
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The machine's RAM in bytes (`MemTotal` in `/proc/meminfo`).
@@ -415,6 +443,30 @@ mod tests {
         let back = ns.device.read(1, raid::buf::alloc(8192)).await.unwrap();
         assert_eq!(&back[..], &pattern(1)[..]);
         close(ns).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn namespaces_do_not_share_a_file() {
+        let specs = |list: &[&str]| -> Vec<NamespaceSpec> {
+            list.iter().map(|s| s.parse().unwrap()).collect()
+        };
+        let ok = specs(&["file:/d/a:1G", "raid1:/d/b,/d/c:1G", "mem:1G", "mem:1G"]);
+        assert!(check_distinct_paths(&ok).is_ok());
+        let e = check_distinct_paths(&specs(&["file:/d/a:1G", "raid1:/d/b,/d/a:1G"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "namespaces 1 and 2 both use /d/a");
+        // Through a symbolic link too.
+        let dir = std::env::temp_dir().join(format!("fabric-ns-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.join("a"), dir.join("l")).unwrap();
+        let linked = [
+            NamespaceSpec::File(dir.join("a"), None),
+            NamespaceSpec::File(dir.join("l"), None),
+        ];
+        assert!(check_distinct_paths(&linked).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -245,6 +245,7 @@ impl TargetArgs {
             "namespaces",
             DEFAULT_NAMESPACE,
         )?;
+        super::namespace::check_distinct_paths(&namespaces)?;
         let max_transfer = scalar_setting(
             self.max_transfer,
             &file.max_transfer,
