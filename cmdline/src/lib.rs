@@ -91,17 +91,32 @@ fn read_config_text(path: &Path) -> Result<String, ConfigFileError> {
     String::from_utf8(bytes).map_err(|_| fail(&"not UTF-8 text"))
 }
 
+/// Most characters of a bad line quoted in an error.
+const MAX_QUOTED_CHARS: usize = 80;
+
 /// A TOML error as "line N (`text`): message", or just the message when it
 /// has no place in the text (a missing key, say).
 fn toml_error(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
-    let message = message.trim();
-    let Some(start) = span.map(|s| s.start.min(text.len())) else {
-        return message.to_string();
+    let message = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some((before, after)) =
+        span.and_then(|s| Some((text.get(..s.start)?, text.get(s.start..)?)))
+    else {
+        return message;
     };
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-    let number = text[..start].matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = before.len() + after.find('\n').unwrap_or(after.len());
+    let number = before.matches('\n').count() + 1;
     let line = text[line_start..line_end].trim();
+    // A line of a few hundred kilobytes is not repeated whole.
+    let line = match line.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    };
     if line.is_empty() {
         format!("line {number}: {message}")
     } else {
@@ -163,6 +178,10 @@ mod tests {
         assert!(error_of(b"\xff\xfe").ends_with("not UTF-8 text"));
         let big = vec![b'#'; MAX_CONFIG_BYTES as usize + 1];
         assert!(error_of(&big).ends_with("larger than 1024 KiB"));
+        let long = format!("name = {}", "x".repeat(1000));
+        let e = error_of(long.as_bytes());
+        assert!(e.starts_with("line 1 (`name = xxx") && e.len() < 200, "{e}");
+        assert_eq!(toml_error("a", Some(7..9), "m"), "m");
     }
 
     #[test]
