@@ -201,6 +201,14 @@ async fn features_and_properties() {
         set_feature(&ctrl, feature::ARBITRATION, 1).await.cqe.status,
         Status::FEATURE_NOT_CHANGEABLE
     );
+    // Interrupt coalescing is prohibited on fabrics.
+    assert_eq!(
+        get_feature(&ctrl, feature::INTERRUPT_COALESCING, 0)
+            .await
+            .cqe
+            .status,
+        Status::INVALID_FIELD
+    );
     // The 128-bit host identifier comes back as data.
     let cmd = Command {
         cdw10: feature::HOST_IDENTIFIER as u32,

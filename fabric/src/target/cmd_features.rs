@@ -14,6 +14,9 @@ const SELECT_CAPABILITIES: u8 = 3;
 /// Capability bit: the feature is changeable.
 const CAP_CHANGEABLE: u64 = 1 << 2;
 
+/// Features this controller answers. Interrupt Coalescing and Interrupt
+/// Vector Configuration are prohibited on fabrics (Invalid Field, as the
+/// Linux target answers).
 fn known(discovery: bool, fid: u8) -> bool {
     if discovery {
         return matches!(fid, feature::ASYNC_EVENT_CONFIG | feature::KEEP_ALIVE_TIMER);
@@ -26,7 +29,6 @@ fn known(discovery: bool, fid: u8) -> bool {
             | feature::ERROR_RECOVERY
             | feature::VOLATILE_WRITE_CACHE
             | feature::NUMBER_OF_QUEUES
-            | feature::INTERRUPT_COALESCING
             | feature::WRITE_ATOMICITY
             | feature::ASYNC_EVENT_CONFIG
             | feature::KEEP_ALIVE_TIMER
