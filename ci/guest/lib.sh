@@ -36,6 +36,13 @@ expect_output() {
     check "$what" bash -c 'out=$("$@" 2>&1) || { echo "$out"; exit 1; }; grep -Eiq -- "$0" <<<"$out" || { echo "output does not match /$0/:"; echo "$out"; exit 1; }' "$pattern" "$@"
 }
 
+# expect_refusal DESCRIPTION PATTERN COMMAND...: the command fails and its
+# output matches PATTERN (the NVMe status a target must answer with).
+expect_refusal() {
+    local what=$1 pattern=$2; shift 2
+    check "$what" bash -c 'out=$("$@" 2>&1) && { echo "succeeded:"; echo "$out"; exit 1; }; grep -Eiq -- "$0" <<<"$out" || { echo "output does not match /$0/:"; echo "$out"; exit 1; }' "$pattern" "$@"
+}
+
 # wait_for DESCRIPTION SECONDS COMMAND...: poll until the command succeeds.
 wait_for() {
     local what=$1 secs=$2; shift 2
