@@ -18,6 +18,41 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// Most ticks without a leader before an election (Raft randomizes the
 /// timeout up to twice the setting).
 pub const MAX_ELECTION_TICKS: usize = 10_000;
+/// Longest Raft tick, in ms (a minute: with the default 10 ticks, an
+/// election after 10 to 20 minutes without a leader).
+pub const MAX_TICK_MS: u64 = 60_000;
+/// Longest wait for a request's write or read, in ms (an hour).
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+/// Longest silence before a node is marked offline, in seconds (a week).
+pub const MAX_OFFLINE_AFTER_SECS: u64 = 7 * 86_400;
+
+/// A numeric setting from its flag, else the file's key, else `default`,
+/// checked to be within `1..=max`; an error names the flag or the key,
+/// whichever gave the value. (Larger values used to be taken, and meant
+/// "never": a group that never elects, a node never marked offline.)
+fn bounded<T>(
+    (flag, key): (&'static str, &'static str),
+    (from_flag, from_file): (Option<T>, Option<T>),
+    default: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: Copy + PartialOrd + From<u8> + std::fmt::Display,
+{
+    let (setting, value) = match (from_flag, from_file) {
+        (Some(v), _) => (flag, v),
+        (None, Some(v)) => (key, v),
+        (None, None) => return Ok(default),
+    };
+    let reason = if value < T::from(1) {
+        "must be positive".to_string()
+    } else if value > max {
+        format!("{value} is more than {max}")
+    } else {
+        return Ok(value);
+    };
+    Err(ConfigError::Invalid { setting, reason })
+}
 
 /// Flags of `fabricd meta`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -42,7 +77,7 @@ pub struct MetaArgs {
     /// Start empty and wait to be added to a running group (fabric-ctl cluster add-replica).
     #[arg(long)]
     pub join: bool,
-    /// Raft tick in milliseconds [default: 100].
+    /// Raft tick in milliseconds, at most 60000 [default: 100].
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
     /// Ticks without a leader before an election, more than
@@ -58,10 +93,12 @@ pub struct MetaArgs {
     /// Revisions of changes kept for watches [default: 10000].
     #[arg(long, value_name = "N")]
     pub watch_history: Option<u64>,
-    /// How long a request waits for its write or read to complete, in ms [default: 5000].
+    /// How long a request waits for its write or read to complete, in ms,
+    /// at most 3600000 [default: 5000].
     #[arg(long, value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
-    /// Seconds without heartbeat before a node is marked offline [default: 10].
+    /// Seconds without heartbeat before a node is marked offline, at most
+    /// 604800 (a week) [default: 10].
     #[arg(long, value_name = "SECS")]
     pub offline_after_secs: Option<u64>,
     /// Largest Raft message or batch between replicas, in bytes [default: 67108864].
@@ -233,26 +270,19 @@ impl MetaArgs {
                 format!("does not list this replica (--id {id})"),
             ));
         }
-        let positive = |setting: &'static str, v: u64| {
-            if v == 0 {
-                Err(invalid(setting, "must be positive".into()))
-            } else {
-                Ok(v)
-            }
-        };
-        let tick_ms = positive("--tick-ms", self.tick_ms.or(file.tick_ms).unwrap_or(100))?;
+        let tick_ms = bounded(
+            ("--tick-ms", "tick_ms"),
+            (self.tick_ms, file.tick_ms),
+            100,
+            MAX_TICK_MS,
+        )?;
         let heartbeat_ticks = self.heartbeat_ticks.or(file.heartbeat_ticks).unwrap_or(2);
-        let election_ticks = self.election_ticks.or(file.election_ticks).unwrap_or(10);
-        if election_ticks > MAX_ELECTION_TICKS {
-            let setting = match self.election_ticks {
-                Some(_) => "--election-ticks",
-                None => "election_ticks",
-            };
-            return Err(invalid(
-                setting,
-                format!("{election_ticks} is more than {MAX_ELECTION_TICKS}"),
-            ));
-        }
+        let election_ticks = bounded(
+            ("--election-ticks", "election_ticks"),
+            (self.election_ticks, file.election_ticks),
+            10,
+            MAX_ELECTION_TICKS,
+        )?;
         if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
             return Err(invalid(
                 "--election-ticks",
@@ -278,11 +308,11 @@ impl MetaArgs {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("fabric-meta")),
             listen,
-            offline_after: Duration::from_secs(positive(
-                "--offline-after-secs",
-                self.offline_after_secs
-                    .or(file.offline_after_secs)
-                    .unwrap_or(10),
+            offline_after: Duration::from_secs(bounded(
+                ("--offline-after-secs", "offline_after_secs"),
+                (self.offline_after_secs, file.offline_after_secs),
+                10,
+                MAX_OFFLINE_AFTER_SECS,
             )?),
             fault_injection: self.fault_injection || file.fault_injection.unwrap_or(false),
             node: NodeConfig {
@@ -292,19 +322,23 @@ impl MetaArgs {
                 tick: Duration::from_millis(tick_ms),
                 election_ticks,
                 heartbeat_ticks,
-                compact_after: positive(
-                    "--compact-after",
-                    self.compact_after.or(file.compact_after).unwrap_or(1000),
+                compact_after: bounded(
+                    ("--compact-after", "compact_after"),
+                    (self.compact_after, file.compact_after),
+                    1000,
+                    u64::MAX,
                 )?,
-                watch_history: positive(
-                    "--watch-history",
-                    self.watch_history.or(file.watch_history).unwrap_or(10_000),
+                watch_history: bounded(
+                    ("--watch-history", "watch_history"),
+                    (self.watch_history, file.watch_history),
+                    10_000,
+                    u64::MAX,
                 )?,
-                request_timeout: Duration::from_millis(positive(
-                    "--request-timeout-ms",
-                    self.request_timeout_ms
-                        .or(file.request_timeout_ms)
-                        .unwrap_or(5000),
+                request_timeout: Duration::from_millis(bounded(
+                    ("--request-timeout-ms", "request_timeout_ms"),
+                    (self.request_timeout_ms, file.request_timeout_ms),
+                    5000,
+                    MAX_REQUEST_TIMEOUT_MS,
                 )?),
                 max_message_bytes,
             },
@@ -379,25 +413,64 @@ mod tests {
     }
 
     #[test]
-    fn election_ticks_are_bounded() {
-        let args = |n| MetaArgs {
-            election_ticks: Some(n),
-            ..Default::default()
+    fn numeric_settings_are_bounded_naming_flag_or_key() {
+        let flags = |f: fn(&mut MetaArgs)| {
+            let mut a = MetaArgs::default();
+            f(&mut a);
+            a.resolve().map(|_| ()).map_err(|e| e.to_string())
         };
-        args(MAX_ELECTION_TICKS).resolve().expect("at the bound");
-        for n in [MAX_ELECTION_TICKS + 1, usize::MAX] {
-            let err = args(n).resolve().expect_err("too many").to_string();
-            assert!(err.starts_with("--election-ticks: "), "{err}");
+        assert!(flags(|a| a.election_ticks = Some(MAX_ELECTION_TICKS)).is_ok());
+        assert!(flags(|a| a.tick_ms = Some(MAX_TICK_MS)).is_ok());
+        assert!(flags(|a| a.request_timeout_ms = Some(MAX_REQUEST_TIMEOUT_MS)).is_ok());
+        assert!(flags(|a| a.offline_after_secs = Some(MAX_OFFLINE_AFTER_SECS)).is_ok());
+        for (err, prefix) in [
+            (
+                flags(|a| a.election_ticks = Some(usize::MAX)),
+                "--election-ticks: ",
+            ),
+            (
+                flags(|a| a.election_ticks = Some(MAX_ELECTION_TICKS + 1)),
+                "--election-ticks: ",
+            ),
+            (flags(|a| a.tick_ms = Some(MAX_TICK_MS + 1)), "--tick-ms: "),
+            (
+                flags(|a| a.tick_ms = Some(0)),
+                "--tick-ms: must be positive",
+            ),
+            (
+                flags(|a| a.request_timeout_ms = Some(u64::MAX)),
+                "--request-timeout-ms: ",
+            ),
+            (
+                flags(|a| a.offline_after_secs = Some(u64::MAX)),
+                "--offline-after-secs: ",
+            ),
+            (
+                flags(|a| a.watch_history = Some(0)),
+                "--watch-history: must be positive",
+            ),
+        ] {
+            let err = err.expect_err(prefix);
+            assert!(err.starts_with(prefix), "{err}");
         }
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("meta.toml");
-        std::fs::write(&path, "election_ticks = 10001\n").expect("write");
-        let args = MetaArgs {
-            config: Some(path),
-            ..Default::default()
-        };
-        let err = args.resolve().expect_err("too many").to_string();
-        assert!(err.starts_with("election_ticks: "), "{err}");
+        for (line, prefix) in [
+            (
+                "election_ticks = 10001",
+                "election_ticks: 10001 is more than 10000",
+            ),
+            ("tick_ms = 60001", "tick_ms: 60001 is more than 60000"),
+            ("compact_after = 0", "compact_after: must be positive"),
+        ] {
+            let path = dir.path().join("meta.toml");
+            std::fs::write(&path, format!("{line}\n")).expect("write");
+            let args = MetaArgs {
+                config: Some(path),
+                ..Default::default()
+            };
+            let err = args.resolve().expect_err(line).to_string();
+            assert!(err.starts_with(prefix), "{err}");
+        }
     }
 
     #[test]
