@@ -3,7 +3,8 @@
 # against the Linux kernel target (nvmet), over tcp and rdma (soft-RoCE), with
 # fio through the Linux host and with fabric-perf, in an emulated QEMU guest
 # (ci/guest-run). Prints the table, writes JSON and a PNG chart to the output
-# directory and appends the table to perf/RESULTS.md.
+# directory and appends the table to perf/RESULTS.md. Exits non-zero when a
+# row has no numbers (named on stderr), after writing all of that.
 #
 # usage: perf/bench.sh [--short] [--native] [--no-append] [--out DIR] [RUN OPTIONS...]
 #   --short      the CI smoke run (1 repetition of 2 s per sample)
@@ -46,7 +47,11 @@ if [[ $mode == guest ]]; then
 else
     "$bin/fabric-bench" run --mode native --out "$out" "${run_args[@]}"
 fi
-report=(--command "$command_line" --commit "$commit")
+# --check: the table, JSON and chart are written either way, but a row
+# without numbers makes this command fail (naming the row).
+report=(--check --command "$command_line" --commit "$commit")
 ((append)) && report+=(--results perf/RESULTS.md)
-"$bin/fabric-bench" report "$out" "${report[@]}"
+rc=0
+"$bin/fabric-bench" report "$out" "${report[@]}" || rc=$?
 echo "bench: samples, summary.json, table.md and chart.png in $out"
+exit "$rc"
