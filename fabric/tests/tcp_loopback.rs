@@ -213,6 +213,62 @@ async fn io_traffic_keeps_the_controller_alive_without_keep_alives() {
     assert_torn_down(&ctrl, &sub).await;
 }
 
+/// A target process that stops running for longer than half the keep-alive
+/// timeout (SIGSTOP, a paused virtual machine; here the runtime's only
+/// thread blocked) must not run the commands that reached its socket
+/// meanwhile: the host may have given up on the controller, retried them on
+/// another path and written newer data there.
+#[tokio::test(flavor = "current_thread")]
+async fn commands_received_across_a_stall_past_keep_alive_do_not_run() {
+    use common::{block, RawConn, Received};
+    use fabric::host::rw_command;
+    use fabric::wire::opcode::io;
+    let t = common::start(8 << 20, vec![]).await;
+    let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000057a1";
+    let mut admin = RawConn::open(&t, true, Digests::default()).await;
+    let cntlid = admin.connect_admin(host, [7; 16]).await;
+    let sub = t.target.subsystem(common::NQN).unwrap();
+    // 2 s: a stall of 1.5 s or more (one monitor period past 1 s) counts.
+    sub.controllers()[0].set_kato_ms(2000);
+    let mut io_q = RawConn::open(&t, true, Digests::default()).await;
+    assert!(io_q
+        .connect(1, cntlid, host, [7; 16])
+        .await
+        .status
+        .is_success());
+    let write = |cid, lba| fabric::wire::Command {
+        cid,
+        ..rw_command(io::WRITE, 1, lba, 1)
+    };
+    // A short stall (0.5 s) is no reason to drop the controller.
+    io_q.send_cmd(write(1, 0), &block(0xa1)).await;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        io_q.recv_cqe().await.status.is_success(),
+        "a write across a short stall"
+    );
+
+    // The write to LBA 1 is in the target's socket before the thread blocks
+    // (sending it does not yield to the target's task).
+    io_q.send_cmd(write(2, 1), &block(0xa2)).await;
+    std::thread::sleep(Duration::from_millis(2500));
+    match io_q.recv().await {
+        Received::Closed => {}
+        other => panic!("the target ran a command received across its stall: {other:?}"),
+    }
+    assert!(matches!(admin.recv().await, Received::Closed));
+    assert!(sub.controllers().is_empty(), "the controller is torn down");
+
+    // A new association reads LBA 0 as written and LBA 1 untouched.
+    let ctrl = HostController::connect(&t.address, common::NQN, &HostOptions::default())
+        .await
+        .unwrap();
+    let ns = ctrl.namespace(1).await.unwrap();
+    assert!(ns.read(0, buf::alloc(4096)).await.unwrap()[..] == block(0xa1)[..]);
+    assert!(ns.read(1, buf::alloc(4096)).await.unwrap()[..] == [0u8; 4096][..]);
+    ctrl.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discovery_controller_without_keep_alive_gets_a_default_timeout() {
     let t = common::start(8 << 20, vec![]).await;

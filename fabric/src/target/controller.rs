@@ -1,10 +1,11 @@
 //! Controllers: one per host association with a subsystem, created by the
 //! admin queue's Connect. A controller owns its properties (CC, CSTS), its
 //! features, its asynchronous events, its error log and the keep-alive timer
-//! that tears it down when the host goes silent.
+//! that tears it down when the host goes silent, or when this process was
+//! not running for so long that the host may have given up on it.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,31 @@ pub struct HostIdentity {
     pub id: [u8; 16],
 }
 
+/// How often the keep-alive monitor notes the time: a quarter of KATO,
+/// from 100 ms to 1 s.
+fn monitor_period_ms(kato_ms: u32) -> u64 {
+    (u64::from(kato_ms) / 4).clamp(100, 1000)
+}
+
+fn monitor_period(kato_ms: u32) -> Duration {
+    Duration::from_millis(monitor_period_ms(kato_ms))
+}
+
+fn kato_duration(kato_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(kato_ms))
+}
+
+/// The gap between the keep-alive monitor's runs that tears a controller
+/// down: one period plus a stall of half its KATO, at least 1 s (sub-second
+/// KATOs exist only in tests; Linux's host takes whole seconds). 0 (never)
+/// without KATO.
+fn stall_limit_ms(kato_ms: u32) -> u64 {
+    match kato_ms {
+        0 => 0,
+        ms => (u64::from(ms) / 2).max(1000) + monitor_period_ms(ms),
+    }
+}
+
 /// A controller.
 pub struct Controller {
     /// Controller ID.
@@ -115,6 +141,11 @@ pub struct Controller {
     /// Whether a command came since the keep-alive monitor last looked.
     activity: AtomicBool,
     kato: watch::Sender<u32>,
+    /// When the keep-alive monitor last ran, in ms since `created`.
+    monitor_ran: AtomicU64,
+    /// Gap between the monitor's runs that means this process stalled (see
+    /// [`Controller::stalled_past_keep_alive`]); 0 without KATO.
+    stall_limit_ms: AtomicU64,
     dead: AtomicBool,
     token: CancellationToken,
 }
@@ -155,6 +186,8 @@ impl Controller {
             created: Instant::now(),
             activity: AtomicBool::new(true),
             kato: watch::Sender::new(kato_ms),
+            monitor_ran: AtomicU64::new(0),
+            stall_limit_ms: AtomicU64::new(stall_limit_ms(kato_ms)),
             dead: AtomicBool::new(false),
             token,
         })
@@ -193,34 +226,98 @@ impl Controller {
     /// target, the timer runs a whole KATO at a time and expires when no
     /// command came during one, so a silent host is found after one to two
     /// KATOs (a host sends its keep alives at least every KATO / 2).
+    ///
+    /// Between expiries the monitor also notes the time every
+    /// [`monitor_period`], which is how a stall of this whole process is
+    /// seen (see [`Controller::stalled_past_keep_alive`]).
     pub(crate) fn start_keep_alive(self: &Arc<Self>) {
         self.touch();
+        self.note_monitor_ran();
         let weak = Arc::downgrade(self);
         let token = self.token.clone();
         let mut kato_rx = self.kato.subscribe();
         tokio::spawn(async move {
+            let mut kato = *kato_rx.borrow_and_update();
+            let expiry = tokio::time::sleep(kato_duration(kato));
+            tokio::pin!(expiry);
+            let mut ticks = tokio::time::interval(monitor_period(kato));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let kato = *kato_rx.borrow_and_update();
-                let timer = async {
-                    match kato {
-                        0 => std::future::pending().await,
-                        ms => tokio::time::sleep(Duration::from_millis(ms as u64)).await,
-                    }
-                };
                 tokio::select! {
                     _ = token.cancelled() => return,
                     // A new KATO starts a whole timer; no sender: controller gone.
-                    r = kato_rx.changed() => if r.is_err() { return },
-                    _ = timer => {
+                    r = kato_rx.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        kato = *kato_rx.borrow_and_update();
+                        expiry.as_mut().reset(tokio::time::Instant::now() + kato_duration(kato));
+                        ticks = tokio::time::interval(monitor_period(kato));
+                        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    _ = &mut expiry, if kato != 0 => {
                         let Some(ctrl) = weak.upgrade() else { return };
                         if !ctrl.activity.swap(false, Ordering::Relaxed) {
                             ctrl.shutdown("keep-alive timeout expired");
                             return;
                         }
+                        expiry.as_mut().reset(tokio::time::Instant::now() + kato_duration(kato));
+                    }
+                    _ = ticks.tick(), if kato != 0 => {
+                        let Some(ctrl) = weak.upgrade() else { return };
+                        if ctrl.stalled_past_keep_alive() {
+                            return;
+                        }
+                        ctrl.note_monitor_ran();
                     }
                 }
             }
         });
+    }
+
+    fn ms_since_created(&self) -> u64 {
+        u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn note_monitor_ran(&self) {
+        self.monitor_ran
+            .store(self.ms_since_created(), Ordering::Release);
+    }
+
+    /// Whether this controller is gone or must go because this process
+    /// stopped running for half its KATO (at least 1 s) or more (SIGSTOP, a
+    /// paused virtual machine, a frozen cgroup, a machine starved of CPU),
+    /// seen as its keep-alive monitor overdue by that much; such a
+    /// controller is torn down here. Transports ask before running commands they received:
+    /// a host whose keep alive went unanswered for a KATO gives up on the
+    /// controller and retries its commands on another path, and may write
+    /// newer data there; the stale commands still in this process's socket
+    /// or receive buffers would then overwrite it. (Half a KATO leaves room
+    /// for clocks and scheduling; a stall that short only costs the host a
+    /// reconnect.) One clock read and two atomic loads.
+    pub fn stalled_past_keep_alive(&self) -> bool {
+        if self.is_dead() {
+            return true;
+        }
+        let limit = self.stall_limit_ms.load(Ordering::Relaxed);
+        if limit == 0 {
+            return false;
+        }
+        let ran = self.monitor_ran.load(Ordering::Acquire);
+        let gap = self.ms_since_created().saturating_sub(ran);
+        if gap <= limit {
+            return false;
+        }
+        tracing::warn!(
+            cntlid = self.cntlid,
+            stalled_ms = gap,
+            kato_ms = self.kato_ms(),
+            "this process did not run for half the keep-alive timeout or more; \
+             the host may have retried its commands elsewhere, so the controller \
+             goes before running any it sent before"
+        );
+        self.shutdown("process stalled past the keep-alive timeout");
+        true
     }
 
     /// The keep-alive timeout in milliseconds (0: none).
@@ -231,6 +328,9 @@ impl Controller {
     /// Change the keep-alive timeout.
     pub fn set_kato_ms(&self, ms: u32) {
         self.touch();
+        self.note_monitor_ran();
+        self.stall_limit_ms
+            .store(stall_limit_ms(ms), Ordering::Relaxed);
         self.kato.send_replace(ms);
     }
 

@@ -116,6 +116,17 @@ impl Queue {
         }
     }
 
+    /// Whether the transport must close this connection instead of running
+    /// the commands it just received: the controller is gone, or this
+    /// process stalled for long enough that the host may have given up on
+    /// the controller (see [`Controller::stalled_past_keep_alive`]). Asked
+    /// once per batch of received data, after a wait.
+    pub fn stalled_past_keep_alive(&self) -> bool {
+        self.session
+            .get()
+            .is_some_and(|s| s.ctrl.stalled_past_keep_alive())
+    }
+
     /// Cancelled when the connection must close (controller torn down,
     /// target shutting down).
     pub fn token(&self) -> &CancellationToken {

@@ -408,6 +408,9 @@ async fn run(
             r = rx.recv() => match r {
                 // Take every capsule already delivered, so that their
                 // commands run, and post, together.
+                Some(_) if conn.core.stalled_past_keep_alive() => {
+                    break "controller gone or process stalled past the keep-alive timeout";
+                }
                 Some(received) => {
                     let mut next = Some(received);
                     let mut refused = None;

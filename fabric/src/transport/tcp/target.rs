@@ -248,6 +248,9 @@ struct Connection {
     poll: Duration,
 }
 
+/// Why a connection closed without running what it had just received.
+const STALLED: &str = "controller gone or process stalled past the keep-alive timeout";
+
 impl Connection {
     /// Serve until the connection ends; returns why.
     async fn run(
@@ -291,6 +294,7 @@ impl Connection {
             if inflight.is_empty() && !self.poll.is_zero() {
                 match poll_read(rd, &mut rbuf, self.poll, || true).await {
                     Some(Ok(0)) => break "peer closed",
+                    Some(Ok(_)) if self.queue.stalled_past_keep_alive() => break STALLED,
                     Some(Ok(_)) => continue,
                     Some(Err(_)) => break "read error",
                     None => {}
@@ -306,6 +310,7 @@ impl Connection {
                 }
                 read = rd.read_buf(&mut rbuf) => match read {
                     Ok(0) => break "peer closed",
+                    Ok(_) if self.queue.stalled_past_keep_alive() => break STALLED,
                     Ok(_) => {}
                     Err(_) => break "read error",
                 },
