@@ -108,6 +108,39 @@ fio_verify digests-128k "${ns[0]}" 128k 8M
 check "nvme disconnect (digests)" nvme disconnect -n "$NQN"
 wait_for "namespaces gone after the digests run" 30 bash -c "! count_namespaces $NQN 1"
 
+# Connect options a Linux host may choose: one I/O queue of 16 entries (the
+# host holds back the rest of fio's 4 x 32), a write queue and a polled
+# queue (fio's io_uring hipri polls for its completions), and a keep-alive
+# timeout of 1 s across an idle spell (the controller must stay).
+connect_with() {
+    check "nvme connect $*" nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$NQN" --hostnqn="$HOSTNQN" "$@" &&
+        wait_for "namespaces ($*)" 30 count_namespaces "$NQN" 2 &&
+        mapfile -t ns < <(namespaces_of "$NQN") && ctrl=$(controllers_of "$NQN" | head -1)
+}
+disconnect_all() {
+    check "nvme disconnect ($1)" nvme disconnect -n "$NQN"
+    wait_for "namespaces gone ($1)" 30 bash -c "! count_namespaces $NQN 1"
+}
+ctrl_attr() { cat "/sys/class/nvme/${ctrl#/dev/}/$1"; }
+connect_with --nr-io-queues=1 --queue-size=16
+check "one I/O queue of 16 entries" test "$(ctrl_attr queue_count) $(ctrl_attr sqsize)" = "2 15"
+fio_verify small-queue "${ns[0]}" 4k 8M
+disconnect_all "small queue"
+connect_with --nr-write-queues=1 --nr-poll-queues=1
+expect_output "a polled queue mapped" "mapped [0-9]+/[0-9]+/1 default/read/poll" dmesg
+check "fio verify through the polled queue (io_uring, hipri)" \
+    fio --name=hipri --filename="${ns[0]}" --ioengine=io_uring --hipri=1 --direct=1 --rw=randwrite --bs=4k \
+        --iodepth=16 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+        --output="$LOGDIR/fio-hipri.txt"
+disconnect_all "polled queue"
+connect_with --keep-alive-tmo=1
+cntlid=$(ctrl_attr cntlid)
+fio_verify kato-1s "${ns[0]}" 4k 4M
+sleep 4
+fio_verify kato-1s-after-idle "${ns[0]}" 4k 4M
+check "KATO 1 s: the same controller after 4 s idle" test "$(ctrl_attr cntlid)" = "$cntlid"
+disconnect_all "KATO 1 s"
+
 # Discovery-driven connect: a path through each port (native multipath), and
 # SQ flow control disabled as discovery allows (reads then complete with
 # the C2HData SUCCESS flag instead of a response capsule).
