@@ -15,8 +15,9 @@ modprobe nvme-tcp && modprobe brd rd_nr=2 rd_size=131072 || exit 1
 # NIC's own pages and this cannot happen; here fio's buffers stay off huge
 # pages (README, "Attach a Linux host").
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
-start_fabricd tcp --listen tcp://127.0.0.1:4420 --listen tcp://10.77.0.1:4420 --nqn "$NQN" \
-    --namespace mem:256M --namespace file:/dev/ram0 --discovery --serial guest-tcp-1 || exit 1
+TARGET_ARGS=(--listen tcp://127.0.0.1:4420 --listen tcp://10.77.0.1:4420 --nqn "$NQN"
+    --namespace mem:256M --namespace file:/dev/ram0 --discovery --serial guest-tcp-1)
+start_fabricd tcp "${TARGET_ARGS[@]}" || exit 1
 
 expect_output "nvme discover lists the subsystem on both ports" "traddr: *10\.77\.0\.1" \
     nvme discover -t tcp -a 127.0.0.1 -s 4420 --hostnqn="$HOSTNQN"
@@ -153,6 +154,25 @@ expect_output "nvme list-subsys shows both paths live" "traddr=10\.77\.0\.1.*liv
 fio_verify multipath-4k "${ns[0]}" 4k 8M
 fio_verify multipath-128k "${ns[0]}" 128k 8M
 check "nvme disconnect (every path)" nvme disconnect -n "$NQN"
+
+# A restart under writes (an upgrade, say): SIGTERM, start again; the host
+# reconnects and fio finishes with every block verified (the file
+# namespace keeps its data across the restart).
+connect_with --reconnect-delay=1 --ctrl-loss-tmo=60
+fio --name=restart --filename="${ns[1]}" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=16 \
+    --size=24M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+    --output="$LOGDIR/fio-restart.txt" &
+fio_pid=$!
+# (the multipath device keeps no statistics; its path through the
+# controller, nvmeXcYnZ, does)
+wait_for "writes under way before the restart" 30 bash -c \
+    '(( $(cat /sys/class/nvme/"$0"/nvme*c*n"$1"/stat | awk "{print \$7}") >= 8192 ))' "${ctrl#/dev/}" "${ns[1]##*n}"
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+start_fabricd tcp-restarted "${TARGET_ARGS[@]}" || exit 1
+wait "$fio_pid"; rc=$?
+check "fio wrote and verified 24M across a restart of fabricd" \
+    bash -c "(( $rc == 0 )) || { cat '$LOGDIR/fio-restart.txt'; exit 1; }"
+disconnect_all "after the restart"
 
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 
