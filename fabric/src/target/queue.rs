@@ -78,6 +78,10 @@ impl From<Status> for Failure {
     }
 }
 
+/// Why a transport closes a connection when
+/// [`Queue::stalled_past_keep_alive`] says so.
+pub const STALLED: &str = "controller gone or process stalled past the keep-alive timeout";
+
 /// A queue of the target core, driven by one transport connection.
 pub struct Queue {
     pub(crate) target: Arc<Target>,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::target::queue::STALLED;
 use crate::target::{Port, Queue, Response, Target, Transfer, TransportCaps};
 use crate::transport::read_buffers::ReadBuffers;
 use crate::transport::{ListenerHandle, TransportError};
@@ -408,9 +409,7 @@ async fn run(
             r = rx.recv() => match r {
                 // Take every capsule already delivered, so that their
                 // commands run, and post, together.
-                Some(_) if conn.core.stalled_past_keep_alive() => {
-                    break "controller gone or process stalled past the keep-alive timeout";
-                }
+                Some(_) if conn.core.stalled_past_keep_alive() => break STALLED,
                 Some(received) => {
                     let mut next = Some(received);
                     let mut refused = None;

@@ -18,6 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::target::queue::STALLED;
 use crate::target::{
     Port, Queue, Request, Response, Target, Transfer, TransportCaps, TransportKind,
 };
@@ -247,9 +248,6 @@ struct Connection {
     /// ([`TcpTransport::poll`]).
     poll: Duration,
 }
-
-/// Why a connection closed without running what it had just received.
-const STALLED: &str = "controller gone or process stalled past the keep-alive timeout";
 
 impl Connection {
     /// Serve until the connection ends; returns why.
