@@ -105,8 +105,11 @@ fn monitor_period_ms(kato_ms: u32) -> u64 {
     (u64::from(kato_ms) / 4).clamp(100, 1000)
 }
 
-fn monitor_period(kato_ms: u32) -> Duration {
-    Duration::from_millis(monitor_period_ms(kato_ms))
+/// The monitor's ticks for `kato_ms`; a late tick is not made up for.
+fn monitor_ticks(kato_ms: u32) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(Duration::from_millis(monitor_period_ms(kato_ms)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 fn kato_duration(kato_ms: u32) -> Duration {
@@ -228,7 +231,7 @@ impl Controller {
     /// KATOs (a host sends its keep alives at least every KATO / 2).
     ///
     /// Between expiries the monitor also notes the time every
-    /// [`monitor_period`], which is how a stall of this whole process is
+    /// [`monitor_period_ms`], which is how a stall of this whole process is
     /// seen (see [`Controller::stalled_past_keep_alive`]).
     pub(crate) fn start_keep_alive(self: &Arc<Self>) {
         self.touch();
@@ -240,8 +243,7 @@ impl Controller {
             let mut kato = *kato_rx.borrow_and_update();
             let expiry = tokio::time::sleep(kato_duration(kato));
             tokio::pin!(expiry);
-            let mut ticks = tokio::time::interval(monitor_period(kato));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks = monitor_ticks(kato);
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -252,8 +254,7 @@ impl Controller {
                         }
                         kato = *kato_rx.borrow_and_update();
                         expiry.as_mut().reset(tokio::time::Instant::now() + kato_duration(kato));
-                        ticks = tokio::time::interval(monitor_period(kato));
-                        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        ticks = monitor_ticks(kato);
                     }
                     _ = &mut expiry, if kato != 0 => {
                         let Some(ctrl) = weak.upgrade() else { return };
@@ -288,11 +289,11 @@ impl Controller {
     /// stopped running for half its KATO (at least 1 s) or more (SIGSTOP, a
     /// paused virtual machine, a frozen cgroup, a machine starved of CPU),
     /// seen as its keep-alive monitor overdue by that much; such a
-    /// controller is torn down here. Transports ask before running commands they received:
-    /// a host whose keep alive went unanswered for a KATO gives up on the
-    /// controller and retries its commands on another path, and may write
-    /// newer data there; the stale commands still in this process's socket
-    /// or receive buffers would then overwrite it. (Half a KATO leaves room
+    /// controller is torn down here. Transports ask before running commands
+    /// they received: a host whose keep alive went unanswered for a KATO
+    /// gives up on the controller and retries its commands on another path,
+    /// and may write newer data there; the stale commands still in this
+    /// process's socket or receive buffers would then overwrite it. (Half a KATO leaves room
     /// for clocks and scheduling; a stall that short only costs the host a
     /// reconnect.) One clock read and two atomic loads.
     pub fn stalled_past_keep_alive(&self) -> bool {
