@@ -3,6 +3,8 @@
 //! * Failures: [`FaultDevice::set_failed`] makes every I/O fail, and
 //!   [`FaultDevice::fail_after_writes`] lets a number of writes through
 //!   first; a raid1 member or a thin metadata device can die at any moment.
+//!   [`FaultDevice::set_full_from`] makes writes at or past a block fail
+//!   with [`BlockError::NoSpace`] (a sparse file on a full file system).
 //! * Power loss: a device made with [`FaultDevice::volatile`] keeps written
 //!   blocks in a simulated volatile cache (reads see them) until `flush`
 //!   writes them through. [`FaultDevice::crash`] then keeps a pseudo-random
@@ -94,6 +96,8 @@ pub struct FaultDevice {
     failed: AtomicBool,
     /// Writes still allowed before the device fails (u64::MAX = no limit).
     writes_left: AtomicU64,
+    /// Writes reaching this block or beyond fail with no space (u64::MAX = off).
+    full_from: AtomicU64,
     /// Unflushed blocks: `None` means zeroed. Guarded for the whole of a
     /// flush so that reads never see a half-written-back state.
     cache: RwLock<()>,
@@ -124,6 +128,7 @@ impl FaultDevice {
             power: None,
             failed: AtomicBool::new(false),
             writes_left: AtomicU64::new(u64::MAX),
+            full_from: AtomicU64::new(u64::MAX),
             cache: RwLock::new(()),
             blocks: Mutex::new(BTreeMap::new()),
         }
@@ -140,6 +145,21 @@ impl FaultDevice {
     /// Let `n` more writes through, then fail every I/O.
     pub fn fail_after_writes(&self, n: u64) {
         self.writes_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Make writes (not write-zeroes or discards) that reach block `lba` or beyond fail
+    /// with [`BlockError::NoSpace`], as a sparse file's unallocated blocks do
+    /// on a full file system; `None` gives the space back.
+    pub fn set_full_from(&self, lba: Option<u64>) {
+        self.full_from
+            .store(lba.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    fn check_space(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        if blocks > 0 && lba.saturating_add(blocks) > self.full_from.load(Ordering::SeqCst) {
+            return Err(BlockError::NoSpace("injected: file system full".into()));
+        }
+        Ok(())
     }
 
     /// Whether the device is failing I/O.
@@ -248,6 +268,8 @@ impl BlockDevice for FaultDevice {
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         self.check_alive(Io::Write)?;
+        let bs = u64::from(self.inner.block_size());
+        self.check_space(lba, data.len() as u64 / bs)?;
         if !self.volatile {
             return self.inner.write(lba, data).await;
         }

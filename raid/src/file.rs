@@ -52,11 +52,15 @@ pub struct FileDevice {
     is_block_device: bool,
 }
 
+/// An I/O error on `path`, named. A file system out of space (or the
+/// user's quota) is [`BlockError::NoSpace`]: the device is not broken, and
+/// an NVMe host gets Capacity Exceeded (ENOSPC to its application).
 fn err(path: &Path, what: &str, e: io::Error) -> BlockError {
-    BlockError::Io(io::Error::new(
-        e.kind(),
-        format!("{}: {what}: {e}", path.display()),
-    ))
+    let message = format!("{}: {what}: {e}", path.display());
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => BlockError::NoSpace(message),
+        _ => BlockError::Io(io::Error::new(e.kind(), message)),
+    }
 }
 
 impl FileDevice {
@@ -321,6 +325,19 @@ impl FileDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_file_system_is_no_space_and_other_errors_stay_io() {
+        let path = Path::new("/data/disk0.img");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            match err(path, "write", io::Error::from_raw_os_error(errno)) {
+                BlockError::NoSpace(m) => assert!(m.starts_with("/data/disk0.img: write: "), "{m}"),
+                other => panic!("errno {errno}: {other:?}"),
+            }
+        }
+        let e = err(path, "read", io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(e, BlockError::Io(ref io) if io.to_string().contains("disk0.img: read")));
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::var_os("CARGO_TARGET_TMPDIR")

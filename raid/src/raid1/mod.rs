@@ -5,7 +5,11 @@
 //!   in-sync member took them. A member that fails an I/O is dropped from
 //!   the array at once: the event counter goes up and the surviving members'
 //!   superblocks record it *before* the failed request completes, so after
-//!   a crash the failed member is still known to be stale.
+//!   a crash the failed member is still known to be stale. The last
+//!   in-sync member is never dropped for an I/O error: as md does with its
+//!   last working disk, that request fails and the member stays, so a full
+//!   file system or a passing fault costs the requests it hits, not the
+//!   data (only a superblock it cannot write takes it out).
 //! * Reads go round-robin to in-sync members; a failed read drops that
 //!   member and is retried on the next one (into a fresh buffer).
 //! * The write-intent bitmap (see `bitmap.rs`) limits resync after a member
@@ -45,7 +49,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
 use tokio::sync::{Mutex, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::bits::{BITMAP_BLOCK, BITS_PER_BLOCK};
 use crate::buf;
@@ -211,6 +215,14 @@ fn join2<'a, T: 'a>(
             }
         }
     })
+}
+
+/// The members (by slot) whose result is an error, with the error.
+fn failures(live: &[Member], results: Vec<BlockResult<()>>) -> Vec<(usize, BlockError)> {
+    live.iter()
+        .zip(results)
+        .filter_map(|(m, r)| r.err().map(|e| (m.slot, e)))
+        .collect()
 }
 
 fn new_uuid() -> [u8; 16] {
@@ -486,9 +498,15 @@ impl Raid1 {
         }
     }
 
-    /// Take member `slot` out of the array (as if it had failed).
+    /// Take member `slot` out of the array (as if it had failed); refused
+    /// for the last in-sync member.
     pub async fn fail_member(&self, slot: usize) -> BlockResult<()> {
         let mut meta = self.meta.lock().await;
+        if self.no_in_sync_left(&[slot]) {
+            return Err(BlockError::Unsupported(format!(
+                "slot {slot} is the last in-sync member"
+            )));
+        }
         self.drop_member(&mut meta, slot, "failed by request");
         self.commit_meta(&mut meta).await
     }
@@ -605,11 +623,12 @@ impl Raid1 {
         self.degraded.store(degraded, Ordering::SeqCst);
     }
 
-    /// Remove `slot` from the live set (no I/O; call `commit_meta` after).
-    fn drop_member(&self, meta: &mut MetaState, slot: usize, why: &str) {
+    /// Remove `slot` from the live set (no I/O; call `commit_meta` after);
+    /// false if it was not there.
+    fn drop_member(&self, meta: &mut MetaState, slot: usize, why: &str) -> bool {
         let live = self.live();
         if !live.iter().any(|m| m.slot == slot) {
-            return;
+            return false;
         }
         warn!(slot, why, "raid1 member dropped; array degraded");
         self.set_members(live.iter().filter(|m| m.slot != slot).cloned().collect());
@@ -620,15 +639,61 @@ impl Raid1 {
         }
         meta.events += 1;
         self.degraded.store(true, Ordering::SeqCst);
+        true
     }
 
-    /// Drop the `failed` slots and record it on the other members.
-    async fn drop_members(&self, failed: Vec<usize>, why: &str) -> BlockResult<()> {
-        let mut meta = self.meta.lock().await;
-        for slot in failed {
-            self.drop_member(&mut meta, slot, why);
+    /// Whether the `failed` slots include every live in-sync member.
+    fn no_in_sync_left(&self, failed: &[usize]) -> bool {
+        let live = self.live();
+        live.in_sync
+            .iter()
+            .filter_map(|&i| live.members.get(i))
+            .all(|m| failed.contains(&m.slot))
+    }
+
+    /// Drop the members that failed an I/O (`what`, with each one's error)
+    /// and record it on the others. If every in-sync member failed, one of
+    /// them stays in the array and its error is returned: the request
+    /// fails, the array keeps its data. The one kept is the first that
+    /// only ran out of space, else the first in-sync one: a full file
+    /// system leaves a device that still reads and overwrites.
+    async fn drop_failed_members(
+        &self,
+        meta: &mut MetaState,
+        failed: Vec<(usize, BlockError)>,
+        what: &str,
+    ) -> BlockResult<()> {
+        if failed.is_empty() {
+            return Ok(());
         }
-        self.commit_meta(&mut meta).await
+        let slots: Vec<usize> = failed.iter().map(|(slot, _)| *slot).collect();
+        let keep = if self.no_in_sync_left(&slots) {
+            let live = self.live();
+            let in_sync = |slot: usize| {
+                live.iter()
+                    .any(|m| m.slot == slot && m.recovering.is_none())
+            };
+            failed
+                .iter()
+                .filter(|(slot, _)| in_sync(*slot))
+                .min_by_key(|(_, e)| !matches!(e, BlockError::NoSpace(_)))
+                .map(|(slot, _)| *slot)
+        } else {
+            None
+        };
+        let (mut kept_error, mut dropped) = (None, false);
+        for (slot, e) in failed {
+            if Some(slot) == keep {
+                debug!(slot, error = %e, "{what} on the last in-sync member; it stays");
+                kept_error = Some(e);
+            } else {
+                dropped |= self.drop_member(meta, slot, &format!("{what}: {e}"));
+            }
+        }
+        if dropped {
+            self.commit_meta(meta).await?;
+        }
+        kept_error.map_or(Ok(()), Err)
     }
 
     /// Write every live member's superblock and flush; members that fail
@@ -713,19 +778,8 @@ impl Raid1 {
             }
         });
         let results = join_all(writes).await;
-        let failed: Vec<usize> = live
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_err())
-            .map(|(m, _)| m.slot)
-            .collect();
-        if !failed.is_empty() {
-            for slot in failed {
-                self.drop_member(meta, slot, "bitmap write failed");
-            }
-            self.commit_meta(meta).await?;
-        }
-        Ok(())
+        self.drop_failed_members(meta, failures(&live, results), "bitmap write failed")
+            .await
     }
 
     /// Make the bits of regions `first..=last` dirty on disk, then in memory.
@@ -798,27 +852,23 @@ impl Raid1 {
     }
 
     /// The outcome of a write from each member's result (in `live` order):
-    /// failed members are dropped; it succeeds if an in-sync member took it.
+    /// failed members are dropped; it succeeds if an in-sync member took it,
+    /// else it fails with the error of the in-sync member kept.
     async fn settle(&self, live: &[Member], results: Vec<BlockResult<()>>) -> BlockResult<()> {
-        let mut ok = false;
-        let mut failed = Vec::new();
-        let mut last_err = None;
-        for (m, r) in live.iter().zip(results) {
-            match r {
-                Ok(()) => ok |= m.recovering.is_none(),
-                Err(e) => {
-                    failed.push(m.slot);
-                    last_err = Some(e);
-                }
-            }
-        }
+        let ok = live
+            .iter()
+            .zip(&results)
+            .any(|(m, r)| r.is_ok() && m.recovering.is_none());
+        let failed = failures(live, results);
         if !failed.is_empty() {
-            self.drop_members(failed, "write failed").await?;
+            let mut meta = self.meta.lock().await;
+            self.drop_failed_members(&mut meta, failed, "write failed")
+                .await?;
         }
         if ok {
             Ok(())
         } else {
-            Err(last_err.unwrap_or_else(|| BlockError::Offline("raid1: no in-sync member".into())))
+            Err(BlockError::Offline("raid1: no in-sync member".into()))
         }
     }
 
@@ -854,7 +904,8 @@ impl Raid1 {
     }
 
     /// After member `slot` failed a read with `e`: drop it and read from
-    /// the others (into fresh buffers) until one answers.
+    /// the others (into fresh buffers) until one answers; the last in-sync
+    /// member's error is the read's.
     async fn read_again(
         &self,
         member_lba: u64,
@@ -863,8 +914,10 @@ impl Raid1 {
         mut e: BlockError,
     ) -> BlockResult<BytesMut> {
         loop {
-            self.drop_members(vec![slot], &format!("read failed: {e}"))
+            let mut meta = self.meta.lock().await;
+            self.drop_failed_members(&mut meta, vec![(slot, e)], "read failed")
                 .await?;
+            drop(meta);
             let live = self.live();
             let m = self.pick_in_sync(&live)?;
             match m.dev.as_ref().read(member_lba, buf::alloc(len)).await {
@@ -948,19 +1001,9 @@ impl BlockDevice for Raid1 {
     async fn flush(&self) -> BlockResult<()> {
         let live = self.live();
         let results = join_all(live.iter().map(|m| m.dev.flush())).await;
-        let failed: Vec<usize> = live
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_err())
-            .map(|(m, _)| m.slot)
-            .collect();
         let mut meta = self.meta.lock().await;
-        if !failed.is_empty() {
-            for slot in failed {
-                self.drop_member(&mut meta, slot, "flush failed");
-            }
-            self.commit_meta(&mut meta).await?;
-        }
+        self.drop_failed_members(&mut meta, failures(&live, results), "flush failed")
+            .await?;
         if !self.degraded.load(Ordering::SeqCst) {
             let blocks = self.intent.clear_quiet();
             if !blocks.is_empty() {

@@ -28,7 +28,7 @@ use tracing::info;
 
 use super::{Member, Raid1, SlotState};
 use crate::buf;
-use crate::device::{BlockError, BlockResult};
+use crate::device::BlockResult;
 use crate::task::{BackgroundTask, RateLimit, StopSignal, Throttle};
 
 /// Bytes copied per locked step.
@@ -268,22 +268,18 @@ impl Raid1 {
         results: Vec<BlockResult<()>>,
         why: &str,
     ) -> BlockResult<()> {
-        let failed: Vec<(&Member, BlockError)> = members
-            .iter()
-            .zip(results)
-            .filter_map(|(m, r)| r.err().map(|e| (*m, e)))
-            .collect();
-        if failed.is_empty() {
+        if results.iter().all(|r| r.is_ok()) {
             return Ok(());
         }
         let mut meta = self.meta.lock().await;
         let live = self.live();
-        for (m, e) in failed {
-            if live.iter().any(|l| l.join_id == m.join_id) {
-                self.drop_member(&mut meta, m.slot, &format!("{why}: {e}"));
-            }
-        }
-        self.commit_meta(&mut meta).await
+        let failed = members
+            .iter()
+            .zip(results)
+            .filter(|(m, _)| live.iter().any(|l| l.join_id == m.join_id))
+            .filter_map(|(m, r)| r.err().map(|e| (m.slot, e)))
+            .collect();
+        self.drop_failed_members(&mut meta, failed, why).await
     }
 
     /// Copy `blocks` at array block `lba` to those of `needs` still here.

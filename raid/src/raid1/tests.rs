@@ -65,6 +65,59 @@ async fn mirrors_writes_and_survives_a_member_failure() {
         raid.read(5, buf::alloc(4096)).await,
         Err(BlockError::Offline(_))
     ));
+    // The last in-sync member failed that read but stays: once it works
+    // again, so does the array.
+    m[2].set_failed(false);
+    assert_eq!(raid.read(5, buf::alloc(4096)).await.unwrap()[0], 1);
+    assert!(matches!(
+        raid.fail_member(2).await,
+        Err(BlockError::Unsupported(m)) if m.contains("last in-sync")
+    ));
+}
+
+#[tokio::test]
+async fn a_full_file_system_fails_writes_and_keeps_the_data_online() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    // Both members' files sit on one full file system: blocks written
+    // before can be written again, new ones cannot.
+    let full_from = raid.data_offset() + 100;
+    for d in &m {
+        d.set_full_from(Some(full_from));
+    }
+    assert!(matches!(
+        raid.write(200, block(2)).await,
+        Err(BlockError::NoSpace(_))
+    ));
+    // One member went (as md would), the other stays with the data.
+    let st = raid.status().await;
+    assert_eq!(
+        st.members,
+        vec![MemberHealth::InSync, MemberHealth::Missing]
+    );
+    assert!(matches!(
+        raid.write(201, block(2)).await,
+        Err(BlockError::NoSpace(_))
+    ));
+    for _ in 0..3 {
+        assert_eq!(raid.read(5, buf::alloc(4096)).await.unwrap()[0], 1);
+    }
+    raid.write(6, block(3)).await.unwrap();
+    raid.flush().await.unwrap();
+    // Space comes back: writes work, the member returns and resyncs.
+    for d in &m {
+        d.set_full_from(None);
+    }
+    raid.write(200, block(4)).await.unwrap();
+    raid.readd_member(m[1].clone()).await.unwrap();
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert!(!raid.status().await.degraded);
+    for (lba, v) in [(5, 1), (6, 3), (200, 4)] {
+        for d in &m {
+            assert_eq!(member_block(d, &raid, lba).await, v, "lba {lba}");
+        }
+    }
 }
 
 #[tokio::test]

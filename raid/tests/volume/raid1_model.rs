@@ -1,12 +1,13 @@
 //! raid1 against the flat model, with member failures, returns,
-//! replacements and resyncs between the I/O.
+//! replacements, resyncs and full file systems between the I/O.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use proptest::prelude::*;
 use raid::model::Model;
 use raid::raid1::MemberHealth;
-use raid::{BlockDevice, FaultDevice, Raid1, Raid1Options, RateLimit};
+use raid::{BlockDevice, BlockError, FaultDevice, Raid1, Raid1Options, RateLimit};
 
 use crate::common::*;
 
@@ -20,6 +21,11 @@ enum Op {
     Return(usize),
     Replace(usize),
     Resync,
+    /// The member's file system fills up: writes from this data block on
+    /// fail with no space.
+    Full(usize, u64),
+    /// Its space comes back.
+    Space(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,6 +39,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..3).prop_map(Op::Return),
         1 => (0usize..3).prop_map(Op::Replace),
         2 => Just(Op::Resync),
+        1 => (0usize..3, 0u64..800).prop_map(|(m, l)| Op::Full(m, l)),
+        1 => (0usize..3).prop_map(Op::Space),
     ]
 }
 
@@ -61,8 +69,13 @@ proptest! {
                     Op::Write(l, n) => {
                         let (l, n) = clamp(l, n, size);
                         let data = pattern(i as u64, n);
-                        write(&*raid, l, &data).await;
-                        model.write(l, &data);
+                        // A write only fails when every in-sync member is
+                        // out of space; it then left the data as it was.
+                        match raid.write(l, Bytes::copy_from_slice(&data)).await {
+                            Ok(()) => model.write(l, &data),
+                            Err(BlockError::NoSpace(_)) => {}
+                            Err(e) => panic!("write {l}+{n}: {e}"),
+                        }
                     }
                     Op::Read(l, n) => {
                         let (l, n) = clamp(l, n, size);
@@ -97,11 +110,14 @@ proptest! {
                         }
                     }
                     Op::Resync => raid.resync_now(&RateLimit::default()).await.unwrap(),
+                    Op::Full(m, l) => members[m].set_full_from(Some(raid.data_offset() + l)),
+                    Op::Space(m) => members[m].set_full_from(None),
                 }
             }
             // Bring everyone back, resync, and check every mirror copy.
             for (m, dev) in members.iter().enumerate() {
                 dev.set_failed(false);
+                dev.set_full_from(None);
                 if raid.status().await.members[m] == MemberHealth::Missing {
                     raid.readd_member(dev.clone()).await.unwrap();
                 }
