@@ -14,6 +14,7 @@ use crate::wire::{Command, Status, NSID_ALL};
 use super::namespace::Namespace;
 use super::queue::{Failure, Outcome, Queue, Session};
 use super::request::{status_of, Op, Transfer};
+use super::warn_limit::WarnLimit;
 
 /// Size of one Dataset Management range.
 const DSM_RANGE_LEN: u32 = 16;
@@ -117,9 +118,17 @@ fn fail(e: BlockError, is_write: bool, s: &Session) -> Failure {
             .media_errors
             .fetch_add(1, Ordering::Relaxed);
     }
-    tracing::warn!(error = %e, %status, "I/O failed");
+    match IO_FAILURE_LOG.admit() {
+        Some(0) => tracing::warn!(error = %e, %status, "I/O failed"),
+        Some(n) => tracing::warn!(error = %e, %status, "I/O failed ({n} more failures not logged)"),
+        None => {}
+    }
     status.into()
 }
+
+/// Failed I/O commands logged per second, at most (a dead or full device
+/// fails every command).
+static IO_FAILURE_LOG: WarnLimit = WarnLimit::new(10);
 
 pub(crate) async fn execute(
     s: &Session,

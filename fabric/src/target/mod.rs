@@ -20,6 +20,7 @@ pub mod port;
 pub mod queue;
 pub mod request;
 pub mod subsystem;
+mod warn_limit;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};

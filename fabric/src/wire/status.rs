@@ -77,8 +77,9 @@ statuses! {
     KEEP_ALIVE_INVALID = (sct::GENERIC, 0x1a, true);
     /// LBA out of range.
     LBA_OUT_OF_RANGE = (sct::GENERIC, 0x80, true);
-    /// Capacity exceeded.
-    CAPACITY_EXCEEDED = (sct::GENERIC, 0x81, false);
+    /// Capacity exceeded (Do Not Retry, as Linux's target sends it: a full
+    /// pool or file system fails the same write again at once).
+    CAPACITY_EXCEEDED = (sct::GENERIC, 0x81, true);
     /// Namespace not ready.
     NAMESPACE_NOT_READY = (sct::GENERIC, 0x82, false);
     /// Invalid queue identifier.
