@@ -380,6 +380,9 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
         sub.add_namespace(i as u32 + 1, ns.device.clone(), 1)?;
         namespaces.push(ns);
     }
+    for warning in super::namespace::overcommitted_file_systems(&s.namespaces) {
+        tracing::warn!("{warning}");
+    }
     if s.listen.iter().any(|a| a.kind == TransportKind::Rdma) {
         RdmaTransport::configure(s.rdma.clone())?;
     }
