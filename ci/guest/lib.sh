@@ -125,6 +125,27 @@ path_sectors() {
 
 ctrl_live() { grep -q live "/sys/class/nvme/$1/state"; }
 
+# within SECONDS COMMAND...: run COMMAND with its output, but give up on it
+# after SECONDS with status 124. Unlike timeout(1) this does not wait for
+# the command to die: a process in block I/O that the host holds (a path
+# error with no other path) ignores signals until its controller goes.
+within() {
+    local secs=$1 out pid rc; shift
+    out=$(mktemp)
+    "$@" >"$out" 2>&1 &
+    pid=$!
+    local end=$((SECONDS + secs))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= end)); then
+            cat "$out"; echo "still running after ${secs}s: $*"; return 124
+        fi
+        sleep 0.2
+    done
+    wait "$pid"; rc=$?
+    cat "$out"; rm -f "$out"
+    return $rc
+}
+
 # two_node_failover TRANSPORT ADDRESS_A ADDRESS_B NQN DEVICE: two nodes
 # (fabricd processes on their own addresses) export one volume: the same
 # subsystem NQN, namespace and backing DEVICE, distinct controller IDs. The
@@ -205,4 +226,4 @@ finish() {
     echo "# $((checks - failures))/$checks checks passed"
     ((failures == 0))
 }
-export -f namespaces_of controllers_of count_namespaces ctrl_of path_sectors ctrl_live
+export -f namespaces_of controllers_of count_namespaces ctrl_of path_sectors ctrl_live within

@@ -203,6 +203,27 @@ wait_for "raid1 namespace again" 30 count_namespaces "$R1NQN" 1
 r1=$(namespaces_of "$R1NQN" | head -1)
 check "raid1: the pattern survived the restart" \
     bash -c "dd if='$r1' bs=1M skip=40 count=4 iflag=direct status=none | cmp - /tmp/raid1-pattern"
+
+# The file system under the mirror fills up (its files are sparse): the
+# host's writes fail with ENOSPC (Capacity Exceeded), the data stays online,
+# and writes work again once there is space.
+# Blocks 32-40 MiB were never written (fio took 0-32, the pattern 40-44):
+# 16 MiB for the two files, where root has the 1 MiB left and the file
+# system's reserve (5%, 6 MiB). An array that went offline instead would
+# hold the host's I/O (a path error with no other path): hence `within`.
+avail=$(df --output=avail -B1 /tmp/raid1-fs | tail -1)
+check "raid1: fill the file system but 1 MiB" fallocate -l $((avail - (1 << 20))) /tmp/raid1-fs/filler
+expect_refusal "raid1: a write into the full file system fails with ENOSPC" "No space left on device" \
+    within 60 dd if=/dev/urandom of="$r1" bs=1M seek=32 count=8 oflag=direct status=none
+check "raid1: the pattern reads back with the file system full" \
+    within 60 bash -c "dd if='$r1' bs=1M skip=40 count=4 iflag=direct status=none | cmp - /tmp/raid1-pattern"
+expect_output "raid1: fabricd named the full file system" "No space left on device" \
+    grep -E 'member dropped.*disk[01].img' "$LOGDIR/raid1-again.log"
+check "raid1: space back: remove the filler" rm /tmp/raid1-fs/filler
+check "raid1: writes work again with space back" \
+    within 60 dd if=/tmp/raid1-pattern of="$r1" bs=1M seek=36 oflag=direct status=none
+check "raid1: and read back" \
+    within 60 bash -c "dd if='$r1' bs=1M skip=36 count=4 iflag=direct status=none | cmp - /tmp/raid1-pattern"
 check "raid1: nvme disconnect again" nvme disconnect -n "$R1NQN"
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 
