@@ -91,6 +91,11 @@ pub fn open_db(config: &MetaConfig) -> Result<Arc<DB>, RunError> {
     std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
+    // rocksdb preallocates each write-ahead log at about the memtable's
+    // size: at its default (64 MiB) that hides how full the disk is from
+    // the free-space reserve of `storage::RESERVED_BYTES`. The metadata
+    // is small; 4 MiB memtables are plenty.
+    opts.set_write_buffer_size(4 << 20);
     let db = DB::open(&opts, &dir).map_err(|e| store_err(e.into_string()))?;
     Ok(Arc::new(db))
 }

@@ -29,6 +29,28 @@ use crate::state::snapshot;
 /// Index (and term) of the synthetic snapshot a bootstrapped group starts from.
 pub const BOOTSTRAP_INDEX: u64 = 5;
 
+/// Free space a replica keeps on its data directory's file system: an
+/// append that finds less stops the replica (the driver ends with this
+/// error) before rocksdb fails a write-ahead-log append, after which the
+/// librocksdb 7.8 that Debian ships (built with assertions) aborts the
+/// process on its next write.
+pub const RESERVED_BYTES: u64 = 16 << 20;
+
+/// An error if `free` bytes on the file system of `dir` are below
+/// [`RESERVED_BYTES`].
+fn check_reserve(dir: &std::path::Path, free: u64) -> Result<(), MetaError> {
+    if free >= RESERVED_BYTES {
+        return Ok(());
+    }
+    Err(MetaError::Storage(format!(
+        "{}: {} KiB free, less than the {} MiB a replica keeps in reserve; \
+         this replica stops (free space, then start it again)",
+        dir.display(),
+        free >> 10,
+        RESERVED_BYTES >> 20
+    )))
+}
+
 /// raft-rs storage over rocksdb.
 pub struct RaftStorage {
     db: Arc<DB>,
@@ -95,6 +117,9 @@ impl RaftStorage {
             batch.put(keys::RAFT_HARD_STATE, encode(hs)?);
         }
         if !batch.is_empty() {
+            if let Ok(fs) = rustix::fs::statvfs(self.db.path()) {
+                check_reserve(self.db.path(), fs.f_bavail.saturating_mul(fs.f_frsize))?;
+            }
             self.db.write_opt(batch, &synced())?;
         }
         Ok(())
@@ -312,6 +337,18 @@ mod tests {
         assert_eq!(s.first_index().expect("first"), BOOTSTRAP_INDEX + 1);
         assert_eq!(s.last_index().expect("last"), BOOTSTRAP_INDEX);
         assert_eq!(s.term(BOOTSTRAP_INDEX).expect("term"), BOOTSTRAP_INDEX);
+    }
+
+    #[test]
+    fn appends_stop_short_of_a_full_file_system() {
+        let dir = std::path::Path::new("/var/lib/fabric-meta");
+        assert!(check_reserve(dir, RESERVED_BYTES).is_ok());
+        match check_reserve(dir, RESERVED_BYTES - 1) {
+            Err(MetaError::Storage(m)) => {
+                assert!(m.starts_with("/var/lib/fabric-meta: 16383 KiB free"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
