@@ -39,6 +39,8 @@ if ((guest)); then
     cargo build --workspace --bins --examples --profile ci --locked
     # 4 GiB: the benchmark's short run writes both 1 GiB RAM backends in full.
     FABRICD=$PWD/target/ci/fabricd ci/guest-run --mem 4G --timeout 2400 -- ci/guest/run-all.sh
+    stage "benchmark, split mode (short): both targets alone in a guest, fabric-perf here"
+    perf/bench.sh --split --short --no-append --bin target/ci --out target/bench-split-short
 fi
 
 if ((fuzz)); then

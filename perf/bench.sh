@@ -6,37 +6,46 @@
 # directory and appends the table to perf/RESULTS.md. Exits non-zero when a
 # row has no numbers (named on stderr), after writing all of that.
 #
-# usage: perf/bench.sh [--short] [--native] [--no-append] [--out DIR] [RUN OPTIONS...]
+# usage: perf/bench.sh [--short] [--native | --split] [--no-append] [--out DIR] [RUN OPTIONS...]
 #   --short      the CI smoke run (1 repetition of 2 s per sample)
 #   --native     the same matrix over TCP on this machine's loopback, ours
 #                only (fabricd + fabric-perf), no guest
+#   --split      both targets alone in the guest, fabric-perf on this machine
+#                over TCP (ports forwarded into the guest): the guest's CPU
+#                is then the targets' work only, as on a storage node
 #   --no-append  do not append to perf/RESULTS.md
+#   --bin DIR    use the fabricd, fabric-perf and fabric-bench built in DIR
+#                (CI's profile) instead of building them in release
 #   --out DIR    output directory [default: perf/out/MODE-DATE]
 #   RUN OPTIONS  passed to `fabric-bench run` (see `fabric-bench run --help`:
 #                --reps, --seconds, --transports, --backends, --clients)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=guest append=1 out="" run_args=()
+mode=guest append=1 out="" bin="" run_args=()
 while (($#)); do
     case $1 in
         --native) mode=native; shift ;;
+        --split) mode=split; shift ;;
         --short) run_args+=(--short); shift ;;
         --no-append) append=0; shift ;;
         --out) out=$2; shift 2 ;;
+        --bin) bin=$(cd "$2" && pwd); shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) run_args+=("$1"); shift ;;
     esac
 done
 command_line="perf/bench.sh${run_args[*]:+ ${run_args[*]}}"
-[[ $mode == native ]] && command_line+=" --native"
+[[ $mode != guest ]] && command_line+=" --$mode"
 
-if [[ $mode == guest ]]; then ci/setup.sh; else ci/setup.sh --no-guest; fi
+if [[ $mode == native ]]; then ci/setup.sh --no-guest; else ci/setup.sh; fi
 [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
 target=${CARGO_TARGET_DIR:-$PWD/target}
 # The commit the binaries are built from (the tree may change during a run).
 commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
-cargo build --release --locked -p fabric --bin fabricd -p perf --bins
-bin=$target/release
+if [[ -z $bin ]]; then
+    cargo build --release --locked -p fabric --bin fabricd -p perf --bins
+    bin=$target/release
+fi
 
 out=${out:-perf/out/$mode-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
@@ -44,6 +53,26 @@ if [[ $mode == guest ]]; then
     # 4 GiB: both RAM backends (1 GiB each) are written in full before
     # measuring (fabric-bench's fill), on top of the guest's own needs.
     ci/guest-run --mem 4G --timeout 7200 -- "$bin/fabric-bench" run --mode guest --out "$out" "${run_args[@]}"
+elif [[ $mode == split ]]; then
+    # Three free ports here, forwarded to the guest's kernel target (4420),
+    # ours (4421) and fabric-bench's agent (7000); see fabric-bench's agent.rs.
+    in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+    for port in 14420 24420 34420 44420 ""; do
+        [[ -n $port ]] || { echo "bench: no three free ports for the guest" >&2; exit 1; }
+        in_use "$port" || in_use $((port + 1)) || in_use $((port + 2)) || break
+    done
+    ci/guest-run --no-rdma --mem 4G --timeout 7200 --forward "$port:4420" \
+        --forward "$((port + 1)):4421" --forward "$((port + 2)):7000" \
+        -- "$bin/fabric-bench" serve --out "$out/guest" >"$out/guest.log" 2>&1 &
+    guest=$!
+    trap 'kill $guest 2>/dev/null' EXIT
+    until grep -q "serve: ready" "$out/guest.log"; do
+        kill -0 "$guest" 2>/dev/null || { echo "bench: the guest failed:" >&2; cat "$out/guest.log" >&2; exit 1; }
+        sleep 1
+    done
+    "$bin/fabric-bench" run --mode split --guest-port "$port" --out "$out" "${run_args[@]}"
+    wait "$guest" || echo "bench: the guest exited with status $? (log: $out/guest.log)" >&2
+    trap - EXIT
 else
     "$bin/fabric-bench" run --mode native --out "$out" "${run_args[@]}"
 fi

@@ -4,10 +4,13 @@
 //! `fabric-bench run` measures the matrix (transports x backends x
 //! workloads x clients, both targets alternating, several repetitions) in
 //! the guest where the kernel target exists, or natively (ours only, TCP
-//! loopback). `fabric-bench report` turns the samples into the table (with
+//! loopback), or with both targets alone in the guest and fabric-perf on
+//! this machine (split; `fabric-bench serve` is the guest's side).
+//! `fabric-bench report` turns the samples into the table (with
 //! medians and ratios ours/kernel), JSON, a PNG chart, and an entry in
 //! perf/RESULTS.md. `perf/bench.sh` runs both, in the guest, in one command.
 
+mod agent;
 mod chart;
 mod clients;
 mod fabricd;
@@ -41,13 +44,31 @@ enum Command {
     Run(RunArgs),
     /// Summarize DIR/samples.json: table, JSON, PNG chart, RESULTS.md entry.
     Report(ReportArgs),
+    /// Split mode's guest side: serve both targets over TCP on the guest's
+    /// user-mode network and answer CPU readings until told to quit (run
+    /// through `ci/guest-run --forward`, as `perf/bench.sh --split` does).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Directory for fabricd's log.
+    #[arg(long, default_value = "perf/out/serve")]
+    out: PathBuf,
+    /// Size of each backend device in GiB.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    size_gib: u64,
+    /// The fabricd binary [default: next to this program].
+    #[arg(long)]
+    fabricd: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// guest: ours and the kernel target, fio and fabric-perf (needs the
     /// guest's kernel modules); native: ours and fabric-perf over TCP on
-    /// this machine's loopback.
+    /// this machine's loopback; split: both targets in a guest running
+    /// `fabric-bench serve`, fabric-perf here over TCP.
     #[arg(long, value_enum, default_value_t = Mode::Guest)]
     mode: Mode,
     /// Directory for samples and logs.
@@ -81,6 +102,10 @@ struct RunArgs {
     /// The fabric-perf binary [default: next to this program].
     #[arg(long)]
     fabric_perf: Option<PathBuf>,
+    /// Split mode: this machine's ports PORT, PORT+1 and PORT+2 are
+    /// forwarded to the guest's kernel target, ours and its agent.
+    #[arg(long, default_value_t = 14420, value_parser = clap::value_parser!(u16).range(1..=65533))]
+    guest_port: u16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,7 +138,9 @@ fn sibling(name: &str) -> PathBuf {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let native = a.mode == Mode::Native;
+    // Native and split runs have no Linux host here, and split mode's
+    // guest is reached through forwarded TCP ports only.
+    let native = a.mode != Mode::Guest;
     let cfg = runner::RunConfig {
         mode: a.mode,
         out: a.out.clone(),
@@ -134,13 +161,17 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         size_gib: a.size_gib,
         fabricd: a.fabricd.unwrap_or_else(|| sibling("fabricd")),
         fabric_perf: a.fabric_perf.unwrap_or_else(|| sibling("fabric-perf")),
+        guest_port: a.guest_port,
     };
     if native && cfg.clients.contains(&Client::Fio) {
         anyhow::bail!("--clients fio needs the Linux host: use --mode guest");
     }
+    if cfg.mode == Mode::Split && cfg.transports.iter().any(|t| t != "tcp") {
+        anyhow::bail!("--transports: split mode reaches the guest over TCP only");
+    }
     let perf_needed = cfg.clients.contains(&Client::FabricPerf);
     for (flag, path, needed) in [
-        ("--fabricd", &cfg.fabricd, true),
+        ("--fabricd", &cfg.fabricd, cfg.mode != Mode::Split),
         ("--fabric-perf", &cfg.fabric_perf, perf_needed),
     ] {
         if needed && !path.is_file() {
@@ -151,6 +182,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     print!("\n{}", summary::markdown(&summary::summarize(&set)));
     println!("samples: {}", cfg.out.join("samples.json").display());
     Ok(())
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let cfg = agent::ServeConfig {
+        fabricd: a.fabricd.unwrap_or_else(|| sibling("fabricd")),
+        size_gib: a.size_gib,
+        out: a.out,
+    };
+    if !cfg.fabricd.is_file() {
+        anyhow::bail!("--fabricd: no program at {}", cfg.fabricd.display());
+    }
+    agent::serve(&cfg)
 }
 
 fn load(dir: &Path) -> anyhow::Result<SampleSet> {
@@ -173,6 +216,7 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
     let title = match set.mode {
         Mode::Guest => format!("ours / kernel target, QEMU TCG guest, {date}"),
         Mode::Native => format!("fabricd + fabric-perf, TCP loopback, {date}"),
+        Mode::Split => format!("ours / kernel target alone in a QEMU TCG guest, {date}"),
     };
     let png = a.dir.join("chart.png");
     let chart = if a.no_chart {
@@ -189,14 +233,15 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
                 set.cpus, set.kernel
             ),
             Mode::Native => "native: TCP loopback on the host, no guest".to_string(),
+            Mode::Split => format!(
+                "split: both targets alone in a QEMU TCG guest ({} vCPUs, Linux {}), fabric-perf on the host over TCP (QEMU user-mode network, forwarded ports); CPU is the guest's, the targets' work only",
+                set.cpus, set.kernel
+            ),
         };
         let mut entry = format!(
             "### {date}: {} mode, {} repetitions x {} s, medians\n\n\
              * command: `{}`\n* commit: {}\n* machine: {}\n* {where_}\n\n{table}",
-            match set.mode {
-                Mode::Guest => "guest",
-                Mode::Native => "native",
-            },
+            set.mode.name(),
             set.reps,
             set.seconds,
             a.command,
@@ -206,11 +251,7 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
         if let (Some(png), Some(dir)) = (&chart, results_file.parent()) {
             let name = format!(
                 "results/{}-{}.png",
-                if set.mode == Mode::Guest {
-                    "guest"
-                } else {
-                    "native"
-                },
+                set.mode.name(),
                 date.replace([' ', ':'], "-").trim_end_matches("-UTC")
             );
             let dest = dir.join(&name);
@@ -248,6 +289,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(a).map(|()| true),
         Command::Report(a) => report(a),
+        Command::Serve(a) => serve(a).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -156,6 +156,25 @@ pub enum Mode {
     Guest,
     /// On this machine's loopback: ours and fabric-perf only.
     Native,
+    /// Both targets alone in the QEMU guest, fabric-perf on this machine
+    /// (TCP through forwarded ports): the guest's CPU is the target's.
+    Split,
+}
+
+impl Mode {
+    /// Name in results and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Guest => "guest",
+            Mode::Native => "native",
+            Mode::Split => "split",
+        }
+    }
+
+    /// Whether the kernel target is measured next to ours.
+    pub fn has_kernel(self) -> bool {
+        self != Mode::Native
+    }
 }
 
 /// Everything one `fabric-bench run` measured.
@@ -163,9 +182,10 @@ pub enum Mode {
 pub struct SampleSet {
     /// Where it ran.
     pub mode: Mode,
-    /// Kernel release of the machine that ran it (the guest's in guest mode).
+    /// Kernel release of the machine that ran the targets (the guest's in
+    /// guest and split mode).
     pub kernel: String,
-    /// CPUs of the machine that ran it.
+    /// CPUs of the machine that ran the targets.
     pub cpus: usize,
     /// Seconds per sample.
     pub seconds: f64,

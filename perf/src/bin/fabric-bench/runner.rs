@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::agent::Agent;
 use crate::clients::{self, ClientResult};
 use crate::fabricd::Fabricd;
 use crate::kernel::{self, KernelTarget};
@@ -19,8 +20,12 @@ pub const OURS_NQN: &str = "nqn.2026-11.io.fabric:bench-ours";
 pub const KERNEL_NQN: &str = "nqn.2026-11.io.fabric:bench-kernel";
 /// The kernel target's port number (ours listens on the next one).
 pub const KERNEL_SVC: u16 = 4420;
-const OURS_SVC: u16 = 4421;
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Our target's port in the guest.
+pub const OURS_SVC: u16 = 4421;
+/// How long fabricd may take to be ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the split mode's guest may take to boot and set up.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to run.
@@ -48,6 +53,9 @@ pub struct RunConfig {
     pub fabricd: PathBuf,
     /// The fabric-perf binary.
     pub fabric_perf: PathBuf,
+    /// Split mode: the first of the three ports this machine forwards to
+    /// the guest (see `agent.rs`).
+    pub guest_port: u16,
 }
 
 /// A target side as the clients see it, or why it cannot be used.
@@ -96,15 +104,12 @@ fn host_address(transport: &str) -> String {
     }
 }
 
-fn start_ours(cfg: &RunConfig, transport: &str, sizes: (u64, u64)) -> Endpoint {
-    let svc = match cfg.mode {
-        Mode::Guest => OURS_SVC,
-        // The host is shared: take any free port.
-        Mode::Native => 0,
-    };
-    let args: Vec<String> = vec![
+/// `fabricd target` arguments: listening on `listen`, a null and a mem
+/// namespace of `sizes` bytes.
+pub fn ours_args(listen: &str, sizes: (u64, u64)) -> Vec<String> {
+    vec![
         "--listen".into(),
-        format!("{transport}://{}:{svc}", host_address(transport)),
+        listen.into(),
         "--nqn".into(),
         OURS_NQN.into(),
         "--namespace".into(),
@@ -113,7 +118,21 @@ fn start_ours(cfg: &RunConfig, transport: &str, sizes: (u64, u64)) -> Endpoint {
         format!("mem:{}", sizes.1),
         "--log-level".into(),
         "warn,fabric::daemon=info".into(),
-    ];
+    ]
+}
+
+fn start_ours(cfg: &RunConfig, transport: &str, sizes: (u64, u64)) -> Endpoint {
+    let svc = match cfg.mode {
+        Mode::Guest => OURS_SVC,
+        // The host is shared: take any free port.
+        Mode::Native => 0,
+        // Already running in the guest, behind a forwarded port.
+        Mode::Split => return remote_endpoint(Side::Ours, OURS_NQN, cfg.guest_port + 1),
+    };
+    let args = ours_args(
+        &format!("{transport}://{}:{svc}", host_address(transport)),
+        sizes,
+    );
     let log = cfg.out.join(format!("fabricd-{transport}.log"));
     match Fabricd::start(&cfg.fabricd, &args, &log, READY_TIMEOUT) {
         Ok(d) => match crate::fabricd::ready_address(d.log()) {
@@ -151,6 +170,25 @@ fn kernel_endpoint(kernel: &mut Option<KernelTarget>, id: u16, transport: &str) 
     }
 }
 
+/// A target in the split mode's guest, at a port forwarded from here.
+fn remote_endpoint(side: Side, nqn: &'static str, port: u16) -> Endpoint {
+    Endpoint {
+        side,
+        nqn,
+        address: format!("tcp://127.0.0.1:{port}"),
+        fabricd: None,
+        connection: None,
+        connect_error: None,
+        error: None,
+    }
+}
+
+fn agent(cfg: &RunConfig) -> Option<Agent> {
+    (cfg.mode == Mode::Split).then(|| Agent {
+        address: format!("127.0.0.1:{}", cfg.guest_port + 2),
+    })
+}
+
 fn save(set: &SampleSet, out: &Path) -> anyhow::Result<()> {
     let path = out.join("samples.json");
     std::fs::write(&path, serde_json::to_string_pretty(set)?)
@@ -180,6 +218,12 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
     let size = cfg.size_gib << 30;
     let (mut kernel, sizes) = match cfg.mode {
         Mode::Native => (None, (size, size)),
+        Mode::Split => {
+            let a = agent(cfg).context("no agent")?;
+            a.wait_ready(GUEST_TIMEOUT)?;
+            (set.cpus, set.kernel) = a.info()?;
+            (None, (size, size))
+        }
         Mode::Guest => {
             kernel::load_backends(cfg.size_gib)?;
             let sizes = (kernel::device_size("nullb0")?, kernel::device_size("ram0")?);
@@ -193,11 +237,13 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
         * cfg.backends.len()
         * cfg.cases.len()
         * cfg.reps as usize
-        * if kernel.is_some() { 2 } else { 1 };
+        * if cfg.mode.has_kernel() { 2 } else { 1 };
     for (i, transport) in cfg.transports.iter().enumerate() {
         let mut sides = vec![start_ours(cfg, transport, sizes)];
-        if cfg.mode == Mode::Guest {
-            sides.push(kernel_endpoint(&mut kernel, i as u16 + 1, transport));
+        match cfg.mode {
+            Mode::Guest => sides.push(kernel_endpoint(&mut kernel, i as u16 + 1, transport)),
+            Mode::Split => sides.push(remote_endpoint(Side::Kernel, KERNEL_NQN, cfg.guest_port)),
+            Mode::Native => {}
         }
         if cfg.backends.contains(&Backend::Mem) {
             fill_mem(cfg, &sides, sizes.1);
@@ -237,6 +283,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
                 s.connect_error = None;
             }
         }
+    }
+    if let Some(a) = agent(cfg) {
+        a.quit()?;
     }
     Ok(set)
 }
@@ -337,8 +386,22 @@ fn run_client(
     case: &Case,
     s: &mut Sample,
 ) -> anyhow::Result<ClientResult> {
-    let target_cpu = || side.fabricd.as_ref().map(Fabricd::cpu).transpose();
-    let (sys0, t0) = (perf::cpu::system_cpu()?, target_cpu()?);
+    let agent = agent(cfg);
+    // The machine's busy time and our target's CPU time: from the guest's
+    // agent in split mode (fabricd's only on our side), from here otherwise.
+    let cpu = || -> anyhow::Result<_> {
+        match &agent {
+            Some(a) => {
+                let (sys, fabricd) = a.cpu()?;
+                Ok((sys, (side.side == Side::Ours).then_some(fabricd)))
+            }
+            None => Ok((
+                perf::cpu::system_cpu()?,
+                side.fabricd.as_ref().map(Fabricd::cpu).transpose()?,
+            )),
+        }
+    };
+    let (sys0, t0) = cpu()?;
     let r = match client {
         Client::Fio => {
             let conn = side.connection.as_ref().context("not connected")?;
@@ -354,7 +417,7 @@ fn run_client(
             cfg.seconds,
         )?,
     };
-    let (sys1, t1) = (perf::cpu::system_cpu()?, target_cpu()?);
+    let (sys1, t1) = cpu()?;
     s.system_busy_s = sys1.since(&sys0).busy.as_secs_f64();
     s.target_cpu_s = t0.zip(t1).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
     Ok(r)
