@@ -14,6 +14,7 @@
 #                over TCP (ports forwarded into the guest): the guest's CPU
 #                is then the targets' work only, as on a storage node
 #   --no-append  do not append to perf/RESULTS.md
+#   --guest-cpus N  vCPUs of the guest [default: 2]
 #   --bin DIR    use the fabricd, fabric-perf and fabric-bench built in DIR
 #                (CI's profile) instead of building them in release
 #   --out DIR    output directory [default: perf/out/MODE-DATE]
@@ -21,7 +22,7 @@
 #                --reps, --seconds, --transports, --backends, --clients)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=guest append=1 out="" bin="" run_args=()
+mode=guest append=1 out="" bin="" cpus=2 run_args=()
 while (($#)); do
     case $1 in
         --native) mode=native; shift ;;
@@ -30,12 +31,16 @@ while (($#)); do
         --no-append) append=0; shift ;;
         --out) out=$2; shift 2 ;;
         --bin) bin=$(cd "$2" && pwd); shift 2 ;;
+        --guest-cpus)
+            [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --guest-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
+            cpus=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) run_args+=("$1"); shift ;;
     esac
 done
 command_line="perf/bench.sh${run_args[*]:+ ${run_args[*]}}"
 [[ $mode != guest ]] && command_line+=" --$mode"
+[[ $cpus != 2 ]] && command_line+=" --guest-cpus $cpus"
 
 if [[ $mode == native ]]; then ci/setup.sh --no-guest; else ci/setup.sh; fi
 [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
@@ -52,7 +57,7 @@ mkdir -p "$out"
 if [[ $mode == guest ]]; then
     # 4 GiB: both RAM backends (1 GiB each) are written in full before
     # measuring (fabric-bench's fill), on top of the guest's own needs.
-    ci/guest-run --mem 4G --timeout 7200 -- "$bin/fabric-bench" run --mode guest --out "$out" "${run_args[@]}"
+    ci/guest-run --mem 4G --cpus "$cpus" --timeout 7200 -- "$bin/fabric-bench" run --mode guest --out "$out" "${run_args[@]}"
 elif [[ $mode == split ]]; then
     # Three free ports here, forwarded to the guest's kernel target (4420),
     # ours (4421) and fabric-bench's agent (7000); see fabric-bench's agent.rs.
@@ -61,7 +66,7 @@ elif [[ $mode == split ]]; then
         [[ -n $port ]] || { echo "bench: no three free ports for the guest" >&2; exit 1; }
         in_use "$port" || in_use $((port + 1)) || in_use $((port + 2)) || break
     done
-    ci/guest-run --no-rdma --mem 4G --timeout 7200 --forward "$port:4420" \
+    ci/guest-run --no-rdma --mem 4G --cpus "$cpus" --timeout 7200 --forward "$port:4420" \
         --forward "$((port + 1)):4421" --forward "$((port + 2)):7000" \
         -- "$bin/fabric-bench" serve --out "$out/guest" >"$out/guest.log" 2>&1 &
     guest=$!
