@@ -224,7 +224,19 @@ check "raid1: writes work again with space back" \
     within 60 dd if=/tmp/raid1-pattern of="$r1" bs=1M seek=36 oflag=direct status=none
 check "raid1: and read back" \
     within 60 bash -c "dd if='$r1' bs=1M skip=36 count=4 iflag=direct status=none | cmp - /tmp/raid1-pattern"
+# The member that left for lack of space rejoins by itself (its first
+# re-add 30 s after it left, then 60 s, ...) and resyncs: its last resync
+# pass promoted it, and a restart finds both members in sync.
+rejoined() {
+    awk '/out of space; it is re-added/ { ok = 0 } /resync pass finished promoted=[1-9]/ { ok = 1 }
+         END { exit !ok }' "$LOGDIR/raid1-again.log"
+}
+wait_for "raid1: the member that ran out of space rejoined and resynced" 180 rejoined
 check "raid1: nvme disconnect again" nvme disconnect -n "$R1NQN"
+kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
+start_fabricd raid1-third --listen tcp://127.0.0.1:4421 --nqn "$R1NQN" --namespace "$R1SPEC" || exit 1
+expect_output "raid1: both members in sync at the next start" "members=\[InSync, InSync\] dirty=0" \
+    cat "$LOGDIR/raid1-third.log"
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 
 finish

@@ -10,6 +10,12 @@
 //!   last working disk, that request fails and the member stays, so a full
 //!   file system or a passing fault costs the requests it hits, not the
 //!   data (only a superblock it cannot write takes it out).
+//! * A member dropped because its file system was full is kept aside
+//!   ("parked") with its device: the background resync task tries to
+//!   re-add it after 30 s, then after twice as long each time (at most
+//!   10 min), until it is back in sync; a re-add that again finds no
+//!   space parks it again. Members that failed otherwise stay out until
+//!   someone re-adds or replaces them, as in md.
 //! * Reads go round-robin to in-sync members; a failed read drops that
 //!   member and is retried on the next one (into a fresh buffer).
 //! * The write-intent bitmap (see `bitmap.rs`) limits resync after a member
@@ -57,7 +63,7 @@ use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult,
 use crate::gate::{Gate, Pass};
 
 use bitmap::{InFlight, WriteIntent};
-pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES};
+pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES, READD_FIRST, READD_MAX};
 use superblock::{Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
 
 /// Default bitmap region size.
@@ -156,6 +162,8 @@ pub struct Raid1 {
     next_read: AtomicUsize,
     next_join: AtomicU64,
     wake_resync: Notify,
+    /// Members dropped for lack of space, with their devices, to re-add.
+    parked: SyncMutex<Vec<(usize, DeviceRef)>>,
     progress: SyncMutex<ResyncProgress>,
     /// Bytes a rebuild copies between two checkpoints.
     checkpoint_bytes: AtomicU64,
@@ -458,6 +466,7 @@ impl Raid1 {
             next_read: AtomicUsize::new(0),
             next_join: AtomicU64::new(members.len() as u64),
             wake_resync: Notify::new(),
+            parked: SyncMutex::new(Vec::new()),
             progress: SyncMutex::new(ResyncProgress::default()),
             checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
         };
@@ -642,6 +651,49 @@ impl Raid1 {
         true
     }
 
+    /// Keep a member that left for lack of space, to re-add it later.
+    fn park(&self, slot: usize, dev: DeviceRef) {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if !parked.iter().any(|(s, _)| *s == slot) {
+            info!(
+                slot,
+                "raid1 member out of space; it is re-added once space returns"
+            );
+            parked.push((slot, dev));
+        }
+        // The resync task schedules the re-add.
+        self.wake_resync.notify_one();
+    }
+
+    /// Whether a member waits to be re-added once its space returns.
+    pub fn has_parked(&self) -> bool {
+        !self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Re-add the members that left for lack of space (they resync what
+    /// they missed); returns how many rejoined. One that still finds no
+    /// space stays parked; one that cannot rejoin for another reason (its
+    /// slot was re-added or replaced meanwhile) is let go.
+    pub async fn readd_parked(&self) -> usize {
+        let parked = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut rejoined = 0;
+        for (slot, dev) in parked {
+            match self.readd_member(dev.clone()).await {
+                Ok(()) => rejoined += 1,
+                Err(e @ BlockError::NoSpace(_)) => {
+                    debug!(slot, error = %e, "raid1 member still out of space");
+                    self.park(slot, dev);
+                }
+                Err(e) => warn!(slot, error = %e, "raid1 member not re-added"),
+            }
+        }
+        rejoined
+    }
+
     /// Whether the `failed` slots include every live in-sync member.
     fn no_in_sync_left(&self, failed: &[usize]) -> bool {
         let live = self.live();
@@ -686,8 +738,18 @@ impl Raid1 {
             if Some(slot) == keep {
                 debug!(slot, error = %e, "{what} on the last in-sync member; it stays");
                 kept_error = Some(e);
-            } else {
-                dropped |= self.drop_member(meta, slot, &format!("{what}: {e}"));
+                continue;
+            }
+            let dev = self
+                .live()
+                .iter()
+                .find(|m| m.slot == slot)
+                .map(|m| m.dev.clone());
+            if self.drop_member(meta, slot, &format!("{what}: {e}")) {
+                dropped = true;
+                if let (BlockError::NoSpace(_), Some(dev)) = (&e, dev) {
+                    self.park(slot, dev);
+                }
             }
         }
         if dropped {

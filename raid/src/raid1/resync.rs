@@ -23,6 +23,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::info;
 
@@ -33,6 +34,10 @@ use crate::task::{BackgroundTask, RateLimit, StopSignal, Throttle};
 
 /// Bytes copied per locked step.
 pub const RESYNC_IO: u64 = 1 << 20;
+/// First delay before re-adding a member that left for lack of space.
+pub const READD_FIRST: Duration = Duration::from_secs(30);
+/// Longest delay between two such re-adds.
+pub const READD_MAX: Duration = Duration::from_secs(600);
 /// Default bytes a rebuild copies between two checkpoints.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 1 << 30;
 
@@ -97,17 +102,40 @@ impl Raid1 {
     }
 
     /// Run resync in the background: passes whenever a member is
-    /// recovering, sleeping in between. A failed pass ends the task; a
-    /// stopped one leaves a checkpoint behind.
+    /// recovering, sleeping in between; members that left for lack of
+    /// space are re-added after [`READD_FIRST`], then after twice as long
+    /// each time (at most [`READD_MAX`]) while the array stays degraded. A
+    /// failed pass ends the task; a stopped one leaves a checkpoint behind.
     pub fn start_resync(self: &Arc<Self>, limit: RateLimit) -> BackgroundTask {
+        self.start_resync_with(limit, READD_FIRST)
+    }
+
+    /// [`Raid1::start_resync`] with the first re-add delay given (tests).
+    pub fn start_resync_with(
+        self: &Arc<Self>,
+        limit: RateLimit,
+        readd_first: Duration,
+    ) -> BackgroundTask {
         let raid = self.clone();
         BackgroundTask::spawn(move |mut stop| async move {
+            let mut readd_after = readd_first;
             while !stop.is_stopped() {
                 let wake = raid.wake_resync.notified();
-                if !raid.resync_pass(&limit, &mut stop).await? {
-                    tokio::select! {
-                        _ = wake => {}
-                        _ = stop.stopped() => {}
+                if raid.resync_pass(&limit, &mut stop).await? {
+                    continue;
+                }
+                if !raid.degraded.load(Ordering::SeqCst) {
+                    readd_after = readd_first;
+                }
+                let parked = raid.has_parked();
+                tokio::select! {
+                    _ = wake => {}
+                    _ = stop.stopped() => {}
+                    _ = tokio::time::sleep(readd_after), if parked => {
+                        if raid.readd_parked().await > 0 {
+                            info!(after = ?readd_after, "raid1 members re-added after running out of space");
+                        }
+                        readd_after = (readd_after * 2).min(READD_MAX);
                     }
                 }
             }
@@ -156,8 +184,10 @@ impl Raid1 {
             .await?;
         let mut meta = self.meta.lock().await;
         let mut members = self.live().to_vec();
+        let mut promoted = 0;
         for m in members.iter_mut() {
             if targets.iter().any(|t| t.member.join_id == m.join_id) {
+                promoted += 1;
                 m.recovering = None;
                 if let Some(slot) = meta.slots.get_mut(m.slot) {
                     slot.state = SlotState::InSync;
@@ -169,7 +199,7 @@ impl Raid1 {
         meta.events += 1;
         self.commit_meta(&mut meta).await?;
         self.update_progress(|p| p.passes += 1);
-        info!("raid1 resync pass finished");
+        info!(promoted, "raid1 resync pass finished");
         Ok(true)
     }
 

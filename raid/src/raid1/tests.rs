@@ -120,6 +120,76 @@ async fn a_full_file_system_fails_writes_and_keeps_the_data_online() {
     }
 }
 
+/// Poll `raid`'s status until `done` holds, for at most 20 s.
+async fn wait_status(raid: &Raid1, done: impl Fn(&Raid1Status) -> bool) -> Raid1Status {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = raid.status().await;
+        if done(&st) || tokio::time::Instant::now() > deadline {
+            return st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_left_for_space_returns_by_itself() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    // The task runs from the start, as in fabricd: the member leaving
+    // must wake it.
+    let task = raid.start_resync_with(RateLimit::default(), std::time::Duration::from_millis(20));
+    // Let it reach its idle wait (this runtime has one thread).
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    raid.write(5, block(1)).await.unwrap();
+    let full_from = raid.data_offset() + 100;
+    for d in &m {
+        d.set_full_from(Some(full_from));
+    }
+    assert!(matches!(
+        raid.write(200, block(2)).await,
+        Err(BlockError::NoSpace(_))
+    ));
+    // Still full: each re-add finds no space in its resync and parks the
+    // member again (each join and each drop counts an event); the array
+    // stays degraded and serves.
+    let events = raid.status().await.events;
+    let st = wait_status(&raid, |s| s.events >= events + 4).await;
+    assert!(st.events >= events + 4, "no re-add tried: {st:?}");
+    assert!(raid.has_parked() || st.members[1] == MemberHealth::Recovering);
+    assert!(raid.status().await.degraded);
+    assert_eq!(raid.read(5, buf::alloc(4096)).await.unwrap()[0], 1);
+    // Space comes back: the member rejoins and resyncs with no one's help.
+    for d in &m {
+        d.set_full_from(None);
+    }
+    raid.write(200, block(4)).await.unwrap();
+    let st = wait_status(&raid, |s| !s.degraded).await;
+    assert_eq!(st.members, vec![MemberHealth::InSync; 2]);
+    assert!(!raid.has_parked());
+    for (lba, v) in [(5, 1), (200, 4)] {
+        for d in &m {
+            assert_eq!(member_block(d, &raid, lba).await, v, "lba {lba}");
+        }
+    }
+    task.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_member_that_failed_otherwise_is_not_re_added() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    m[1].set_failed(true);
+    raid.write(5, block(1)).await.unwrap();
+    assert_eq!(raid.status().await.members[1], MemberHealth::Missing);
+    assert!(!raid.has_parked());
+    m[1].set_failed(false);
+    assert_eq!(raid.readd_parked().await, 0);
+    assert_eq!(raid.status().await.members[1], MemberHealth::Missing);
+}
+
 #[tokio::test]
 async fn returning_member_resyncs_only_dirty_regions() {
     let m = members(2, 8 * MB);
