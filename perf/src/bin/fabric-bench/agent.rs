@@ -7,8 +7,9 @@
 //! the kernel target and `fabricd target` on the guest's user-mode network
 //! interface and answers on a small line protocol: `cpu` → `BUSY_NS
 //! TOTAL_NS FABRICD_NS`, `info` → `CPUS KERNEL_RELEASE`, `quit` → `bye`
-//! (then it tears both targets down and exits). `fabric-bench run --mode split` reaches the
-//! targets and this agent through the ports the guest forwards.
+//! (then it tears both targets down and exits). `fabric-bench run --mode
+//! split` reaches the targets and this agent through the ports the guest
+//! forwards.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
