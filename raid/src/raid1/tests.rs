@@ -75,21 +75,26 @@ async fn mirrors_writes_and_survives_a_member_failure() {
     ));
 }
 
-#[tokio::test]
-async fn a_full_file_system_fails_writes_and_keeps_the_data_online() {
-    let m = members(2, 8 * MB);
-    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
-    raid.write(5, block(1)).await.unwrap();
-    // Both members' files sit on one full file system: blocks written
-    // before can be written again, new ones cannot.
+/// Both members' files sit on one full file system from array block 100
+/// on (blocks written before can be written again, new ones cannot): a
+/// write at block 200 fails with no space.
+async fn fill_up(raid: &Raid1, m: &[Arc<FaultDevice>]) {
     let full_from = raid.data_offset() + 100;
-    for d in &m {
+    for d in m {
         d.set_full_from(Some(full_from));
     }
     assert!(matches!(
         raid.write(200, block(2)).await,
         Err(BlockError::NoSpace(_))
     ));
+}
+
+#[tokio::test]
+async fn a_full_file_system_fails_writes_and_keeps_the_data_online() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    fill_up(&raid, &m).await;
     // One member went (as md would), the other stays with the data.
     let st = raid.status().await;
     assert_eq!(
@@ -144,14 +149,7 @@ async fn a_member_that_left_for_space_returns_by_itself() {
         tokio::task::yield_now().await;
     }
     raid.write(5, block(1)).await.unwrap();
-    let full_from = raid.data_offset() + 100;
-    for d in &m {
-        d.set_full_from(Some(full_from));
-    }
-    assert!(matches!(
-        raid.write(200, block(2)).await,
-        Err(BlockError::NoSpace(_))
-    ));
+    fill_up(&raid, &m).await;
     // Still full: each re-add finds no space in its resync and parks the
     // member again (each join and each drop counts an event); the array
     // stays degraded and serves.
