@@ -6,15 +6,20 @@
 # directory and appends the table to perf/RESULTS.md. Exits non-zero when a
 # row has no numbers (named on stderr), after writing all of that.
 #
-# usage: perf/bench.sh [--short] [--native | --split] [--no-append] [--out DIR] [RUN OPTIONS...]
+# usage: perf/bench.sh [--short] [--native | --split | --pair] [--no-append] [--out DIR] [RUN OPTIONS...]
 #   --short      the CI smoke run (1 repetition of 2 s per sample)
 #   --native     the same matrix over TCP on this machine's loopback, ours
 #                only (fabricd + fabric-perf), no guest
 #   --split      both targets alone in the guest, fabric-perf on this machine
 #                over TCP (ports forwarded into the guest): the guest's CPU
 #                is then the targets' work only, as on a storage node
+#   --pair       both targets alone in one guest, fio and fabric-perf in a
+#                second guest on the same virtual Ethernet, over tcp and rdma
+#                (soft-RoCE in both): the split mode's topology for the
+#                whole matrix
 #   --no-append  do not append to perf/RESULTS.md
-#   --guest-cpus N  vCPUs of the guest [default: 2]
+#   --guest-cpus N  vCPUs of the guest (of the targets' guest) [default: 2]
+#   --client-cpus N  --pair: vCPUs of the clients' guest [default: 2]
 #   --bin DIR    use the fabricd, fabric-perf and fabric-bench built in DIR
 #                (CI's profile) instead of building them in release
 #   --out DIR    output directory [default: perf/out/MODE-DATE]
@@ -22,11 +27,12 @@
 #                --reps, --seconds, --transports, --backends, --clients)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=guest append=1 out="" bin="" cpus=2 run_args=()
+mode=guest append=1 out="" bin="" cpus=2 client_cpus=2 run_args=()
 while (($#)); do
     case $1 in
         --native) mode=native; shift ;;
         --split) mode=split; shift ;;
+        --pair) mode=pair; shift ;;
         --short) run_args+=(--short); shift ;;
         --no-append) append=0; shift ;;
         --out) out=$2; shift 2 ;;
@@ -34,6 +40,9 @@ while (($#)); do
         --guest-cpus)
             [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --guest-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
             cpus=$2; shift 2 ;;
+        --client-cpus)
+            [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --client-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
+            client_cpus=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) run_args+=("$1"); shift ;;
     esac
@@ -41,6 +50,7 @@ done
 command_line="perf/bench.sh${run_args[*]:+ ${run_args[*]}}"
 [[ $mode != guest ]] && command_line+=" --$mode"
 [[ $cpus != 2 ]] && command_line+=" --guest-cpus $cpus"
+[[ $client_cpus != 2 ]] && command_line+=" --client-cpus $client_cpus"
 
 if [[ $mode == native ]]; then ci/setup.sh --no-guest; else ci/setup.sh; fi
 [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
@@ -54,6 +64,23 @@ fi
 
 out=${out:-perf/out/$mode-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
+
+# Split and pair modes: start the targets' guest (ci/guest-run options, --,
+# the serve command) in the background and wait until it serves.
+serve_in_guest() {
+    ci/guest-run --mem 4G --cpus "$cpus" --timeout 7200 "$@" >"$out/guest.log" 2>&1 &
+    guest=$!
+    trap 'kill $guest 2>/dev/null' EXIT
+    until grep -q "serve: ready" "$out/guest.log"; do
+        kill -0 "$guest" 2>/dev/null || { echo "bench: the guest failed:" >&2; cat "$out/guest.log" >&2; exit 1; }
+        sleep 1
+    done
+}
+# The run has told the agent to quit: wait for the targets' guest to end.
+end_guest() {
+    wait "$guest" || echo "bench: the guest exited with status $? (log: $out/guest.log)" >&2
+    trap - EXIT
+}
 if [[ $mode == guest ]]; then
     # 4 GiB: both RAM backends (1 GiB each) are written in full before
     # measuring (fabric-bench's fill), on top of the guest's own needs.
@@ -66,18 +93,19 @@ elif [[ $mode == split ]]; then
         [[ -n $port ]] || { echo "bench: no three free ports for the guest" >&2; exit 1; }
         in_use "$port" || in_use $((port + 1)) || in_use $((port + 2)) || break
     done
-    ci/guest-run --no-rdma --mem 4G --cpus "$cpus" --timeout 7200 --forward "$port:4420" \
-        --forward "$((port + 1)):4421" --forward "$((port + 2)):7000" \
-        -- "$bin/fabric-bench" serve --out "$out/guest" >"$out/guest.log" 2>&1 &
-    guest=$!
-    trap 'kill $guest 2>/dev/null' EXIT
-    until grep -q "serve: ready" "$out/guest.log"; do
-        kill -0 "$guest" 2>/dev/null || { echo "bench: the guest failed:" >&2; cat "$out/guest.log" >&2; exit 1; }
-        sleep 1
-    done
+    serve_in_guest --no-rdma --forward "$port:4420" --forward "$((port + 1)):4421" \
+        --forward "$((port + 2)):7000" -- "$bin/fabric-bench" serve --out "$out/guest"
     "$bin/fabric-bench" run --mode split --guest-port "$port" --out "$out" "${run_args[@]}"
-    wait "$guest" || echo "bench: the guest exited with status $? (log: $out/guest.log)" >&2
-    trap - EXIT
+    end_guest
+elif [[ $mode == pair ]]; then
+    # The targets' guest is 10.88.0.1, the clients' 10.88.0.2; their link
+    # uses UDP ports link+1 and link+2 here (ci/guest-run --link).
+    link=$((20000 + $$ % 10000 * 4))
+    serve_in_guest --link "$link:1" -- "$bin/fabric-bench" serve --ip 10.88.0.1 \
+        --transports tcp,rdma --out "$out/guest"
+    ci/guest-run --mem 2G --cpus "$client_cpus" --timeout 7200 --link "$link:2" \
+        -- "$bin/fabric-bench" run --mode pair --out "$out" "${run_args[@]}"
+    end_guest
 else
     "$bin/fabric-bench" run --mode native --out "$out" "${run_args[@]}"
 fi

@@ -1,15 +1,17 @@
-//! Split mode: both targets run alone in a guest, the client on this
-//! machine, as hosts and targets sit on different machines in a deployment.
-//! The guest's CPU then counts the target's work only, not the Linux host's
-//! or the client's.
+//! Split and pair modes: both targets run alone in a guest, the clients
+//! elsewhere, as hosts and targets sit on different machines in a
+//! deployment. The guest's CPU then counts the targets' work only, not the
+//! Linux host's or the clients'.
 //!
-//! `fabric-bench serve` (in the guest, `ci/guest-run --forward ...`) sets up
-//! the kernel target and `fabricd target` on the guest's user-mode network
-//! interface and answers on a small line protocol: `cpu` → `BUSY_NS
-//! TOTAL_NS FABRICD_NS`, `info` → `CPUS KERNEL_RELEASE`, `quit` → `bye`
-//! (then it tears both targets down and exits). `fabric-bench run --mode
-//! split` reaches the targets and this agent through the ports the guest
-//! forwards.
+//! `fabric-bench serve` (in that guest) sets up the kernel target and
+//! `fabricd target` on one address, over TCP and optionally RDMA, and
+//! answers on a small line protocol: `cpu` → `BUSY_NS TOTAL_NS FABRICD_NS`,
+//! `info` → `CPUS KERNEL_RELEASE`, `quit` → `bye` (then it tears both
+//! targets down and exits). In split mode (`ci/guest-run --forward`)
+//! fabric-perf runs on this machine and reaches the targets and this agent
+//! through forwarded ports; in pair mode (`ci/guest-run --link`) `fabric-bench
+//! run --mode pair` runs in a second guest on the same virtual Ethernet,
+//! with fio through its Linux host as well, over TCP and RDMA.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,11 +22,9 @@ use anyhow::{bail, Context};
 use perf::cpu::SystemCpu;
 
 use crate::fabricd::Fabricd;
-use crate::kernel::{self, KernelTarget};
+use crate::kernel;
 use crate::runner::{self, KERNEL_NQN, KERNEL_SVC, OURS_SVC};
 
-/// The guest's address on QEMU's user-mode network.
-const GUEST_IP: &str = "10.0.2.15";
 /// The agent's port in the guest. `perf/bench.sh --split` forwards ports
 /// BASE, BASE + 1 and BASE + 2 on this machine to the kernel target's port
 /// (4420), ours (4421) and this one.
@@ -36,6 +36,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServeConfig {
     /// The fabricd binary.
     pub fabricd: PathBuf,
+    /// The guest's address both targets listen on.
+    pub ip: String,
+    /// Transports to serve (tcp, rdma).
+    pub transports: Vec<String>,
     /// Size of each backend in GiB.
     pub size_gib: u64,
     /// Where fabricd's log goes.
@@ -46,16 +50,22 @@ pub struct ServeConfig {
 pub fn serve(cfg: &ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    kernel::load_backends(cfg.size_gib)?;
-    let sizes = (kernel::device_size("nullb0")?, kernel::device_size("ram0")?);
-    let mut k = KernelTarget::new(KERNEL_NQN, &[(1, "/dev/nullb0"), (2, "/dev/ram0")])?;
-    k.add_port(1, "tcp", GUEST_IP, KERNEL_SVC)?;
-    let args = runner::ours_args(&format!("tcp://{GUEST_IP}:{OURS_SVC}"), sizes);
-    let log = cfg.out.join("fabricd-split.log");
+    let (mut k, sizes) = kernel::target_with_backends(KERNEL_NQN, cfg.size_gib)?;
+    let mut listen = Vec::new();
+    for (port_id, t) in (1..).zip(&cfg.transports) {
+        k.add_port(port_id, t, &cfg.ip, KERNEL_SVC)?;
+        listen.push(format!("{t}://{}:{OURS_SVC}", cfg.ip));
+    }
+    let args = runner::ours_args(&listen, sizes);
+    let log = cfg.out.join("fabricd-serve.log");
     let ours = Fabricd::start(&cfg.fabricd, &args, &log, runner::READY_TIMEOUT)?;
     let listener = TcpListener::bind(("0.0.0.0", AGENT_SVC))
         .with_context(|| format!("cannot listen on port {AGENT_SVC}"))?;
-    println!("fabric-bench serve: ready (kernel target on {KERNEL_SVC}, ours on {OURS_SVC}, agent on {AGENT_SVC})");
+    println!(
+        "fabric-bench serve: ready ({} on {}: kernel target on {KERNEL_SVC}, ours on {OURS_SVC}, agent on {AGENT_SVC})",
+        cfg.transports.join(" and "),
+        cfg.ip
+    );
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         match answer(stream, &|| ours.cpu()) {
@@ -101,10 +111,10 @@ fn answer(
     Ok(quit)
 }
 
-/// The agent as seen from this machine.
+/// The agent as a client sees it.
 #[derive(Clone, Debug)]
 pub struct Agent {
-    /// `127.0.0.1:PORT`, forwarded to the guest's agent.
+    /// `HOST:PORT` of the agent (or of a port forwarded to it).
     pub address: String,
 }
 

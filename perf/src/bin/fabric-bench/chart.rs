@@ -20,7 +20,9 @@ pub fn data(summary: &Summary) -> String {
     for r in &summary.rows {
         let label = format!("{} {} {} {}", r.transport, r.backend, r.case, r.client);
         let cols = match summary.mode {
-            Mode::Guest | Mode::Split => [r.iops_ratio, r.iops_per_cpu_ratio, r.p99_ratio],
+            Mode::Guest | Mode::Split | Mode::Pair => {
+                [r.iops_ratio, r.iops_per_cpu_ratio, r.p99_ratio]
+            }
             Mode::Native => {
                 let f = match &r.ours {
                     Outcome::Figures(f) => Some(f),
@@ -71,7 +73,7 @@ pub fn script(summary: &Summary, title: &str, data_file: &Path, png: &Path) -> S
     );
     let data = data_file.display();
     match summary.mode {
-        Mode::Guest | Mode::Split => {
+        Mode::Guest | Mode::Split | Mode::Pair => {
             s += "set ylabel 'ours / kernel (higher is better, except p99)'\n\
                   set yrange [0:*]\n\
                   set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb 'red' front\n";

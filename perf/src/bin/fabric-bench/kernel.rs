@@ -25,7 +25,7 @@ pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The size in bytes of block device `name` (like "ram0").
-pub fn device_size(name: &str) -> anyhow::Result<u64> {
+fn device_size(name: &str) -> anyhow::Result<u64> {
     let path = format!("/sys/block/{name}/size");
     let sectors: u64 = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {path}"))?
@@ -37,7 +37,7 @@ pub fn device_size(name: &str) -> anyhow::Result<u64> {
 
 /// (Re)load null_blk and brd with one `gib`-GiB device each: /dev/nullb0
 /// (completions inline, like our null backend) and /dev/ram0.
-pub fn load_backends(gib: u64) -> anyhow::Result<()> {
+fn load_backends(gib: u64) -> anyhow::Result<()> {
     // Earlier tests in the same guest may have loaded them with other sizes.
     let _ = sh("rmmod", &["null_blk"]);
     let _ = sh("rmmod", &["brd"]);
@@ -55,6 +55,16 @@ pub fn load_backends(gib: u64) -> anyhow::Result<()> {
         "modprobe",
         &["brd", "rd_nr=1", &format!("rd_size={}", gib << 20)],
     )
+}
+
+/// Load the backends (`gib` GiB each) and serve them as subsystem `nqn`:
+/// null_blk as namespace 1, the RAM disk as 2. Also returns the two
+/// devices' sizes in bytes, which our namespaces copy.
+pub fn target_with_backends(nqn: &str, gib: u64) -> anyhow::Result<(KernelTarget, (u64, u64))> {
+    load_backends(gib)?;
+    let sizes = (device_size("nullb0")?, device_size("ram0")?);
+    let k = KernelTarget::new(nqn, &[(1, "/dev/nullb0"), (2, "/dev/ram0")])?;
+    Ok((k, sizes))
 }
 
 /// A kernel target subsystem with its namespaces and ports.

@@ -21,6 +21,9 @@ pub fn connect(
     nqn: &str,
     hostnqn: &str,
 ) -> anyhow::Result<Connection> {
+    // The host driver of the transport (the kernel target loads it too, but
+    // the pair mode's clients' guest has no kernel target).
+    sh("modprobe", &[&format!("nvme-{transport}")])?;
     sh(
         "nvme",
         &[

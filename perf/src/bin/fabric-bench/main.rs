@@ -5,7 +5,9 @@
 //! workloads x clients, both targets alternating, several repetitions) in
 //! the guest where the kernel target exists, or natively (ours only, TCP
 //! loopback), or with both targets alone in the guest and fabric-perf on
-//! this machine (split; `fabric-bench serve` is the guest's side).
+//! this machine (split), or with both targets alone in one guest and both
+//! clients in a second one (pair); `fabric-bench serve` is the targets'
+//! side of the last two.
 //! `fabric-bench report` turns the samples into the table (with
 //! medians and ratios ours/kernel), JSON, a PNG chart, and an entry in
 //! perf/RESULTS.md. `perf/bench.sh` runs both, in the guest, in one command.
@@ -44,9 +46,9 @@ enum Command {
     Run(RunArgs),
     /// Summarize DIR/samples.json: table, JSON, PNG chart, RESULTS.md entry.
     Report(ReportArgs),
-    /// Split mode's guest side: serve both targets over TCP on the guest's
-    /// user-mode network and answer CPU readings until told to quit (run
-    /// through `ci/guest-run --forward`, as `perf/bench.sh --split` does).
+    /// The targets' guest in split and pair modes: serve both targets and
+    /// answer CPU readings until told to quit (run through `ci/guest-run
+    /// --forward` or `--link`, as `perf/bench.sh --split` and `--pair` do).
     Serve(ServeArgs),
 }
 
@@ -61,6 +63,13 @@ struct ServeArgs {
     /// The fabricd binary [default: next to this program].
     #[arg(long)]
     fabricd: Option<PathBuf>,
+    /// The guest's address both targets listen on (10.0.2.15 is its
+    /// address on QEMU's user-mode network).
+    #[arg(long, default_value = "10.0.2.15")]
+    ip: std::net::Ipv4Addr,
+    /// Transports to serve, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = ["tcp", "rdma"], default_values_t = ["tcp".to_string()])]
+    transports: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,7 +77,9 @@ struct RunArgs {
     /// guest: ours and the kernel target, fio and fabric-perf (needs the
     /// guest's kernel modules); native: ours and fabric-perf over TCP on
     /// this machine's loopback; split: both targets in a guest running
-    /// `fabric-bench serve`, fabric-perf here over TCP.
+    /// `fabric-bench serve`, fabric-perf here over TCP; pair: both targets
+    /// in another guest running `fabric-bench serve` (--target-host), fio
+    /// and fabric-perf here, over TCP and RDMA.
     #[arg(long, value_enum, default_value_t = Mode::Guest)]
     mode: Mode,
     /// Directory for samples and logs.
@@ -106,6 +117,10 @@ struct RunArgs {
     /// forwarded to the guest's kernel target, ours and its agent.
     #[arg(long, default_value_t = 14420, value_parser = clap::value_parser!(u16).range(1..=65533))]
     guest_port: u16,
+    /// Pair mode: the targets' guest [default: $PEER_IP, which `ci/guest-run
+    /// --link` sets].
+    #[arg(long)]
+    target_host: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,10 +152,38 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Where the targets are in split and pair modes.
+fn remote(a: &RunArgs) -> anyhow::Result<Option<runner::Remote>> {
+    Ok(match a.mode {
+        Mode::Guest | Mode::Native => None,
+        Mode::Split => Some(runner::Remote {
+            host: "127.0.0.1".into(),
+            kernel_port: a.guest_port,
+            ours_port: a.guest_port + 1,
+            agent_port: a.guest_port + 2,
+        }),
+        Mode::Pair => {
+            let host = match a.target_host {
+                Some(h) => h.to_string(),
+                None => std::env::var("PEER_IP").map_err(|_| {
+                    anyhow::anyhow!("--target-host: not given and no PEER_IP (run in a guest started with ci/guest-run --link)")
+                })?,
+            };
+            Some(runner::Remote {
+                host,
+                kernel_port: runner::KERNEL_SVC,
+                ours_port: runner::OURS_SVC,
+                agent_port: agent::AGENT_SVC,
+            })
+        }
+    })
+}
+
 fn run(a: RunArgs) -> anyhow::Result<()> {
     // Native and split runs have no Linux host here, and split mode's
     // guest is reached through forwarded TCP ports only.
-    let native = a.mode != Mode::Guest;
+    let native = matches!(a.mode, Mode::Native | Mode::Split);
+    let remote = remote(&a)?;
     let cfg = runner::RunConfig {
         mode: a.mode,
         out: a.out.clone(),
@@ -161,7 +204,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         size_gib: a.size_gib,
         fabricd: a.fabricd.unwrap_or_else(|| sibling("fabricd")),
         fabric_perf: a.fabric_perf.unwrap_or_else(|| sibling("fabric-perf")),
-        guest_port: a.guest_port,
+        remote,
     };
     if native && cfg.clients.contains(&Client::Fio) {
         anyhow::bail!("--clients fio needs the Linux host: use --mode guest");
@@ -171,7 +214,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let perf_needed = cfg.clients.contains(&Client::FabricPerf);
     for (flag, path, needed) in [
-        ("--fabricd", &cfg.fabricd, cfg.mode != Mode::Split),
+        ("--fabricd", &cfg.fabricd, cfg.remote.is_none()),
         ("--fabric-perf", &cfg.fabric_perf, perf_needed),
     ] {
         if needed && !path.is_file() {
@@ -189,6 +232,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         fabricd: a.fabricd.unwrap_or_else(|| sibling("fabricd")),
         size_gib: a.size_gib,
         out: a.out,
+        ip: a.ip.to_string(),
+        transports: a.transports,
     };
     if !cfg.fabricd.is_file() {
         anyhow::bail!("--fabricd: no program at {}", cfg.fabricd.display());
@@ -217,6 +262,9 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
         Mode::Guest => format!("ours / kernel target, QEMU TCG guest, {date}"),
         Mode::Native => format!("fabricd + fabric-perf, TCP loopback, {date}"),
         Mode::Split => format!("ours / kernel target alone in a QEMU TCG guest, {date}"),
+        Mode::Pair => {
+            format!("ours / kernel target alone in a QEMU TCG guest, clients in another, {date}")
+        }
     };
     let png = a.dir.join("chart.png");
     let chart = if a.no_chart {
@@ -235,6 +283,10 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
             Mode::Native => "native: TCP loopback on the host, no guest".to_string(),
             Mode::Split => format!(
                 "split: both targets alone in a QEMU TCG guest ({} vCPUs, Linux {}), fabric-perf on the host over TCP (QEMU user-mode network, forwarded ports); CPU is the guest's, the targets' work only",
+                set.cpus, set.kernel
+            ),
+            Mode::Pair => format!(
+                "pair: both targets alone in a QEMU TCG guest ({} vCPUs, Linux {}), fio (Linux host nvme-tcp / nvme-rdma) and fabric-perf in a second guest, linked by QEMU's dgram network (soft-RoCE on both); CPU is the targets' guest's, the targets' work only",
                 set.cpus, set.kernel
             ),
         };

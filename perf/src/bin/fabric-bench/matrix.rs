@@ -159,6 +159,10 @@ pub enum Mode {
     /// Both targets alone in the QEMU guest, fabric-perf on this machine
     /// (TCP through forwarded ports): the guest's CPU is the target's.
     Split,
+    /// Both targets alone in one QEMU guest, fio and fabric-perf in a
+    /// second one on the same virtual Ethernet (TCP and RDMA): the first
+    /// guest's CPU is the target's.
+    Pair,
 }
 
 impl Mode {
@@ -168,6 +172,7 @@ impl Mode {
             Mode::Guest => "guest",
             Mode::Native => "native",
             Mode::Split => "split",
+            Mode::Pair => "pair",
         }
     }
 
@@ -182,8 +187,8 @@ impl Mode {
 pub struct SampleSet {
     /// Where it ran.
     pub mode: Mode,
-    /// Kernel release of the machine that ran the targets (the guest's in
-    /// guest and split mode).
+    /// Kernel release of the machine that ran the targets (a guest's in
+    /// guest, split and pair modes).
     pub kernel: String,
     /// CPUs of the machine that ran the targets.
     pub cpus: usize,

@@ -24,7 +24,8 @@ pub const KERNEL_SVC: u16 = 4420;
 pub const OURS_SVC: u16 = 4421;
 /// How long fabricd may take to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the split mode's guest may take to boot and set up.
+/// How long the targets' guest (split and pair modes) may take to boot
+/// and set up.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -53,9 +54,22 @@ pub struct RunConfig {
     pub fabricd: PathBuf,
     /// The fabric-perf binary.
     pub fabric_perf: PathBuf,
-    /// Split mode: the first of the three ports this machine forwards to
-    /// the guest (see `agent.rs`).
-    pub guest_port: u16,
+    /// Split and pair modes: where `fabric-bench serve` runs the targets.
+    pub remote: Option<Remote>,
+}
+
+/// Where the targets are when another machine (a guest running
+/// `fabric-bench serve`) runs them: split and pair modes.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// The address they are reached at.
+    pub host: String,
+    /// The kernel target's port.
+    pub kernel_port: u16,
+    /// Our target's port.
+    pub ours_port: u16,
+    /// The agent's port.
+    pub agent_port: u16,
 }
 
 /// A target side as the clients see it, or why it cannot be used.
@@ -104,12 +118,14 @@ fn host_address(transport: &str) -> String {
     }
 }
 
-/// `fabricd target` arguments: listening on `listen`, a null and a mem
-/// namespace of `sizes` bytes.
-pub fn ours_args(listen: &str, sizes: (u64, u64)) -> Vec<String> {
-    vec![
-        "--listen".into(),
-        listen.into(),
+/// `fabricd target` arguments: listening on each of `listen`, a null and a
+/// mem namespace of `sizes` bytes.
+pub fn ours_args(listen: &[String], sizes: (u64, u64)) -> Vec<String> {
+    let mut args: Vec<String> = listen
+        .iter()
+        .flat_map(|l| ["--listen".to_string(), l.clone()])
+        .collect();
+    args.extend([
         "--nqn".into(),
         OURS_NQN.into(),
         "--namespace".into(),
@@ -118,19 +134,23 @@ pub fn ours_args(listen: &str, sizes: (u64, u64)) -> Vec<String> {
         format!("mem:{}", sizes.1),
         "--log-level".into(),
         "warn,fabric::daemon=info".into(),
-    ]
+    ]);
+    args
 }
 
 fn start_ours(cfg: &RunConfig, transport: &str, sizes: (u64, u64)) -> Endpoint {
-    let svc = match cfg.mode {
-        Mode::Guest => OURS_SVC,
-        // The host is shared: take any free port.
-        Mode::Native => 0,
-        // Already running in the guest, behind a forwarded port.
-        Mode::Split => return remote_endpoint(Side::Ours, OURS_NQN, cfg.guest_port + 1),
+    if let Some(r) = &cfg.remote {
+        // Already running in the targets' guest.
+        return remote_endpoint(Side::Ours, OURS_NQN, transport, &r.host, r.ours_port);
+    }
+    // The native mode's host is shared: take any free port.
+    let svc = if cfg.mode == Mode::Native {
+        0
+    } else {
+        OURS_SVC
     };
     let args = ours_args(
-        &format!("{transport}://{}:{svc}", host_address(transport)),
+        &[format!("{transport}://{}:{svc}", host_address(transport))],
         sizes,
     );
     let log = cfg.out.join(format!("fabricd-{transport}.log"));
@@ -170,12 +190,18 @@ fn kernel_endpoint(kernel: &mut Option<KernelTarget>, id: u16, transport: &str) 
     }
 }
 
-/// A target in the split mode's guest, at a port forwarded from here.
-fn remote_endpoint(side: Side, nqn: &'static str, port: u16) -> Endpoint {
+/// A target that `fabric-bench serve` runs elsewhere, at `host:port`.
+fn remote_endpoint(
+    side: Side,
+    nqn: &'static str,
+    transport: &str,
+    host: &str,
+    port: u16,
+) -> Endpoint {
     Endpoint {
         side,
         nqn,
-        address: format!("tcp://127.0.0.1:{port}"),
+        address: format!("{transport}://{host}:{port}"),
         fabricd: None,
         connection: None,
         connect_error: None,
@@ -184,8 +210,8 @@ fn remote_endpoint(side: Side, nqn: &'static str, port: u16) -> Endpoint {
 }
 
 fn agent(cfg: &RunConfig) -> Option<Agent> {
-    (cfg.mode == Mode::Split).then(|| Agent {
-        address: format!("127.0.0.1:{}", cfg.guest_port + 2),
+    cfg.remote.as_ref().map(|r| Agent {
+        address: format!("{}:{}", r.host, r.agent_port),
     })
 }
 
@@ -216,20 +242,16 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
         samples: Vec::new(),
     };
     let size = cfg.size_gib << 30;
-    let (mut kernel, sizes) = match cfg.mode {
-        Mode::Native => (None, (size, size)),
-        Mode::Split => {
-            let a = agent(cfg).context("no agent")?;
-            a.wait_ready(GUEST_TIMEOUT)?;
-            (set.cpus, set.kernel) = a.info()?;
-            (None, (size, size))
-        }
-        Mode::Guest => {
-            kernel::load_backends(cfg.size_gib)?;
-            let sizes = (kernel::device_size("nullb0")?, kernel::device_size("ram0")?);
-            let k = KernelTarget::new(KERNEL_NQN, &[(1, "/dev/nullb0"), (2, "/dev/ram0")])?;
-            (Some(k), sizes)
-        }
+    let (mut kernel, sizes) = if let Some(a) = agent(cfg) {
+        // The machine measured is the targets' guest.
+        a.wait_ready(GUEST_TIMEOUT)?;
+        (set.cpus, set.kernel) = a.info()?;
+        (None, (size, size))
+    } else if cfg.mode == Mode::Guest {
+        let (k, sizes) = kernel::target_with_backends(KERNEL_NQN, cfg.size_gib)?;
+        (Some(k), sizes)
+    } else {
+        (None, (size, size))
     };
     let hostnqn = random_hostnqn();
     let total = cfg.transports.len()
@@ -240,12 +262,15 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<SampleSet> {
         * if cfg.mode.has_kernel() { 2 } else { 1 };
     for (i, transport) in cfg.transports.iter().enumerate() {
         let mut sides = vec![start_ours(cfg, transport, sizes)];
-        match cfg.mode {
-            Mode::Guest => sides.push(kernel_endpoint(&mut kernel, i as u16 + 1, transport)),
-            Mode::Split => sides.push(remote_endpoint(Side::Kernel, KERNEL_NQN, cfg.guest_port)),
-            Mode::Native => {}
+        if let Some(r) = &cfg.remote {
+            let k = remote_endpoint(Side::Kernel, KERNEL_NQN, transport, &r.host, r.kernel_port);
+            sides.push(k);
+        } else if cfg.mode == Mode::Guest {
+            sides.push(kernel_endpoint(&mut kernel, i as u16 + 1, transport));
         }
-        if cfg.backends.contains(&Backend::Mem) {
+        // The targets' guest keeps its backends across transports: fill
+        // them once.
+        if cfg.backends.contains(&Backend::Mem) && (cfg.remote.is_none() || i == 0) {
             fill_mem(cfg, &sides, sizes.1);
         }
         for &client in &cfg.clients {
@@ -387,8 +412,9 @@ fn run_client(
     s: &mut Sample,
 ) -> anyhow::Result<ClientResult> {
     let agent = agent(cfg);
-    // The machine's busy time and our target's CPU time: from the guest's
-    // agent in split mode (fabricd's only on our side), from here otherwise.
+    // The machine's busy time and our target's CPU time: from the targets'
+    // agent in split and pair modes (fabricd's only on our side), from here
+    // otherwise.
     let cpu = || -> anyhow::Result<_> {
         match &agent {
             Some(a) => {

@@ -132,7 +132,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn cpu_s(mode: Mode, s: &Sample) -> f64 {
     match mode {
-        Mode::Guest | Mode::Split => s.system_busy_s,
+        Mode::Guest | Mode::Split | Mode::Pair => s.system_busy_s,
         Mode::Native => s.target_cpu_s.unwrap_or(0.0) + s.client_cpu_s.unwrap_or(0.0),
     }
 }
@@ -232,7 +232,7 @@ pub fn missing(summary: &Summary) -> Vec<String> {
     let mut out = Vec::new();
     for r in &summary.rows {
         let sides: &[(&str, &Outcome)] = match summary.mode {
-            Mode::Guest | Mode::Split => &[("ours", &r.ours), ("kernel", &r.kernel)],
+            Mode::Guest | Mode::Split | Mode::Pair => &[("ours", &r.ours), ("kernel", &r.kernel)],
             Mode::Native => &[("ours", &r.ours)],
         };
         for (name, o) in sides {
@@ -281,7 +281,7 @@ fn ratio_cell(r: Option<f64>) -> String {
 pub fn markdown(summary: &Summary) -> String {
     let mut out = String::new();
     match summary.mode {
-        Mode::Guest | Mode::Split => {
+        Mode::Guest | Mode::Split | Mode::Pair => {
             out += "| transport | backend | workload | client | IOPS ours | IOPS kernel | IOPS ratio | p50 µs ours / kernel | p99 µs ours / kernel | CPU s/M I/O ours / kernel | IOPS per CPU ratio |\n";
             out += "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
             for r in &summary.rows {
