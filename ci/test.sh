@@ -41,6 +41,8 @@ if ((guest)); then
     FABRICD=$PWD/target/ci/fabricd ci/guest-run --mem 4G --timeout 2400 -- ci/guest/run-all.sh
     stage "benchmark, split mode (short): both targets alone in a guest, fabric-perf here"
     perf/bench.sh --split --short --no-append --bin target/ci --out target/bench-split-short
+    stage "benchmark, pair mode (short): targets in one guest, fio and fabric-perf in another, tcp and rdma"
+    perf/bench.sh --pair --short --backends null --no-append --bin target/ci --out target/bench-pair-short
 fi
 
 if ((fuzz)); then

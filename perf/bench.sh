@@ -20,6 +20,8 @@
 #   --no-append  do not append to perf/RESULTS.md
 #   --guest-cpus N  vCPUs of the guest (of the targets' guest) [default: 2]
 #   --client-cpus N  --pair: vCPUs of the clients' guest [default: 2]
+#   --fabricd-args "ARGS"  --split, --pair: more `fabricd target` options
+#                (one string, e.g. "--rdma-poll-us 0"), for A/B runs
 #   --bin DIR    use the fabricd, fabric-perf and fabric-bench built in DIR
 #                (CI's profile) instead of building them in release
 #   --out DIR    output directory [default: perf/out/MODE-DATE]
@@ -27,7 +29,7 @@
 #                --reps, --seconds, --transports, --backends, --clients)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=guest append=1 out="" bin="" cpus=2 client_cpus=2 run_args=()
+mode=guest append=1 out="" bin="" cpus=2 client_cpus=2 fabricd_args="" run_args=()
 while (($#)); do
     case $1 in
         --native) mode=native; shift ;;
@@ -40,6 +42,7 @@ while (($#)); do
         --guest-cpus)
             [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --guest-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
             cpus=$2; shift 2 ;;
+        --fabricd-args) fabricd_args=${2?--fabricd-args needs a value}; shift 2 ;;
         --client-cpus)
             [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --client-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
             client_cpus=$2; shift 2 ;;
@@ -51,6 +54,7 @@ command_line="perf/bench.sh${run_args[*]:+ ${run_args[*]}}"
 [[ $mode != guest ]] && command_line+=" --$mode"
 [[ $cpus != 2 ]] && command_line+=" --guest-cpus $cpus"
 [[ $client_cpus != 2 ]] && command_line+=" --client-cpus $client_cpus"
+[[ -n $fabricd_args ]] && command_line+=" --fabricd-args '$fabricd_args'"
 
 if [[ $mode == native ]]; then ci/setup.sh --no-guest; else ci/setup.sh; fi
 [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
@@ -94,15 +98,16 @@ elif [[ $mode == split ]]; then
         in_use "$port" || in_use $((port + 1)) || in_use $((port + 2)) || break
     done
     serve_in_guest --no-rdma --forward "$port:4420" --forward "$((port + 1)):4421" \
-        --forward "$((port + 2)):7000" -- "$bin/fabric-bench" serve --out "$out/guest"
+        --forward "$((port + 2)):7000" -- "$bin/fabric-bench" serve --out "$out/guest" \
+        --fabricd-args "$fabricd_args"
     "$bin/fabric-bench" run --mode split --guest-port "$port" --out "$out" "${run_args[@]}"
     end_guest
 elif [[ $mode == pair ]]; then
-    # The targets' guest is 10.88.0.1, the clients' 10.88.0.2; their link
-    # uses UDP ports link+1 and link+2 here (ci/guest-run --link).
-    link=$((20000 + $$ % 10000 * 4))
+    # The targets' guest is 10.88.0.1, the clients' 10.88.0.2, linked
+    # through a Unix socket named after this run (ci/guest-run --link).
+    link=bench-$$
     serve_in_guest --link "$link:1" -- "$bin/fabric-bench" serve --ip 10.88.0.1 \
-        --transports tcp,rdma --out "$out/guest"
+        --transports tcp,rdma --out "$out/guest" --fabricd-args "$fabricd_args"
     ci/guest-run --mem 2G --cpus "$client_cpus" --timeout 7200 --link "$link:2" \
         -- "$bin/fabric-bench" run --mode pair --out "$out" "${run_args[@]}"
     end_guest

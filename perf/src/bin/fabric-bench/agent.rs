@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub ip: String,
     /// Transports to serve (tcp, rdma).
     pub transports: Vec<String>,
+    /// More `fabricd target` arguments.
+    pub extra_args: Vec<String>,
     /// Size of each backend in GiB.
     pub size_gib: u64,
     /// Where fabricd's log goes.
@@ -56,7 +58,8 @@ pub fn serve(cfg: &ServeConfig) -> anyhow::Result<()> {
         k.add_port(port_id, t, &cfg.ip, KERNEL_SVC)?;
         listen.push(format!("{t}://{}:{OURS_SVC}", cfg.ip));
     }
-    let args = runner::ours_args(&listen, sizes);
+    let mut args = runner::ours_args(&listen, sizes);
+    args.extend(cfg.extra_args.iter().cloned());
     let log = cfg.out.join("fabricd-serve.log");
     let ours = Fabricd::start(&cfg.fabricd, &args, &log, runner::READY_TIMEOUT)?;
     let listener = TcpListener::bind(("0.0.0.0", AGENT_SVC))

@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Transports to serve, comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = ["tcp", "rdma"], default_values_t = ["tcp".to_string()])]
     transports: Vec<String>,
+    /// More `fabricd target` options, as one whitespace-separated string
+    /// (for A/B runs, e.g. "--rdma-poll-us 0").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    fabricd_args: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -234,6 +238,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         out: a.out,
         ip: a.ip.to_string(),
         transports: a.transports,
+        extra_args: a
+            .fabricd_args
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
     };
     if !cfg.fabricd.is_file() {
         anyhow::bail!("--fabricd: no program at {}", cfg.fabricd.display());
@@ -286,7 +295,7 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
                 set.cpus, set.kernel
             ),
             Mode::Pair => format!(
-                "pair: both targets alone in a QEMU TCG guest ({} vCPUs, Linux {}), fio (Linux host nvme-tcp / nvme-rdma) and fabric-perf in a second guest, linked by QEMU's dgram network (soft-RoCE on both); CPU is the targets' guest's, the targets' work only",
+                "pair: both targets alone in a QEMU TCG guest ({} vCPUs, Linux {}), fio (Linux host nvme-tcp / nvme-rdma) and fabric-perf in a second guest, linked by QEMU's stream network over a Unix socket (soft-RoCE on both); CPU is the targets' guest's, the targets' work only",
                 set.cpus, set.kernel
             ),
         };
