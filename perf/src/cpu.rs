@@ -48,6 +48,35 @@ pub fn system_cpu() -> std::io::Result<SystemCpu> {
     parse_system_stat(&text).ok_or_else(|| bad_format("/proc/stat"))
 }
 
+/// Where `ci/guest-run` publishes, inside its guest, the guest's vCPU
+/// threads' run time in nanoseconds as the machine running QEMU counts it
+/// (refreshed every 20 ms).
+pub const VCPU_FILE: &str = "/run/ctl/vcpu-ns";
+
+/// The guest's vCPU time so far, from [`VCPU_FILE`]; `None` outside a
+/// `ci/guest-run` guest. Unlike `/proc/stat`, whose ticks follow the
+/// guest's clock, it does not grow while the host has a vCPU descheduled.
+pub fn guest_vcpu_time() -> std::io::Result<Option<Duration>> {
+    read_vcpu_file(std::path::Path::new(VCPU_FILE))
+}
+
+fn read_vcpu_file(path: &std::path::Path) -> std::io::Result<Option<Duration>> {
+    // The host rewrites the file in place: a read may catch it empty.
+    for _ in 0..10 {
+        match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+            Ok(text) => {
+                if let Some(ns) = text.strip_suffix('\n').and_then(|t| t.parse().ok()) {
+                    return Ok(Some(Duration::from_nanos(ns)));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(bad_format(&path.display().to_string()))
+}
+
 fn bad_format(path: &str) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
@@ -108,6 +137,25 @@ mod tests {
         };
         assert_eq!(later.since(&s).busy, Duration::from_secs(1));
         assert_eq!(parse_system_stat("intr 1\n"), None);
+    }
+
+    #[test]
+    fn vcpu_file_reads_whole_lines_only() {
+        let dir = std::env::temp_dir().join(format!("vcpu-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("vcpu-ns");
+        assert_eq!(read_vcpu_file(&f).unwrap(), None);
+        std::fs::write(&f, "1500000000\n").unwrap();
+        assert_eq!(
+            read_vcpu_file(&f).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        // Caught mid-rewrite (no newline yet) or garbage: an error, not a number.
+        std::fs::write(&f, "15").unwrap();
+        assert!(read_vcpu_file(&f).is_err());
+        std::fs::write(&f, "x\n").unwrap();
+        assert!(read_vcpu_file(&f).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! `fabric-bench serve` (in that guest) sets up the kernel target and
 //! `fabricd target` on one address, over TCP and optionally RDMA, and
-//! answers on a small line protocol: `cpu` → `BUSY_NS TOTAL_NS FABRICD_NS`,
+//! answers on a small line protocol: `cpu` → `BUSY_NS TOTAL_NS FABRICD_NS
+//! VCPU_NS` (the last `-` outside a `ci/guest-run` guest),
 //! `info` → `CPUS KERNEL_RELEASE`, `quit` → `bye` (then it tears both
 //! targets down and exits). In split mode (`ci/guest-run --forward`)
 //! fabric-perf runs on this machine and reaches the targets and this agent
@@ -94,8 +95,10 @@ fn answer(
         "cpu" => {
             let s = perf::cpu::system_cpu()?;
             let t = fabricd_cpu()?;
+            let vcpu =
+                perf::cpu::guest_vcpu_time()?.map_or("-".to_string(), |v| v.as_nanos().to_string());
             let reply = format!(
-                "{} {} {}\n",
+                "{} {} {} {vcpu}\n",
                 s.busy.as_nanos(),
                 s.total.as_nanos(),
                 t.as_nanos()
@@ -140,7 +143,7 @@ impl Agent {
     }
 
     /// The guest's CPU time so far, and fabricd's.
-    pub fn cpu(&self) -> anyhow::Result<(SystemCpu, Duration)> {
+    pub fn cpu(&self) -> anyhow::Result<GuestCpu> {
         let reply = self.request("cpu")?;
         parse_cpu(&reply).with_context(|| format!("unexpected agent reply {reply:?}"))
     }
@@ -177,16 +180,31 @@ impl Agent {
     }
 }
 
-fn parse_cpu(reply: &str) -> Option<(SystemCpu, Duration)> {
-    let mut n = reply.split_whitespace().map(|f| f.parse::<u64>().ok());
-    let (busy, total, fabricd) = (n.next()??, n.next()??, n.next()??);
-    Some((
-        SystemCpu {
-            busy: Duration::from_nanos(busy),
-            total: Duration::from_nanos(total),
-        },
-        Duration::from_nanos(fabricd),
-    ))
+/// The targets' guest's CPU time so far, as the agent reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestCpu {
+    /// Busy and total time from the guest's `/proc/stat`.
+    pub system: SystemCpu,
+    /// fabricd's CPU time.
+    pub fabricd: Duration,
+    /// The guest's vCPU time as the machine running it counts it
+    /// ([`perf::cpu::guest_vcpu_time`]), when known.
+    pub vcpu: Option<Duration>,
+}
+
+fn parse_cpu(reply: &str) -> Option<GuestCpu> {
+    let mut f = reply.split_whitespace();
+    let mut ns = || f.next()?.parse::<u64>().ok().map(Duration::from_nanos);
+    let (busy, total, fabricd) = (ns()?, ns()?, ns()?);
+    let vcpu = match f.next()? {
+        "-" => None,
+        v => Some(Duration::from_nanos(v.parse().ok()?)),
+    };
+    f.next().is_none().then_some(GuestCpu {
+        system: SystemCpu { busy, total },
+        fabricd,
+        vcpu,
+    })
 }
 
 #[cfg(test)]
@@ -195,12 +213,16 @@ mod tests {
 
     #[test]
     fn cpu_replies_parse_and_garbage_does_not() {
-        let (s, t) = parse_cpu("2000000000 8000000000 1500000000\n").unwrap();
-        assert_eq!(s.busy, Duration::from_secs(2));
-        assert_eq!(s.total, Duration::from_secs(8));
-        assert_eq!(t, Duration::from_millis(1500));
+        let c = parse_cpu("2000000000 8000000000 1500000000 1900000000\n").unwrap();
+        assert_eq!(c.system.busy, Duration::from_secs(2));
+        assert_eq!(c.system.total, Duration::from_secs(8));
+        assert_eq!(c.fabricd, Duration::from_millis(1500));
+        assert_eq!(c.vcpu, Some(Duration::from_millis(1900)));
+        assert_eq!(parse_cpu("1 2 3 -\n").unwrap().vcpu, None);
         assert!(parse_cpu("error: unknown request").is_none());
-        assert!(parse_cpu("1 2").is_none());
+        assert!(parse_cpu("1 2 3").is_none());
+        assert!(parse_cpu("1 2 3 x").is_none());
+        assert!(parse_cpu("1 2 3 4 5").is_none());
     }
 
     #[test]
@@ -219,10 +241,11 @@ mod tests {
             }
             answered
         });
-        let (s, t) = agent.cpu().unwrap();
+        let c = agent.cpu().unwrap();
+        let s = c.system;
         assert!(s.total >= s.busy && s.total > Duration::ZERO);
-        assert_eq!(t, Duration::from_millis(1500));
-        let again = agent.cpu().unwrap().0;
+        assert_eq!(c.fabricd, Duration::from_millis(1500));
+        let again = agent.cpu().unwrap().system;
         assert!(again.total >= s.total);
         let (cpus, release) = agent.info().unwrap();
         assert!(cpus > 0 && !release.is_empty());

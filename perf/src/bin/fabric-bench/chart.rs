@@ -79,7 +79,7 @@ pub fn script(summary: &Summary, title: &str, data_file: &Path, png: &Path) -> S
                   set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb 'red' front\n";
             s += &format!(
                 "plot '{data}' using 2:xtic(1) title 'IOPS ratio', \
-                 '' using 3 title 'IOPS per guest CPU ratio', \
+                 '' using 3 title 'IOPS per CPU ratio', \
                  '' using 4 title 'p99 latency ratio'\n"
             );
         }
@@ -119,7 +119,7 @@ pub fn draw(summary: &Summary, title: &str, png: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::summary::{Figures, Row};
+    use crate::summary::{CpuMeasure, Figures, Row};
 
     #[test]
     fn data_marks_missing_values() {
@@ -132,6 +132,7 @@ mod tests {
             kernel: Outcome::Figures(Figures::default()),
             iops_ratio: None,
             iops_per_cpu_ratio: Some(1.5),
+            iops_per_guest_busy_ratio: None,
             p99_ratio: None,
         };
         let empty = Row {
@@ -140,6 +141,7 @@ mod tests {
         };
         let s = Summary {
             mode: Mode::Guest,
+            cpu_measure: CpuMeasure::GuestBusy,
             rows: vec![row, empty],
             clients: Vec::new(),
         };

@@ -142,6 +142,10 @@ pub struct Sample {
     pub p99_us: f64,
     /// Machine-wide busy CPU seconds over the client's run.
     pub system_busy_s: f64,
+    /// CPU seconds of the guest's vCPU threads over the run, as the machine
+    /// running QEMU counts them (in a `ci/guest-run` guest).
+    #[serde(default)]
+    pub vcpu_s: Option<f64>,
     /// CPU seconds of our target process over the run (ours only).
     pub target_cpu_s: Option<f64>,
     /// CPU seconds of the client process (fabric-perf only).

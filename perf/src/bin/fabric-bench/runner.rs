@@ -349,11 +349,13 @@ fn describe(s: &Sample) -> String {
         Some(e) if s.unavailable => format!("{head} unavailable: {e}"),
         Some(e) => format!("{head} FAILED: {e}"),
         None => format!(
-            "{head} {:.0} IOPS, p50 {:.0} us, p99 {:.0} us, machine CPU {:.2} s{}",
+            "{head} {:.0} IOPS, p50 {:.0} us, p99 {:.0} us, machine CPU {:.2} s{}{}",
             s.iops,
             s.p50_us,
             s.p99_us,
             s.system_busy_s,
+            s.vcpu_s
+                .map_or(String::new(), |v| format!(" (vCPU threads {v:.2} s)")),
             s.target_cpu_s
                 .map_or(String::new(), |t| format!(", fabricd CPU {t:.2} s"))
         ),
@@ -412,22 +414,24 @@ fn run_client(
     s: &mut Sample,
 ) -> anyhow::Result<ClientResult> {
     let agent = agent(cfg);
-    // The machine's busy time and our target's CPU time: from the targets'
-    // agent in split and pair modes (fabricd's only on our side), from here
-    // otherwise.
+    // The machine's busy time, its vCPU time as this machine counts it and
+    // our target's CPU time: from the targets' agent in split and pair
+    // modes (fabricd's only on our side), from here otherwise.
     let cpu = || -> anyhow::Result<_> {
         match &agent {
             Some(a) => {
-                let (sys, fabricd) = a.cpu()?;
-                Ok((sys, (side.side == Side::Ours).then_some(fabricd)))
+                let c = a.cpu()?;
+                let fabricd = (side.side == Side::Ours).then_some(c.fabricd);
+                Ok((c.system, c.vcpu, fabricd))
             }
             None => Ok((
                 perf::cpu::system_cpu()?,
+                perf::cpu::guest_vcpu_time()?,
                 side.fabricd.as_ref().map(Fabricd::cpu).transpose()?,
             )),
         }
     };
-    let (sys0, t0) = cpu()?;
+    let (sys0, v0, t0) = cpu()?;
     let r = match client {
         Client::Fio => {
             let conn = side.connection.as_ref().context("not connected")?;
@@ -443,8 +447,9 @@ fn run_client(
             cfg.seconds,
         )?,
     };
-    let (sys1, t1) = cpu()?;
+    let (sys1, v1, t1) = cpu()?;
     s.system_busy_s = sys1.since(&sys0).busy.as_secs_f64();
+    s.vcpu_s = v0.zip(v1).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
     s.target_cpu_s = t0.zip(t1).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
     Ok(r)
 }

@@ -16,10 +16,12 @@ pub struct Figures {
     pub p50_us: f64,
     /// 99th percentile latency, microseconds.
     pub p99_us: f64,
-    /// CPU seconds per million I/Os: machine-wide busy time in the guest;
-    /// natively our target's plus fabric-perf's process time (the host is
-    /// shared with other work).
+    /// CPU seconds per million I/Os, as the run's [`CpuMeasure`] counts
+    /// them.
     pub cpu_s_per_mio: f64,
+    /// CPU seconds per million I/Os by the guest's own clock (its
+    /// `/proc/stat` busy time); natively the same as `cpu_s_per_mio`.
+    pub guest_busy_s_per_mio: f64,
     /// Our target process's CPU microseconds per I/O (ours only).
     pub target_us_per_io: Option<f64>,
 }
@@ -66,6 +68,9 @@ pub struct Row {
     pub iops_ratio: Option<f64>,
     /// IOPS per CPU second, ours / kernel.
     pub iops_per_cpu_ratio: Option<f64>,
+    /// The same by the guest's own clock (differs only when the run's
+    /// measure is [`CpuMeasure::VcpuThreads`]).
+    pub iops_per_guest_busy_ratio: Option<f64>,
     /// p99 latency ours / kernel (below 1: ours is faster).
     pub p99_ratio: Option<f64>,
 }
@@ -86,11 +91,39 @@ pub struct ClientRatio {
     pub kernel: Option<f64>,
 }
 
+/// What a run's CPU figures count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuMeasure {
+    /// The guest's vCPU threads' run time on the machine running QEMU
+    /// (`ci/guest-run`'s count, known for every sample of the run).
+    VcpuThreads,
+    /// The guest's busy time from its own `/proc/stat`: ticks of its
+    /// clock, which runs on while the host has a vCPU descheduled.
+    GuestBusy,
+    /// Natively: our target's plus fabric-perf's process time (the
+    /// machine is shared with other work).
+    Processes,
+}
+
+impl CpuMeasure {
+    /// What it counts, for the line under the table.
+    fn describe(self) -> &'static str {
+        match self {
+            CpuMeasure::VcpuThreads => "the vCPU threads' run time of the guest (in split and pair modes, the targets' guest) on the machine running QEMU, counted by `ci/guest-run`; the last column counts by the guest's own clock (`/proc/stat`), which also runs while a vCPU waits for one of that machine's cores",
+            CpuMeasure::GuestBusy => "the guest's busy time from its own `/proc/stat`",
+            CpuMeasure::Processes => "our target's plus fabric-perf's process time",
+        }
+    }
+}
+
 /// All rows of a run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     /// Where it ran.
     pub mode: Mode,
+    /// What its CPU figures count.
+    pub cpu_measure: CpuMeasure,
     /// Rows in the order they ran.
     pub rows: Vec<Row>,
     /// fabric-perf against fio, for the workloads both ran.
@@ -130,14 +163,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn cpu_s(mode: Mode, s: &Sample) -> f64 {
-    match mode {
-        Mode::Guest | Mode::Split | Mode::Pair => s.system_busy_s,
-        Mode::Native => s.target_cpu_s.unwrap_or(0.0) + s.client_cpu_s.unwrap_or(0.0),
+fn cpu_s(measure: CpuMeasure, s: &Sample) -> f64 {
+    match measure {
+        CpuMeasure::VcpuThreads => s.vcpu_s.unwrap_or(0.0),
+        CpuMeasure::GuestBusy => s.system_busy_s,
+        CpuMeasure::Processes => s.target_cpu_s.unwrap_or(0.0) + s.client_cpu_s.unwrap_or(0.0),
     }
 }
 
-fn outcome(mode: Mode, samples: &[&Sample]) -> Outcome {
+fn guest_busy_s(measure: CpuMeasure, s: &Sample) -> f64 {
+    match measure {
+        CpuMeasure::Processes => cpu_s(measure, s),
+        CpuMeasure::VcpuThreads | CpuMeasure::GuestBusy => s.system_busy_s,
+    }
+}
+
+/// The vCPU threads' count when every sample with numbers has it (one
+/// measure for the whole run), else the guest's own.
+fn cpu_measure(set: &SampleSet) -> CpuMeasure {
+    match set.mode {
+        Mode::Native => CpuMeasure::Processes,
+        Mode::Guest | Mode::Split | Mode::Pair => {
+            let mut ok = set.samples.iter().filter(|s| s.error.is_none()).peekable();
+            if ok.peek().is_some() && ok.all(|s| s.vcpu_s.is_some()) {
+                CpuMeasure::VcpuThreads
+            } else {
+                CpuMeasure::GuestBusy
+            }
+        }
+    }
+}
+
+fn outcome(measure: CpuMeasure, samples: &[&Sample]) -> Outcome {
     let ok: Vec<&&Sample> = samples
         .iter()
         .filter(|s| s.error.is_none() && s.ios > 0)
@@ -160,7 +217,8 @@ fn outcome(mode: Mode, samples: &[&Sample]) -> Outcome {
         iops: m(&|s| s.iops),
         p50_us: m(&|s| s.p50_us),
         p99_us: m(&|s| s.p99_us),
-        cpu_s_per_mio: m(&|s| cpu_s(mode, s) * 1e6 / s.ios as f64),
+        cpu_s_per_mio: m(&|s| cpu_s(measure, s) * 1e6 / s.ios as f64),
+        guest_busy_s_per_mio: m(&|s| guest_busy_s(measure, s) * 1e6 / s.ios as f64),
         target_us_per_io: (!target_us.is_empty()).then(|| median(target_us)),
     })
 }
@@ -171,6 +229,7 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 
 /// Group the samples into rows (in the order they first ran) and take medians.
 pub fn summarize(set: &SampleSet) -> Summary {
+    let measure = cpu_measure(set);
     let mut keys: Vec<(String, String, String, String)> = Vec::new();
     for s in &set.samples {
         let k = (
@@ -198,7 +257,7 @@ pub fn summarize(set: &SampleSet) -> Summary {
                             && s.side == name
                     })
                     .collect();
-                outcome(set.mode, &of)
+                outcome(measure, &of)
             };
             let (ours, kernel) = (side("ours"), side("kernel"));
             let (o, k) = (ours.figures(), kernel.figures());
@@ -209,6 +268,9 @@ pub fn summarize(set: &SampleSet) -> Summary {
             Row {
                 iops_ratio: both(&|o, k| ratio(o.iops, k.iops)),
                 iops_per_cpu_ratio: both(&|o, k| ratio(k.cpu_s_per_mio, o.cpu_s_per_mio)),
+                iops_per_guest_busy_ratio: both(&|o, k| {
+                    ratio(k.guest_busy_s_per_mio, o.guest_busy_s_per_mio)
+                }),
                 p99_ratio: both(&|o, k| ratio(o.p99_us, k.p99_us)),
                 transport,
                 backend,
@@ -221,6 +283,7 @@ pub fn summarize(set: &SampleSet) -> Summary {
         .collect::<Vec<Row>>();
     Summary {
         mode: set.mode,
+        cpu_measure: measure,
         clients: client_ratios(&rows),
         rows,
     }
@@ -282,11 +345,16 @@ pub fn markdown(summary: &Summary) -> String {
     let mut out = String::new();
     match summary.mode {
         Mode::Guest | Mode::Split | Mode::Pair => {
-            out += "| transport | backend | workload | client | IOPS ours | IOPS kernel | IOPS ratio | p50 µs ours / kernel | p99 µs ours / kernel | CPU s/M I/O ours / kernel | IOPS per CPU ratio |\n";
-            out += "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+            let by_vcpus = summary.cpu_measure == CpuMeasure::VcpuThreads;
+            out += "| transport | backend | workload | client | IOPS ours | IOPS kernel | IOPS ratio | p50 µs ours / kernel | p99 µs ours / kernel | CPU s/M I/O ours / kernel | IOPS per CPU ratio |";
+            out += if by_vcpus {
+                " by the guest's clock |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+            } else {
+                "\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            };
             for r in &summary.rows {
                 out += &format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} |",
                     r.transport,
                     r.backend,
                     r.case,
@@ -302,6 +370,10 @@ pub fn markdown(summary: &Summary) -> String {
                     cell(&r.kernel, |f| f.cpu_s_per_mio),
                     ratio_cell(r.iops_per_cpu_ratio),
                 );
+                if by_vcpus {
+                    out += &format!(" {} |", ratio_cell(r.iops_per_guest_busy_ratio));
+                }
+                out.push('\n');
             }
         }
         Mode::Native => {
@@ -338,6 +410,7 @@ pub fn markdown(summary: &Summary) -> String {
             );
         }
     }
+    out += &format!("\nCPU: {}.\n", summary.cpu_measure.describe());
     let mut notes: Vec<String> = Vec::new();
     for r in &summary.rows {
         for (side, o) in [("ours", &r.ours), ("kernel", &r.kernel)] {
@@ -441,6 +514,37 @@ mod tests {
         let md = markdown(&sum);
         assert!(md.contains("unavail."), "{md}");
         assert!(md.contains("* rdma ours: no RDMA device found"), "{md}");
+    }
+
+    #[test]
+    fn vcpu_threads_count_when_every_sample_has_them() {
+        let with = |mut s: Sample, v: f64| {
+            s.vcpu_s = Some(v);
+            s
+        };
+        // Guest clock: ours 10 s, kernel 5 s for the same I/Os; the host
+        // counted 4 s and 5 s.
+        let both = set(vec![
+            with(sample("ours", 0, 1000.0, 10.0), 4.0),
+            with(sample("kernel", 0, 1000.0, 5.0), 5.0),
+        ]);
+        let sum = summarize(&both);
+        assert_eq!(sum.cpu_measure, CpuMeasure::VcpuThreads);
+        let r = &sum.rows[0];
+        assert!((r.iops_per_cpu_ratio.unwrap() - 1.25).abs() < 1e-9);
+        assert!((r.iops_per_guest_busy_ratio.unwrap() - 0.5).abs() < 1e-9);
+        let md = markdown(&sum);
+        assert!(md.contains("| 1.25 | 0.50 |"), "{md}");
+        assert!(md.contains("CPU: the vCPU threads' run time"), "{md}");
+        // One sample without the host's count: the guest's clock for all.
+        let mixed = set(vec![
+            with(sample("ours", 0, 1000.0, 10.0), 4.0),
+            sample("kernel", 0, 1000.0, 5.0),
+        ]);
+        let sum = summarize(&mixed);
+        assert_eq!(sum.cpu_measure, CpuMeasure::GuestBusy);
+        assert!((sum.rows[0].iops_per_cpu_ratio.unwrap() - 0.5).abs() < 1e-9);
+        assert!(!markdown(&sum).contains("by the guest's clock"));
     }
 
     #[test]
