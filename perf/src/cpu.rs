@@ -54,8 +54,9 @@ pub fn system_cpu() -> std::io::Result<SystemCpu> {
 pub const VCPU_FILE: &str = "/run/ctl/vcpu-ns";
 
 /// The guest's vCPU time so far, from [`VCPU_FILE`]; `None` outside a
-/// `ci/guest-run` guest. Unlike `/proc/stat`, whose ticks follow the
-/// guest's clock, it does not grow while the host has a vCPU descheduled.
+/// `ci/guest-run` guest. The guest's own `/proc/stat` counts busy time
+/// in ticks of its clock, and misses part of it (a fifth to a half in the
+/// benchmark's two-guest runs on this 2-core machine).
 pub fn guest_vcpu_time() -> std::io::Result<Option<Duration>> {
     read_vcpu_file(std::path::Path::new(VCPU_FILE))
 }

@@ -98,8 +98,8 @@ pub enum CpuMeasure {
     /// The guest's vCPU threads' run time on the machine running QEMU
     /// (`ci/guest-run`'s count, known for every sample of the run).
     VcpuThreads,
-    /// The guest's busy time from its own `/proc/stat`: ticks of its
-    /// clock, which runs on while the host has a vCPU descheduled.
+    /// The guest's busy time from its own `/proc/stat` (ticks: it misses
+    /// part of the vCPUs' run time).
     GuestBusy,
     /// Natively: our target's plus fabric-perf's process time (the
     /// machine is shared with other work).
@@ -110,7 +110,7 @@ impl CpuMeasure {
     /// What it counts, for the line under the table.
     fn describe(self) -> &'static str {
         match self {
-            CpuMeasure::VcpuThreads => "the vCPU threads' run time of the guest (in split and pair modes, the targets' guest) on the machine running QEMU, counted by `ci/guest-run`; the last column counts by the guest's own clock (`/proc/stat`), which also runs while a vCPU waits for one of that machine's cores",
+            CpuMeasure::VcpuThreads => "the run time of the guest's vCPU threads (in split and pair modes, the targets' guest's) on the machine running QEMU, counted by `ci/guest-run`; the last column is the ratio by the guest's own count (busy ticks in its `/proc/stat`), which misses part of that time",
             CpuMeasure::GuestBusy => "the guest's busy time from its own `/proc/stat`",
             CpuMeasure::Processes => "our target's plus fabric-perf's process time",
         }
@@ -395,6 +395,7 @@ pub fn markdown(summary: &Summary) -> String {
             }
         }
     }
+    out += &format!("\nCPU: {}.\n", summary.cpu_measure.describe());
     if summary.mode == Mode::Guest && !summary.clients.is_empty() {
         out += "\nfabric-perf against fio on the same target (IOPS fabric-perf / fio):\n\n";
         out += "| transport | backend | workload | on ours | on the kernel target |\n";
@@ -410,7 +411,6 @@ pub fn markdown(summary: &Summary) -> String {
             );
         }
     }
-    out += &format!("\nCPU: {}.\n", summary.cpu_measure.describe());
     let mut notes: Vec<String> = Vec::new();
     for r in &summary.rows {
         for (side, o) in [("ours", &r.ours), ("kernel", &r.kernel)] {
@@ -535,7 +535,10 @@ mod tests {
         assert!((r.iops_per_guest_busy_ratio.unwrap() - 0.5).abs() < 1e-9);
         let md = markdown(&sum);
         assert!(md.contains("| 1.25 | 0.50 |"), "{md}");
-        assert!(md.contains("CPU: the vCPU threads' run time"), "{md}");
+        assert!(
+            md.contains("CPU: the run time of the guest's vCPU threads"),
+            "{md}"
+        );
         // One sample without the host's count: the guest's clock for all.
         let mixed = set(vec![
             with(sample("ours", 0, 1000.0, 10.0), 4.0),
