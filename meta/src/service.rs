@@ -281,6 +281,7 @@ impl Meta for MetaService {
     ) -> Result<Response<Object>, Status> {
         let req = request.into_inner();
         validate::name("name", &req.name)?;
+        validate::step_message(&req.message)?;
         self.write(command::Kind::UpdateOperation(req)).await
     }
 

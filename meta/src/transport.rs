@@ -1,7 +1,8 @@
 //! Replica-to-replica transport: Raft messages over gRPC (`RaftPeer.Send`).
 //!
 //! Each destination has one sender task that drains its queue into batches
-//! (one unary call per batch). Raft tolerates loss, so a failed batch is
+//! (one unary call per batch, or more when the batch would be over the
+//! message size bound). Raft tolerates loss, so a failed batch is
 //! dropped, the queue is emptied (its heartbeats and appends are stale by
 //! the time the peer is back) and Raft is told the peer is unreachable.
 //!
@@ -193,31 +194,48 @@ async fn run_link(
         if isolated.load(Ordering::SeqCst) {
             continue; // queued before the cut: dropped like the rest
         }
-        let snapshots = batch
-            .iter()
-            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-            .count();
-        let messages: Vec<Vec<u8>> = batch
-            .iter()
-            .filter_map(|m| match m.write_to_bytes() {
-                Ok(b) if b.len() <= max_message_bytes => Some(b),
+        let mut encoded = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            match m.write_to_bytes() {
+                Ok(b) if b.len() + FRAMING_BYTES <= max_message_bytes => {
+                    encoded.push((b, snapshot))
+                }
                 Ok(b) => {
                     tracing::error!(
                         to,
                         bytes = b.len(),
-                        "raft message over the size bound; dropped"
+                        max_message_bytes,
+                        snapshot,
+                        "raft message over the size bound; dropped (a snapshot this large \
+                         needs a larger max-message-bytes on every replica)"
                     );
-                    None
+                    if snapshot {
+                        feedback(Feedback::SnapshotSent(to, false));
+                    }
                 }
                 Err(e) => {
                     tracing::error!(to, "cannot encode raft message: {e}");
-                    None
+                    if snapshot {
+                        feedback(Feedback::SnapshotSent(to, false));
+                    }
                 }
-            })
-            .collect();
-        let delivered = client.send(RaftBatch { messages }).await.is_ok();
-        for _ in 0..snapshots {
-            feedback(Feedback::SnapshotSent(to, delivered));
+            }
+        }
+        let sizes: Vec<usize> = encoded.iter().map(|(b, _)| b.len()).collect();
+        let mut rest = encoded.into_iter();
+        let mut delivered = true;
+        for run in calls(&sizes, max_message_bytes) {
+            let part: Vec<(Vec<u8>, bool)> = rest.by_ref().take(run).collect();
+            let snapshots = part.iter().filter(|(_, snapshot)| *snapshot).count();
+            if delivered {
+                let messages = part.into_iter().map(|(b, _)| b).collect();
+                delivered = client.send(RaftBatch { messages }).await.is_ok();
+            }
+            // After a failed call the rest of the batch is dropped as well.
+            for _ in 0..snapshots {
+                feedback(Feedback::SnapshotSent(to, delivered));
+            }
         }
         if !delivered {
             tracing::debug!(to, %address, "replica unreachable");
@@ -225,6 +243,31 @@ async fn run_link(
             while queue.try_recv().is_ok() {}
         }
     }
+}
+
+/// Bytes a message takes in a `RaftBatch` beyond its own (field tag and
+/// length prefix, with room to spare).
+const FRAMING_BYTES: usize = 16;
+
+/// How many of the messages (of `sizes` bytes, in order) go in each call,
+/// so that no call's `RaftBatch` is over `max` bytes; a message that does
+/// not fit alone gets a call of its own (callers drop those first).
+fn calls(sizes: &[usize], max: usize) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for &size in sizes {
+        let size = size.saturating_add(FRAMING_BYTES);
+        if count > 0 && bytes.saturating_add(size) > max {
+            runs.push(count);
+            (count, bytes) = (0, 0);
+        }
+        count += 1;
+        bytes = bytes.saturating_add(size);
+    }
+    if count > 0 {
+        runs.push(count);
+    }
+    runs
 }
 
 /// The `RaftPeer` service: receives messages for the local replica.
@@ -301,5 +344,31 @@ impl RaftPeer for PeerService {
         );
         self.transport.set_isolated(isolated);
         Ok(Response::new(IsolateResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_stay_within_the_bound_and_keep_every_message_in_order() {
+        let max = 1000;
+        assert_eq!(calls(&[], max), Vec::<usize>::new());
+        // Three that fit together, two more in the next call.
+        assert_eq!(calls(&[100, 200, 300, 900, 10], max), vec![3, 2]);
+        // One over the bound alone is a call of its own.
+        assert_eq!(calls(&[100, 990, 10], max), vec![1, 1, 1]);
+        for sizes in [vec![984; 5], vec![1, 2, 3, 500, 470, 30], vec![0; 300]] {
+            let runs = calls(&sizes, max);
+            assert_eq!(runs.iter().sum::<usize>(), sizes.len());
+            let mut at = 0;
+            for run in runs {
+                assert!(run > 0);
+                let bytes: usize = sizes[at..at + run].iter().map(|s| s + FRAMING_BYTES).sum();
+                assert!(bytes <= max, "{sizes:?}: a call of {bytes} bytes");
+                at += run;
+            }
+        }
     }
 }

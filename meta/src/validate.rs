@@ -77,6 +77,23 @@ pub fn failure_domain(value: &str) -> Result<(), MetaError> {
     }
 }
 
+/// Most bytes of the message recorded with an operation's step.
+pub const MAX_STEP_MESSAGE_LEN: usize = 4096;
+
+/// The message recorded with an operation's step: at most
+/// [`MAX_STEP_MESSAGE_LEN`] bytes (every object lives in the Raft log, its
+/// snapshots and the watch history).
+pub fn step_message(value: &str) -> Result<(), MetaError> {
+    if value.len() <= MAX_STEP_MESSAGE_LEN {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "message of {} bytes is over the {MAX_STEP_MESSAGE_LEN}-byte bound",
+            value.len()
+        )))
+    }
+}
+
 /// A known, specified object kind.
 pub fn kind(value: i32) -> Result<ObjectKind, MetaError> {
     ObjectKind::try_from(value)
@@ -167,6 +184,14 @@ mod tests {
             let err = name("name", bad).expect_err(bad);
             assert!(err.to_string().starts_with("name '"), "{err}");
         }
+    }
+
+    #[test]
+    fn step_messages_are_bounded() {
+        assert!(step_message("").is_ok());
+        assert!(step_message(&"x".repeat(MAX_STEP_MESSAGE_LEN)).is_ok());
+        let err = step_message(&"x".repeat(MAX_STEP_MESSAGE_LEN + 1)).expect_err("over the bound");
+        assert!(err.to_string().contains("4097 bytes"), "{err}");
     }
 
     #[test]
