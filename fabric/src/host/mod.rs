@@ -76,6 +76,9 @@ impl Default for HostOptions {
 
 /// Entries of the admin queue.
 const ADMIN_QUEUE_SIZE: u16 = 32;
+/// Most in-capsule data the host sends, whatever the controller's IOCCSZ
+/// allows (the RDMA host holds a send buffer of this size per queue entry).
+const MAX_INLINE_DATA: u32 = 64 << 10;
 /// In-capsule data an admin queue carries: NVMe/TCP admin capsules take
 /// 8 KiB; NVMe/RDMA admin capsules carry none (targets size their admin
 /// receive buffers for the command alone).
@@ -191,7 +194,12 @@ impl HostController {
         }
         if subnqn != DISCOVERY_NQN && opts.io_queues > 0 {
             let granted = ctrl.set_queue_count(opts.io_queues).await?;
-            let inline = (ctrl.identify.ioccsz * 16).saturating_sub(64);
+            let inline = ctrl
+                .identify
+                .ioccsz
+                .saturating_mul(16)
+                .saturating_sub(64)
+                .min(MAX_INLINE_DATA);
             for qid in 1..=granted.min(opts.io_queues) {
                 let params = QueueParams {
                     qid,

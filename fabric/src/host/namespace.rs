@@ -29,6 +29,16 @@ pub struct RemoteNamespace {
     max_blocks: u64,
 }
 
+/// A namespace's size in bytes, refused when it does not fit in 64 bits
+/// (the layers above compute byte offsets from it).
+fn checked_size(nsid: u32, blocks: u64, block_size: u32) -> Result<u64, TransportError> {
+    blocks.checked_mul(block_size as u64).ok_or_else(|| {
+        TransportError::Protocol(format!(
+            "namespace {nsid} reports {blocks} blocks of {block_size} bytes, more than 64-bit offsets reach"
+        ))
+    })
+}
+
 impl RemoteNamespace {
     /// Identify namespace `nsid` of `ctrl` and wrap it.
     pub async fn open(
@@ -42,6 +52,7 @@ impl RemoteNamespace {
                 "namespace {nsid} is not active or has no valid format"
             )));
         }
+        checked_size(nsid, id.nsze, block_size)?;
         let mdts_blocks = (ctrl.max_transfer / block_size as u64).max(1);
         Ok(RemoteNamespace {
             ctrl,
@@ -65,6 +76,7 @@ impl RemoteNamespace {
     /// Re-read the namespace size (after the remote device grew).
     pub async fn refresh(&self) -> Result<u64, TransportError> {
         let id = self.ctrl.identify_namespace(self.nsid).await?;
+        checked_size(self.nsid, id.nsze, self.block_size)?;
         self.num_blocks.store(id.nsze, Ordering::Release);
         Ok(id.nsze)
     }

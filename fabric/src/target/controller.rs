@@ -4,7 +4,8 @@
 //! that tears it down when the host goes silent, or when this process was
 //! not running for so long that the host may have given up on it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -82,8 +83,8 @@ struct State {
     cc: u32,
     csts: u32,
     io_queues_granted: u16,
-    connected_queues: BTreeSet<u16>,
-    queue_tokens: Vec<CancellationToken>,
+    /// Connected queues by ID, with the token that closes each.
+    connected_queues: BTreeMap<u16, CancellationToken>,
     aen: AenState,
     errors: VecDeque<ErrorEntry>,
     error_count: u64,
@@ -173,8 +174,7 @@ impl Controller {
                 cc: 0,
                 csts: 0,
                 io_queues_granted: limits.max_io_queues,
-                connected_queues: BTreeSet::new(),
-                queue_tokens: Vec::new(),
+                connected_queues: BTreeMap::new(),
                 aen: AenState {
                     config: 0,
                     waiters: VecDeque::new(),
@@ -345,10 +345,10 @@ impl Controller {
         let tokens = {
             let mut st = self.lock();
             st.aen.waiters.clear();
-            std::mem::take(&mut st.queue_tokens)
+            std::mem::take(&mut st.connected_queues)
         };
         self.token.cancel();
-        for t in tokens {
+        for t in tokens.values() {
             t.cancel();
         }
         self.subsystem.unregister_controller(self.cntlid);
@@ -357,17 +357,21 @@ impl Controller {
     /// Attach a queue; fails if the ID is out of range or already connected.
     pub(crate) fn attach_queue(&self, qid: u16, token: CancellationToken) -> Result<(), Status> {
         let mut st = self.lock();
-        if qid > st.io_queues_granted {
+        // Checked under the lock: a shutdown that began earlier has marked
+        // the controller dead; one that begins later finds this queue.
+        if qid > st.io_queues_granted || self.dead.load(Ordering::Acquire) {
             return Err(Status::CONNECT_INVALID_PARAMETERS);
         }
         if qid > 0 && st.csts & csts::RDY == 0 {
             return Err(Status::COMMAND_SEQUENCE_ERROR);
         }
-        if !st.connected_queues.insert(qid) {
-            return Err(Status::CONNECT_INVALID_PARAMETERS);
+        match st.connected_queues.entry(qid) {
+            Entry::Occupied(_) => Err(Status::CONNECT_INVALID_PARAMETERS),
+            Entry::Vacant(v) => {
+                v.insert(token);
+                Ok(())
+            }
         }
-        st.queue_tokens.push(token);
-        Ok(())
     }
 
     /// Detach a queue whose connection ended; the admin queue's end tears
@@ -534,5 +538,67 @@ impl Controller {
     /// Seconds since the controller was created.
     pub fn uptime(&self) -> Duration {
         self.created.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::SubsystemConfig;
+
+    fn controller() -> Arc<Controller> {
+        let subsystem =
+            Arc::new(Subsystem::new(SubsystemConfig::new("nqn.2026-11.test:c"), false).unwrap());
+        let port = Arc::new(Port::new(1, "tcp://127.0.0.1:0".parse().unwrap(), false));
+        let limits = Limits {
+            max_transfer: 1 << 20,
+            max_queue_entries: 128,
+            max_io_queues: 4,
+            inline_data_size: 0,
+            keyed_sgls: false,
+            sgl_descriptors: 1,
+        };
+        let host = HostIdentity {
+            nqn: "nqn.2026-11.test:host".into(),
+            id: [1; 16],
+        };
+        Controller::new(
+            1,
+            subsystem,
+            port,
+            host,
+            0,
+            limits,
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn a_queue_id_connects_once_and_again_after_it_ends() {
+        let ctrl = controller();
+        ctrl.attach_queue(0, CancellationToken::new()).unwrap();
+        ctrl.write_cc(cc::EN | 6 << 16 | 4 << 20);
+        let mut last = CancellationToken::new();
+        // Queue 1 reconnecting over and over keeps one entry, not one per
+        // connect.
+        for _ in 0..100 {
+            last = CancellationToken::new();
+            ctrl.attach_queue(1, last.clone()).unwrap();
+            assert_eq!(
+                ctrl.attach_queue(1, CancellationToken::new()),
+                Err(Status::CONNECT_INVALID_PARAMETERS)
+            );
+            ctrl.detach_queue(1);
+        }
+        assert_eq!(ctrl.lock().connected_queues.len(), 1);
+        ctrl.attach_queue(1, last.clone()).unwrap();
+        assert_eq!(
+            ctrl.attach_queue(5, CancellationToken::new()),
+            Err(Status::CONNECT_INVALID_PARAMETERS)
+        );
+        // The admin queue's end closes every queue still connected.
+        ctrl.detach_queue(0);
+        assert!(last.is_cancelled());
+        assert!(ctrl.lock().connected_queues.is_empty());
     }
 }
