@@ -43,6 +43,8 @@ use crate::task::{BackgroundTask, RateLimit, StopSignal, Throttle};
 
 /// Default region size.
 pub const DEFAULT_REGION_BYTES: u64 = 1 << 20;
+/// Largest region: hydrating one reads it whole into one buffer.
+pub const MAX_REGION_BYTES: u64 = 64 << 20;
 const HEADER: usize = 4096;
 const MAGIC: &[u8; 8] = b"FABCLON1";
 const VERSION: u32 = 1;
@@ -122,6 +124,7 @@ fn decode_header(b: &[u8]) -> BlockResult<(u32, u64, u64)> {
         || !(512..=4096).contains(&bs)
         || !region.is_power_of_two()
         || region < bs as u64
+        || region > MAX_REGION_BYTES
     {
         return Err(corrupt("bad block or region size"));
     }
@@ -143,9 +146,12 @@ impl CloneDevice {
                 "clone devices need one block size of at most 4 KiB".into(),
             ));
         }
-        if !region_bytes.is_power_of_two() || region_bytes < bs as u64 {
+        if !region_bytes.is_power_of_two()
+            || region_bytes < bs as u64
+            || region_bytes > MAX_REGION_BYTES
+        {
             return Err(BlockError::Unsupported(format!(
-                "bad region size {region_bytes}"
+                "bad region size {region_bytes} (a power of two from one block to {MAX_REGION_BYTES} bytes)"
             )));
         }
         if dest.num_blocks() < source.num_blocks() {
@@ -501,6 +507,23 @@ mod tests {
         meta.write(1, Bytes::from(vec![1; 4096])).await.unwrap();
         assert!(matches!(
             CloneDevice::open(mem(1 << 20), mem(1 << 20), meta).await,
+            Err(BlockError::Medium(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn region_sizes_past_the_bound_are_refused() {
+        let (src, dst, meta) = (mem(1 << 20), mem(1 << 20), mem(64 << 10));
+        assert!(matches!(
+            CloneDevice::create(src.clone(), dst.clone(), meta.clone(), MAX_REGION_BYTES * 2).await,
+            Err(BlockError::Unsupported(_))
+        ));
+        // A well-checksummed header asking for a region the size of the
+        // whole address space (hydrating it would be one huge buffer).
+        let header = encode_header(4096, 1 << 62, src.num_blocks());
+        meta.write(0, buf::aligned(&header)).await.unwrap();
+        assert!(matches!(
+            CloneDevice::open(src, dst, meta).await,
             Err(BlockError::Medium(_))
         ));
     }

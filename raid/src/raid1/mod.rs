@@ -313,14 +313,28 @@ impl Raid1 {
 
     /// Open an existing array from the member devices found (any order,
     /// missing ones left out). Stale members are recognised by their event
-    /// counter and put into recovery; devices whose superblock does not
-    /// match the array's slot table are ignored with a warning.
+    /// counter and put into recovery; devices of the array whose superblock
+    /// does not match its slot table (members replaced since) are ignored
+    /// with a warning; devices of different arrays are an error.
     pub async fn open(devs: Vec<DeviceRef>) -> BlockResult<Arc<Raid1>> {
         let mut found = Vec::new();
         for dev in devs {
             match read_superblock(&dev).await {
                 Ok(sb) => found.push((sb, dev)),
                 Err(e) => warn!(error = %e, "raid1 open: device has no usable superblock; ignored"),
+            }
+        }
+        // Devices of two arrays given as one: which is meant cannot be told
+        // (the freshest superblock could be the other array's), so nothing
+        // is assembled.
+        let mut arrays = found.iter().map(|(sb, _)| sb.array_uuid);
+        if let Some(first) = arrays.next() {
+            if let Some(other) = arrays.find(|u| *u != first) {
+                return Err(BlockError::Unsupported(format!(
+                    "raid1 open: the devices belong to different arrays ({} and {}); list the members of one",
+                    uuid::Uuid::from_bytes(first),
+                    uuid::Uuid::from_bytes(other)
+                )));
             }
         }
         let fresh = found

@@ -55,6 +55,10 @@ const SLOT_BYTES: usize = 24;
 const CHECKPOINTS_AT: usize = SLOTS_AT + MAX_MEMBERS * SLOT_BYTES;
 const CRC_AT: usize = SB_BYTES - 4;
 const DATA_ALIGN: u64 = 1 << 20;
+/// Most bitmap regions of an array: the write-intent state in memory is
+/// about 4 bytes per region (64 MiB at this bound; 64 TiB members at the
+/// default region size).
+pub const MAX_REGIONS: u64 = 1 << 24;
 
 /// Persisted state of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +112,15 @@ impl Geometry {
             )));
         }
         let bs = block_size as u64;
-        let member_bytes = member_blocks * bs;
+        let member_bytes = member_blocks.checked_mul(bs).ok_or_else(|| {
+            BlockError::Unsupported(format!("member of {member_blocks} blocks is too large"))
+        })?;
+        if member_bytes.div_ceil(region_bytes) > MAX_REGIONS {
+            return Err(BlockError::Unsupported(format!(
+                "region size {region_bytes} is too small for a member of {member_bytes} bytes \
+                 (at most {MAX_REGIONS} regions)"
+            )));
+        }
         let bitmap_bytes =
             AtomicBits::disk_blocks(member_bytes.div_ceil(region_bytes)) * BITMAP_BLOCK as u64;
         let data_offset_bytes = (SB_BYTES as u64 + bitmap_bytes).next_multiple_of(DATA_ALIGN);
@@ -268,6 +280,18 @@ impl Superblock {
         if geometry.data_blocks == 0 {
             return Err(corrupt("empty array"));
         }
+        // The array's end, in blocks and in bytes, must be representable,
+        // and its write-intent state of a bounded size.
+        let end = geometry.data_offset.checked_add(geometry.data_blocks);
+        if end.and_then(|e| e.checked_mul(bs as u64)).is_none() {
+            return Err(corrupt("array larger than any device"));
+        }
+        if geometry.regions() > MAX_REGIONS {
+            return Err(corrupt(format!(
+                "{} regions (at most {MAX_REGIONS})",
+                geometry.regions()
+            )));
+        }
         if geometry.data_offset < geometry.bitmap_lba(geometry.bitmap_blocks()) {
             return Err(corrupt("data offset overlaps the bitmap"));
         }
@@ -338,6 +362,28 @@ mod tests {
         let mut s = sample();
         s.slots[1].resync_from = s.geometry.regions() + 1;
         assert!(Superblock::decode(&s.encode()).is_err());
+    }
+
+    #[test]
+    fn geometry_past_any_device_or_the_region_bound_is_refused() {
+        // The array's end overflows; then a size in reach but with more
+        // regions than the in-memory state may hold (512-byte regions).
+        for (region_bytes, data_offset, data_blocks) in
+            [(1 << 20, 256, u64::MAX - 100), (512, 1 << 30, 1 << 40)]
+        {
+            let mut s = sample();
+            s.geometry.block_size = 512;
+            s.geometry.region_bytes = region_bytes;
+            s.geometry.data_offset = data_offset;
+            s.geometry.data_blocks = data_blocks;
+            s.slots[1].resync_from = 0;
+            let err = Superblock::decode(&s.encode()).unwrap_err();
+            assert!(matches!(err, BlockError::Medium(_)), "{err}");
+        }
+        // Creating one is refused the same way.
+        assert!(Geometry::plan(512, 1 << 40, 512).is_err());
+        assert!(Geometry::plan(4096, u64::MAX, 1 << 20).is_err());
+        assert!(Geometry::plan(4096, 1 << 30, 4 << 20).is_ok());
     }
 
     #[test]

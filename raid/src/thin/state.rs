@@ -532,7 +532,10 @@ impl State {
         }
         let mut st = State::new(sb.block_size, sb.block_bytes, sb.data_blocks, sb.meta_pages);
         st.txn = sb.txn;
-        st.building = sb.txn + 1;
+        st.building = sb
+            .txn
+            .checked_add(1)
+            .ok_or_else(|| corrupt("transaction id at its end"))?;
         st.dirty = false;
         let mut next = sb.devtable;
         let mut entries = Vec::new();
