@@ -10,8 +10,10 @@
 //!   flushes before setting them here (the slow path, once per region).
 //! * Bits are cleared lazily, on flush, only when no member is missing or
 //!   recovering, and only for regions neither touched since the previous
-//!   clearing pass nor in flight. Since every member was flushed before the
-//!   pass, such a region's data is durable and identical everywhere. The
+//!   clearing pass nor in flight. The pass runs only if the flush's member
+//!   flushes began after the previous pass (overlapping flushes: the first
+//!   to get there clears, the others do not), so such a region's data is
+//!   durable and identical everywhere. The
 //!   clearer first clears the bit and then re-checks the counters, setting
 //!   it back if a write slipped in; with sequentially consistent atomics a
 //!   racing writer either is seen by the clearer or sees the cleared bit and

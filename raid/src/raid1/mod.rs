@@ -167,6 +167,9 @@ pub struct Raid1 {
     progress: SyncMutex<ResyncProgress>,
     /// Bytes a rebuild copies between two checkpoints.
     checkpoint_bytes: AtomicU64,
+    /// Bitmap clearing passes run so far (bumped under `meta`): a flush may
+    /// clear bits only if no pass ran since its member flushes began.
+    clearing_passes: AtomicU64,
 }
 
 /// Held region locks (no allocation for the common single-region case).
@@ -255,6 +258,25 @@ impl Raid1 {
     pub async fn close(&self) -> BlockResult<()> {
         self.flush().await?;
         self.flush().await
+    }
+
+    /// The clearing pass of a flush whose member flushes began when
+    /// `passes` clearing passes had run. A region untouched since the last
+    /// pass had its writes done before that pass, so they are durable only
+    /// if this flush's member flushes began after it: when another flush
+    /// ran a pass in between (flushes overlap), this one clears nothing.
+    async fn clear_quiet_regions(&self, meta: &mut MetaState, passes: u64) -> BlockResult<()> {
+        if self.degraded.load(Ordering::SeqCst)
+            || self.clearing_passes.load(Ordering::SeqCst) != passes
+        {
+            return Ok(());
+        }
+        self.clearing_passes.fetch_add(1, Ordering::SeqCst);
+        let blocks = self.intent.clear_quiet();
+        if !blocks.is_empty() {
+            self.write_bitmap(meta, &blocks, &[], false).await?;
+        }
+        Ok(())
     }
 
     /// Whether `dev` holds a raid1 member superblock (of any array).
@@ -483,6 +505,7 @@ impl Raid1 {
             parked: SyncMutex::new(Vec::new()),
             progress: SyncMutex::new(ResyncProgress::default()),
             checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
+            clearing_passes: AtomicU64::new(0),
         };
         raid.set_members(members);
         raid
@@ -1075,18 +1098,13 @@ impl BlockDevice for Raid1 {
     /// Flush every live member; then, if nothing is degraded, clear the
     /// bits of regions that have been quiet since the previous flush.
     async fn flush(&self) -> BlockResult<()> {
+        let passes = self.clearing_passes.load(Ordering::SeqCst);
         let live = self.live();
         let results = join_all(live.iter().map(|m| m.dev.flush())).await;
         let mut meta = self.meta.lock().await;
         self.drop_failed_members(&mut meta, failures(&live, results), "flush failed")
             .await?;
-        if !self.degraded.load(Ordering::SeqCst) {
-            let blocks = self.intent.clear_quiet();
-            if !blocks.is_empty() {
-                self.write_bitmap(&mut meta, &blocks, &[], false).await?;
-            }
-        }
-        Ok(())
+        self.clear_quiet_regions(&mut meta, passes).await
     }
 }
 

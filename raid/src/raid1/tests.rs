@@ -220,6 +220,32 @@ async fn returning_member_resyncs_only_dirty_regions() {
 }
 
 #[tokio::test]
+async fn overlapping_flushes_keep_the_bit_of_a_write_neither_flushed() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(0, block(1)).await.unwrap();
+    raid.flush().await.unwrap();
+    raid.flush().await.unwrap();
+    assert_eq!(raid.status().await.dirty_regions, 0);
+    raid.write(0, block(2)).await.unwrap(); // region 0 dirty again
+    raid.flush().await.unwrap();
+    // Two flushes whose member flushes are done; then a write to region 0
+    // that neither flushed; then their clearing passes, one after the
+    // other. The second pass must not take the region for quiet.
+    let passes = raid.clearing_passes.load(Ordering::SeqCst);
+    raid.write(1, block(3)).await.unwrap();
+    for _ in 0..2 {
+        let mut meta = raid.meta.lock().await;
+        raid.clear_quiet_regions(&mut meta, passes).await.unwrap();
+    }
+    assert_eq!(raid.status().await.dirty_regions, 1);
+    // Flushes that began after the write clear it.
+    raid.flush().await.unwrap();
+    raid.flush().await.unwrap();
+    assert_eq!(raid.status().await.dirty_regions, 0);
+}
+
+#[tokio::test]
 async fn replacement_is_rebuilt_in_full_in_the_background() {
     let m = members(2, 4 * MB);
     let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
