@@ -475,9 +475,34 @@ impl ThinPool {
     /// full metadata, grow or commit and retry once. Drops the reference to
     /// the block mapped before.
     async fn remap(&self, gate: &DevGate, vb: u64, block: Option<u64>) -> BlockResult<()> {
+        self.remap_unless_exclusive(gate, vb, block, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Map thin block `vb` of the device behind `gate` to `block` (none:
+    /// unmap), unless it still maps to `replaces` and that block has become
+    /// this device's alone (a sharer went while the caller copied it):
+    /// then nothing changes and the result is `false`, since writers may
+    /// already have written that block in place. Checked and done under one
+    /// state lock.
+    async fn remap_unless_exclusive(
+        &self,
+        gate: &DevGate,
+        vb: u64,
+        block: Option<u64>,
+        replaces: Option<u64>,
+    ) -> BlockResult<bool> {
         for attempt in 0..2 {
             let result = {
                 let mut st = self.state();
+                let now_exclusive = replaces.is_some_and(|old| {
+                    st.lookup(gate.id, vb)
+                        .is_some_and(|m| m.exclusive && m.block == old)
+                });
+                if now_exclusive {
+                    return Ok(false);
+                }
                 let result = st
                     .remap(gate.id, vb, block)
                     .map(|old| old.map(|o| st.release_data(o)));
@@ -490,7 +515,7 @@ impl ThinPool {
                         self.commit().await?;
                     }
                 }
-                other => return other.map(|_| ()),
+                other => return other.map(|_| true),
             }
         }
         Err(BlockError::NoSpace(
@@ -555,7 +580,7 @@ impl ThinPool {
         let filled = async {
             let base = new * self.bpb;
             if off == 0 && blocks == self.bpb {
-                return self.put(base, blocks, data).await;
+                return self.put(base, blocks, data.clone()).await;
             }
             match shared {
                 Some(src) => {
@@ -576,7 +601,8 @@ impl ThinPool {
                         self.data.write_zeroes(base, off),
                         self.data.write_zeroes(base + tail, self.bpb - tail),
                     );
-                    let (a, b, c) = tokio::join!(head, rest, self.put(base + off, blocks, data));
+                    let (a, b, c) =
+                        tokio::join!(head, rest, self.put(base + off, blocks, data.clone()));
                     a.and(b).and(c)
                 }
             }
@@ -586,11 +612,23 @@ impl ThinPool {
             self.state().unalloc_data(new);
             return Err(e);
         }
-        if let Err(e) = self.remap(gate, vb, Some(new)).await {
-            self.state().unalloc_data(new);
-            return Err(e);
+        match (
+            self.remap_unless_exclusive(gate, vb, Some(new), shared)
+                .await,
+            shared,
+        ) {
+            // The copy is stale: in-place writes may have reached the
+            // shared block since it was read. Write there instead.
+            (Ok(false), Some(block)) => {
+                self.state().unalloc_data(new);
+                self.put(block * self.bpb + off, blocks, data).await
+            }
+            (Ok(_), _) => Ok(()),
+            (Err(e), _) => {
+                self.state().unalloc_data(new);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     async fn put(&self, lba: u64, blocks: u64, data: Option<Bytes>) -> BlockResult<()> {

@@ -237,3 +237,81 @@ async fn a_block_that_became_exclusive_is_written_in_place_again() {
         assert_eq!(byte(&origin, lba).await, v, "block {lba}");
     }
 }
+
+/// A device whose next read, once armed, returns its data only when
+/// released.
+struct HeldRead {
+    inner: Arc<MemoryDevice>,
+    armed: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl BlockDevice for HeldRead {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    async fn read(&self, lba: u64, buf: bytes::BytesMut) -> BlockResult_<bytes::BytesMut> {
+        let read = self.inner.read(lba, buf).await;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        read
+    }
+    async fn write(&self, lba: u64, data: Bytes) -> BlockResult_<()> {
+        self.inner.write(lba, data).await
+    }
+    async fn flush(&self) -> BlockResult_<()> {
+        self.inner.flush().await
+    }
+    async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult_<()> {
+        self.inner.write_zeroes(lba, blocks).await
+    }
+    async fn discard(&self, lba: u64, blocks: u64) -> BlockResult_<()> {
+        self.inner.discard(lba, blocks).await
+    }
+}
+
+#[tokio::test]
+async fn a_write_in_place_while_another_copies_the_block_is_kept() {
+    // The origin's write into a block shared with a snapshot copies it;
+    // while it reads the block, the snapshot goes and a commit makes the
+    // block the origin's alone, and a second write lands there in place.
+    // The copy, taken before that write, must not replace the block.
+    let (data, meta) = devs(16 * TB);
+    let held = Arc::new(HeldRead {
+        inner: data,
+        armed: Default::default(),
+        entered: Default::default(),
+        release: Default::default(),
+    });
+    let pool = ThinPool::format(held.clone() as DeviceRef, meta as DeviceRef, &opts())
+        .await
+        .unwrap();
+    let origin = Arc::new(pool.create_thin(1, 64 * 16).await.unwrap());
+    origin
+        .write(0, Bytes::from(vec![1; 16 * BS]))
+        .await
+        .unwrap();
+    pool.snapshot(1, 2).await.unwrap();
+    pool.commit().await.unwrap();
+    held.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let copying = {
+        let origin = origin.clone();
+        tokio::spawn(async move { origin.write(0, block(5)).await })
+    };
+    held.entered.notified().await;
+    pool.delete_thin(2).await.unwrap();
+    pool.commit().await.unwrap();
+    origin.write(8, block(7)).await.unwrap();
+    held.release.notify_one();
+    copying.await.unwrap().unwrap();
+    for (lba, v) in [(0, 5), (1, 1), (8, 7), (15, 1)] {
+        assert_eq!(byte(&origin, lba).await, v, "block {lba}");
+    }
+}
