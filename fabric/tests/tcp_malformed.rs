@@ -512,3 +512,52 @@ async fn a_connection_that_never_connects_is_closed() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     connected.expect_keep_alive(7).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_followed_by_a_malformed_pdu_leaves_no_controller() {
+    use fabric::wire::fabrics::{ConnectCommand, ConnectData};
+    use fabric::wire::tcp::encode;
+    let t = common::start(16 << 20, vec![]).await;
+    let sub = t.target.subsystem(common::NQN).expect("test subsystem");
+    // The Connect and a PDU of an unknown type in one write: the connection
+    // closes before its Connect has run, and the Connect runs in its drain.
+    for _ in 0..20 {
+        let mut c = RawConn::open(&t, true, Digests::default()).await;
+        let cmd = ConnectCommand {
+            recfmt: 0,
+            qid: 0,
+            sqsize: 31,
+            cattr: 0,
+            kato_ms: 0,
+        }
+        .to_command(1, SglDescriptor::in_capsule(1024));
+        let data = ConnectData {
+            hostid: HOSTID,
+            cntlid: fabric::wire::CNTLID_DYNAMIC,
+            subnqn: common::NQN.into(),
+            hostnqn: HOST.into(),
+        }
+        .encode();
+        let mut out = bytes::BytesMut::new();
+        encode(
+            &PduHeader::CapsuleCmd(cmd),
+            &data,
+            Digests::default(),
+            0,
+            &mut out,
+        );
+        out.extend_from_slice(&[0x7f, 0, 8, 0, 8, 0, 0, 0]);
+        c.send_raw(&out).await;
+        while !matches!(c.recv().await, common::Received::Closed) {}
+    }
+    // Every connection has ended; none may have left its controller behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sub.controllers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        sub.controllers().is_empty(),
+        "{} controllers left",
+        sub.controllers().len()
+    );
+}

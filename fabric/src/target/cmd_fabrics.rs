@@ -157,7 +157,11 @@ pub(crate) async fn connect(
         sqsize: c.sqsize,
         sq_flow_disabled,
     };
-    if !q.set_session(session) {
+    // A connection that closed before this Connect ran (a malformed PDU or
+    // the host's close right behind it) has already run its clean-up, which
+    // found no session: undo the attach here, or the queue ID (and, for an
+    // admin queue, the controller) would stay taken for good.
+    if !q.set_session(session) || q.token().is_cancelled() {
         ctrl.detach_queue(c.qid);
         return Err(Status::COMMAND_SEQUENCE_ERROR.into());
     }
