@@ -261,6 +261,13 @@ impl Device {
                     }
                 }
             }
+            // Unsignaled requests (RDMA READs and WRITEs of a chain) carry
+            // id 0 and complete visibly only in error, flushed when their
+            // queue pair closes.
+            0 => tracing::debug!(
+                status = wc.status,
+                "unsignaled work request completed in error"
+            ),
             _ => tracing::error!(
                 wr_id = wc.wr_id,
                 "completion with an unknown work request id"
