@@ -64,7 +64,7 @@ use crate::gate::{Gate, Pass};
 
 use bitmap::{InFlight, WriteIntent};
 pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES, READD_FIRST, READD_MAX};
-use superblock::{Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
+use superblock::{read_newest, Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
 
 /// Default bitmap region size.
 pub const DEFAULT_REGION_BYTES: u64 = 4 << 20;
@@ -145,6 +145,9 @@ impl std::ops::Deref for Live {
 struct MetaState {
     events: u64,
     slots: Vec<Slot>,
+    /// Per slot: the write sequence of its member's next superblock (which
+    /// copy it goes to; see `superblock.rs`).
+    sb_seq: Vec<u64>,
 }
 
 /// An N-way mirror.
@@ -240,16 +243,6 @@ fn new_uuid() -> [u8; 16] {
     *uuid::Uuid::new_v4().as_bytes()
 }
 
-async fn read_superblock(dev: &DeviceRef) -> BlockResult<Superblock> {
-    let bs = dev.block_size() as usize;
-    if bs > SB_BYTES || dev.num_blocks() < (SB_BYTES / bs) as u64 {
-        return Err(BlockError::Unsupported(
-            "device too small or block size too large for raid1".into(),
-        ));
-    }
-    Superblock::decode(&dev.read(0, buf::alloc(SB_BYTES)).await?)
-}
-
 impl Raid1 {
     /// Flush and leave the write-intent bitmap clean, after the last write
     /// (a shutdown): two flush passes, since a region is cleared by the
@@ -281,7 +274,7 @@ impl Raid1 {
 
     /// Whether `dev` holds a raid1 member superblock (of any array).
     pub async fn is_member(dev: &DeviceRef) -> bool {
-        read_superblock(dev).await.is_ok()
+        read_newest(dev).await.is_ok()
     }
 
     /// Create a new array over `devs` (slot `i` = `devs[i]`), writing fresh
@@ -323,9 +316,17 @@ impl Raid1 {
                 recovering: sync_later.then_some(true),
             });
         }
-        let raid = Raid1::assemble(geo, new_uuid(), members, MetaState { events: 1, slots });
+        let meta = MetaState {
+            events: 1,
+            sb_seq: vec![0; slots.len()],
+            slots,
+        };
+        let raid = Raid1::assemble(geo, new_uuid(), members, meta);
         {
             let mut meta = raid.meta.lock().await;
+            for m in raid.live().iter() {
+                raid.clear_superblocks(&m.dev).await?;
+            }
             raid.write_whole_bitmap(&raid.live()).await?;
             raid.commit_meta(&mut meta).await?;
         }
@@ -341,7 +342,7 @@ impl Raid1 {
     pub async fn open(devs: Vec<DeviceRef>) -> BlockResult<Arc<Raid1>> {
         let mut found = Vec::new();
         for dev in devs {
-            match read_superblock(&dev).await {
+            match read_newest(&dev).await {
                 Ok(sb) => found.push((sb, dev)),
                 Err(e) => warn!(error = %e, "raid1 open: device has no usable superblock; ignored"),
             }
@@ -369,6 +370,7 @@ impl Raid1 {
             })?;
         let mut members: Vec<Member> = Vec::new();
         let mut member_events: Vec<u64> = Vec::new();
+        let mut sb_seq = vec![0; fresh.slots.len()];
         for (sb, dev) in found {
             let slot = sb.member_index as usize;
             let owner = fresh.slots.get(slot);
@@ -413,6 +415,7 @@ impl Raid1 {
                 recovering,
             });
             member_events.push(sb.events);
+            sb_seq[slot] = sb.seq + 1;
         }
         members.sort_by_key(|m| m.slot);
         let geo = fresh.geometry;
@@ -423,6 +426,7 @@ impl Raid1 {
             MetaState {
                 events: fresh.events,
                 slots: fresh.slots,
+                sb_seq,
             },
         );
         // Union of the in-sync members' bitmaps; a damaged block counts as dirty.
@@ -560,7 +564,7 @@ impl Raid1 {
     /// Bring back a member that left (same disk, recognised by its
     /// superblock): it resyncs only the regions dirty in the bitmap.
     pub async fn readd_member(&self, dev: DeviceRef) -> BlockResult<()> {
-        let sb = read_superblock(&dev).await?;
+        let sb = read_newest(&dev).await?;
         let mut meta = self.meta.lock().await;
         let slot = sb.member_index as usize;
         let owner = meta.slots.get(slot).copied();
@@ -577,7 +581,8 @@ impl Raid1 {
         // missed while away is dirty in the bitmap.
         let full = owner.filter(|s| s.state == SlotState::Rebuilding);
         let from = full.map(|s| s.resync_from);
-        self.join(&mut meta, slot, dev, sb.member_uuid, from).await
+        let (uuid, seq) = (sb.member_uuid, sb.seq + 1);
+        self.join(&mut meta, slot, dev, uuid, from, Some(seq)).await
     }
 
     /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
@@ -593,11 +598,14 @@ impl Raid1 {
         if slot >= meta.slots.len() {
             return Err(BlockError::Unsupported(format!("no slot {slot}")));
         }
-        self.join(&mut meta, slot, dev, new_uuid(), Some(0)).await
+        self.join(&mut meta, slot, dev, new_uuid(), Some(0), None)
+            .await
     }
 
     /// Add `dev` as the member of `slot`: rebuilt in full from region
-    /// `rebuild_from` on (`Some`), or resynced where dirty (`None`).
+    /// `rebuild_from` on (`Some`), or resynced where dirty (`None`). A
+    /// returning member's superblocks go on from write sequence `sb_seq`;
+    /// a new disk's (`None`) are cleared first.
     async fn join(
         &self,
         meta: &mut MetaState,
@@ -605,6 +613,7 @@ impl Raid1 {
         dev: DeviceRef,
         uuid: [u8; 16],
         rebuild_from: Option<u64>,
+        sb_seq: Option<u64>,
     ) -> BlockResult<()> {
         let full = rebuild_from.is_some();
         if self.live().iter().any(|m| m.slot == slot) {
@@ -612,6 +621,10 @@ impl Raid1 {
                 "slot {slot} is in use; fail it first"
             )));
         }
+        if sb_seq.is_none() {
+            self.clear_superblocks(&dev).await?;
+        }
+        meta.sb_seq[slot] = sb_seq.unwrap_or(0);
         let member = Member {
             slot,
             join_id: self.next_join.fetch_add(1, Ordering::SeqCst),
@@ -811,13 +824,21 @@ impl Raid1 {
                     events: meta.events,
                     geometry: self.geo,
                     slots: meta.slots.clone(),
+                    seq: meta.sb_seq[m.slot],
                 };
+                let lba = self.geo.superblock_lba(sb.seq);
                 async move {
-                    m.dev.write(0, buf::aligned(&sb.encode())).await?;
+                    m.dev.write(lba, buf::aligned(&sb.encode())).await?;
                     m.dev.flush().await
                 }
             });
             let results = join_all(writes).await;
+            // A written copy stays; the next write goes to the other one.
+            for (m, r) in live.iter().zip(&results) {
+                if r.is_ok() {
+                    meta.sb_seq[m.slot] += 1;
+                }
+            }
             let failed: Vec<usize> = live
                 .iter()
                 .zip(results)
@@ -835,6 +856,15 @@ impl Raid1 {
     }
 
     /// Write all bitmap blocks to `members` (used when a member joins).
+    /// Zero both superblock copies of a disk that becomes a member, so
+    /// that none it held before (of another array, or of an earlier member
+    /// of this one) can outlive its first commit.
+    async fn clear_superblocks(&self, dev: &DeviceRef) -> BlockResult<()> {
+        let copies = self.geo.superblock_copies as u64;
+        let blocks = copies * SB_BYTES as u64 / self.geo.block_size as u64;
+        dev.write_zeroes(0, blocks).await
+    }
+
     async fn write_whole_bitmap(&self, members: &[Member]) -> BlockResult<()> {
         for m in members {
             for blk in 0..self.geo.bitmap_blocks() {

@@ -3,10 +3,20 @@
 //! Every member starts with the same layout:
 //!
 //! ```text
-//! byte 0            superblock (4 KiB)
-//! byte 4096         write-intent bitmap (whole 4 KiB blocks, see bits.rs)
+//! byte 0            superblock, copy 0 (4 KiB)
+//! byte 4096         superblock, copy 1 (4 KiB; arrays of version 3 on)
+//! byte 8192         write-intent bitmap (whole 4 KiB blocks, see bits.rs;
+//!                   at byte 4096 in arrays of versions 1 and 2)
 //! data_offset       array data (aligned to 1 MiB)
 //! ```
+//!
+//! Two copies, because a 4 KiB write is not atomic on a disk with 512-byte
+//! sectors: a power cut in a commit can leave a copy half old, half new,
+//! and its checksum fails. Commits to a member alternate between the
+//! copies (copy = write sequence mod 2), so the copy not being written
+//! always holds the member's previous commit; a reader takes the valid
+//! copy with the higher write sequence. Arrays made before version 3 keep
+//! their one copy (their bitmap starts where copy 1 would be).
 //!
 //! Superblock, all integers little-endian:
 //!
@@ -24,6 +34,7 @@
 //!  80  data blocks (array size)   u64
 //!  88  slot table: per slot 24 bytes = member UUID (16), state (u8), 7 zero
 //! 472  resync checkpoints (version 2): per slot u64, see below
+//! 600  write sequence of this member (version 3): u64, see above
 //! 4092 CRC32C of bytes 0..4092
 //! ```
 //!
@@ -41,18 +52,22 @@
 //! superblocks (no checkpoints) are read as checkpoint 0.
 
 use crate::bits::{AtomicBits, BITMAP_BLOCK};
-use crate::device::{BlockError, BlockResult};
+use crate::buf;
+use crate::device::{BlockDevice, BlockError, BlockResult};
 use crate::le::{put, u32_at, u64_at};
 
-/// Bytes of the superblock.
+/// Bytes of one superblock copy.
 pub const SB_BYTES: usize = 4096;
 /// Most members an array can have.
 pub const MAX_MEMBERS: usize = 16;
 const MAGIC: &[u8; 8] = b"FABRAID1";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The first version with two superblock copies.
+const TWO_COPIES: u32 = 3;
 const SLOTS_AT: usize = 88;
 const SLOT_BYTES: usize = 24;
 const CHECKPOINTS_AT: usize = SLOTS_AT + MAX_MEMBERS * SLOT_BYTES;
+const SEQ_AT: usize = CHECKPOINTS_AT + MAX_MEMBERS * 8;
 const CRC_AT: usize = SB_BYTES - 4;
 const DATA_ALIGN: u64 = 1 << 20;
 /// Most bitmap regions of an array: the write-intent state in memory is
@@ -96,6 +111,9 @@ pub struct Geometry {
     pub data_offset: u64,
     /// Array size in blocks.
     pub data_blocks: u64,
+    /// Superblock copies on each member: 2, or 1 in arrays made before
+    /// version 3.
+    pub superblock_copies: u32,
 }
 
 impl Geometry {
@@ -123,7 +141,9 @@ impl Geometry {
         }
         let bitmap_bytes =
             AtomicBits::disk_blocks(member_bytes.div_ceil(region_bytes)) * BITMAP_BLOCK as u64;
-        let data_offset_bytes = (SB_BYTES as u64 + bitmap_bytes).next_multiple_of(DATA_ALIGN);
+        let copies = 2;
+        let data_offset_bytes =
+            (copies as u64 * SB_BYTES as u64 + bitmap_bytes).next_multiple_of(DATA_ALIGN);
         if member_bytes <= data_offset_bytes {
             return Err(BlockError::Unsupported(format!(
                 "member of {member_bytes} bytes is too small for raid1 metadata"
@@ -134,6 +154,7 @@ impl Geometry {
             region_bytes,
             data_offset: data_offset_bytes / bs,
             data_blocks: (member_bytes - data_offset_bytes) / bs,
+            superblock_copies: copies,
         })
     }
 
@@ -154,7 +175,14 @@ impl Geometry {
 
     /// Member block where on-disk bitmap block `i` lives.
     pub fn bitmap_lba(&self, i: u64) -> u64 {
-        (SB_BYTES as u64 + i * BITMAP_BLOCK as u64) / self.block_size as u64
+        (self.superblock_copies as u64 * SB_BYTES as u64 + i * BITMAP_BLOCK as u64)
+            / self.block_size as u64
+    }
+
+    /// Member block where the superblock of write sequence `seq` goes.
+    pub fn superblock_lba(&self, seq: u64) -> u64 {
+        let copy = seq % self.superblock_copies.max(1) as u64;
+        copy * SB_BYTES as u64 / self.block_size as u64
     }
 
     /// Number of on-disk bitmap blocks.
@@ -178,6 +206,9 @@ pub struct Superblock {
     pub geometry: Geometry,
     /// The slot table.
     pub slots: Vec<Slot>,
+    /// Superblock writes to this member before this one (version 3; 0
+    /// before): it went to copy `seq % 2`.
+    pub seq: u64,
 }
 
 fn corrupt(why: impl std::fmt::Display) -> BlockError {
@@ -196,7 +227,8 @@ impl Superblock {
         let mut b = vec![0u8; SB_BYTES];
         let g = &self.geometry;
         put(&mut b, 0, MAGIC);
-        put(&mut b, 8, &VERSION.to_le_bytes());
+        let version = if g.superblock_copies >= 2 { VERSION } else { 2 };
+        put(&mut b, 8, &version.to_le_bytes());
         put(&mut b, 12, &self.member_index.to_le_bytes());
         put(&mut b, 16, &self.array_uuid);
         put(&mut b, 32, &self.member_uuid);
@@ -211,6 +243,9 @@ impl Superblock {
             put(&mut b, at, &s.uuid);
             b[at + 16] = s.state as u8;
             put(&mut b, CHECKPOINTS_AT + i * 8, &s.resync_from.to_le_bytes());
+        }
+        if version >= TWO_COPIES {
+            put(&mut b, SEQ_AT, &self.seq.to_le_bytes());
         }
         let crc = crc32c::crc32c(&b[..CRC_AT]);
         put(&mut b, CRC_AT, &crc.to_le_bytes());
@@ -268,6 +303,7 @@ impl Superblock {
             region_bytes: u64_at(b, 64),
             data_offset: u64_at(b, 72),
             data_blocks: u64_at(b, 80),
+            superblock_copies: if version >= TWO_COPIES { 2 } else { 1 },
         };
         let bs = geometry.block_size;
         if !bs.is_power_of_two() || !(512..=4096).contains(&bs) {
@@ -308,7 +344,41 @@ impl Superblock {
             events: u64_at(b, 48),
             geometry,
             slots,
+            seq: if version >= TWO_COPIES {
+                u64_at(b, SEQ_AT)
+            } else {
+                0
+            },
         })
+    }
+}
+
+/// Read the superblock of `dev`: of two copies, the valid one written
+/// last (a copy torn by a power cut is passed over); an error when no copy
+/// is valid.
+pub async fn read_newest<D: BlockDevice + ?Sized>(dev: &D) -> BlockResult<Superblock> {
+    let bs = dev.block_size() as usize;
+    let span = 2 * SB_BYTES;
+    if bs > SB_BYTES || dev.num_blocks() < (span / bs) as u64 {
+        return Err(BlockError::Unsupported(
+            "device too small or block size too large for raid1".into(),
+        ));
+    }
+    let both = dev.read(0, buf::alloc(span)).await?;
+    let first = Superblock::decode(&both[..SB_BYTES]);
+    if matches!(&first, Ok(sb) if sb.geometry.superblock_copies == 1) {
+        return first;
+    }
+    // Where an array of two copies keeps its second one; an older array
+    // keeps bitmap blocks there, which never decode as a superblock.
+    let second = Superblock::decode(&both[SB_BYTES..span])
+        .ok()
+        .filter(|sb| sb.geometry.superblock_copies == 2);
+    match (first, second) {
+        (Ok(a), Some(b)) if b.seq > a.seq => Ok(b),
+        (Ok(a), _) => Ok(a),
+        (Err(_), Some(b)) => Ok(b),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -335,6 +405,7 @@ mod tests {
                     resync_from: 9,
                 },
             ],
+            seq: 5,
         }
     }
 
@@ -397,12 +468,31 @@ mod tests {
         let sb = Superblock::decode(&b).unwrap();
         assert!(sb.slots.iter().all(|s| s.resync_from == 0));
         assert_eq!(sb.slots[1].state, SlotState::Rebuilding);
-        put(&mut b, 8, &3u32.to_le_bytes());
+        assert_eq!((sb.geometry.superblock_copies, sb.seq), (1, 0));
+        put(&mut b, 8, &4u32.to_le_bytes());
         let crc = crc32c::crc32c(&b[..CRC_AT]);
         put(&mut b, CRC_AT, &crc.to_le_bytes());
         assert!(
             Superblock::decode(&b).is_err(),
             "a future version is refused"
         );
+    }
+
+    #[test]
+    fn arrays_before_version_3_keep_one_copy_and_their_bitmap_place() {
+        let mut sb = sample();
+        assert_eq!(sb.geometry.superblock_copies, 2);
+        assert_eq!(sb.geometry.bitmap_lba(0), 2);
+        assert_eq!(
+            (sb.geometry.superblock_lba(6), sb.geometry.superblock_lba(7)),
+            (0, 1)
+        );
+        sb.geometry.superblock_copies = 1;
+        let b = sb.encode();
+        assert_eq!(u32_at(&b, 8), 2, "written as version 2");
+        let back = Superblock::decode(&b).unwrap();
+        assert_eq!((back.geometry, back.seq), (sb.geometry, 0));
+        assert_eq!(back.geometry.bitmap_lba(0), 1);
+        assert_eq!(back.geometry.superblock_lba(7), 0);
     }
 }

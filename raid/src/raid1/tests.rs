@@ -412,8 +412,8 @@ async fn pending_rebuild(power: &Arc<Power>) -> (Arc<Raid1>, Arc<FaultDevice>, A
     (raid, m0, new)
 }
 
-fn checkpoint_on(sb: &[u8], slot: usize) -> u64 {
-    Superblock::decode(sb).unwrap().slots[slot].resync_from
+async fn checkpoint_on(dev: &FaultDevice, slot: usize) -> u64 {
+    read_newest(dev).await.unwrap().slots[slot].resync_from
 }
 
 async fn assert_rebuilt(raid: &Raid1, m0: &FaultDevice, new: &FaultDevice) {
@@ -443,9 +443,8 @@ async fn a_rebuild_checkpoints_only_every_interval() {
     assert_eq!(p.bytes_copied, 28 * (256 << 10));
     // After regions 4, 8, ..., 24; none at the end (the pass promotes).
     assert_eq!(p.checkpoints, 6);
-    let sb = m0.read(0, buf::alloc(4096)).await.unwrap();
     assert_eq!(
-        checkpoint_on(&sb, 1),
+        checkpoint_on(&m0, 1).await,
         0,
         "an in-sync slot has no checkpoint"
     );
@@ -465,7 +464,7 @@ async fn a_rebuild_cut_by_a_crash_resumes_from_its_checkpoint() {
     m0.crash(11).await.unwrap();
     new.crash(12).await.unwrap();
     power.restore();
-    let cp = checkpoint_on(&new.read(0, buf::alloc(4096)).await.unwrap(), 1);
+    let cp = checkpoint_on(&new, 1).await;
     assert!(cp > 0 && cp < 28, "checkpoint {cp}");
     assert!(
         cp + 4 >= went_past,
@@ -499,7 +498,7 @@ async fn a_stopped_rebuild_goes_on_from_where_it_stopped() {
     task.stop().await.unwrap();
     let p = raid.resync_progress();
     assert_eq!(p.checkpoints, 1, "a stop leaves a checkpoint");
-    let cp = checkpoint_on(&m0.read(0, buf::alloc(4096)).await.unwrap(), 1);
+    let cp = checkpoint_on(&m0, 1).await;
     assert_eq!(cp, 6, "regions 0..=5 were copied when it stopped");
     let before = p.bytes_copied;
     assert_eq!(before, 6 * (256 << 10));
@@ -578,4 +577,134 @@ async fn a_rebuild_survives_a_crash_at_any_point() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_superblock_commit_torn_on_every_member_falls_back_to_the_other_copy() {
+    // 512-byte sectors: a 4 KiB superblock write is eight of them, and a
+    // power cut can leave some new and the rest old.
+    let m: Vec<Arc<FaultDevice>> = (0..2)
+        .map(|_| Arc::new(FaultDevice::new(Arc::new(MemoryDevice::new(8 * MB, 512)))))
+        .collect();
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(16, Bytes::from(vec![7; 4096])).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    let sb_sectors = 2 * SB_BYTES as u64 / 512;
+    for _ in 0..3 {
+        let before: Vec<Bytes> = join_all(
+            m.iter()
+                .map(|d| d.read(0, buf::alloc(sb_sectors as usize * 512))),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().freeze())
+        .collect();
+        let events = Raid1::open(refs(&m)).await.unwrap().status().await.events;
+        // The open committed to both members; tear that commit on each:
+        // the second half of the copy it wrote goes back to what it was.
+        for (d, old) in m.iter().zip(&before) {
+            let now = d.read(0, buf::alloc(old.len())).await.unwrap();
+            let changed: Vec<u64> = (0..sb_sectors)
+                .filter(|&s| {
+                    let r = s as usize * 512..(s as usize + 1) * 512;
+                    now[r.clone()] != old[r]
+                })
+                .collect();
+            let (first, last) = (changed[0], changed[changed.len() - 1]);
+            assert!(last - first < 8, "one copy written: sectors {changed:?}");
+            let copy_start = first / 8 * 8;
+            let r = (copy_start as usize + 4) * 512..(copy_start as usize + 8) * 512;
+            d.write(copy_start + 4, old.slice(r)).await.unwrap();
+            assert!(
+                Superblock::decode(&d.read(copy_start, buf::alloc(SB_BYTES)).await.unwrap())
+                    .is_err()
+            );
+        }
+        // The other copy holds the commit before: the array opens from
+        // it, whole and in sync, with its data.
+        let raid = Raid1::open(refs(&m)).await.unwrap();
+        let st = raid.status().await;
+        assert_eq!(st.members, vec![MemberHealth::InSync; 2]);
+        assert_eq!(st.events, events, "the torn commit's event is redone");
+        assert_eq!(
+            raid.read(16, buf::alloc(4096)).await.unwrap()[..],
+            [7; 4096]
+        );
+        raid.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_replacement_disk_keeps_no_superblock_of_its_past() {
+    // A disk that was a member of another array: its copies there have a
+    // higher write sequence than this array's first commit to it.
+    let old = members(1, 8 * MB);
+    drop(Raid1::create(refs(&old), &opts()).await.unwrap());
+    for _ in 0..3 {
+        drop(Raid1::open(refs(&old)).await.unwrap());
+    }
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    m[1].set_failed(true);
+    raid.write(0, block(3)).await.unwrap();
+    raid.replace_member(1, old[0].clone()).await.unwrap();
+    let ours = read_newest(&*m[0]).await.unwrap().array_uuid;
+    let sb = read_newest(&*old[0]).await.unwrap();
+    assert_eq!((sb.array_uuid, sb.member_index), (ours, 1));
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    let raid = Raid1::open(vec![m[0].clone(), old[0].clone()])
+        .await
+        .unwrap();
+    assert_eq!(raid.status().await.members, vec![MemberHealth::InSync; 2]);
+    assert_eq!(raid.read(0, buf::alloc(4096)).await.unwrap()[0], 3);
+}
+
+#[tokio::test]
+async fn an_array_made_before_version_3_opens_and_keeps_its_one_copy() {
+    let m = members(2, 8 * MB);
+    let mut geometry = Geometry::plan(4096, m[0].num_blocks(), 256 << 10).unwrap();
+    geometry.superblock_copies = 1;
+    let slots: Vec<Slot> = (0..2u8)
+        .map(|i| Slot {
+            uuid: [i + 1; 16],
+            state: SlotState::InSync,
+            resync_from: 0,
+        })
+        .collect();
+    for (i, d) in m.iter().enumerate() {
+        let sb = Superblock {
+            array_uuid: [9; 16],
+            member_uuid: slots[i].uuid,
+            member_index: i as u32,
+            events: 3,
+            geometry,
+            slots: slots.clone(),
+            seq: 0,
+        };
+        d.write(0, buf::aligned(&sb.encode())).await.unwrap();
+    }
+    // Its bitmap blocks were never written: all regions read as dirty.
+    let raid = Raid1::open(refs(&m)).await.unwrap();
+    raid.write(3, block(5)).await.unwrap();
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    for d in &m {
+        let sb = read_newest(&**d).await.unwrap();
+        assert_eq!(sb.geometry.superblock_copies, 1);
+        assert!(sb.events > 3);
+        // Block 1 is still its bitmap, not a second copy.
+        let b1 = d.read(1, buf::alloc(4096)).await.unwrap();
+        assert!(Superblock::decode(&b1).is_err());
+    }
+    let raid = Raid1::open(refs(&m)).await.unwrap();
+    let st = raid.status().await;
+    assert_eq!(
+        (st.members, st.dirty_regions),
+        (vec![MemberHealth::InSync; 2], 0)
+    );
+    assert_eq!(raid.read(3, buf::alloc(4096)).await.unwrap()[0], 5);
 }

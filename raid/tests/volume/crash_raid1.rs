@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use raid::model::CrashModel;
-use raid::raid1::superblock::Superblock;
+use raid::raid1::superblock::read_newest;
 use raid::raid1::MemberHealth;
-use raid::{buf, BlockDevice, FaultDevice, Power, Raid1, Raid1Options, RateLimit};
+use raid::{BlockDevice, FaultDevice, Power, Raid1, Raid1Options, RateLimit};
 
 use crate::common::*;
 
@@ -82,8 +82,7 @@ async fn recover(members: &[Arc<FaultDevice>], model: &mut CrashModel) -> Arc<Ra
     assert_eq!(st.members, vec![MemberHealth::InSync; 3]);
     let mut sbs = Vec::new();
     for m in members {
-        let b = m.read(0, buf::alloc(BS)).await.expect("superblock");
-        sbs.push(Superblock::decode(&b).expect("superblock decodes"));
+        sbs.push(read_newest(&**m).await.expect("superblock decodes"));
     }
     for sb in &sbs {
         assert_eq!(sb.events, st.events, "every member has the latest events");
