@@ -49,12 +49,17 @@ check "blkdiscard over rdma" blkdiscard "${ns[0]}"
 check "discarded blocks read back as zeroes over rdma" cmp -n 16777216 "${ns[0]}" /dev/zero
 
 # Target restart: the file namespace keeps its data, the host reconnects.
+# The restarted target's completion queue starts at 64 entries, far fewer
+# than its queues need: it must grow, or the rest of this script (fio at
+# queue depth 32, a mid-I/O disconnect) overruns it.
 head -c 1048576 /dev/urandom > /tmp/pattern
 check "write a pattern to the file namespace" dd if=/tmp/pattern of="${ns[1]}" bs=64k seek=100 oflag=direct,sync status=none
 kill -9 "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 start_fabricd rdma-restarted --listen "rdma://$RDMA_IP:4420" --nqn "$NQN" \
-    --namespace mem:256M --namespace file:/dev/ram0 || exit 1
+    --namespace mem:256M --namespace file:/dev/ram0 --rdma-cq-size 64 || exit 1
 wait_for "the Linux host reconnects after the target restart" 90 ctrl_live "${ctrl#/dev/}"
+check "the completion queue grew from 64 entries for the reconnected queues" \
+    grep -q "RDMA completion queue grown" "$LOGDIR/rdma-restarted.log"
 check "pattern reads back after the restart" cmp -n 1048576 /tmp/pattern <(dd if="${ns[1]}" bs=64k skip=100 count=16 iflag=direct status=none)
 fio_verify rdma-after-restart "${ns[0]}" 4k 8M
 check "nvme disconnect (rdma)" nvme disconnect -n "$NQN"

@@ -78,6 +78,11 @@ pub struct TargetArgs {
     /// RDMA: shared receive queue entries per device [default: 1024].
     #[arg(long, value_name = "N")]
     pub rdma_srq_size: Option<u32>,
+    /// RDMA: completion queue entries per device to start with (64 to
+    /// 4194304); the queue grows as queue pairs need, within the device's
+    /// limit [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub rdma_cq_size: Option<u32>,
     /// RDMA: in-capsule data accepted on I/O queues [default: 8K].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub rdma_inline: Option<u64>,
@@ -144,6 +149,8 @@ pub struct TargetFile {
     pub rdma_slot_size: Option<String>,
     /// RDMA shared receive queue entries per device.
     pub rdma_srq_size: Option<u32>,
+    /// RDMA completion queue entries per device to start with.
+    pub rdma_cq_size: Option<u32>,
     /// RDMA in-capsule data (size string).
     pub rdma_inline: Option<String>,
     /// RDMA completion polling after the last completion, µs.
@@ -304,6 +311,12 @@ impl TargetArgs {
                 bail!("--rdma-srq-size (rdma_srq_size) {n} must be from 16 to 65536");
             }
             rdma.srq_entries = n;
+        }
+        if let Some(n) = self.rdma_cq_size.or(file.rdma_cq_size) {
+            if !(64..=1 << 22).contains(&n) {
+                bail!("--rdma-cq-size (rdma_cq_size) {n} must be from 64 to 4194304");
+            }
+            rdma.cq_entries = n;
         }
         let inline = scalar_setting(
             self.rdma_inline,
@@ -510,12 +523,14 @@ mod tests {
             }
             .settings()
         };
-        let file = "rdma_slots = 64\nrdma_slot_size = \"64K\"\nrdma_srq_size = 256\n\
+        let file =
+            "rdma_slots = 64\nrdma_slot_size = \"64K\"\nrdma_srq_size = 256\nrdma_cq_size = 512\n\
                     rdma_inline = \"4K\"\nrdma_poll_us = 50\ntcp_poll_us = 20\n";
         let s = settings(file, TargetArgs::default()).unwrap();
         assert_eq!(s.rdma.slots, 64);
         assert_eq!(s.rdma.slot_size, 64 << 10);
         assert_eq!(s.rdma.srq_entries, 256);
+        assert_eq!(s.rdma.cq_entries, 512);
         assert_eq!(s.rdma.inline_data_size, 4096);
         assert_eq!(s.rdma.poll_spin, Duration::from_micros(50));
         assert_eq!(s.tcp.poll, Duration::from_micros(20));

@@ -10,6 +10,17 @@
 //! reference, then lets go of every resource and closes the device, so that
 //! the kernel can complete the removal.
 //!
+//! The completion queue is sized against its queue pairs, as SPDK sizes a
+//! poll group's: the shared receive queue's receives and each QP's
+//! completions (on the target one per command it may serve, on the host
+//! its sends and receives) reserve their entries, and the CQ grows with
+//! `ibv_resize_cq` when the reservations pass its size, to twice what they
+//! need if the device allows. A QP whose completions would not fit even
+//! then is refused: an overrun CQ stops the whole device. A flush of a
+//! failed QP can also complete its unsignaled requests; the CQ is grown
+//! for those too where the device allows, but a QP is not refused for them
+//! (Linux's target sizes its CQs the same way).
+//!
 //! Polling is adaptive: while completions keep coming the poller polls,
 //! yielding between polls; after a few empty polls it arms the queue and
 //! sleeps on the completion channel. On a 2-core machine, busy polling would
@@ -108,6 +119,41 @@ pub struct Device {
     ops: Mutex<Slab<oneshot::Sender<WorkCompletion>>>,
     poll_spin: Duration,
     retired: CancellationToken,
+    /// Completion queue entries reserved by the live QPs; the lock also
+    /// serialises resizing the CQ.
+    cq_reserved: Mutex<CqReserved>,
+}
+
+/// Completion queue entries the device's QPs may need.
+#[derive(Default, Clone, Copy, Debug)]
+struct CqReserved {
+    /// In normal operation: these must fit.
+    normal: u32,
+    /// When every QP is flushed at once (unsignaled requests included).
+    flushed: u32,
+}
+
+/// Completion queue entries held for one QP while it lives; the owner
+/// drops it after destroying the QP.
+pub struct CqShare {
+    dev: Arc<Device>,
+    entries: CqReserved,
+}
+
+impl Drop for CqShare {
+    fn drop(&mut self) {
+        let mut r = lock(&self.dev.cq_reserved);
+        r.normal = r.normal.saturating_sub(self.entries.normal);
+        r.flushed = r.flushed.saturating_sub(self.entries.flushed);
+    }
+}
+
+/// The size to resize a CQ of `capacity` entries to when `want` may be
+/// needed: none when it fits (or the device allows no more), else twice
+/// `want` (fewer resizes as QPs come) within `max_cqe`.
+fn grown_cq_size(capacity: u32, want: u32, max_cqe: u32) -> Option<u32> {
+    let size = want.saturating_mul(2).min(max_cqe);
+    (want > capacity && size > capacity).then_some(size)
 }
 
 struct ChannelFd(Arc<Device>);
@@ -136,8 +182,9 @@ impl Device {
             remote_write: cfg.remote_access,
         };
         let data = SlotPool::new(&pd, cfg.slots, cfg.slot_size, access)?;
+        let srq_entries = cfg.srq_entries.min(limits.max_srq_wr.max(1));
         let (srq, recv) = if cfg.srq_entries > 0 {
-            let n = cfg.srq_entries.min(limits.max_srq_wr.max(1));
+            let n = srq_entries;
             let srq = SharedReceiveQueue::new(&pd, n)?;
             let recv = RecvBuffers::new(&pd, n, cfg.recv_size)?;
             for i in 0..n {
@@ -162,6 +209,10 @@ impl Device {
             ops: Mutex::new(Slab::new()),
             poll_spin: cfg.poll_spin,
             retired: CancellationToken::new(),
+            cq_reserved: Mutex::new(CqReserved {
+                normal: srq_entries,
+                flushed: srq_entries,
+            }),
         });
         dev.cq.arm()?;
         // SAFETY: the fd belongs to the completion channel owned by the
@@ -183,6 +234,49 @@ impl Device {
     pub fn retire(&self) {
         self.pd.context().mark_removed();
         self.retired.cancel();
+    }
+
+    /// Reserve completion queue entries for a QP: `normal` that its
+    /// completions can take in normal operation, `flushed` when it is
+    /// flushed. Grows the CQ when needed; an error when `normal` does not
+    /// fit even so.
+    pub fn reserve_cq(self: &Arc<Self>, normal: u32, flushed: u32) -> Result<CqShare, String> {
+        let mut r = lock(&self.cq_reserved);
+        let need = CqReserved {
+            normal: r.normal.saturating_add(normal),
+            flushed: r.flushed.saturating_add(flushed),
+        };
+        let capacity = self.cq.capacity();
+        let want = need.flushed.max(need.normal);
+        if let Some(size) = grown_cq_size(capacity, want, self.limits.max_cqe) {
+            match self.cq.resize(size) {
+                Ok(()) => tracing::info!(
+                    from = capacity,
+                    to = self.cq.capacity(),
+                    "RDMA completion queue grown"
+                ),
+                Err(e) => tracing::warn!(error = %e, size, "cannot grow the RDMA completion queue"),
+            }
+        }
+        let capacity = self.cq.capacity();
+        if need.normal > capacity {
+            return Err(format!(
+                "the completion queue holds {capacity} entries and its queues would need {}",
+                need.normal
+            ));
+        }
+        if need.flushed > capacity {
+            tracing::debug!(
+                capacity,
+                flushed = need.flushed,
+                "RDMA completion queue smaller than a flush of every queue pair"
+            );
+        }
+        *r = need;
+        Ok(CqShare {
+            dev: self.clone(),
+            entries: CqReserved { normal, flushed },
+        })
     }
 
     /// Deliver receives of QP `qp_num` to `tx`.
@@ -345,4 +439,19 @@ async fn poll_loop(fd: AsyncFd<ChannelFd>) {
     drop(dev);
     drop(fd);
     tracing::info!("RDMA device released");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grown_cq_size;
+
+    #[test]
+    fn the_completion_queue_grows_to_twice_its_need_within_the_device_limit() {
+        assert_eq!(grown_cq_size(16384, 16384, 32767), None, "fits");
+        assert_eq!(grown_cq_size(16384, 16385, 32767), Some(32767));
+        assert_eq!(grown_cq_size(16384, 9000, 4_194_303), None);
+        assert_eq!(grown_cq_size(1024, 3000, 4_194_303), Some(6000));
+        assert_eq!(grown_cq_size(32767, 40000, 32767), None, "at the limit");
+        assert_eq!(grown_cq_size(100, u32::MAX, u32::MAX), Some(u32::MAX));
+    }
 }

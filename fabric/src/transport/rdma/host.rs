@@ -15,7 +15,7 @@ use crate::wire::rdma::{decode_accept, decode_reject, ConnectRequest, RECFMT};
 use crate::wire::sgl::SglDescriptor;
 use crate::wire::{Command, Completion};
 
-use super::device::{recv_wr_id, Device, Received};
+use super::device::{recv_wr_id, CqShare, Device, Received};
 use super::events::CmEvents;
 use super::pool::{PoolBuf, RecvBuffers, SendBuffers};
 use super::verbs::{CmEventKind, CmId, QpCaps, QueuePair, SendOp, SendWr};
@@ -48,6 +48,9 @@ pub struct RdmaHostQueue {
     queued: Mutex<QueuedSends>,
     /// The transport's devices (a removed device is retired in it).
     devices: Arc<Devices>,
+    /// The QP's completion queue entries (given back after `Drop` has
+    /// destroyed the QP).
+    _cq_share: CqShare,
     /// Dropped last: the id's QP and the buffers above use it.
     dev: Arc<Device>,
 }
@@ -110,6 +113,9 @@ pub(super) async fn connect(
     let dev = devices.device(&id, false)?;
     let depth = params.queue_size.max(2) as u32;
     let send_wr = (depth * 2).min(dev.limits.max_qp_wr.max(4));
+    let cq_share = dev
+        .reserve_cq(send_wr + depth, send_wr + depth)
+        .map_err(|why| TransportError::Unavailable(format!("RDMA queue pair: {why}")))?;
     let caps = QpCaps {
         max_send_wr: send_wr,
         max_recv_wr: depth,
@@ -168,6 +174,7 @@ pub(super) async fn connect(
         timeout: params.timeout,
         queued: Mutex::default(),
         devices,
+        _cq_share: cq_share,
     });
     tokio::spawn(receive_loop(queue.clone(), rx, events));
     Ok(queue)

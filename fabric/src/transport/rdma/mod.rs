@@ -12,8 +12,8 @@
 //!   the response SEND (SEND with invalidate when the host asked for remote
 //!   invalidation); small writes arrive in the capsule; multi-descriptor
 //!   SGLs (a last-segment descriptor in the capsule) are served too.
-//! * Completions: one completion queue per device, drained by an adaptive
-//!   poller ([`device`]).
+//! * Completions: one completion queue per device, grown as its queue pairs
+//!   need and drained by an adaptive poller ([`device`]).
 //! * Device removal: the listeners on the device stop advertising their
 //!   ports, its queues close, and once the last of them is gone (a host
 //!   queue goes when its owner drops it) its resources are released and the
@@ -52,6 +52,9 @@ pub struct RdmaConfig {
     pub inline_data_size: u32,
     /// Shared receive queue entries per device (target).
     pub srq_entries: u32,
+    /// Completion queue entries per device to start with (it grows as its
+    /// queue pairs need; see [`device`]).
+    pub cq_entries: u32,
     /// Bytes of one data slot; a host's single transfer is at most this.
     pub slot_size: usize,
     /// Data slots per device.
@@ -73,6 +76,7 @@ impl Default for RdmaConfig {
         RdmaConfig {
             inline_data_size: 8192,
             srq_entries: 1024,
+            cq_entries: 16384,
             slot_size: 128 * 1024,
             slots: 512,
             poll_spin: DEFAULT_POLL_SPIN,
@@ -164,7 +168,7 @@ impl Devices {
             return Ok(d.clone());
         }
         let cfg = DeviceConfig {
-            cq_entries: 16384,
+            cq_entries: self.config.cq_entries,
             srq_entries: if target { self.config.srq_entries } else { 0 },
             recv_size: recv_size(&self.config),
             slot_size: self.config.slot_size,

@@ -19,7 +19,7 @@ use crate::wire::rdma::{encode_accept, encode_reject, reject, ConnectRequest};
 use crate::wire::sgl::{kind, subtype, SglDescriptor};
 use crate::wire::{Command, Status};
 
-use super::device::{Device, Received, STATUS_NOT_POSTED, STATUS_PARTLY_POSTED};
+use super::device::{CqShare, Device, Received, STATUS_NOT_POSTED, STATUS_PARTLY_POSTED};
 use super::events::CmEvents;
 use super::pool::PoolBuf;
 use super::verbs::{
@@ -203,6 +203,17 @@ fn accept(
     let send_wr = depth
         .saturating_mul(per_cmd)
         .min(dev.limits.max_qp_wr.max(16));
+    // A command has one signaled request in flight at a time (its READ
+    // chain's or its response's), and a queue serves at most twice its
+    // depth of commands (`Queue::max_outstanding`) within its send queue;
+    // a flush completes all of the send queue.
+    let cq_share = match dev.reserve_cq((2 * depth).min(send_wr), send_wr) {
+        Ok(share) => share,
+        Err(why) => {
+            tracing::error!(why, "no room for another queue pair's completions");
+            return refuse(id, reject::NO_RESOURCES, "completion queue full");
+        }
+    };
     let qp_caps = QpCaps {
         max_send_wr: send_wr,
         max_recv_wr: 0,
@@ -249,6 +260,8 @@ fn accept(
         max_descriptors: caps.sgl_descriptors as usize,
         read_buffers: ReadBuffers::default(),
         posts: Mutex::default(),
+        held_buffers: Mutex::default(),
+        _cq_share: cq_share,
     });
     tokio::spawn(run(conn, id, rx, ev_rx, conns.clone(), devices.clone()));
 }
@@ -280,6 +293,11 @@ struct Conn {
     read_buffers: ReadBuffers,
     /// Work requests queued by commands, posted by the connection task.
     posts: Mutex<PostQueue>,
+    /// Buffers a failed post may still use: they go back to the pool when
+    /// the connection drops, after its queue pair was destroyed.
+    held_buffers: Mutex<Vec<PoolBuf>>,
+    /// The QP's completion queue entries, given back with the connection.
+    _cq_share: CqShare,
 }
 
 /// Work request chains waiting to be posted. Commands queue theirs while
@@ -334,19 +352,6 @@ impl std::fmt::Display for PostFailure {
     }
 }
 
-/// Give up `bufs` after a failed post: returned to the pool if no work
-/// request can touch them any more, otherwise kept out of it for good (an
-/// RDMA READ still landing in a buffer handed to another command would
-/// corrupt that command's data).
-fn release_after_failure(failure: &PostFailure, bufs: impl IntoIterator<Item = PoolBuf>) {
-    for buf in bufs {
-        if failure.memory_in_use {
-            tracing::error!("work requests may still use an RDMA buffer; it stays reserved");
-            std::mem::forget(buf);
-        }
-    }
-}
-
 type Inflight = FuturesUnordered<futures::future::BoxFuture<'static, bool>>;
 
 /// The connection's commands in flight; each poll of them ends by posting
@@ -366,6 +371,11 @@ impl Commands {
     /// The next command to finish: whether it closes the queue.
     async fn next(&mut self) -> Option<bool> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Wait for every command to finish.
+    async fn drain(&mut self) {
+        while self.next().await.is_some() {}
     }
 
     /// Start serving a received capsule; `Err` when the host is past its
@@ -453,24 +463,31 @@ async fn run(
     conn.core.close();
     id.disconnect();
     conn.dev.unroute(conn.qp.num());
-    // Every posted work request completes (flushed if need be) once the QP is
-    // in the error state; buffers go back only after that.
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while commands.next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::error!(qid = ?conn.core.qid(), "in-flight RDMA commands did not finish; their buffers stay reserved");
-        std::mem::forget(commands);
-    } else {
-        drop(commands);
-    }
     conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id.key());
-    // The id and its QP go before the connection lets go of the device the
-    // QP was created on.
+    // Every posted work request completes (flushed if need be) once the QP is
+    // in the error state; buffers go back only after that. A command stuck
+    // in its backend keeps the QP (it may still post) until it finishes.
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, commands.drain()).await;
+    if drained.is_err() {
+        tracing::error!(qid = ?conn.core.qid(), "in-flight RDMA commands did not finish; the queue pair and its buffers stay until they do");
+        tokio::spawn(async move {
+            commands.drain().await;
+            drop(commands);
+            destroy_queue_pair(id, conn, why).await;
+        });
+        return;
+    }
+    drop(commands);
+    destroy_queue_pair(id, conn, why).await;
+}
+
+/// Destroy a closed connection's id and QP, then let go of the connection:
+/// of the device the QP was created on, and of the buffers failed posts
+/// left in use.
+async fn destroy_queue_pair(id: CmId, conn: Arc<Conn>, why: &str) {
     let _ = tokio::task::spawn_blocking(move || drop(id)).await;
     let pool = conn.dev.data.clone();
     drop(conn);
@@ -614,6 +631,23 @@ fn transfer_wrs(
 }
 
 impl Conn {
+    /// Give up `buf` after a failed post: back to the pool at once if no
+    /// work request can touch it any more; otherwise held by the
+    /// connection until its queue pair is destroyed (an RDMA READ still
+    /// landing in a buffer handed to another command would corrupt that
+    /// command's data).
+    fn release_after_failure(&self, failure: &PostFailure, buf: PoolBuf) {
+        if failure.memory_in_use {
+            tracing::warn!(
+                "work requests may still use an RDMA buffer; it returns when the queue pair is gone"
+            );
+            self.held_buffers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(buf);
+        }
+    }
+
     fn posts(&self) -> MutexGuard<'_, PostQueue> {
         self.posts.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -640,8 +674,8 @@ impl Conn {
         // the command that queued the chain until its signaled completion
         // (`post_and_wait`), which comes after every earlier request of the
         // chain; a chain posted only in part completes with
-        // STATUS_PARTLY_POSTED, and its command keeps the memory out of the
-        // pool for good (`memory_in_use`).
+        // STATUS_PARTLY_POSTED, and its command leaves the memory with the
+        // connection until the QP is destroyed (`memory_in_use`).
         if let Err(e) = unsafe { self.qp.post_send(wrs) } {
             tracing::warn!(error = %e, requests = wrs.len(), "posting queued work requests failed");
             for (k, &(start, wr_id)) in chains.iter().enumerate() {
@@ -777,7 +811,7 @@ impl Conn {
             });
             let r = self.post_and_wait(data_wrs, None).await.map(|_| ());
             if let Err(failure) = &r {
-                release_after_failure(failure, [buf]);
+                self.release_after_failure(failure, buf);
             }
             r
         }
@@ -828,7 +862,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
             let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, true);
             if let Err(e) = conn.post_and_wait(wrs, None).await {
                 e.log("RDMA READ of command data", cmd.cid);
-                release_after_failure(&e, [buf]);
+                conn.release_after_failure(&e, buf);
                 return true;
             }
             Some(buf.into_bytes(n as usize))
@@ -855,7 +889,7 @@ async fn handle(conn: Arc<Conn>, capsule: Bytes) -> bool {
             let wrs = transfer_wrs(buf.pieces().map(|(_, s)| s), ranges, false);
             let r = conn.respond(&resp, wrs, invalidate).await;
             if let Err(failure) = &r {
-                release_after_failure(failure, [buf]);
+                conn.release_after_failure(failure, buf);
             }
             r
         }

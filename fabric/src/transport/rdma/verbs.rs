@@ -1010,6 +1010,24 @@ impl CompletionQueue {
         Ok(n as usize)
     }
 
+    /// Entries the CQ holds (the device may round a request up).
+    ///
+    /// Not to be called while [`resize`](Self::resize) runs on another
+    /// thread (the device's owner serialises both).
+    pub fn capacity(&self) -> u32 {
+        // SAFETY: valid CQ; `cqe` is written only by create and resize.
+        unsafe { (*self.cq).cqe.max(0) as u32 }
+    }
+
+    /// Resize the CQ to hold at least `entries` entries. Completions in it
+    /// are kept; polling and posting may go on meanwhile.
+    pub fn resize(&self, entries: u32) -> io::Result<()> {
+        let entries = i32::try_from(entries).unwrap_or(i32::MAX);
+        // SAFETY: valid CQ; providers serialise resizing against polling
+        // under the CQ's own lock.
+        check(unsafe { ibv_resize_cq(self.cq, entries) }, "ibv_resize_cq")
+    }
+
     /// Ask for a notification on the next completion.
     pub fn arm(&self) -> io::Result<()> {
         // SAFETY: valid CQ.
