@@ -126,6 +126,22 @@ pub(crate) async fn connect(
                 )
             })
             .ok_or(Failure::from(Status::CONNECT_CONTROLLER_BUSY))?;
+        // The host's access revoked, or the subsystem removed, between the
+        // checks above and the registration: the revocation's sweep of the
+        // controllers may have run before this one was registered. Each
+        // side changes its state before it looks at the other's, so one of
+        // them sees the other.
+        let still_exported = q
+            .target
+            .subsystem(&d.subnqn)
+            .is_some_and(|s| std::sync::Arc::ptr_eq(&s, &sub));
+        if !still_exported || !sub.host_allowed(&d.hostnqn) {
+            ctrl.shutdown("host access revoked during Connect");
+            return Err(Failure {
+                status: Status::CONNECT_INVALID_HOST,
+                result: connect_error_location(connect_data_offset::HOSTNQN, true),
+            });
+        }
         tracing::info!(cntlid = ctrl.cntlid, subnqn = %sub.nqn, hostnqn = %d.hostnqn, port = q.port.id, kato_ms, "controller created");
         ctrl
     } else {
