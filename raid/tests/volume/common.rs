@@ -33,8 +33,13 @@ pub fn run<F: Future>(f: F) -> F::Output {
 
 /// `blocks` blocks, each starting with a unique stamp so any two writes differ.
 pub fn pattern(stamp: u64, blocks: u64) -> Vec<u8> {
-    let mut v = vec![0u8; blocks as usize * BS];
-    for (i, block) in v.chunks_mut(BS).enumerate() {
+    pattern_of(stamp, blocks, BS)
+}
+
+/// [`pattern`] in blocks of `bs` bytes.
+pub fn pattern_of(stamp: u64, blocks: u64, bs: usize) -> Vec<u8> {
+    let mut v = vec![0u8; blocks as usize * bs];
+    for (i, block) in v.chunks_mut(bs).enumerate() {
         let tag = stamp * 1000 + i as u64;
         block.fill(tag as u8 | 1);
         block[..8].copy_from_slice(&tag.to_le_bytes());
@@ -58,8 +63,14 @@ pub fn volatile(bytes: u64) -> Arc<FaultDevice> {
 
 /// A volatile device on `power` (see [`raid::Power`]).
 pub fn powered(bytes: u64, power: &Arc<Power>) -> Arc<FaultDevice> {
+    powered_of(bytes, BS, power)
+}
+
+/// [`powered`] with blocks of `bs` bytes: a power cut tears unflushed
+/// writes at that granularity.
+pub fn powered_of(bytes: u64, bs: usize, power: &Arc<Power>) -> Arc<FaultDevice> {
     Arc::new(
-        FaultDevice::volatile(Arc::new(MemoryDevice::new(bytes, BS as u32)))
+        FaultDevice::volatile(Arc::new(MemoryDevice::new(bytes, bs as u32)))
             .on_power(power.clone()),
     )
 }
@@ -80,7 +91,7 @@ pub fn refs(devs: &[Arc<FaultDevice>]) -> Vec<DeviceRef> {
 
 /// Read `blocks` blocks.
 pub async fn read(dev: &dyn BlockDevice, lba: u64, blocks: u64) -> Vec<u8> {
-    dev.read(lba, buf::alloc(blocks as usize * BS))
+    dev.read(lba, buf::alloc(blocks as usize * dev.block_size() as usize))
         .await
         .expect("read")
         .to_vec()
@@ -112,10 +123,11 @@ pub async fn crash_io<D: BlockDevice + ?Sized>(
     size: u64,
 ) {
     let must = |ok: bool, what: &str| assert!(ok || power.is_off(), "{what} failed");
+    let bs = dev.block_size() as usize;
     match io {
         CrashIo::Write(l, n) => {
             let (l, n) = clamp(l, n, size);
-            let data = pattern(stamp, n);
+            let data = pattern_of(stamp, n, bs);
             let r = dev.write(l, data.clone().into()).await;
             model.write(l, &data);
             must(r.is_ok(), "write");
@@ -123,7 +135,7 @@ pub async fn crash_io<D: BlockDevice + ?Sized>(
         CrashIo::Discard(l, n) => {
             let (l, n) = clamp(l, n, size);
             let r = dev.discard(l, n).await;
-            model.write(l, &vec![0; n as usize * BS]);
+            model.write(l, &vec![0; n as usize * bs]);
             must(r.is_ok(), "discard");
         }
         CrashIo::Flush => {
