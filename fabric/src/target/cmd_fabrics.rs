@@ -135,7 +135,11 @@ pub(crate) async fn connect(
             .target
             .subsystem(&d.subnqn)
             .is_some_and(|s| std::sync::Arc::ptr_eq(&s, &sub));
-        if !still_exported || !sub.host_allowed(&d.hostnqn) {
+        if !still_exported {
+            ctrl.shutdown("subsystem removed during Connect");
+            return Err(invalid(connect_data_offset::SUBNQN, true));
+        }
+        if !sub.host_allowed(&d.hostnqn) {
             ctrl.shutdown("host access revoked during Connect");
             return Err(Failure {
                 status: Status::CONNECT_INVALID_HOST,

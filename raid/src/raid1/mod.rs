@@ -855,7 +855,6 @@ impl Raid1 {
         }
     }
 
-    /// Write all bitmap blocks to `members` (used when a member joins).
     /// Zero both superblock copies of a disk that becomes a member, so
     /// that none it held before (of another array, or of an earlier member
     /// of this one) can outlive its first commit.
@@ -865,6 +864,7 @@ impl Raid1 {
         dev.write_zeroes(0, blocks).await
     }
 
+    /// Write all bitmap blocks to `members` (used when a member joins).
     async fn write_whole_bitmap(&self, members: &[Member]) -> BlockResult<()> {
         for m in members {
             for blk in 0..self.geo.bitmap_blocks() {

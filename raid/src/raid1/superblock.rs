@@ -331,6 +331,15 @@ impl Superblock {
         if geometry.data_offset < geometry.bitmap_lba(geometry.bitmap_blocks()) {
             return Err(corrupt("data offset overlaps the bitmap"));
         }
+        let seq = if version >= TWO_COPIES {
+            u64_at(b, SEQ_AT)
+        } else {
+            0
+        };
+        // The next write takes `seq + 1`.
+        if seq == u64::MAX {
+            return Err(corrupt("write sequence at its end"));
+        }
         if let Some(i) = slots
             .iter()
             .position(|s| s.resync_from > geometry.regions())
@@ -344,11 +353,7 @@ impl Superblock {
             events: u64_at(b, 48),
             geometry,
             slots,
-            seq: if version >= TWO_COPIES {
-                u64_at(b, SEQ_AT)
-            } else {
-                0
-            },
+            seq,
         })
     }
 }
@@ -433,6 +438,9 @@ mod tests {
         let mut s = sample();
         s.slots[1].resync_from = s.geometry.regions() + 1;
         assert!(Superblock::decode(&s.encode()).is_err());
+        let mut s = sample();
+        s.seq = u64::MAX;
+        assert!(Superblock::decode(&s.encode()).is_err(), "no next sequence");
     }
 
     #[test]

@@ -250,11 +250,18 @@ impl Device {
         let want = need.flushed.max(need.normal);
         if let Some(size) = grown_cq_size(capacity, want, self.limits.max_cqe) {
             match self.cq.resize(size) {
-                Ok(()) => tracing::info!(
-                    from = capacity,
-                    to = self.cq.capacity(),
-                    "RDMA completion queue grown"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        from = capacity,
+                        to = self.cq.capacity(),
+                        "RDMA completion queue grown"
+                    );
+                    // The poller may be asleep on the armed queue; whether
+                    // a resize keeps the arm is the provider's business.
+                    if let Err(e) = self.cq.arm() {
+                        tracing::warn!(error = %e, "cannot arm the resized completion queue");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, size, "cannot grow the RDMA completion queue"),
             }
         }

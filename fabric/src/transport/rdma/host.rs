@@ -101,6 +101,10 @@ pub(super) async fn connect(
         .socket_string()
         .parse()
         .map_err(|_| TransportError::Unavailable(format!("bad RDMA address {address}")))?;
+    // Declared before the id so that, on an error below, it is given back
+    // after the id (and its QP, whose posted receives a flush completes)
+    // is gone: locals drop in reverse order of declaration.
+    let cq_share: CqShare;
     let events = CmEvents::new().map_err(|e| TransportError::io("rdma_cm event channel", e))?;
     let id = CmId::new(events.channel()).map_err(|e| TransportError::io("rdma_create_id", e))?;
     let ctx = |what: &str| format!("{what} {address}");
@@ -113,7 +117,7 @@ pub(super) async fn connect(
     let dev = devices.device(&id, false)?;
     let depth = params.queue_size.max(2) as u32;
     let send_wr = (depth * 2).min(dev.limits.max_qp_wr.max(4));
-    let cq_share = dev
+    cq_share = dev
         .reserve_cq(send_wr + depth, send_wr + depth)
         .map_err(|why| TransportError::Unavailable(format!("RDMA queue pair: {why}")))?;
     let caps = QpCaps {

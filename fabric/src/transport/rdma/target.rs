@@ -389,7 +389,11 @@ impl Commands {
         else {
             return Ok(());
         };
-        if self.futs.len() >= self.conn.core.max_outstanding(self.conn.depth) {
+        // Within twice the RDMA depth too, whatever the Connect's SQ size:
+        // the completion queue's share was reserved for that.
+        let max =
+            (2 * self.conn.depth as usize).min(self.conn.core.max_outstanding(self.conn.depth));
+        if self.futs.len() >= max {
             return Err("host exceeded its queue depth");
         }
         self.futs.push(Box::pin(handle(self.conn.clone(), capsule)));
