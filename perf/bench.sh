@@ -75,7 +75,7 @@ serve_in_guest() {
     ci/guest-run --mem 4G --cpus "$cpus" --timeout 7200 "$@" >"$out/guest.log" 2>&1 &
     guest=$!
     trap 'kill $guest 2>/dev/null' EXIT
-    until grep -q "serve: ready" "$out/guest.log"; do
+    until grep -qs "serve: ready" "$out/guest.log"; do
         kill -0 "$guest" 2>/dev/null || { echo "bench: the guest failed:" >&2; cat "$out/guest.log" >&2; exit 1; }
         sleep 1
     done
