@@ -1,6 +1,7 @@
 //! The command line of `fabric-ctl`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use meta::validate::{MAX_CONTROLLERS, MAX_LEGS, MAX_REPLICAS};
@@ -15,9 +16,20 @@ lost race); 6 meta group unavailable or outcome unknown (a write may still take 
 #[derive(Debug, Parser)]
 #[command(name = "fabric-ctl", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Meta replicas to talk to, comma-separated host:port or http://host:port.
+    /// Meta replicas to talk to, comma-separated host:port (or
+    /// http://host:port, or https://host:port with the TLS settings).
     #[arg(long, global = true, env = meta::client::ENDPOINT_ENV, default_value = meta::client::DEFAULT_ENDPOINT, value_parser = parse_endpoints)]
     pub endpoint: String,
+    /// Client certificate (PEM) for a meta group that serves mutual TLS;
+    /// with --tls-key and --tls-ca.
+    #[arg(long, global = true, env = "FABRIC_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "FABRIC_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) the replicas' certificates chain to.
+    #[arg(long, global = true, env = "FABRIC_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -288,7 +300,7 @@ fn parse_positive_size(text: &str) -> Result<u64, String> {
     }
 }
 
-/// Comma-separated `HOST:PORT` or `http://HOST:PORT`.
+/// Comma-separated `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`.
 fn parse_endpoints(text: &str) -> Result<String, String> {
     meta::client::parse_endpoints(text).map(|_| text.to_string())
 }
@@ -393,17 +405,16 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_host_port_or_http() {
+    fn endpoints_are_host_port_http_or_https() {
         let cli = parses(&[
             "--endpoint",
-            "a:1, http://127.0.0.1:7400/",
+            "a:1, http://127.0.0.1:7400/,https://b:2",
             "cluster",
             "get",
         ]);
-        assert_eq!(cli.endpoint, "a:1, http://127.0.0.1:7400/");
+        assert_eq!(cli.endpoint, "a:1, http://127.0.0.1:7400/,https://b:2");
         for bad in [
             "ftp://127.0.0.1:15998",
-            "https://127.0.0.1:15998",
             "127.0.0.1:70000",
             "127.0.0.1:0",
             "foo",

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::CommandFactory;
+use meta::tls::{Tls, TLS_FLAGS};
 use tonic::Code;
 
 use args::{Cli, Command};
@@ -51,7 +52,20 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let result = match meta::MetaClient::new(&cli.endpoint, Duration::from_secs(cli.timeout)) {
+    let tls = match Tls::load(
+        cli.tls_cert.as_deref(),
+        cli.tls_key.as_deref(),
+        cli.tls_ca.as_deref(),
+        TLS_FLAGS,
+    ) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("fabric-ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let deadline = Duration::from_secs(cli.timeout);
+    let result = match meta::MetaClient::with_tls(&cli.endpoint, deadline, tls.as_ref()) {
         Ok(client) => commands::run(&client, cli.command, cli.json).await,
         Err(status) => Err(status.into()),
     };

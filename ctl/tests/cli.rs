@@ -5,6 +5,9 @@ use std::process::{Command, Output};
 
 use meta::cli::MetaArgs;
 
+#[path = "../../meta/tests/support/pki.rs"]
+mod pki;
+
 /// A meta replica running on its own runtime thread; stops when dropped.
 struct Server {
     address: String,
@@ -13,6 +16,11 @@ struct Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(|args| args)
+}
+
+/// A replica with its settings changed by `edit`.
+fn start_server_with(edit: impl FnOnce(MetaArgs) -> MetaArgs) -> Server {
     let dir = tempfile::Builder::new()
         .prefix("ctl-test-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -26,12 +34,12 @@ fn start_server() -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let address = listener.local_addr().expect("address").to_string();
-    let config = MetaArgs {
+    let config = edit(MetaArgs {
         data_dir: Some(dir.path().to_path_buf()),
         listen: Some(address.clone()),
         tick_ms: Some(20),
         ..Default::default()
-    }
+    })
     .resolve()
     .expect("settings");
     runtime.spawn(meta::serve(config, listener, std::future::pending()));
@@ -213,4 +221,69 @@ fn bad_arguments_are_one_line_naming_them() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(named), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn mutual_tls_from_flags_or_the_environment() {
+    let dir = tempfile::Builder::new()
+        .prefix("ctl-tls-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    let pki = pki::make(dir.path());
+    let server = start_server_with(|args| MetaArgs {
+        tls_cert: Some(pki.replica.cert.clone()),
+        tls_key: Some(pki.replica.key.clone()),
+        tls_ca: Some(pki.ca.clone()),
+        ..args
+    });
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+    let (cert, key, ca) = (path(&pki.client.cert), path(&pki.client.key), path(&pki.ca));
+
+    // From the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_fabric-ctl"))
+        .env("FABRIC_META_ENDPOINT", &server.address)
+        .env("FABRIC_TLS_CERT", &cert)
+        .env("FABRIC_TLS_KEY", &key)
+        .env("FABRIC_TLS_CA", &ca)
+        .args(["cluster", "list"])
+        .output()
+        .expect("run fabric-ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&server.address), "{stdout}");
+
+    // From flags, with an https:// endpoint.
+    let https = format!("https://{}", server.address);
+    let tls_flags = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+    let mut args = vec!["--endpoint", &https];
+    args.extend(tls_flags);
+    args.extend(["cluster", "list"]);
+    server.ok(&args);
+
+    // Without TLS the replica cannot be reached (exit 6); settings that
+    // cannot work are usage errors naming the setting (exit 2).
+    let err = server.fails(6, &["--timeout", "1", "cluster", "list"]);
+    assert!(err.contains("if the replica serves TLS"), "{err}");
+    let err = server.fails(2, &["--tls-cert", &cert, "cluster", "list"]);
+    assert!(err.starts_with("fabric-ctl: --tls-key:"), "{err}");
+    let err = server.fails(2, &["--endpoint", &https, "cluster", "list"]);
+    assert!(err.contains("needs TLS settings"), "{err}");
+    let err = server.fails(
+        2,
+        &[
+            "--tls-cert",
+            &key,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+            "cluster",
+            "list",
+        ],
+    );
+    assert!(err.starts_with("fabric-ctl: --tls-cert:"), "{err}");
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::node::NodeConfig;
+use crate::tls::{Tls, TlsSettingNames};
 
 /// Default address of the gRPC endpoint.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -104,6 +105,18 @@ pub struct MetaArgs {
     /// Largest Raft message or batch between replicas, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// This replica's TLS certificate (PEM; it must name the replica's
+    /// address and serves as its client certificate towards the others).
+    /// With --tls-key and --tls-ca the replica serves only mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that every replica's and client's
+    /// certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Testing only: allow cutting this replica's Raft traffic over RaftPeer.Isolate.
     #[arg(long)]
     pub fault_injection: bool,
@@ -126,6 +139,9 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     offline_after_secs: Option<u64>,
     max_message_bytes: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     fault_injection: Option<bool>,
 }
 
@@ -301,6 +317,29 @@ impl MetaArgs {
                 "must be at least 1 MiB".into(),
             ));
         }
+        // Each file's setting is named as it was given: the file's key if
+        // it came from there, else the flag.
+        let pick =
+            |flag: &Option<PathBuf>, key: Option<PathBuf>, names: (&'static str, &'static str)| {
+                match (flag, key) {
+                    (None, Some(p)) => (Some(p), names.1),
+                    (flag, _) => (flag.clone(), names.0),
+                }
+            };
+        let (cert, cert_name) = pick(&self.tls_cert, file.tls_cert, ("--tls-cert", "tls_cert"));
+        let (key, key_name) = pick(&self.tls_key, file.tls_key, ("--tls-key", "tls_key"));
+        let (ca, ca_name) = pick(&self.tls_ca, file.tls_ca, ("--tls-ca", "tls_ca"));
+        let tls = Tls::load(
+            cert.as_deref(),
+            key.as_deref(),
+            ca.as_deref(),
+            TlsSettingNames {
+                cert: cert_name,
+                key: key_name,
+                ca: ca_name,
+            },
+        )
+        .map_err(|e| invalid(e.setting, e.reason))?;
         Ok(MetaConfig {
             data_dir: self
                 .data_dir
@@ -341,6 +380,7 @@ impl MetaArgs {
                     MAX_REQUEST_TIMEOUT_MS,
                 )?),
                 max_message_bytes,
+                tls,
             },
         })
     }
@@ -514,5 +554,29 @@ mod tests {
         std::fs::write(&path, "tick = 5\n").expect("write");
         let err = args.resolve().expect_err("unknown key").to_string();
         assert!(err.contains("meta.toml") && err.contains("tick"), "{err}");
+    }
+
+    #[test]
+    fn partial_tls_settings_name_the_missing_one_as_given() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.toml");
+        std::fs::write(&path, "tls_ca = \"/nonexistent/ca.pem\"\n").expect("write");
+        let args = MetaArgs {
+            config: Some(path),
+            tls_cert: Some("/nonexistent/cert.pem".into()),
+            ..Default::default()
+        };
+        let err = args.resolve().expect_err("no key").to_string();
+        assert!(err.starts_with("--tls-key: "), "{err}");
+        assert!(err.contains("--tls-cert, --tls-key and tls_ca"), "{err}");
+        let args = MetaArgs {
+            tls_key: Some("/nonexistent/key.pem".into()),
+            ..args
+        };
+        let err = args.resolve().expect_err("unreadable").to_string();
+        assert!(
+            err.starts_with("--tls-cert: cannot read /nonexistent/cert.pem"),
+            "{err}"
+        );
     }
 }

@@ -30,11 +30,12 @@ use crate::proto::{
     ObjectKind, ObjectRef, Operation, RemoveReplicaRequest, Snapshot, StatusRequest,
     StatusResponse, UpdateOperationRequest, Volume, WatchEvent, WatchRequest,
 };
+use crate::tls::{chain, endpoint, Tls};
 
 /// Environment variable with the meta endpoints (comma-separated).
 pub const ENDPOINT_ENV: &str = "FABRIC_META_ENDPOINT";
 /// Endpoint used when none is given.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
 
 /// A client of the meta group.
 pub struct MetaClient {
@@ -42,12 +43,17 @@ pub struct MetaClient {
     deadline: Duration,
     current: Mutex<Option<(usize, GrpcClient<Channel>)>>,
     next: AtomicUsize,
+    tls: bool,
 }
 
 /// Whether a status comes from a connection that was refused (the request
 /// never reached a replica).
 fn connection_refused(status: &Status) -> bool {
-    let mut source = status.source();
+    refused(status.source())
+}
+
+/// Whether an error or one of its sources is a refused connection.
+fn refused(mut source: Option<&(dyn std::error::Error + 'static)>) -> bool {
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
@@ -66,30 +72,49 @@ fn transient(status: &Status) -> bool {
     )
 }
 
-/// Checks a comma-separated list of endpoints, each `HOST:PORT` or
-/// `http://HOST:PORT`, and gives them as `http://HOST:PORT` URIs.
-pub fn parse_endpoints(value: &str) -> Result<Vec<String>, String> {
-    let uris = value
+/// One meta endpoint as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// `HOST:PORT`.
+    pub address: String,
+    /// What its scheme asked for: TLS (`https://`), plain text
+    /// (`http://`), or nothing (no scheme: whatever the client is set to).
+    pub tls: Option<bool>,
+}
+
+/// Checks a comma-separated list of endpoints, each `HOST:PORT`,
+/// `http://HOST:PORT` or `https://HOST:PORT`.
+pub fn parse_endpoints(value: &str) -> Result<Vec<EndpointSpec>, String> {
+    let specs = value
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|raw| {
-            let addr = match raw.split_once("://") {
-                Some(("http", rest)) => rest.strip_suffix('/').unwrap_or(rest),
-                Some(_) => return Err(format!("'{raw}' is not HOST:PORT or http://HOST:PORT")),
-                None => raw,
+            let (tls, addr) = match raw.split_once("://") {
+                Some(("http", rest)) => (Some(false), rest),
+                Some(("https", rest)) => (Some(true), rest),
+                Some(_) => {
+                    return Err(format!(
+                        "'{raw}' is not HOST:PORT, http://HOST:PORT or https://HOST:PORT"
+                    ))
+                }
+                None => (None, raw),
             };
+            let addr = addr.strip_suffix('/').unwrap_or(addr);
             match crate::cli::split_address(addr) {
                 Ok((_, 0)) => Err(format!("'{raw}': port 0 cannot be connected to")),
-                Ok(_) => Ok(format!("http://{addr}")),
+                Ok(_) => Ok(EndpointSpec {
+                    address: addr.to_string(),
+                    tls,
+                }),
                 Err(e) => Err(e),
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if uris.is_empty() {
+    if specs.is_empty() {
         return Err("no endpoint given".into());
     }
-    Ok(uris)
+    Ok(specs)
 }
 
 /// When a call that starts now and may retry for `deadline` must end; none
@@ -108,13 +133,39 @@ impl MetaClient {
     /// `[http://]HOST:PORT`, see [`parse_endpoints`]), retrying each call for
     /// at most `deadline`.
     pub fn new(endpoints: &str, deadline: Duration) -> Result<Self, Status> {
+        Self::with_tls(endpoints, deadline, None)
+    }
+
+    /// [`new`](Self::new), over mutual TLS when `tls` is given (then an
+    /// endpoint may say `https://`, not `http://`, and the other way round).
+    pub fn with_tls(
+        endpoints: &str,
+        deadline: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Self, Status> {
+        let invalid = |e: String| Status::invalid_argument(format!("meta endpoints: {e}"));
         let endpoints = parse_endpoints(endpoints)
-            .map_err(|e| Status::invalid_argument(format!("meta endpoints: {e}")))?
+            .map_err(invalid)?
             .into_iter()
-            .map(|uri| {
-                Endpoint::from_shared(uri.clone())
+            .map(|spec| {
+                match (spec.tls, tls.is_some()) {
+                    (Some(true), false) => {
+                        return Err(invalid(format!(
+                            "https://{} needs TLS settings (a certificate, its key and the CA)",
+                            spec.address
+                        )))
+                    }
+                    (Some(false), true) => {
+                        return Err(invalid(format!(
+                            "http://{} is plain text, but TLS settings were given",
+                            spec.address
+                        )))
+                    }
+                    _ => {}
+                }
+                endpoint(&spec.address, tls)
                     .map(|e| e.connect_timeout(Duration::from_secs(1)))
-                    .map_err(|e| Status::invalid_argument(format!("endpoint '{uri}': {e}")))
+                    .map_err(invalid)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MetaClient {
@@ -122,6 +173,7 @@ impl MetaClient {
             deadline,
             current: Mutex::new(None),
             next: AtomicUsize::new(0),
+            tls: tls.is_some(),
         })
     }
 
@@ -136,6 +188,7 @@ impl MetaClient {
         }
         let start = self.next.load(Ordering::Relaxed);
         let mut last_error = String::new();
+        let mut hint = "";
         let mut round = 0usize;
         loop {
             for k in 0..self.endpoints.len() {
@@ -148,13 +201,16 @@ impl MetaClient {
                         }
                         return Ok((i, client));
                     }
-                    Err(e) => last_error = format!("{}: {e}", self.endpoints[i].uri()),
+                    Err(e) => {
+                        last_error = format!("{}: {}", self.endpoints[i].uri(), chain(&e));
+                        hint = self.tls_hint(&e);
+                    }
                 }
             }
             round += 1;
             if passed(deadline) {
                 return Err(retry_safe(Status::unavailable(format!(
-                    "no meta replica reachable ({last_error})"
+                    "no meta replica reachable ({last_error}{hint})"
                 ))));
             }
             tokio::time::sleep(backoff(round)).await;
@@ -169,6 +225,37 @@ impl MetaClient {
                 self.next.store(index + 1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// What may be wrong when a connection fails with `error` in a way TLS
+    /// settings explain (a replica and a client that disagree on TLS, or on
+    /// whose certificates to trust, see their connection fail or close);
+    /// nothing for a refused connection.
+    fn tls_hint(&self, error: &(dyn std::error::Error + 'static)) -> &'static str {
+        if refused(Some(error)) {
+            ""
+        } else if self.tls {
+            "; does the replica serve TLS, and accept this certificate?"
+        } else {
+            "; if the replica serves TLS, give a client certificate, its key and the CA"
+        }
+    }
+
+    /// A call's final error. A failure of the connection (a status made
+    /// here, with the transport error as its source, not a replica's
+    /// answer) says where and why, with the TLS hint, as Unavailable.
+    fn explain(&self, index: usize, status: Status) -> Status {
+        let Some(source) = status.source() else {
+            return status;
+        };
+        let uri = self.endpoints.get(index).map(|e| e.uri().to_string());
+        Status::unavailable(format!(
+            "{}: {}: {}{}",
+            uri.unwrap_or_default(),
+            status.message(),
+            chain(source),
+            self.tls_hint(source)
+        ))
     }
 
     /// Calls `f` with retries: a read (`write == false`) on any transient
@@ -199,7 +286,7 @@ impl MetaClient {
                 refused || transient(&status)
             };
             if !retry || passed(deadline) {
-                return Err(status);
+                return Err(self.explain(index, status));
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
@@ -406,8 +493,31 @@ mod tests {
     #[test]
     fn endpoints_are_host_port_or_http() {
         assert_eq!(
-            parse_endpoints("a:1, http://127.0.0.1:7400/,").expect("valid"),
-            ["http://a:1", "http://127.0.0.1:7400"]
+            parse_endpoints("a:1, http://127.0.0.1:7400/,https://[::1]:2").expect("valid"),
+            [
+                EndpointSpec {
+                    address: "a:1".into(),
+                    tls: None
+                },
+                EndpointSpec {
+                    address: "127.0.0.1:7400".into(),
+                    tls: Some(false)
+                },
+                EndpointSpec {
+                    address: "[::1]:2".into(),
+                    tls: Some(true)
+                }
+            ]
+        );
+        // https without TLS settings cannot work; said at once.
+        let e = MetaClient::new("https://a:1", Duration::from_secs(1))
+            .err()
+            .expect("https without TLS");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("needs TLS settings"),
+            "{}",
+            e.message()
         );
         for bad in [
             "ftp://127.0.0.1:15998",

@@ -7,7 +7,8 @@
 //!
 //! Modules, bottom up: [`keys`] (rocksdb layout), [`storage`] (the Raft log),
 //! [`state`] (the objects and the commands that change them), [`placement`],
-//! [`node`] (the Raft driver), [`transport`] (replica to replica),
+//! [`node`] (the Raft driver), [`transport`] (replica to replica), [`tls`]
+//! (mutual TLS between replicas and clients),
 //! [`service`] (the gRPC API), [`client`], [`cli`] and [`run`] (the role's
 //! entry point), and [`lincheck`] (a linearizability checker for tests).
 
@@ -28,6 +29,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 

@@ -60,6 +60,13 @@ pub async fn run(args: MetaArgs) -> Result<(), RunError> {
     serve(config, listener, shutdown_signal()).await
 }
 
+/// Whether a bound address (`IP:PORT`) is a loopback one.
+fn is_loopback(address: &str) -> bool {
+    address
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -112,7 +119,12 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(id = config.node.id, listen = %local, "meta replica serving");
+    tracing::info!(
+        id = config.node.id,
+        listen = %local,
+        tls = config.node.tls.is_some(),
+        "meta replica serving"
+    );
 
     let liveness = Arc::new(Liveness::new(config.offline_after));
     let monitor = {
@@ -127,7 +139,11 @@ pub async fn serve(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let meta = MetaServer::new(MetaService::new(node.clone(), liveness));
+    let meta = MetaServer::new(MetaService::new(
+        node.clone(),
+        liveness,
+        config.node.tls.clone(),
+    ));
 
     // Stop serving on the signal, or when the driver thread ends (a store
     // failure). The driver stops first: that ends the open watch streams,
@@ -148,7 +164,19 @@ pub async fn serve(
         }
         watched.stop();
     };
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.node.tls {
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(|e| RunError::Serve(format!("TLS: {}", crate::tls::chain(&e))))?;
+    } else if !is_loopback(&local) {
+        tracing::warn!(
+            listen = %local,
+            "serving without TLS on an address other hosts can reach: anyone who reaches it \
+             can change the cluster (give --tls-cert, --tls-key and --tls-ca)"
+        );
+    }
+    let served = server
         .add_service(meta)
         .add_service(peer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)

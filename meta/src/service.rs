@@ -16,7 +16,7 @@ use futures::Stream;
 use raft::StateRole;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::error::MetaError;
@@ -36,6 +36,7 @@ use crate::proto::{
     WatchEvent, WatchRequest,
 };
 use crate::state::apply::NO_CLUSTER;
+use crate::tls::{chain, endpoint, Tls};
 use crate::validate;
 
 /// Attempts at placing a volume when placement races with other changes.
@@ -48,6 +49,7 @@ pub struct MetaService {
     node: MetaNode,
     liveness: Arc<Liveness>,
     leaders: Mutex<HashMap<String, GrpcClient<Channel>>>,
+    tls: Option<Tls>,
 }
 
 fn single(kind: command::Kind) -> Command {
@@ -64,12 +66,14 @@ fn role(role: StateRole) -> RaftRole {
 }
 
 impl MetaService {
-    /// Serves `node`, judging liveness with `liveness`.
-    pub fn new(node: MetaNode, liveness: Arc<Liveness>) -> Self {
+    /// Serves `node`, judging liveness with `liveness`; `tls` is how it
+    /// reaches other replicas (the leader, a replica being added).
+    pub fn new(node: MetaNode, liveness: Arc<Liveness>, tls: Option<Tls>) -> Self {
         MetaService {
             node,
             liveness,
             leaders: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -153,8 +157,8 @@ impl MetaService {
         if let Some(c) = clients.get(&address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| MetaError::Unavailable(format!("bad leader address {address}: {e}")))?
+        let endpoint = endpoint(&address, self.tls.as_ref())
+            .map_err(|e| MetaError::Unavailable(format!("leader: {e}")))?
             .connect_timeout(Duration::from_secs(1));
         let client = GrpcClient::new(endpoint.connect_lazy());
         clients.insert(address, client.clone());
@@ -465,8 +469,8 @@ impl Meta for MetaService {
             return Err(MetaError::InvalidArgument("id must be at least 1".into()).into());
         }
         validate::address("address", &req.address)?;
-        let endpoint = Endpoint::from_shared(format!("http://{}", req.address))
-            .map_err(|e| MetaError::InvalidArgument(format!("address '{}': {e}", req.address)))?
+        let endpoint = endpoint(&req.address, self.tls.as_ref())
+            .map_err(MetaError::InvalidArgument)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2));
         if self.node.view().voters.contains(&req.id) {
@@ -491,7 +495,7 @@ impl Meta for MetaService {
                 .await
                 .map_err(|e| not_ready(format!("does not answer ({})", e.message())))?
                 .into_inner(),
-            Err(e) => return Err(not_ready(format!("cannot be reached ({e})")).into()),
+            Err(e) => return Err(not_ready(format!("cannot be reached ({})", chain(&e))).into()),
         };
         if status.id != req.id {
             return Err(not_ready(format!("runs as replica {}", status.id)).into());

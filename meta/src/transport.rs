@@ -11,8 +11,11 @@
 //! gRPC message and each Raft message are bounded in size, the claimed
 //! sender must be a known replica (configured, or added by a membership
 //! change) and, when its address is an IP address, the connection must come
-//! from that IP. This is a guard against strays and mistakes, not
-//! authentication: mutual TLS is the production answer (not built yet).
+//! from that IP. Without TLS that is a guard against strays and mistakes,
+//! not authentication. With TLS ([`crate::tls`]) the connection's client
+//! certificate chains to the CA (checked in the handshake) and must be
+//! valid for the sender's known address: a client's certificate cannot
+//! speak for a replica.
 //!
 //! Fault injection: when enabled at start, `RaftPeer.Isolate` makes the
 //! replica drop every Raft message it sends or receives, which cuts it off
@@ -27,12 +30,13 @@ use std::time::Duration;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
+use tonic::transport::CertificateDer;
 use tonic::{Request, Response, Status};
 
 use crate::peer::raft_peer_client::RaftPeerClient;
 use crate::peer::raft_peer_server::RaftPeer;
 use crate::peer::{IsolateRequest, IsolateResponse, RaftAck, RaftBatch};
+use crate::tls::{certificate_is_for, endpoint, Tls};
 
 /// What the transport tells the Raft driver about deliveries.
 #[derive(Debug)]
@@ -58,6 +62,7 @@ pub struct Transport {
     links: Mutex<HashMap<u64, Link>>,
     isolated: Arc<AtomicBool>,
     max_message_bytes: usize,
+    tls: Option<Tls>,
     feedback: FeedbackSink,
     runtime: tokio::runtime::Handle,
 }
@@ -69,11 +74,13 @@ struct Link {
 
 impl Transport {
     /// A transport for replica `id` that knows the given replica addresses
-    /// (`host:port` of their gRPC endpoints). Sender tasks run on `runtime`.
+    /// (`host:port` of their gRPC endpoints), over mutual TLS when `tls`
+    /// is given. Sender tasks run on `runtime`.
     pub fn new(
         id: u64,
         addresses: BTreeMap<u64, String>,
         max_message_bytes: usize,
+        tls: Option<Tls>,
         feedback: FeedbackSink,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Self> {
@@ -83,6 +90,7 @@ impl Transport {
             links: Mutex::new(HashMap::new()),
             isolated: Arc::new(AtomicBool::new(false)),
             max_message_bytes,
+            tls,
             feedback,
             runtime,
         })
@@ -135,6 +143,7 @@ impl Transport {
                     rx,
                     self.isolated.clone(),
                     self.max_message_bytes,
+                    self.tls.clone(),
                     self.feedback.clone(),
                 ));
                 links.insert(to, Link { address, queue: tx });
@@ -145,15 +154,29 @@ impl Transport {
         }
     }
 
-    /// Whether a connection from `remote` may come from replica `from`
-    /// (`None`: from any known replica).
-    fn accepts(&self, from: Option<u64>, remote: Option<SocketAddr>) -> bool {
+    /// Whether a connection from `remote`, with the client certificate
+    /// `cert` (TLS), may come from replica `from` (`None`: from any known
+    /// replica).
+    fn accepts(
+        &self,
+        from: Option<u64>,
+        remote: Option<SocketAddr>,
+        cert: Option<&CertificateDer<'_>>,
+    ) -> bool {
         let Ok(addresses) = self.addresses.read() else {
             return false;
         };
-        let matches = |address: &String| match (address.parse::<SocketAddr>(), remote) {
-            (Ok(configured), Some(remote)) => configured.ip() == remote.ip(),
-            _ => true,
+        let matches = |address: &String| {
+            let ip_matches = match (address.parse::<SocketAddr>(), remote) {
+                (Ok(configured), Some(remote)) => configured.ip() == remote.ip(),
+                _ => true,
+            };
+            let cert_matches = match (&self.tls, cert) {
+                (None, _) => true,
+                (Some(_), Some(cert)) => certificate_is_for(cert, address),
+                (Some(_), None) => false,
+            };
+            ip_matches && cert_matches
         };
         match from {
             Some(id) => addresses.get(&id).is_some_and(matches),
@@ -169,14 +192,15 @@ async fn run_link(
     mut queue: mpsc::UnboundedReceiver<Message>,
     isolated: Arc<AtomicBool>,
     max_message_bytes: usize,
+    tls: Option<Tls>,
     feedback: FeedbackSink,
 ) {
-    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+    let endpoint = match endpoint(&address, tls.as_ref()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10)),
         Err(e) => {
-            tracing::error!(to, %address, "bad replica address: {e}");
+            tracing::error!(to, "cannot reach replica: {e}");
             return;
         }
     };
@@ -294,7 +318,9 @@ impl RaftPeer for PeerService {
             return Err(Status::unavailable("replica is isolated (fault injection)"));
         }
         let remote = request.remote_addr();
-        if !t.accepts(None, remote) {
+        let certs = request.peer_certs();
+        let cert = certs.as_ref().and_then(|c| c.first());
+        if !t.accepts(None, remote, cert) {
             return Err(Status::permission_denied(
                 "not a connection from a known replica",
             ));
@@ -311,7 +337,7 @@ impl RaftPeer for PeerService {
                     msg.to, t.id
                 )));
             }
-            if !t.accepts(Some(msg.from), remote) {
+            if !t.accepts(Some(msg.from), remote, cert) {
                 tracing::warn!(
                     from = msg.from,
                     ?remote,

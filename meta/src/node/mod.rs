@@ -19,12 +19,14 @@ use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use rocksdb::DB;
+
 use tokio::sync::{oneshot, watch};
 
 use crate::error::MetaError;
 use crate::peer::{Command, CommandResult};
 use crate::state::{result_error, StateMachine, StateReader};
 use crate::storage::RaftStorage;
+use crate::tls::Tls;
 use crate::transport::{FeedbackSink, Transport};
 use driver::{Driver, Input};
 
@@ -55,6 +57,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Bound on one Raft message and one transport batch, in bytes.
     pub max_message_bytes: usize,
+    /// Mutual TLS towards the other replicas and from clients (none: plain
+    /// text).
+    pub tls: Option<Tls>,
 }
 
 /// What a replica knows about itself and the group (a local view).
@@ -150,6 +155,7 @@ pub fn start(
         config.id,
         addresses,
         config.max_message_bytes,
+        config.tls.clone(),
         feedback,
         runtime,
     );
