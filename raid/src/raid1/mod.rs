@@ -70,6 +70,9 @@ use superblock::{read_newest, Geometry, Slot, SlotState, Superblock, MAX_MEMBERS
 pub const DEFAULT_REGION_BYTES: u64 = 4 << 20;
 /// Number of region lock stripes.
 const LOCK_STRIPES: u64 = 64;
+/// How long a member that has left gets to take the superblock that marks
+/// it stale (see `tell_departed`).
+const DEPARTED_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How to create an array.
 #[derive(Debug, Clone)]
@@ -418,6 +421,10 @@ impl Raid1 {
             sb_seq[slot] = sb.seq + 1;
         }
         members.sort_by_key(|m| m.slot);
+        let in_sync_missing: Vec<usize> = (0..fresh.slots.len())
+            .filter(|&slot| fresh.slots[slot].state == SlotState::InSync)
+            .filter(|&slot| !members.iter().any(|m| m.slot == slot))
+            .collect();
         let geo = fresh.geometry;
         let raid = Raid1::assemble(
             geo,
@@ -448,7 +455,11 @@ impl Raid1 {
         }
         let mut in_sync = members.iter_mut().filter(|m| m.recovering.is_none());
         if in_sync.next().is_none() {
-            return Err(BlockError::Offline("raid1: no in-sync member found".into()));
+            return Err(BlockError::Offline(format!(
+                "raid1: no in-sync member found: the members given left the array or \
+                 were being rebuilt; its data is on the missing member(s) of slot(s) \
+                 {in_sync_missing:?}"
+            )));
         }
         if raid.intent.dirty.count() > 0 {
             // After a crash the in-sync members may differ in dirty regions:
@@ -557,8 +568,12 @@ impl Raid1 {
                 "slot {slot} is the last in-sync member"
             )));
         }
+        let dev = self.live_device(slot);
         self.drop_member(&mut meta, slot, "failed by request");
-        self.commit_meta(&mut meta).await
+        self.commit_meta(&mut meta).await?;
+        self.tell_departed(&mut meta, dev.into_iter().map(|d| (slot, d)).collect())
+            .await;
+        Ok(())
     }
 
     /// Bring back a member that left (same disk, recognised by its
@@ -783,29 +798,85 @@ impl Raid1 {
         } else {
             None
         };
-        let (mut kept_error, mut dropped) = (None, false);
+        let (mut kept_error, mut departed) = (None, Vec::new());
         for (slot, e) in failed {
             if Some(slot) == keep {
                 debug!(slot, error = %e, "{what} on the last in-sync member; it stays");
                 kept_error = Some(e);
                 continue;
             }
-            let dev = self
-                .live()
-                .iter()
-                .find(|m| m.slot == slot)
-                .map(|m| m.dev.clone());
+            let dev = self.live_device(slot);
             if self.drop_member(meta, slot, &format!("{what}: {e}")) {
-                dropped = true;
-                if let (BlockError::NoSpace(_), Some(dev)) = (&e, dev) {
-                    self.park(slot, dev);
+                if let Some(dev) = dev {
+                    if matches!(e, BlockError::NoSpace(_)) {
+                        self.park(slot, dev.clone());
+                    }
+                    departed.push((slot, dev));
                 }
             }
         }
-        if dropped {
+        if !departed.is_empty() {
             self.commit_meta(meta).await?;
+            self.tell_departed(meta, departed).await;
         }
         kept_error.map_or(Ok(()), Err)
+    }
+
+    /// The device of live member `slot`.
+    fn live_device(&self, slot: usize) -> Option<DeviceRef> {
+        self.live()
+            .iter()
+            .find(|m| m.slot == slot)
+            .map(|m| m.dev.clone())
+    }
+
+    /// Tell members that have just left the array (after the others have
+    /// committed it) that they are stale: each gets the array's new
+    /// superblock, where its own slot is no longer in sync, if it still
+    /// takes a write within [`DEPARTED_WRITE_TIMEOUT`]. Many failures
+    /// (a bad sector, a full file system, a request) leave the superblock
+    /// writable. Then, if such a member comes back alone at the next start
+    /// (the others' disks missing), it refuses to serve the array instead
+    /// of serving the data it had when it left, as md would. Best effort:
+    /// one that cannot be written is where it would have been anyway.
+    async fn tell_departed(&self, meta: &mut MetaState, departed: Vec<(usize, DeviceRef)>) {
+        for (slot, dev) in departed {
+            let sb = self.superblock(meta, slot);
+            let lba = self.geo.superblock_lba(sb.seq);
+            let write = async {
+                dev.write(lba, buf::aligned(&sb.encode())).await?;
+                dev.flush().await
+            };
+            match tokio::time::timeout(DEPARTED_WRITE_TIMEOUT, write).await {
+                Ok(Ok(())) => {
+                    meta.sb_seq[slot] += 1;
+                    debug!(
+                        slot,
+                        "raid1 member that left marked stale on its own superblock"
+                    );
+                }
+                Ok(Err(e)) => {
+                    debug!(slot, error = %e, "raid1 member that left cannot be marked stale")
+                }
+                Err(_) => debug!(
+                    slot,
+                    "raid1 member that left did not take its superblock in time"
+                ),
+            }
+        }
+    }
+
+    /// The superblock of member `slot` as of `meta`.
+    fn superblock(&self, meta: &MetaState, slot: usize) -> Superblock {
+        Superblock {
+            array_uuid: self.array_uuid,
+            member_uuid: meta.slots[slot].uuid,
+            member_index: slot as u32,
+            events: meta.events,
+            geometry: self.geo,
+            slots: meta.slots.clone(),
+            seq: meta.sb_seq[slot],
+        }
     }
 
     /// Write every live member's superblock and flush; members that fail
@@ -817,15 +888,7 @@ impl Raid1 {
                 return Err(BlockError::Offline("raid1: no in-sync member left".into()));
             }
             let writes = live.iter().map(|m| {
-                let sb = Superblock {
-                    array_uuid: self.array_uuid,
-                    member_uuid: meta.slots[m.slot].uuid,
-                    member_index: m.slot as u32,
-                    events: meta.events,
-                    geometry: self.geo,
-                    slots: meta.slots.clone(),
-                    seq: meta.sb_seq[m.slot],
-                };
+                let sb = self.superblock(meta, m.slot);
                 let lba = self.geo.superblock_lba(sb.seq);
                 async move {
                     m.dev.write(lba, buf::aligned(&sb.encode())).await?;

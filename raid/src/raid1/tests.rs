@@ -188,6 +188,48 @@ async fn a_member_that_failed_otherwise_is_not_re_added() {
     assert_eq!(raid.status().await.members[1], MemberHealth::Missing);
 }
 
+/// A member that leaves (out of space here; a bad sector or a request do
+/// the same) is told so on its own superblock: brought back alone at the
+/// next start, it refuses to serve the array, whose newer data is on the
+/// missing member, instead of serving what it had when it left; with that
+/// member it catches up.
+#[tokio::test]
+async fn a_member_that_left_refuses_to_serve_alone() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(300, block(1)).await.unwrap();
+    m[1].set_full_from(Some(raid.data_offset() + 250));
+    raid.write(300, block(2)).await.unwrap();
+    assert_eq!(raid.status().await.members[1], MemberHealth::Missing);
+    drop(raid);
+    m[1].set_full_from(None);
+    let err = Raid1::open(vec![m[1].clone()])
+        .await
+        .err()
+        .expect("a member that left, alone");
+    assert!(
+        matches!(&err, BlockError::Offline(e) if e.contains("slot(s) [0]")),
+        "{err}"
+    );
+    let raid = Raid1::open(refs(&m)).await.unwrap();
+    assert_eq!(
+        raid.status().await.members,
+        vec![MemberHealth::InSync, MemberHealth::Recovering]
+    );
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(member_block(&m[1], &raid, 300).await, 2);
+    raid.fail_member(0).await.unwrap();
+    raid.write(300, block(3)).await.unwrap();
+    drop(raid);
+    let err = Raid1::open(vec![m[0].clone()])
+        .await
+        .err()
+        .expect("failed by request, alone");
+    assert!(err.to_string().contains("slot(s) [1]"), "{err}");
+    let raid = Raid1::open(refs(&m)).await.unwrap();
+    assert_eq!(raid.read(300, buf::alloc(4096)).await.unwrap()[0], 3);
+}
+
 #[tokio::test]
 async fn returning_member_resyncs_only_dirty_regions() {
     let m = members(2, 8 * MB);
