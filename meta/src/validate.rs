@@ -23,6 +23,9 @@ pub const MAX_REPLICAS: u32 = 3;
 pub const MAX_LEGS: u32 = 64;
 /// Most controllers (active or standby) of a volume.
 pub const MAX_CONTROLLERS: u32 = 16;
+/// Most hosts allowed to connect to one volume (each is checked on every
+/// Connect; a Raft entry should stay small).
+pub const MAX_VOLUME_HOSTS: usize = 1024;
 
 fn invalid(msg: String) -> MetaError {
     MetaError::InvalidArgument(msg)
@@ -167,6 +170,12 @@ pub fn volume(req: &CreateVolumeRequest) -> Result<(), MetaError> {
             "at most {MAX_CONTROLLERS} active and {MAX_CONTROLLERS} standby controllers"
         )));
     }
+    if req.hosts.len() > MAX_VOLUME_HOSTS {
+        return Err(invalid(format!(
+            "hosts: {} listed, at most {MAX_VOLUME_HOSTS}",
+            req.hosts.len()
+        )));
+    }
     for host in &req.hosts {
         name("host", host)?;
     }
@@ -229,6 +238,14 @@ mod tests {
             .expect_err("too many")
             .to_string()
             .contains("replicas"));
+        req.replicas = 2;
+        req.hosts = vec!["h".into(); MAX_VOLUME_HOSTS];
+        volume(&req).expect("hosts at the bound");
+        req.hosts.push("h".into());
+        assert!(volume(&req)
+            .expect_err("too many hosts")
+            .to_string()
+            .starts_with("hosts: 1025 listed"));
         assert!(nqn("nqn.2014-08.org.nvmexpress:uuid:1").is_ok());
         assert!(nqn("iqn.x").is_err());
     }
