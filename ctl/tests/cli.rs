@@ -231,8 +231,8 @@ fn mutual_tls_from_flags_or_the_environment() {
         .expect("temp dir");
     let pki = pki::make(dir.path());
     let server = start_server_with(|args| MetaArgs {
-        tls_cert: Some(pki.replica.cert.clone()),
-        tls_key: Some(pki.replica.key.clone()),
+        tls_cert: Some(pki.replicas[0].cert.clone()),
+        tls_key: Some(pki.replicas[0].key.clone()),
         tls_ca: Some(pki.ca.clone()),
         ..args
     });
@@ -264,9 +264,10 @@ fn mutual_tls_from_flags_or_the_environment() {
     args.extend(["cluster", "list"]);
     server.ok(&args);
 
-    // Without TLS the replica cannot be reached (exit 6); settings that
-    // cannot work are usage errors naming the setting (exit 2).
-    let err = server.fails(6, &["--timeout", "1", "cluster", "list"]);
+    // Without TLS the replica cannot be understood (an HTTP/2 protocol
+    // error, exit 1) and the message says what may be missing; settings
+    // that cannot work are usage errors naming the setting (exit 2).
+    let err = server.fails(1, &["--timeout", "1", "cluster", "list"]);
     assert!(err.contains("if the replica serves TLS"), "{err}");
     let err = server.fails(2, &["--tls-cert", &cert, "cluster", "list"]);
     assert!(err.starts_with("fabric-ctl: --tls-key:"), "{err}");

@@ -30,7 +30,7 @@ use crate::proto::{
     ObjectKind, ObjectRef, Operation, RemoveReplicaRequest, Snapshot, StatusRequest,
     StatusResponse, UpdateOperationRequest, Volume, WatchEvent, WatchRequest,
 };
-use crate::tls::{chain, endpoint, Tls};
+use crate::tls::{chain, endpoint, status_text, Tls};
 
 /// Environment variable with the meta endpoints (comma-separated).
 pub const ENDPOINT_ENV: &str = "FABRIC_META_ENDPOINT";
@@ -203,7 +203,7 @@ impl MetaClient {
                     }
                     Err(e) => {
                         last_error = format!("{}: {}", self.endpoints[i].uri(), chain(&e));
-                        hint = self.tls_hint(&e);
+                        hint = self.tls_hint(&e, Code::Unavailable, "");
                     }
                 }
             }
@@ -227,35 +227,66 @@ impl MetaClient {
         }
     }
 
-    /// What may be wrong when a connection fails with `error` in a way TLS
-    /// settings explain (a replica and a client that disagree on TLS, or on
-    /// whose certificates to trust, see their connection fail or close);
-    /// nothing for a refused connection.
-    fn tls_hint(&self, error: &(dyn std::error::Error + 'static)) -> &'static str {
-        if refused(Some(error)) {
-            ""
-        } else if self.tls {
-            "; does the replica serve TLS, and accept this certificate?"
-        } else {
+    /// What may be wrong when a call or connection fails with `error` in a
+    /// way TLS settings explain. With TLS: a TLS error (this client's TLS
+    /// against a plain-text replica, certificates not trusted), or a
+    /// replica that closed the connection at once (under TLS 1.3 a replica
+    /// refuses a client's certificate after the client thinks the handshake
+    /// done). Without: an HTTP/2 protocol error (a TLS replica's bytes read
+    /// as HTTP/2).
+    fn tls_hint(
+        &self,
+        error: &(dyn std::error::Error + 'static),
+        code: Code,
+        message: &str,
+    ) -> &'static str {
+        let mut source = Some(error);
+        let mut tls_error = false;
+        while let Some(e) = source {
+            let inner = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            tls_error |= e.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>());
+            source = e.source();
+        }
+        // HTTP/2 keeps only the text of an I/O error it saw (a TLS alert,
+        // a closed connection).
+        let text = chain(error);
+        let closed = code == Code::Cancelled
+            || [
+                "received fatal alert",
+                "broken pipe",
+                "connection reset",
+                "connection closed",
+            ]
+            .iter()
+            .any(|words| text.contains(words));
+        if self.tls && (tls_error || closed) {
+            "; does the replica serve TLS, and take this certificate?"
+        } else if !self.tls && message.starts_with("h2 protocol error") {
             "; if the replica serves TLS, give a client certificate, its key and the CA"
+        } else {
+            ""
         }
     }
 
     /// A call's final error. A failure of the connection (a status made
     /// here, with the transport error as its source, not a replica's
-    /// answer) says where and why, with the TLS hint, as Unavailable.
+    /// answer) says which replica and why, with the TLS hint; its code
+    /// and metadata stay.
     fn explain(&self, index: usize, status: Status) -> Status {
         let Some(source) = status.source() else {
             return status;
         };
         let uri = self.endpoints.get(index).map(|e| e.uri().to_string());
-        Status::unavailable(format!(
-            "{}: {}: {}{}",
+        let message = format!(
+            "{}: {}{}",
             uri.unwrap_or_default(),
-            status.message(),
-            chain(source),
-            self.tls_hint(source)
-        ))
+            status_text(&status),
+            self.tls_hint(source, status.code(), status.message())
+        );
+        Status::with_metadata(status.code(), message, status.metadata().clone())
     }
 
     /// Calls `f` with retries: a read (`write == false`) on any transient

@@ -469,6 +469,9 @@ impl Meta for MetaService {
             return Err(MetaError::InvalidArgument("id must be at least 1".into()).into());
         }
         validate::address("address", &req.address)?;
+        // The form the transport matches peers (and their certificates) by.
+        crate::cli::check_address(&req.address)
+            .map_err(|e| MetaError::InvalidArgument(format!("address: {e}")))?;
         let endpoint = endpoint(&req.address, self.tls.as_ref())
             .map_err(MetaError::InvalidArgument)?
             .connect_timeout(Duration::from_secs(1))

@@ -21,7 +21,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
 /// How long a TLS handshake may take.
@@ -69,6 +70,23 @@ impl fmt::Debug for Tls {
     }
 }
 
+/// A status's message and, for one made from a local error (a failed
+/// connection), that error's causes, on one line.
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    let message = status.message();
+    match std::error::Error::source(status) {
+        Some(source) => {
+            let more = chain(source);
+            if message.contains(&more) {
+                message.to_string()
+            } else {
+                format!("{message}: {more}")
+            }
+        }
+        None => message.to_string(),
+    }
+}
+
 /// The error and its causes on one line.
 pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -85,31 +103,44 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Reads a PEM file holding at least one `what` (a block whose label ends
-/// with `label`).
-fn read_pem(
-    setting: &'static str,
-    path: &Path,
-    label: &str,
-    what: &str,
-) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError {
+/// Reads the PEM file of `setting`.
+fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError {
         setting,
         reason: format!("cannot read {}: {e}", path.display()),
-    })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let found = text
-        .split("-----BEGIN ")
-        .skip(1)
-        .filter_map(|block| block.split_once("-----").map(|(l, _)| l))
-        .any(|l| l == label || l.ends_with(&format!(" {label}")));
-    if !found {
-        return Err(TlsError {
-            setting,
-            reason: format!("{} holds no PEM {what}", path.display()),
-        });
+    })
+}
+
+/// Checks that `pem` (the file `path` of `setting`) holds certificates,
+/// the first a usable end-entity certificate (`ca`: each a usable trust
+/// anchor).
+fn check_certificates(
+    setting: &'static str,
+    path: &Path,
+    pem: &[u8],
+    ca: bool,
+) -> Result<(), TlsError> {
+    let bad = |why: String| TlsError {
+        setting,
+        reason: format!("{}: {why}", path.display()),
+    };
+    let mut count = 0;
+    for der in CertificateDer::pem_slice_iter(pem) {
+        let der = der.map_err(|e| bad(e.to_string()))?;
+        let usable = if ca {
+            webpki::anchor_from_trusted_cert(&der).map(|_| ())
+        } else if count == 0 {
+            webpki::EndEntityCert::try_from(&der).map(|_| ())
+        } else {
+            Ok(())
+        };
+        usable.map_err(|e| bad(format!("certificate {} does not parse: {e}", count + 1)))?;
+        count += 1;
     }
-    Ok(bytes)
+    if count == 0 {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(())
 }
 
 impl Tls {
@@ -142,20 +173,36 @@ impl Tls {
                 });
             }
         };
+        let (cert_pem, key_pem, ca_pem) = (
+            read_pem(names.cert, cert)?,
+            read_pem(names.key, key)?,
+            read_pem(names.ca, ca)?,
+        );
+        check_certificates(names.cert, cert, &cert_pem, false)?;
+        check_certificates(names.ca, ca, &ca_pem, true)?;
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
+            setting: names.key,
+            reason: match e {
+                pem::Error::NoItemsFound => format!("{} holds no PEM private key", key.display()),
+                e => format!("{}: {e}", key.display()),
+            },
+        })?;
         let tls = Tls {
-            identity: Identity::from_pem(
-                read_pem(names.cert, cert, "CERTIFICATE", "certificate")?,
-                read_pem(names.key, key, "PRIVATE KEY", "private key")?,
-            ),
-            ca: Certificate::from_pem(read_pem(names.ca, ca, "CERTIFICATE", "certificate")?),
+            identity: Identity::from_pem(cert_pem, key_pem),
+            ca: Certificate::from_pem(ca_pem),
         };
-        // Build both sides once, so that a key that does not parse, or does
-        // not go with the certificate, is an error now.
+        // Build both sides once, so that a key that does not go with the
+        // certificate is an error now.
         Server::builder()
             .tls_config(tls.server_config())
             .map_err(|e| TlsError {
                 setting: names.key,
-                reason: format!("the certificate and key cannot serve TLS: {}", chain(&e)),
+                reason: format!(
+                    "{} does not serve with {}: {}",
+                    key.display(),
+                    names.cert,
+                    chain(&e)
+                ),
             })?;
         endpoint("localhost:1", Some(&tls)).map_err(|reason| TlsError {
             setting: names.cert,
@@ -246,6 +293,58 @@ mod tests {
         let e = Tls::load(Some(&junk), Some(&junk), Some(&junk), TLS_FLAGS).expect_err("junk");
         assert_eq!(e.setting, "--tls-cert");
         assert!(e.reason.contains("no PEM certificate"), "{e}");
+        // A good certificate and CA, a key of another certificate.
+        let (cert, key, ca) = (
+            dir.path().join("c"),
+            dir.path().join("k"),
+            dir.path().join("a"),
+        );
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&ca_key).expect("CA");
+        std::fs::write(&ca, ca_cert.pem()).expect("write");
+        std::fs::write(&cert, ca_cert.pem()).expect("write");
+        std::fs::write(
+            &key,
+            rcgen::KeyPair::generate().expect("key").serialize_pem(),
+        )
+        .expect("write");
+        let e = Tls::load(Some(&cert), Some(&key), Some(&ca), TLS_FLAGS).expect_err("mismatch");
+        assert_eq!(e.setting, "--tls-key");
+        assert!(e.reason.contains("does not serve with --tls-cert"), "{e}");
+        let e = Tls::load(Some(&cert), Some(&ca), Some(&ca), TLS_FLAGS).expect_err("no key");
+        assert_eq!(e.setting, "--tls-key");
+        assert!(e.reason.contains("no PEM private key"), "{e}");
+        let e = Tls::load(Some(&cert), Some(&key), Some(&key), TLS_FLAGS).expect_err("no CA");
+        assert_eq!(e.setting, "--tls-ca");
+    }
+
+    fn leaf(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "10.0.0.9");
+        params.self_signed(&key).expect("certificate").der().clone()
+    }
+
+    #[test]
+    fn certificates_match_the_host_of_an_address_by_subject_alternative_name() {
+        let cert = leaf(&["10.0.0.1", "::1", "meta-1.example"]);
+        for address in ["10.0.0.1:7400", "[::1]:7400", "meta-1.example:1"] {
+            assert!(certificate_is_for(&cert, address), "{address}");
+        }
+        // Not another address, nor the common name.
+        for address in [
+            "10.0.0.2:7400",
+            "[::2]:7400",
+            "meta-2.example:1",
+            "10.0.0.9:1",
+        ] {
+            assert!(!certificate_is_for(&cert, address), "{address}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -36,7 +36,7 @@ use tonic::{Request, Response, Status};
 use crate::peer::raft_peer_client::RaftPeerClient;
 use crate::peer::raft_peer_server::RaftPeer;
 use crate::peer::{IsolateRequest, IsolateResponse, RaftAck, RaftBatch};
-use crate::tls::{certificate_is_for, endpoint, Tls};
+use crate::tls::{certificate_is_for, endpoint, status_text, Tls};
 
 /// What the transport tells the Raft driver about deliveries.
 #[derive(Debug)]
@@ -65,7 +65,13 @@ pub struct Transport {
     tls: Option<Tls>,
     feedback: FeedbackSink,
     runtime: tokio::runtime::Handle,
+    /// When a refused connection was last logged.
+    refusal_logged: Mutex<Option<Instant>>,
 }
+
+/// At most one warning about refused Raft traffic per this interval (a
+/// misconfigured replica retries every heartbeat).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Link {
     address: String,
@@ -93,6 +99,7 @@ impl Transport {
             tls,
             feedback,
             runtime,
+            refusal_logged: Mutex::new(None),
         })
     }
 
@@ -154,6 +161,19 @@ impl Transport {
         }
     }
 
+    /// Logs refused Raft traffic (`why`) from `remote`, at most once per
+    /// [`REFUSAL_LOG_INTERVAL`].
+    fn log_refusal(&self, remote: Option<SocketAddr>, why: &str) {
+        let Ok(mut last) = self.refusal_logged.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(?remote, "raft traffic refused: {why}");
+    }
+
     /// Whether a connection from `remote`, with the client certificate
     /// `cert` (TLS), may come from replica `from` (`None`: from any known
     /// replica).
@@ -166,17 +186,17 @@ impl Transport {
         let Ok(addresses) = self.addresses.read() else {
             return false;
         };
-        let matches = |address: &String| {
-            let ip_matches = match (address.parse::<SocketAddr>(), remote) {
-                (Ok(configured), Some(remote)) => configured.ip() == remote.ip(),
+        // With TLS the certificate decides (a replica behind NAT, or with
+        // several addresses, connects from another IP than its own).
+        let matches = |address: &String| match (&self.tls, cert) {
+            (Some(_), Some(cert)) => certificate_is_for(cert, address),
+            (Some(_), None) => false,
+            (None, _) => match (address.parse::<SocketAddr>(), remote) {
+                (Ok(configured), Some(remote)) => {
+                    configured.ip().to_canonical() == remote.ip().to_canonical()
+                }
                 _ => true,
-            };
-            let cert_matches = match (&self.tls, cert) {
-                (None, _) => true,
-                (Some(_), Some(cert)) => certificate_is_for(cert, address),
-                (Some(_), None) => false,
-            };
-            ip_matches && cert_matches
+            },
         };
         match from {
             Some(id) => addresses.get(&id).is_some_and(matches),
@@ -207,6 +227,7 @@ async fn run_link(
     let mut client = RaftPeerClient::new(endpoint.connect_lazy())
         .max_encoding_message_size(max_message_bytes)
         .max_decoding_message_size(max_message_bytes);
+    let mut failing = false;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -254,7 +275,22 @@ async fn run_link(
             let snapshots = part.iter().filter(|(_, snapshot)| *snapshot).count();
             if delivered {
                 let messages = part.into_iter().map(|(b, _)| b).collect();
-                delivered = client.send(RaftBatch { messages }).await.is_ok();
+                let sent = client.send(RaftBatch { messages }).await;
+                delivered = sent.is_ok();
+                // Said once per outage: a replica that is down, or that
+                // refuses this one (TLS certificates), shows in the log.
+                match (sent, failing) {
+                    (Err(status), false) => {
+                        let why = status_text(&status);
+                        tracing::warn!(to, %address, "cannot send to replica: {why}");
+                        failing = true;
+                    }
+                    (Ok(_), true) => {
+                        tracing::info!(to, %address, "replica reachable again");
+                        failing = false;
+                    }
+                    _ => {}
+                }
             }
             // After a failed call the rest of the batch is dropped as well.
             for _ in 0..snapshots {
@@ -321,6 +357,7 @@ impl RaftPeer for PeerService {
         let certs = request.peer_certs();
         let cert = certs.as_ref().and_then(|c| c.first());
         if !t.accepts(None, remote, cert) {
+            t.log_refusal(remote, "not a connection from a known replica");
             return Err(Status::permission_denied(
                 "not a connection from a known replica",
             ));
@@ -338,10 +375,12 @@ impl RaftPeer for PeerService {
                 )));
             }
             if !t.accepts(Some(msg.from), remote, cert) {
-                tracing::warn!(
-                    from = msg.from,
-                    ?remote,
-                    "raft message from an unknown replica"
+                t.log_refusal(
+                    remote,
+                    &format!(
+                        "raft message from replica {}, not its address or certificate",
+                        msg.from
+                    ),
                 );
                 return Err(Status::permission_denied(format!(
                     "replica {} is not a known peer at this address",

@@ -1,6 +1,7 @@
 //! A throw-away certificate authority for the TLS tests (rcgen), written
-//! as PEM files: a replica certificate for 127.0.0.1, a client certificate
-//! that names no address, and a certificate of another CA.
+//! as PEM files: replica certificates for 127.0.0.1, 127.0.0.2 and
+//! 127.0.0.3, a client certificate that names no address, and a
+//! certificate of another CA.
 
 #![allow(dead_code)]
 
@@ -21,8 +22,9 @@ pub struct Party {
 pub struct Pki {
     /// The CA every replica and client trusts.
     pub ca: PathBuf,
-    /// Valid for 127.0.0.1, as server and as client.
-    pub replica: Party,
+    /// Replica `i` (from 0) is valid for 127.0.0.`i+1`, as server and as
+    /// client.
+    pub replicas: Vec<Party>,
     /// An administrator: signed by the CA, client use only, no address.
     pub client: Party,
     /// Valid for 127.0.0.1 too, but signed by another CA.
@@ -69,13 +71,13 @@ pub fn make(dir: &Path) -> Pki {
     let other = authority("another CA");
     let pki = Pki {
         ca: dir.join("ca.crt"),
-        replica: party(
-            dir,
-            "replica",
-            &["127.0.0.1"],
-            vec![ServerAuth, ClientAuth],
-            &ca,
-        ),
+        replicas: (1..=3)
+            .map(|i| {
+                let name = format!("replica{i}");
+                let ip = format!("127.0.0.{i}");
+                party(dir, &name, &[&ip], vec![ServerAuth, ClientAuth], &ca)
+            })
+            .collect(),
         client: party(dir, "admin", &[], vec![ClientAuth], &ca),
         stranger: party(
             dir,
