@@ -53,7 +53,7 @@ use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture, FutureExt, Shared};
 use tokio::sync::{Mutex, Notify};
 use tracing::{debug, info, warn};
 
@@ -70,9 +70,6 @@ use superblock::{read_newest, Geometry, Slot, SlotState, Superblock, MAX_MEMBERS
 pub const DEFAULT_REGION_BYTES: u64 = 4 << 20;
 /// Number of region lock stripes.
 const LOCK_STRIPES: u64 = 64;
-/// How long a member that has left gets to take the superblock that marks
-/// it stale (see `tell_departed`).
-const DEPARTED_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How to create an array.
 #[derive(Debug, Clone)]
@@ -176,6 +173,14 @@ pub struct Raid1 {
     /// Bitmap clearing passes run so far (bumped under `meta`): a flush may
     /// clear bits only if no pass ran since its member flushes began.
     clearing_passes: AtomicU64,
+    /// Superblock writes to members that left, by device (`device_key`),
+    /// done or not.
+    departed_writes: SyncMutex<Vec<(usize, Shared<BoxFuture<'static, ()>>)>>,
+}
+
+/// A device's identity while this process holds it.
+fn device_key(dev: &DeviceRef) -> usize {
+    Arc::as_ptr(dev) as *const () as usize
 }
 
 /// Held region locks (no allocation for the common single-region case).
@@ -521,6 +526,7 @@ impl Raid1 {
             progress: SyncMutex::new(ResyncProgress::default()),
             checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
             clearing_passes: AtomicU64::new(0),
+            departed_writes: SyncMutex::new(Vec::new()),
         };
         raid.set_members(members);
         raid
@@ -571,14 +577,14 @@ impl Raid1 {
         let dev = self.live_device(slot);
         self.drop_member(&mut meta, slot, "failed by request");
         self.commit_meta(&mut meta).await?;
-        self.tell_departed(&mut meta, dev.into_iter().map(|d| (slot, d)).collect())
-            .await;
+        self.tell_departed(&meta, dev.into_iter().map(|d| (slot, d)).collect());
         Ok(())
     }
 
     /// Bring back a member that left (same disk, recognised by its
     /// superblock): it resyncs only the regions dirty in the bitmap.
     pub async fn readd_member(&self, dev: DeviceRef) -> BlockResult<()> {
+        self.departed_writes_done(&dev).await;
         let sb = read_newest(&dev).await?;
         let mut meta = self.meta.lock().await;
         let slot = sb.member_index as usize;
@@ -602,6 +608,7 @@ impl Raid1 {
 
     /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
     pub async fn replace_member(&self, slot: usize, dev: DeviceRef) -> BlockResult<()> {
+        self.departed_writes_done(&dev).await;
         if dev.block_size() != self.geo.block_size
             || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks
         {
@@ -817,7 +824,7 @@ impl Raid1 {
         }
         if !departed.is_empty() {
             self.commit_meta(meta).await?;
-            self.tell_departed(meta, departed).await;
+            self.tell_departed(meta, departed);
         }
         kept_error.map_or(Ok(()), Err)
     }
@@ -831,39 +838,75 @@ impl Raid1 {
     }
 
     /// Tell members that have just left the array (after the others have
-    /// committed it) that they are stale: each gets the array's new
-    /// superblock, where its own slot is no longer in sync, if it still
-    /// takes a write within [`DEPARTED_WRITE_TIMEOUT`]. Many failures
+    /// committed it) that they are stale: each is written the array's new
+    /// superblock, where its own slot is no longer in sync. Many failures
     /// (a bad sector, a full file system, a request) leave the superblock
     /// writable. Then, if such a member comes back alone at the next start
     /// (the others' disks missing), it refuses to serve the array instead
-    /// of serving the data it had when it left, as md would. Best effort:
-    /// one that cannot be written is where it would have been anyway.
-    async fn tell_departed(&self, meta: &mut MetaState, departed: Vec<(usize, DeviceRef)>) {
+    /// of serving the data it had when it left, as md would. Best effort,
+    /// in the background (a member that hangs must not hold the metadata
+    /// lock): one that cannot be written is where it would have been
+    /// anyway. A rejoin of the device waits for its write first
+    /// ([`Raid1::departed_writes_done`]), so that the write cannot land
+    /// over a newer copy.
+    fn tell_departed(&self, meta: &MetaState, departed: Vec<(usize, DeviceRef)>) {
+        let mut pending = self
+            .departed_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.retain(|(_, write)| write.peek().is_none());
         for (slot, dev) in departed {
             let sb = self.superblock(meta, slot);
             let lba = self.geo.superblock_lba(sb.seq);
-            let write = async {
-                dev.write(lba, buf::aligned(&sb.encode())).await?;
-                dev.flush().await
-            };
-            match tokio::time::timeout(DEPARTED_WRITE_TIMEOUT, write).await {
-                Ok(Ok(())) => {
-                    meta.sb_seq[slot] += 1;
-                    debug!(
+            let key = device_key(&dev);
+            let task = tokio::spawn(async move {
+                let written = async {
+                    dev.write(lba, buf::aligned(&sb.encode())).await?;
+                    dev.flush().await
+                };
+                match written.await {
+                    Ok(()) => debug!(
                         slot,
                         "raid1 member that left marked stale on its own superblock"
-                    );
+                    ),
+                    Err(e) => {
+                        debug!(slot, error = %e, "raid1 member that left cannot be marked stale")
+                    }
                 }
-                Ok(Err(e)) => {
-                    debug!(slot, error = %e, "raid1 member that left cannot be marked stale")
-                }
-                Err(_) => debug!(
-                    slot,
-                    "raid1 member that left did not take its superblock in time"
-                ),
-            }
+            });
+            let done: BoxFuture<'static, ()> = Box::pin(async move {
+                let _ = task.await;
+            });
+            pending.push((key, done.shared()));
         }
+    }
+
+    /// Waits until the superblock writes to `dev` from when it left (see
+    /// [`Raid1::tell_departed`]) have ended.
+    async fn departed_writes_done(&self, dev: &DeviceRef) {
+        let key = device_key(dev);
+        let writes: Vec<_> = self
+            .departed_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, write)| write.clone())
+            .collect();
+        join_all(writes).await;
+    }
+
+    /// Waits until every superblock write to a member that left has ended.
+    #[cfg(test)]
+    async fn all_departed_writes_done(&self) {
+        let writes: Vec<_> = self
+            .departed_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, write)| write.clone())
+            .collect();
+        join_all(writes).await;
     }
 
     /// The superblock of member `slot` as of `meta`.

@@ -201,6 +201,7 @@ async fn a_member_that_left_refuses_to_serve_alone() {
     m[1].set_full_from(Some(raid.data_offset() + 250));
     raid.write(300, block(2)).await.unwrap();
     assert_eq!(raid.status().await.members[1], MemberHealth::Missing);
+    raid.all_departed_writes_done().await;
     drop(raid);
     m[1].set_full_from(None);
     let err = Raid1::open(vec![m[1].clone()])
@@ -220,6 +221,7 @@ async fn a_member_that_left_refuses_to_serve_alone() {
     assert_eq!(member_block(&m[1], &raid, 300).await, 2);
     raid.fail_member(0).await.unwrap();
     raid.write(300, block(3)).await.unwrap();
+    raid.all_departed_writes_done().await;
     drop(raid);
     let err = Raid1::open(vec![m[0].clone()])
         .await
@@ -228,6 +230,25 @@ async fn a_member_that_left_refuses_to_serve_alone() {
     assert!(err.to_string().contains("slot(s) [1]"), "{err}");
     let raid = Raid1::open(refs(&m)).await.unwrap();
     assert_eq!(raid.read(300, buf::alloc(4096)).await.unwrap()[0], 3);
+}
+
+/// A member told that it left (above) rejoins in the same run: the re-add
+/// waits for that superblock write and goes on from its copy, and once
+/// caught up the member is in sync on its own superblock again.
+#[tokio::test]
+async fn a_member_told_it_left_rejoins_and_catches_up() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    m[1].set_full_from(Some(raid.data_offset() + 250));
+    raid.write(300, block(2)).await.unwrap();
+    m[1].set_full_from(None);
+    assert_eq!(raid.readd_parked().await, 1);
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(raid.status().await.members, vec![MemberHealth::InSync; 2]);
+    raid.all_departed_writes_done().await;
+    drop(raid);
+    let alone = Raid1::open(vec![m[1].clone()]).await.unwrap();
+    assert_eq!(alone.read(300, buf::alloc(4096)).await.unwrap()[0], 2);
 }
 
 #[tokio::test]
