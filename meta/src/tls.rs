@@ -9,8 +9,8 @@
 //! Raft message is accepted only over a connection whose certificate is
 //! valid for the address the group knows for the replica that sent it (the
 //! same check a client makes of a server's certificate). A replica's
-//! certificate therefore names its address (a DNS name, or an IP address
-//! as an IP subject alternative name) and, if it lists extended key usages,
+//! certificate therefore names its address as a subject alternative name
+//! (DNS, or IP for an IP address) and, if it lists extended key usages,
 //! both `serverAuth` and `clientAuth`.
 //!
 //! The files are PEM: a certificate (with its chain after it, if any), its

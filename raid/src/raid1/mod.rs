@@ -584,7 +584,7 @@ impl Raid1 {
     /// Bring back a member that left (same disk, recognised by its
     /// superblock): it resyncs only the regions dirty in the bitmap.
     pub async fn readd_member(&self, dev: DeviceRef) -> BlockResult<()> {
-        self.departed_writes_done(&dev).await;
+        self.departed_writes_done(Some(&dev)).await;
         let sb = read_newest(&dev).await?;
         let mut meta = self.meta.lock().await;
         let slot = sb.member_index as usize;
@@ -608,7 +608,7 @@ impl Raid1 {
 
     /// Put a new disk into `slot` (empty or missing): it is rebuilt in full.
     pub async fn replace_member(&self, slot: usize, dev: DeviceRef) -> BlockResult<()> {
-        self.departed_writes_done(&dev).await;
+        self.departed_writes_done(Some(&dev)).await;
         if dev.block_size() != self.geo.block_size
             || dev.num_blocks() < self.geo.data_offset + self.geo.data_blocks
         {
@@ -843,7 +843,7 @@ impl Raid1 {
     /// (a bad sector, a full file system, a request) leave the superblock
     /// writable. Then, if such a member comes back alone at the next start
     /// (the others' disks missing), it refuses to serve the array instead
-    /// of serving the data it had when it left, as md would. Best effort,
+    /// of serving the data it had when it left (as md would). Best effort,
     /// in the background (a member that hangs must not hold the metadata
     /// lock): one that cannot be written is where it would have been
     /// anyway. A rejoin of the device waits for its write first
@@ -881,29 +881,16 @@ impl Raid1 {
         }
     }
 
-    /// Waits until the superblock writes to `dev` from when it left (see
-    /// [`Raid1::tell_departed`]) have ended.
-    async fn departed_writes_done(&self, dev: &DeviceRef) {
-        let key = device_key(dev);
+    /// Waits until the superblock writes to members that left (see
+    /// [`Raid1::tell_departed`]) have ended: those to `dev`, or all.
+    async fn departed_writes_done(&self, dev: Option<&DeviceRef>) {
+        let key = dev.map(device_key);
         let writes: Vec<_> = self
             .departed_writes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, write)| write.clone())
-            .collect();
-        join_all(writes).await;
-    }
-
-    /// Waits until every superblock write to a member that left has ended.
-    #[cfg(test)]
-    async fn all_departed_writes_done(&self) {
-        let writes: Vec<_> = self
-            .departed_writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .filter(|(k, _)| key.is_none_or(|key| *k == key))
             .map(|(_, write)| write.clone())
             .collect();
         join_all(writes).await;

@@ -201,7 +201,7 @@ async fn a_member_that_left_refuses_to_serve_alone() {
     m[1].set_full_from(Some(raid.data_offset() + 250));
     raid.write(300, block(2)).await.unwrap();
     assert_eq!(raid.status().await.members[1], MemberHealth::Missing);
-    raid.all_departed_writes_done().await;
+    raid.departed_writes_done(None).await;
     drop(raid);
     m[1].set_full_from(None);
     let err = Raid1::open(vec![m[1].clone()])
@@ -221,7 +221,7 @@ async fn a_member_that_left_refuses_to_serve_alone() {
     assert_eq!(member_block(&m[1], &raid, 300).await, 2);
     raid.fail_member(0).await.unwrap();
     raid.write(300, block(3)).await.unwrap();
-    raid.all_departed_writes_done().await;
+    raid.departed_writes_done(None).await;
     drop(raid);
     let err = Raid1::open(vec![m[0].clone()])
         .await
@@ -245,7 +245,7 @@ async fn a_member_told_it_left_rejoins_and_catches_up() {
     assert_eq!(raid.readd_parked().await, 1);
     raid.resync_now(&RateLimit::default()).await.unwrap();
     assert_eq!(raid.status().await.members, vec![MemberHealth::InSync; 2]);
-    raid.all_departed_writes_done().await;
+    raid.departed_writes_done(None).await;
     drop(raid);
     let alone = Raid1::open(vec![m[1].clone()]).await.unwrap();
     assert_eq!(alone.read(300, buf::alloc(4096)).await.unwrap()[0], 2);
