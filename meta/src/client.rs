@@ -228,12 +228,13 @@ impl MetaClient {
     }
 
     /// What may be wrong when a call or connection fails with `error` in a
-    /// way TLS settings explain. With TLS: a TLS error (this client's TLS
-    /// against a plain-text replica, certificates not trusted), or a
-    /// replica that closed the connection at once (under TLS 1.3 a replica
-    /// refuses a client's certificate after the client thinks the handshake
-    /// done). Without: an HTTP/2 protocol error (a TLS replica's bytes read
-    /// as HTTP/2).
+    /// way TLS settings explain: a TLS error (this client's TLS against a
+    /// plain-text replica, certificates not trusted), a replica that closed
+    /// the connection at once (under TLS 1.3 a replica refuses a client's
+    /// certificate after the client thinks the handshake done; a TLS
+    /// replica drops a plain-text client), or an HTTP/2 protocol error (a
+    /// TLS replica's bytes read as HTTP/2). Which of these a mismatch shows
+    /// depends on timing.
     fn tls_hint(
         &self,
         error: &(dyn std::error::Error + 'static),
@@ -252,19 +253,20 @@ impl MetaClient {
         }
         // HTTP/2 keeps only the text of an I/O error it saw (a TLS alert,
         // a closed connection).
-        let text = chain(error);
+        let text = chain(error).to_lowercase();
         let closed = code == Code::Cancelled
             || [
                 "received fatal alert",
                 "broken pipe",
                 "connection reset",
                 "connection closed",
+                "eof",
             ]
             .iter()
             .any(|words| text.contains(words));
         if self.tls && (tls_error || closed) {
             "; does the replica serve TLS, and take this certificate?"
-        } else if !self.tls && message.starts_with("h2 protocol error") {
+        } else if !self.tls && (closed || message.starts_with("h2 protocol error")) {
             "; if the replica serves TLS, give a client certificate, its key and the CA"
         } else {
             ""
