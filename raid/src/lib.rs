@@ -51,7 +51,7 @@ pub use linear::Linear;
 pub use mem::MemoryDevice;
 pub use null::NullDevice;
 pub use raid0::Raid0;
-pub use raid1::{MemberHealth, Raid1, Raid1Options, Raid1Status, ResyncProgress};
+pub use raid1::{MemberHealth, Raid1, Raid1OpenOptions, Raid1Options, Raid1Status, ResyncProgress};
 pub use size::{format_size, parse_size, SizeError};
 pub use suspend::{SuspendGuard, SuspendableDevice};
 pub use task::{BackgroundTask, RateLimit};

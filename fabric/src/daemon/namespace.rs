@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use raid::{
     parse_size, BackgroundTask, DeviceRef, FileDevice, FileOptions, MemberHealth, MemoryDevice,
-    NullDevice, Raid1, Raid1Options, RateLimit,
+    NullDevice, Raid1, Raid1OpenOptions, Raid1Options, RateLimit,
 };
 
 /// A namespace backend: `mem:SIZE`, `null:SIZE`, `file:PATH[:SIZE]` or
@@ -121,6 +121,16 @@ impl NamespaceSpec {
     /// when every member is blank, else assembled from the members with a
     /// superblock, blank ones rebuilding missing members.
     pub async fn open(&self, block_size: u32) -> anyhow::Result<OpenNamespace> {
+        self.open_with(block_size, Raid1OpenOptions::default())
+            .await
+    }
+
+    /// [`NamespaceSpec::open`], assembling a raid1 with `raid1_open`.
+    pub async fn open_with(
+        &self,
+        block_size: u32,
+        raid1_open: Raid1OpenOptions,
+    ) -> anyhow::Result<OpenNamespace> {
         let too_small = |size: u64| size < block_size as u64;
         if let Some(size) = self.size().filter(|s| s % u64::from(block_size) != 0) {
             bail!("size {size} is not a multiple of the {block_size}-byte block size");
@@ -143,7 +153,9 @@ impl NamespaceSpec {
             },
             NamespaceSpec::Null(size) => Arc::new(NullDevice::new(*size, block_size)),
             NamespaceSpec::File(path, size) => open_file(path, *size, block_size)?,
-            NamespaceSpec::Raid1(paths, size) => return open_raid1(paths, *size, block_size).await,
+            NamespaceSpec::Raid1(paths, size) => {
+                return open_raid1(paths, *size, block_size, raid1_open).await
+            }
         };
         Ok(OpenNamespace {
             device,
@@ -261,6 +273,7 @@ async fn open_raid1(
     paths: &[PathBuf],
     size: Option<u64>,
     block_size: u32,
+    raid1_open: Raid1OpenOptions,
 ) -> anyhow::Result<OpenNamespace> {
     let mut members = Vec::new();
     let mut blank = Vec::new(); // (path, device when it exists)
@@ -301,7 +314,9 @@ async fn open_raid1(
             .await
             .context("creating the raid1")?
     } else {
-        let raid = Raid1::open(members).await.context("assembling the raid1")?;
+        let raid = Raid1::open_with(members, raid1_open)
+            .await
+            .context("assembling the raid1")?;
         let status = raid.status().await;
         let free: Vec<usize> = status
             .members
@@ -559,6 +574,50 @@ mod tests {
         // No table for 16 TiB of RAM built up front: refused at once.
         let e = refusal("mem:16T").await;
         assert!(e.contains("larger than this machine's memory"), "{e}");
+    }
+
+    /// The last in-sync member lost: the member that left before it is
+    /// refused alone, and with `--assemble-stale` becomes a new mirror,
+    /// with a blank file given beside it rebuilt from it.
+    #[tokio::test]
+    async fn raid1_assembles_a_member_that_left_only_on_request() {
+        let dir = scratch("stale");
+        let (a, b, c) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
+        let spec = |x: &Path, y: &Path| -> NamespaceSpec {
+            format!("raid1:{},{}:4M", x.display(), y.display())
+                .parse()
+                .unwrap()
+        };
+        let ns = spec(&a, &b).open(4096).await.unwrap();
+        ns.device
+            .write(3, raid::Bytes::from(pattern(3)))
+            .await
+            .unwrap();
+        ns.raid1.as_ref().unwrap().fail_member(1).await.unwrap();
+        ns.device
+            .write(3, raid::Bytes::from(pattern(4)))
+            .await
+            .unwrap();
+        close(ns).await;
+        std::fs::remove_file(&a).unwrap();
+
+        let err = spec(&b, &c).open(4096).await.err().unwrap();
+        assert!(format!("{err:#}").contains("no in-sync member"), "{err:#}");
+        assert!(!c.exists(), "nothing created for a refused spec");
+        let force = Raid1OpenOptions {
+            assemble_stale: true,
+        };
+        let ns = spec(&b, &c).open_with(4096, force).await.unwrap();
+        in_sync(&ns).await;
+        let data = ns.device.read(3, raid::buf::alloc(8192)).await.unwrap();
+        assert_eq!(&data[..], &pattern(3)[..], "the data as it was when b left");
+        close(ns).await;
+        let alone = NamespaceSpec::Raid1(vec![c.clone()], None);
+        let ns = alone.open(4096).await.unwrap();
+        let data = ns.device.read(3, raid::buf::alloc(8192)).await.unwrap();
+        assert_eq!(&data[..], &pattern(3)[..], "rebuilt onto c");
+        close(ns).await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

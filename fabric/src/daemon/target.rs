@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use raid::parse_size;
+use raid::{parse_size, Raid1OpenOptions};
 use serde::Deserialize;
 
 pub use super::namespace::{NamespaceSpec, OpenNamespace};
@@ -29,9 +29,9 @@ pub const DEFAULT_NAMESPACE: &str = "mem:1G";
 /// Arguments of `fabricd target`.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct TargetArgs {
-    /// TOML file with the same settings as the flags, but --log-level and
-    /// --worker-threads (keys with underscores: `rdma_slots = 1024`; flags
-    /// win).
+    /// TOML file with the same settings as the flags, but --log-level,
+    /// --worker-threads and --assemble-stale (keys with underscores:
+    /// `rdma_slots = 1024`; flags win).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on; repeat for several [default: tcp://127.0.0.1:4420].
@@ -95,6 +95,13 @@ pub struct TargetArgs {
     /// up to this much CPU per idle spell) [default: 0, off].
     #[arg(long, value_name = "MICROSECONDS")]
     pub tcp_poll_us: Option<u64>,
+    /// Recovery, for one start (flag only): a raid1 namespace none of
+    /// whose in-sync members is present is assembled as a new array from
+    /// the member that left last. Writes acknowledged after it left are
+    /// lost; the missing members, should they return, are refused next to
+    /// it.
+    #[arg(long)]
+    pub assemble_stale: bool,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info", value_parser = super::logging::parse_filter)]
     pub log_level: String,
@@ -184,6 +191,8 @@ pub struct TargetSettings {
     pub rdma: RdmaConfig,
     /// TCP transport settings.
     pub tcp: TcpTransport,
+    /// How raid1 namespaces are assembled (`--assemble-stale`).
+    pub raid1_open: Raid1OpenOptions,
 }
 
 /// A list setting: the flags' values, else the file's, else the default.
@@ -357,6 +366,9 @@ impl TargetArgs {
             cntlid_range,
             rdma,
             tcp,
+            raid1_open: Raid1OpenOptions {
+                assemble_stale: self.assemble_stale,
+            },
         })
     }
 }
@@ -387,7 +399,7 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
     let mut namespaces = Vec::new();
     for (i, spec) in s.namespaces.iter().enumerate() {
         let ns = spec
-            .open(s.block_size)
+            .open_with(s.block_size, s.raid1_open)
             .await
             .with_context(|| format!("namespace {}", i + 1))?;
         sub.add_namespace(i as u32 + 1, ns.device.clone(), 1)?;
@@ -499,14 +511,25 @@ mod tests {
         assert!(s.discovery);
         assert_eq!(s.max_transfer, 128 << 10);
 
-        std::fs::write(&path, "nqn = \"x\"\nbogus = 1\n").unwrap();
-        let err = TargetArgs {
-            config: Some(path.clone()),
+        assert_eq!(s.raid1_open, Raid1OpenOptions::default());
+        let args = TargetArgs {
+            assemble_stale: true,
             ..Default::default()
+        };
+        assert!(args.settings().unwrap().raid1_open.assemble_stale);
+
+        // Unknown keys are refused; --assemble-stale is a flag only.
+        for key in ["bogus = 1", "assemble_stale = true"] {
+            std::fs::write(&path, format!("nqn = \"x\"\n{key}\n")).unwrap();
+            let err = TargetArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .settings()
+            .unwrap_err();
+            let name = key.split(' ').next().unwrap();
+            assert!(err.to_string().contains(name), "{err}");
         }
-        .settings()
-        .unwrap_err();
-        assert!(err.to_string().contains("bogus"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

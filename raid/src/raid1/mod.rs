@@ -70,6 +70,10 @@ use superblock::{read_newest, Geometry, Slot, SlotState, Superblock, MAX_MEMBERS
 pub const DEFAULT_REGION_BYTES: u64 = 4 << 20;
 /// Number of region lock stripes.
 const LOCK_STRIPES: u64 = 64;
+/// How long [`Raid1::close`] waits for members that left to take the
+/// superblock write that tells them so (a hanging member must not hold a
+/// shutdown for ever).
+pub const DEPARTED_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How to create an array.
 #[derive(Debug, Clone)]
@@ -88,6 +92,18 @@ impl Default for Raid1Options {
             initial_sync: false,
         }
     }
+}
+
+/// How to open an existing array ([`Raid1::open_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Raid1OpenOptions {
+    /// Recovery when the in-sync members are lost for good: if none of
+    /// them is present, assemble a new array (new UUID) from the present
+    /// member that left last, whose data is then older than what hosts
+    /// were acknowledged; the other present members are rebuilt from it
+    /// and the missing slots become empty. Should a lost member come back,
+    /// it belongs to the old array and is refused next to the new one.
+    pub assemble_stale: bool,
 }
 
 /// Health of one slot, for [`Raid1Status`].
@@ -247,6 +263,51 @@ fn failures(live: &[Member], results: Vec<BlockResult<()>>) -> Vec<(usize, Block
         .collect()
 }
 
+/// Make the present member that left last (the highest event count among
+/// the stale ones) the only in-sync member of a new array, the other
+/// present members replacements to rebuild from it, and every slot without
+/// a present member empty. Returns the new array's UUID. A member that was
+/// being rebuilt holds only part of the data and is never chosen.
+fn assemble_stale(
+    members: &mut [Member],
+    events_by_slot: &[(usize, u64)],
+    slots: &mut [Slot],
+) -> BlockResult<[u8; 16]> {
+    let chosen = events_by_slot
+        .iter()
+        .filter(|(slot, _)| slots.get(*slot).map(|s| s.state) == Some(SlotState::Stale))
+        .max_by_key(|(_, events)| *events)
+        .map(|(slot, _)| *slot)
+        .ok_or_else(|| {
+            BlockError::Offline(
+                "raid1: no member that left the array is present to assemble from (a \
+                 member that was being rebuilt holds only part of the data)"
+                    .into(),
+            )
+        })?;
+    for m in members.iter_mut() {
+        m.recovering = (m.slot != chosen).then_some(true);
+    }
+    for (i, slot) in slots.iter_mut().enumerate() {
+        slot.resync_from = 0;
+        if !members.iter().any(|m| m.slot == i) {
+            *slot = Slot {
+                uuid: [0; 16],
+                state: SlotState::Empty,
+                resync_from: 0,
+            };
+        }
+    }
+    let uuid = new_uuid();
+    warn!(
+        slot = chosen,
+        new_uuid = %uuid::Uuid::from_bytes(uuid),
+        "raid1 assembled from a member that left the array: writes acknowledged after it \
+         left are not on it; the missing members now belong to the old array"
+    );
+    Ok(uuid)
+}
+
 fn new_uuid() -> [u8; 16] {
     *uuid::Uuid::new_v4().as_bytes()
 }
@@ -255,10 +316,26 @@ impl Raid1 {
     /// Flush and leave the write-intent bitmap clean, after the last write
     /// (a shutdown): two flush passes, since a region is cleared by the
     /// first pass that finds it untouched since the previous one. The next
-    /// open then resyncs nothing.
+    /// open then resyncs nothing. Then wait, up to
+    /// [`DEPARTED_WRITE_WAIT`], for the superblock writes that tell members
+    /// which left that they did ([`Raid1::tell_departed`]): a process that
+    /// exits right after a member left would otherwise leave it believing
+    /// itself in sync.
     pub async fn close(&self) -> BlockResult<()> {
         self.flush().await?;
-        self.flush().await
+        self.flush().await?;
+        let told = self.departed_writes_done(None);
+        if tokio::time::timeout(DEPARTED_WRITE_WAIT, told)
+            .await
+            .is_err()
+        {
+            warn!(
+                "raid1 close: a member that left did not take its superblock write within {:?}; \
+                 alone, it may still assemble with the data it had when it left",
+                DEPARTED_WRITE_WAIT
+            );
+        }
+        Ok(())
     }
 
     /// The clearing pass of a flush whose member flushes began when
@@ -348,6 +425,14 @@ impl Raid1 {
     /// does not match its slot table (members replaced since) are ignored
     /// with a warning; devices of different arrays are an error.
     pub async fn open(devs: Vec<DeviceRef>) -> BlockResult<Arc<Raid1>> {
+        Raid1::open_with(devs, Raid1OpenOptions::default()).await
+    }
+
+    /// [`Raid1::open`] with options.
+    pub async fn open_with(
+        devs: Vec<DeviceRef>,
+        opts: Raid1OpenOptions,
+    ) -> BlockResult<Arc<Raid1>> {
         let mut found = Vec::new();
         for dev in devs {
             match read_newest(&dev).await {
@@ -425,19 +510,28 @@ impl Raid1 {
             member_events.push(sb.events);
             sb_seq[slot] = sb.seq + 1;
         }
+        // Each present member's own event count, by slot.
+        let events_by_slot: Vec<(usize, u64)> =
+            members.iter().map(|m| m.slot).zip(member_events).collect();
         members.sort_by_key(|m| m.slot);
         let in_sync_missing: Vec<usize> = (0..fresh.slots.len())
             .filter(|&slot| fresh.slots[slot].state == SlotState::InSync)
             .filter(|&slot| !members.iter().any(|m| m.slot == slot))
             .collect();
+        let mut array_uuid = fresh.array_uuid;
+        let mut slots = fresh.slots;
+        let no_in_sync = members.iter().all(|m| m.recovering.is_some());
+        if opts.assemble_stale && no_in_sync {
+            array_uuid = assemble_stale(&mut members, &events_by_slot, &mut slots)?;
+        }
         let geo = fresh.geometry;
         let raid = Raid1::assemble(
             geo,
-            fresh.array_uuid,
+            array_uuid,
             Vec::new(),
             MetaState {
                 events: fresh.events,
-                slots: fresh.slots,
+                slots,
                 sb_seq,
             },
         );

@@ -232,6 +232,96 @@ async fn a_member_that_left_refuses_to_serve_alone() {
     assert_eq!(raid.read(300, buf::alloc(4096)).await.unwrap()[0], 3);
 }
 
+/// A close right after a member left (a shutdown) waits for the write
+/// that tells it so: the process may exit next, and the member must not
+/// come back alone believing itself in sync.
+#[tokio::test]
+async fn close_waits_until_a_member_that_left_is_told() {
+    let m = members(2, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(300, block(1)).await.unwrap();
+    raid.fail_member(1).await.unwrap();
+    raid.write(300, block(2)).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    let err = Raid1::open(vec![m[1].clone()])
+        .await
+        .err()
+        .expect("a member that left, alone after a close");
+    assert!(err.to_string().contains("slot(s) [0]"), "{err}");
+}
+
+/// Recovery when the in-sync member is lost for good: only on request,
+/// the member that left last becomes a new array with the data it had
+/// when it left; the one that left before it is rebuilt from it, the lost
+/// slot is empty, and the lost member, should it come back, is refused
+/// next to the new array but still opens alone as the old one.
+#[tokio::test]
+async fn a_member_that_left_assembles_a_new_array_on_request() {
+    let m = members(3, 8 * MB);
+    let raid = Raid1::create(refs(&m), &opts()).await.unwrap();
+    raid.write(300, block(1)).await.unwrap();
+    raid.fail_member(2).await.unwrap();
+    raid.write(300, block(2)).await.unwrap();
+    raid.fail_member(1).await.unwrap();
+    raid.write(300, block(3)).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    let stale = || vec![m[2].clone() as DeviceRef, m[1].clone()];
+    let err = Raid1::open(stale())
+        .await
+        .err()
+        .expect("refused by default");
+    assert!(err.to_string().contains("slot(s) [0]"), "{err}");
+    let force = Raid1OpenOptions {
+        assemble_stale: true,
+    };
+    let raid = Raid1::open_with(stale(), force).await.unwrap();
+    assert_eq!(
+        raid.status().await.members,
+        vec![
+            MemberHealth::Empty,
+            MemberHealth::InSync,
+            MemberHealth::Recovering
+        ]
+    );
+    assert_eq!(raid.read(300, buf::alloc(4096)).await.unwrap()[0], 2);
+    raid.resync_now(&RateLimit::default()).await.unwrap();
+    assert_eq!(member_block(&m[2], &raid, 300).await, 2);
+    raid.write(301, block(4)).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    let err = Raid1::open(refs(&m)).await.err().expect("two arrays now");
+    assert!(err.to_string().contains("different arrays"), "{err}");
+    let old = Raid1::open(vec![m[0].clone()]).await.unwrap();
+    assert_eq!(old.read(300, buf::alloc(4096)).await.unwrap()[0], 3);
+    drop(old);
+    let new = Raid1::open(stale()).await.unwrap();
+    assert_eq!(new.status().await.members[1..], [MemberHealth::InSync; 2]);
+    assert_eq!(new.read(301, buf::alloc(4096)).await.unwrap()[0], 4);
+}
+
+/// A member that was being rebuilt holds only part of the data: it is
+/// never what a new array is assembled from.
+#[tokio::test]
+async fn a_rebuilding_member_does_not_assemble_alone() {
+    let m = members(3, 8 * MB);
+    let raid = Raid1::create(refs(&m[..2]), &opts()).await.unwrap();
+    raid.write(300, block(1)).await.unwrap();
+    raid.fail_member(1).await.unwrap();
+    raid.replace_member(1, m[2].clone()).await.unwrap();
+    raid.close().await.unwrap();
+    drop(raid);
+    let force = Raid1OpenOptions {
+        assemble_stale: true,
+    };
+    let err = Raid1::open_with(vec![m[2].clone()], force)
+        .await
+        .err()
+        .expect("a replacement that never finished, alone");
+    assert!(err.to_string().contains("being rebuilt"), "{err}");
+}
+
 /// A member told that it left (above) rejoins in the same run: the re-add
 /// waits for that superblock write and goes on from its copy, and once
 /// caught up the member is in sync on its own superblock again.
