@@ -184,47 +184,6 @@ pub fn check_distinct_paths(specs: &[NamespaceSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Warnings for file systems whose sparse backing files (of `specs`) could
-/// grow by more than the space left on them: writes into their holes then
-/// fail with no space (Capacity Exceeded to the host) once it fills.
-pub fn overcommitted_file_systems(specs: &[NamespaceSpec]) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    // Per file system (device number): a path on it, and how much its
-    // files may still grow.
-    let mut growth: std::collections::BTreeMap<u64, (PathBuf, u64)> = Default::default();
-    for path in specs.iter().flat_map(|s| s.paths()) {
-        let Ok(meta) = std::fs::metadata(path) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        let holes = meta.len().saturating_sub(meta.blocks().saturating_mul(512));
-        let entry = growth
-            .entry(meta.dev())
-            .or_insert_with(|| (path.clone(), 0));
-        entry.1 = entry.1.saturating_add(holes);
-    }
-    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
-    growth
-        .into_values()
-        .filter_map(|(path, holes)| {
-            let fs = rustix::fs::statvfs(&path).ok()?;
-            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-            (holes > free).then(|| {
-                format!(
-                    "the sparse backing files on the file system of {} can grow by {:.1} GiB \
-                     but {:.1} GiB are free: writes into their unallocated blocks will fail \
-                     with no space (Capacity Exceeded) once it fills",
-                    path.display(),
-                    gib(holes),
-                    gib(free)
-                )
-            })
-        })
-        .collect()
-}
-
 /// The machine's RAM in bytes (`MemTotal` in `/proc/meminfo`).
 fn physical_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -499,35 +458,6 @@ mod tests {
         let back = ns.device.read(1, raid::buf::alloc(8192)).await.unwrap();
         assert_eq!(&back[..], &pattern(1)[..]);
         close(ns).await;
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn sparse_files_larger_than_the_free_space_are_named() {
-        let dir = scratch("sparse");
-        let big = dir.join("big.img");
-        // Far more than any test machine's disk; a sparse file costs nothing.
-        std::fs::File::create(&big)
-            .unwrap()
-            .set_len(4 << 40)
-            .unwrap();
-        let small = dir.join("small.img");
-        std::fs::write(&small, vec![1u8; 8192]).unwrap();
-        let spec = |s: &str| s.parse::<NamespaceSpec>().unwrap();
-        let warnings = overcommitted_file_systems(&[
-            spec(&format!("file:{}", small.display())),
-            spec(&format!("raid1:{},{}", big.display(), small.display())),
-            spec("mem:1M"),
-        ]);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(
-            warnings[0].contains("can grow by 4096.0 GiB"),
-            "{}",
-            warnings[0]
-        );
-        assert!(
-            overcommitted_file_systems(&[spec(&format!("file:{}", small.display()))]).is_empty()
-        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -405,7 +405,7 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
         sub.add_namespace(i as u32 + 1, ns.device.clone(), 1)?;
         namespaces.push(ns);
     }
-    for warning in super::namespace::overcommitted_file_systems(&s.namespaces) {
+    for warning in super::free_space::overcommitted_file_systems(&s.namespaces) {
         tracing::warn!("{warning}");
     }
     if s.listen.iter().any(|a| a.kind == TransportKind::Rdma) {
@@ -451,7 +451,12 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         "ready: serving on {}",
         addrs.join(", ")
     );
+    let space_watch = super::free_space::spawn_watch(
+        settings.namespaces.clone(),
+        super::free_space::WATCH_INTERVAL,
+    );
     wait_for_signal().await;
+    space_watch.abort();
     tracing::info!("shutting down");
     target.shutdown();
     for l in listeners {
