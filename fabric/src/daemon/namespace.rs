@@ -243,7 +243,7 @@ async fn open_raid1(
         }
         let dev = open_file(path, size, block_size)?;
         if Raid1::is_member(&dev).await {
-            members.push(dev);
+            members.push((path, dev));
         } else if is_blank(&dev)
             .await
             .with_context(|| format!("reading {}", path.display()))?
@@ -273,9 +273,17 @@ async fn open_raid1(
             .await
             .context("creating the raid1")?
     } else {
-        let raid = Raid1::open_with(members, raid1_open)
+        let devs = members.iter().map(|(_, dev)| dev.clone()).collect();
+        let raid = Raid1::open_with(devs, raid1_open)
             .await
             .context("assembling the raid1")?;
+        if raid1_open.assemble_stale {
+            // Which file is which slot, for the recovery's WARN (by slot).
+            for (path, dev) in &members {
+                let slot = raid.slot_of(dev);
+                tracing::warn!(path = %path.display(), ?slot, "raid1 member after --assemble-stale");
+            }
+        }
         let status = raid.status().await;
         let free: Vec<usize> = status
             .members

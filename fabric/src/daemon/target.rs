@@ -95,13 +95,13 @@ pub struct TargetArgs {
     /// up to this much CPU per idle spell) [default: 0, off].
     #[arg(long, value_name = "MICROSECONDS")]
     pub tcp_poll_us: Option<u64>,
-    /// Recovery, for one start (flag only): a raid1 namespace none of
-    /// whose in-sync members is present is assembled as a new array from
-    /// the member that left last. Writes acknowledged after it left are
-    /// lost; the missing members, should they return, are refused next to
-    /// it.
-    #[arg(long)]
-    pub assemble_stale: bool,
+    /// Recovery, for one start (flag only; repeat for several): if none
+    /// of the in-sync members of raid1 namespace NSID is present, assemble
+    /// it as a new array from the member that left last. Writes
+    /// acknowledged after it left are lost; the missing members, should
+    /// they return, are refused next to it.
+    #[arg(long = "assemble-stale", value_name = "NSID")]
+    pub assemble_stale: Vec<u32>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info", value_parser = super::logging::parse_filter)]
     pub log_level: String,
@@ -191,8 +191,9 @@ pub struct TargetSettings {
     pub rdma: RdmaConfig,
     /// TCP transport settings.
     pub tcp: TcpTransport,
-    /// How raid1 namespaces are assembled (`--assemble-stale`).
-    pub raid1_open: Raid1OpenOptions,
+    /// raid1 namespaces to assemble from a member that left
+    /// (`--assemble-stale`), by NSID.
+    pub assemble_stale: Vec<u32>,
 }
 
 /// A list setting: the flags' values, else the file's, else the default.
@@ -262,6 +263,14 @@ impl TargetArgs {
             DEFAULT_NAMESPACE,
         )?;
         super::namespace::check_distinct_paths(&namespaces)?;
+        for &nsid in &self.assemble_stale {
+            let spec = (nsid as usize)
+                .checked_sub(1)
+                .and_then(|i| namespaces.get(i));
+            if !matches!(spec, Some(NamespaceSpec::Raid1(..))) {
+                bail!("--assemble-stale {nsid}: namespace {nsid} is not a raid1 namespace");
+            }
+        }
         let max_transfer = scalar_setting(
             self.max_transfer,
             &file.max_transfer,
@@ -366,9 +375,7 @@ impl TargetArgs {
             cntlid_range,
             rdma,
             tcp,
-            raid1_open: Raid1OpenOptions {
-                assemble_stale: self.assemble_stale,
-            },
+            assemble_stale: self.assemble_stale.clone(),
         })
     }
 }
@@ -399,7 +406,12 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
     let mut namespaces = Vec::new();
     for (i, spec) in s.namespaces.iter().enumerate() {
         let ns = spec
-            .open_with(s.block_size, s.raid1_open)
+            .open_with(
+                s.block_size,
+                Raid1OpenOptions {
+                    assemble_stale: s.assemble_stale.contains(&(i as u32 + 1)),
+                },
+            )
             .await
             .with_context(|| format!("namespace {}", i + 1))?;
         sub.add_namespace(i as u32 + 1, ns.device.clone(), 1)?;
@@ -516,12 +528,23 @@ mod tests {
         assert!(s.discovery);
         assert_eq!(s.max_transfer, 128 << 10);
 
-        assert_eq!(s.raid1_open, Raid1OpenOptions::default());
-        let args = TargetArgs {
-            assemble_stale: true,
-            ..Default::default()
+        assert!(s.assemble_stale.is_empty());
+        let stale = |nsids: Vec<u32>| {
+            TargetArgs {
+                namespaces: vec!["mem:1M".parse().unwrap(), "raid1:/a,/b".parse().unwrap()],
+                assemble_stale: nsids,
+                ..Default::default()
+            }
+            .settings()
         };
-        assert!(args.settings().unwrap().raid1_open.assemble_stale);
+        assert_eq!(stale(vec![2]).unwrap().assemble_stale, vec![2]);
+        for nsid in [0, 1, 3] {
+            let err = stale(vec![nsid]).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("--assemble-stale {nsid}: namespace {nsid} is not a raid1 namespace")
+            );
+        }
 
         // Unknown keys are refused; --assemble-stale is a flag only.
         for key in ["bogus = 1", "assemble_stale = true"] {

@@ -100,9 +100,12 @@ pub struct Raid1OpenOptions {
     /// Recovery when the in-sync members are lost for good: if none of
     /// them is present, assemble a new array (new UUID) from the present
     /// member that left last, whose data is then older than what hosts
-    /// were acknowledged; the other present members are rebuilt from it
-    /// and the missing slots become empty. Should a lost member come back,
-    /// it belongs to the old array and is refused next to the new one.
+    /// were acknowledged (and in the regions its bitmap marks dirty,
+    /// possibly older still: writes in flight when it left, or regions not
+    /// yet caught up after a re-add); the other present members are
+    /// rebuilt from it and the missing slots become empty. Should a lost
+    /// member come back, it belongs to the old array and is refused next
+    /// to the new one.
     pub assemble_stale: bool,
 }
 
@@ -264,24 +267,25 @@ fn failures(live: &[Member], results: Vec<BlockResult<()>>) -> Vec<(usize, Block
 }
 
 /// Make the present member that left last (the highest event count among
-/// the stale ones) the only in-sync member of a new array, the other
-/// present members replacements to rebuild from it, and every slot without
-/// a present member empty. Returns the new array's UUID. A member that was
-/// being rebuilt holds only part of the data and is never chosen.
+/// the stale ones, the lowest slot of equals) the only in-sync member of a
+/// new array, the other present members replacements to rebuild from it,
+/// and every slot without a present member empty. Returns the new array's
+/// UUID and the chosen slot. A replacement that was being rebuilt in full
+/// holds only part of the data and is never chosen.
 fn assemble_stale(
     members: &mut [Member],
     events_by_slot: &[(usize, u64)],
     slots: &mut [Slot],
-) -> BlockResult<[u8; 16]> {
+) -> BlockResult<([u8; 16], usize)> {
     let chosen = events_by_slot
         .iter()
         .filter(|(slot, _)| slots.get(*slot).map(|s| s.state) == Some(SlotState::Stale))
-        .max_by_key(|(_, events)| *events)
+        .max_by_key(|(slot, events)| (*events, std::cmp::Reverse(*slot)))
         .map(|(slot, _)| *slot)
         .ok_or_else(|| {
             BlockError::Offline(
                 "raid1: no member that left the array is present to assemble from (a \
-                 member that was being rebuilt holds only part of the data)"
+                 replacement that was being rebuilt holds only part of the data)"
                     .into(),
             )
         })?;
@@ -298,14 +302,7 @@ fn assemble_stale(
             };
         }
     }
-    let uuid = new_uuid();
-    warn!(
-        slot = chosen,
-        new_uuid = %uuid::Uuid::from_bytes(uuid),
-        "raid1 assembled from a member that left the array: writes acknowledged after it \
-         left are not on it; the missing members now belong to the old array"
-    );
-    Ok(uuid)
+    Ok((new_uuid(), chosen))
 }
 
 fn new_uuid() -> [u8; 16] {
@@ -322,8 +319,12 @@ impl Raid1 {
     /// exits right after a member left would otherwise leave it believing
     /// itself in sync.
     pub async fn close(&self) -> BlockResult<()> {
-        self.flush().await?;
-        self.flush().await?;
+        // A failing flush is what makes a member leave: wait for it to be
+        // told either way.
+        let flushed = match self.flush().await {
+            Ok(()) => self.flush().await,
+            Err(e) => Err(e),
+        };
         let told = self.departed_writes_done(None);
         if tokio::time::timeout(DEPARTED_WRITE_WAIT, told)
             .await
@@ -335,7 +336,7 @@ impl Raid1 {
                 DEPARTED_WRITE_WAIT
             );
         }
-        Ok(())
+        flushed
     }
 
     /// The clearing pass of a flush whose member flushes began when
@@ -520,9 +521,11 @@ impl Raid1 {
             .collect();
         let mut array_uuid = fresh.array_uuid;
         let mut slots = fresh.slots;
-        let no_in_sync = members.iter().all(|m| m.recovering.is_some());
-        if opts.assemble_stale && no_in_sync {
-            array_uuid = assemble_stale(&mut members, &events_by_slot, &mut slots)?;
+        let mut forced = None;
+        if opts.assemble_stale && members.iter().all(|m| m.recovering.is_some()) {
+            let (uuid, slot) = assemble_stale(&mut members, &events_by_slot, &mut slots)?;
+            array_uuid = uuid;
+            forced = Some(slot);
         }
         let geo = fresh.geometry;
         let raid = Raid1::assemble(
@@ -551,6 +554,17 @@ impl Raid1 {
                     raid.intent.dirty.fill_block(blk);
                 }
             }
+        }
+        if let Some(slot) = forced {
+            warn!(
+                slot,
+                new_uuid = %uuid::Uuid::from_bytes(array_uuid),
+                dirty_regions = raid.intent.dirty.count(),
+                "raid1 assembled from a member that left the array: writes acknowledged \
+                 after it left are not on it, and the regions its bitmap marks dirty (in \
+                 flight when it left, or not yet caught up after a re-add) may be older \
+                 still; the missing members now belong to the old array"
+            );
         }
         let mut in_sync = members.iter_mut().filter(|m| m.recovering.is_none());
         if in_sync.next().is_none() {
@@ -634,6 +648,15 @@ impl Raid1 {
     /// Blocks per bitmap region.
     pub fn region_blocks(&self) -> u64 {
         self.geo.region_blocks()
+    }
+
+    /// The slot of `dev` while it is a live member.
+    pub fn slot_of(&self, dev: &DeviceRef) -> Option<usize> {
+        let key = device_key(dev);
+        self.live()
+            .iter()
+            .find(|m| device_key(&m.dev) == key)
+            .map(|m| m.slot)
     }
 
     /// The array's state.

@@ -286,6 +286,7 @@ async fn a_member_that_left_assembles_a_new_array_on_request() {
         ]
     );
     assert_eq!(raid.read(300, buf::alloc(4096)).await.unwrap()[0], 2);
+    assert_eq!(raid.slot_of(&(m[1].clone() as DeviceRef)), Some(1));
     raid.resync_now(&RateLimit::default()).await.unwrap();
     assert_eq!(member_block(&m[2], &raid, 300).await, 2);
     raid.write(301, block(4)).await.unwrap();
@@ -319,7 +320,7 @@ async fn a_rebuilding_member_does_not_assemble_alone() {
         .await
         .err()
         .expect("a replacement that never finished, alone");
-    assert!(err.to_string().contains("being rebuilt"), "{err}");
+    assert!(err.to_string().contains("no member that left"), "{err}");
 }
 
 /// A member told that it left (above) rejoins in the same run: the re-add
