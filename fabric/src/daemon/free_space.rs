@@ -29,17 +29,22 @@ impl FileSystemSpace {
 
     fn describe(&self) -> String {
         format!(
-            "the sparse backing files on the file system of {} can grow by {:.1} GiB \
-             but {:.1} GiB are free",
+            "the sparse backing files on the file system of {} can grow by {} but {} \
+             are free",
             self.path.display(),
-            gib(self.growth),
-            gib(self.free)
+            approximate(self.growth),
+            approximate(self.free)
         )
     }
 }
 
-fn gib(bytes: u64) -> f64 {
-    bytes as f64 / f64::from(1u32 << 30)
+/// Bytes to one decimal, in GiB, or MiB below 1 GiB.
+fn approximate(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+    }
 }
 
 /// Per file system, the sparse backing files of `specs`: how much they may
@@ -243,7 +248,8 @@ mod tests {
         assert!(watch.observe(&space(4 * G)).is_empty());
         assert!(short(&watch.observe(&space(3 * G))));
         assert!(watch.observe(&space(2 * G)).is_empty());
-        assert!(short(&watch.observe(&space(G))));
+        let n = watch.observe(&space(G / 2));
+        assert!(matches!(&n[..], [SpaceNotice::Short(m)] if m.contains("512.0 MiB are free")));
         // Room again: said once.
         assert!(matches!(
             &watch.observe(&space(9 * G))[..],
