@@ -100,9 +100,27 @@ fn bad_input_gets_one_line_naming_it() {
         "tcp://127.0.0.1:0",
     ]);
     assert!(
-        one_line(&err).contains("/nonexistent/dir/disk.img") && err.contains("no such file"),
+        one_line(&err).contains("/nonexistent/dir/disk.img") && err.contains("does not exist"),
         "{err}"
     );
+    // Checked before any namespace opens: a raid1 listed first is not
+    // assembled without the mistyped member.
+    let (_, err) = fails(&[
+        "--namespace",
+        "raid1:/nonexistent/a.img,/nonexistent/b.img:8M",
+        "--namespace",
+        "raid1:/nonexistent/c.img,/nonexistent/d.imgg",
+        "--listen",
+        "tcp://127.0.0.1:0",
+    ]);
+    assert!(
+        one_line(&err).contains("namespace 2: /nonexistent/c.img does not exist"),
+        "{err}"
+    );
+
+    let (code, err) = fails(&["--log-level", "inf"]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("--log-level"), "{err}");
 
     let (_, err) = fails(&["--max-transfer", "3K", "--listen", "tcp://127.0.0.1:0"]);
     assert!(one_line(&err).contains("--max-transfer"), "{err}");

@@ -17,6 +17,17 @@ pub fn init(level: &str) {
 /// A `--log-level` value, checked: a filter `tracing` cannot parse would
 /// otherwise turn logging off without a word.
 pub fn parse_filter(s: &str) -> Result<String, String> {
+    // A bare word is a target for EnvFilter ("inf" would enable the target
+    // `inf` and nothing else, silencing the daemon): take only levels.
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is neither a level ({}) nor TARGET=LEVEL",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("not a log filter (e.g. info, debug, fabric=trace): {e}"))
@@ -32,5 +43,9 @@ mod tests {
         assert!(parse_filter("fabric=trace,info").is_ok());
         assert!(parse_filter("bogus[").is_err());
         assert!(parse_filter("a=b=c").is_err());
+        for typo in ["inf", "debugg", "nonsense", "info,fabric"] {
+            assert!(parse_filter(typo).is_err(), "{typo}");
+        }
+        assert!(parse_filter("WARN").is_ok());
     }
 }

@@ -165,6 +165,26 @@ impl NamespaceSpec {
     }
 }
 
+/// Refuse a path that does not exist in a spec without a SIZE to create
+/// it, before any namespace is opened: a raid1 assembled without a
+/// mistyped member would mark it as having left, on disk, even though the
+/// start then fails.
+pub fn check_paths_exist(specs: &[NamespaceSpec]) -> anyhow::Result<()> {
+    for (i, spec) in specs.iter().enumerate() {
+        if spec.size().is_some() {
+            continue;
+        }
+        if let Some(path) = spec.paths().iter().find(|p| !p.exists()) {
+            bail!(
+                "namespace {}: {} does not exist (give a SIZE to create it)",
+                i + 1,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Refuse a file or device that two namespaces would share (each would
 /// overwrite the other's data); paths are compared after resolving links.
 pub fn check_distinct_paths(specs: &[NamespaceSpec]) -> anyhow::Result<()> {

@@ -403,6 +403,7 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
     sc.allowed_hosts = s.allow_hosts.clone();
     (sc.cntlid_min, sc.cntlid_max) = s.cntlid_range;
     let sub = target.add_subsystem(sc)?;
+    super::namespace::check_paths_exist(&s.namespaces)?;
     let mut namespaces = Vec::new();
     for (i, spec) in s.namespaces.iter().enumerate() {
         let ns = spec
