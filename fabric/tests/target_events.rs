@@ -278,6 +278,11 @@ async fn controller_ids_come_from_the_configured_range_and_revoked_hosts_are_fen
         .listen(target.clone(), port)
         .await
         .unwrap();
+    // A port without discovery does not answer for it.
+    let Err(err) = HostController::discover(&l.local, &HostOptions::default()).await else {
+        panic!("discovery on a port that does not serve it");
+    };
+    assert!(err.to_string().contains("CONNECT_INVALID_PARAM"), "{err}");
     let (opts_a, opts_b) = (HostOptions::default(), HostOptions::default());
     let a = HostController::connect(&l.local, common::NQN, &opts_a)
         .await

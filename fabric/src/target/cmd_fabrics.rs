@@ -8,7 +8,7 @@ use crate::wire::fabrics::{
     VERSION_1_4,
 };
 use crate::wire::opcode::fctype;
-use crate::wire::{Command, Status, CNTLID_DYNAMIC};
+use crate::wire::{Command, Status, CNTLID_DYNAMIC, DISCOVERY_NQN};
 
 use super::controller::{Controller, HostIdentity, DISCOVERY_DEFAULT_KATO_MS};
 use super::queue::{Failure, Outcome, Queue, Session};
@@ -80,7 +80,9 @@ pub(crate) async fn connect(
     if !ConnectData::nqns_terminated(&raw) {
         return Err(invalid(connect_data_offset::SUBNQN, true));
     }
-    let Some(sub) = q.target.subsystem(&d.subnqn) else {
+    // The discovery subsystem answers only on ports that serve it.
+    let served = d.subnqn != DISCOVERY_NQN || q.port.discovery;
+    let Some(sub) = q.target.subsystem(&d.subnqn).filter(|_| served) else {
         tracing::info!(subnqn = %d.subnqn, hostnqn = %d.hostnqn, "connect to unknown subsystem");
         return Err(invalid(connect_data_offset::SUBNQN, true));
     };
