@@ -33,6 +33,8 @@ pub const SM_EVENT_PREFIX: &[u8] = b"sm/ev/";
 pub const SM_REQUEST_PREFIX: &[u8] = b"sm/req/";
 /// Prefix of the index of remembered results, by applied index then id.
 pub const SM_REQUEST_INDEX_PREFIX: &[u8] = b"sm/reqidx/";
+/// The Raft id of the replica the database belongs to (u64).
+pub const RAFT_REPLICA_ID: &[u8] = b"raft/replica_id";
 /// Raft hard state (eraftpb HardState).
 pub const RAFT_HARD_STATE: &[u8] = b"raft/hard_state";
 /// Index and term of the last entry removed from the log (two u64).

@@ -72,6 +72,32 @@ impl RaftStorage {
         RaftStorage { db }
     }
 
+    /// Tie the database to replica `id`, or check that it is its own: a
+    /// data directory started under another replica's id would speak in
+    /// Raft for a replica whose votes and log it does not hold. A
+    /// database from before this check is claimed by the id it runs with.
+    pub fn claim_replica_id(&self, id: u64) -> Result<(), MetaError> {
+        match self.db.get(keys::RAFT_REPLICA_ID)? {
+            Some(v) => {
+                let bytes: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| MetaError::Corrupt(format!("replica id of {} bytes", v.len())))?;
+                let owner = u64::from_be_bytes(bytes);
+                if owner != id {
+                    return Err(MetaError::FailedPrecondition(format!(
+                        "this data directory belongs to replica {owner}, not {id} \
+                         (start it with --id {owner}, or give replica {id} its own --data-dir)"
+                    )));
+                }
+                Ok(())
+            }
+            None => Ok(self
+                .db
+                .put_opt(keys::RAFT_REPLICA_ID, id.to_be_bytes(), &synced())?),
+        }
+    }
+
     /// Whether this replica has any Raft state yet.
     pub fn is_initialized(&self) -> Result<bool, MetaError> {
         Ok(self.db.get(keys::RAFT_HARD_STATE)?.is_some()
@@ -329,6 +355,13 @@ mod tests {
     #[test]
     fn bootstrap_starts_above_the_synthetic_snapshot() {
         let (_dir, s) = open();
+        s.claim_replica_id(2).expect("claimed");
+        s.claim_replica_id(2).expect("its own");
+        let err = s.claim_replica_id(1).expect_err("another replica's");
+        assert!(
+            err.to_string().contains("belongs to replica 2, not 1"),
+            "{err}"
+        );
         assert!(!s.is_initialized().expect("read"));
         s.bootstrap(&[1, 2, 3]).expect("bootstrap");
         assert!(s.is_initialized().expect("read"));

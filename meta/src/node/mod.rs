@@ -114,6 +114,7 @@ pub fn start(
     runtime: tokio::runtime::Handle,
 ) -> Result<(MetaNode, JoinHandle<Result<(), MetaError>>), MetaError> {
     let storage = RaftStorage::new(db.clone());
+    storage.claim_replica_id(config.id)?;
     if !storage.is_initialized()? {
         if config.join {
             tracing::info!(
