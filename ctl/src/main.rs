@@ -44,13 +44,18 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "fabric-ctl",
-            &mut std::io::stdout(),
-        );
-        return ExitCode::SUCCESS;
+        // Generated into memory: clap_complete panics on a write error (a
+        // closed pipe, as with `| head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "fabric-ctl", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fabric-ctl: writing the completions: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let tls = match Tls::load(
         cli.tls_cert.as_deref(),
