@@ -154,7 +154,8 @@ pub struct DiskNodeArgs {
     /// Node name.
     pub name: String,
     /// NVMe-oF address its logical disks are exported on, tcp:IP:PORT or
-    /// rdma:IP:PORT (e.g. tcp:10.0.0.5:4420, tcp:[fd00::5]:4420).
+    /// rdma:IP:PORT (e.g. tcp:10.0.0.5:4420, tcp:[fd00::5]:4420; tcp://
+    /// as fabricd writes it is taken too).
     #[arg(long, value_parser = parse_nvmf_address)]
     pub address: String,
     /// Usable capacity of its device (e.g. 2T).
@@ -311,16 +312,15 @@ fn parse_replica_address(text: &str) -> Result<String, String> {
 }
 
 /// An NVMe-oF address as the meta group records it: `tcp:IP:PORT` or
-/// `rdma:IP:PORT`, an IPv6 address in brackets, the port not 0.
+/// `rdma:IP:PORT`, an IPv6 address in brackets, the port not 0. The form
+/// `fabricd` takes, `tcp://IP:PORT`, is accepted and recorded without `//`.
 fn parse_nvmf_address(text: &str) -> Result<String, String> {
     let bad = |why: &str| format!("'{text}' is not tcp:IP:PORT or rdma:IP:PORT ({why})");
     let (transport, rest) = text.split_once(':').ok_or_else(|| bad("no transport"))?;
     if !matches!(transport, "tcp" | "rdma") {
         return Err(bad("the transport is not tcp or rdma"));
     }
-    if rest.starts_with("//") {
-        return Err(bad("no // after the transport"));
-    }
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
@@ -330,7 +330,7 @@ fn parse_nvmf_address(text: &str) -> Result<String, String> {
         return Err(bad("not an IPv4 address or an [IPv6] address"));
     }
     match port.parse::<u16>() {
-        Ok(1..) => Ok(text.to_string()),
+        Ok(1..) => Ok(format!("{transport}:{rest}")),
         _ => Err(bad("the port is not a number from 1 to 65535")),
     }
 }
@@ -391,7 +391,7 @@ mod tests {
             "bogus",
             "10.0.0.5:4420",
             "udp:10.0.0.5:4420",
-            "tcp://10.0.0.5:4420",
+            "tcp:///10.0.0.5:4420",
             "tcp:host:4420",
             "tcp:fd00::5:4420",
             "tcp:10.0.0.5:0",
@@ -400,6 +400,11 @@ mod tests {
             let e = error(&["dn", "create", "d", "--address", bad, "--capacity", "2T"]);
             assert!(e.contains("--address") && e.contains("tcp:IP:PORT"), "{e}");
         }
+        assert_eq!(
+            parse_nvmf_address("tcp://10.0.0.5:4420").as_deref(),
+            Ok("tcp:10.0.0.5:4420"),
+            "fabricd's form is recorded without //"
+        );
         let e = error(&["cluster", "add-replica", "2", "tcp://127.0.0.1:7401"]);
         assert!(e.contains("ADDRESS") && e.contains("HOST:PORT"), "{e}");
     }

@@ -100,14 +100,6 @@ pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-fn node_state(state: i32) -> String {
-    if state == 0 {
-        "unknown".into()
-    } else {
-        short_name::<NodeState>(state)
-    }
-}
-
 fn or_dash(s: &str) -> String {
     if s.is_empty() {
         "-".into()
@@ -148,7 +140,7 @@ impl Show for DiskNode {
             format_size(self.capacity_bytes),
             format_size(free_bytes(self)),
             or_dash(&self.failure_domain),
-            node_state(self.state),
+            short_name::<NodeState>(self.state),
             self.extents.len().to_string(),
         ]
     }
@@ -176,7 +168,7 @@ impl Show for ControllerNode {
         vec![
             self.name.clone(),
             self.address.clone(),
-            node_state(self.state),
+            short_name::<NodeState>(self.state),
         ]
     }
 }
@@ -369,5 +361,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(n.row(), vec!["c1", "a", "unknown"]);
+        assert!(
+            to_json(&n).contains("\"NODE_STATE_UNKNOWN\""),
+            "{}",
+            to_json(&n)
+        );
     }
 }

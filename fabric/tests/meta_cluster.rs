@@ -1,7 +1,8 @@
 //! The meta group as three `fabricd meta` processes on loopback: leader
 //! failover without losing acknowledged writes, a restart of every replica
 //! (after log compaction) with every object back, an isolated leader that
-//! cannot commit, and concurrent clients whose history is linearizable.
+//! cannot commit, concurrent clients whose history is linearizable, and a
+//! second process refused on a data directory in use.
 //!
 //! Ports are picked free at test time; data lives in a temp dir under the
 //! target dir; every process is killed when its guard drops, on failure too.
@@ -527,4 +528,39 @@ async fn concurrent_clients_are_linearizable_across_a_failover() {
     if let Err(key) = lincheck::check::<CreateDeleteGet>(&history) {
         panic!("history of key {key} is not linearizable: {history:#?}");
     }
+}
+
+/// A second `fabricd meta` on a running replica's data directory (a
+/// mistyped `--data-dir`, a start script run twice) is refused in words,
+/// and the running replica is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_in_use_is_refused() {
+    let g = Group::start(&[]);
+    g.leader().await;
+    let mut args: Vec<String> = g.replicas[0]
+        .args
+        .iter()
+        .filter(|a| !a.starts_with("--listen="))
+        .cloned()
+        .collect();
+    args.push(format!("--listen={}", free_port()));
+    let out = Command::new(env!("CARGO_BIN_EXE_fabricd"))
+        .args(["meta", "--log-level", "debug"])
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fabricd meta");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second replica started: {err}");
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(
+        err.contains("DEBUG"),
+        "--log-level debug not applied: {err}"
+    );
+    g.replicas[0]
+        .client()
+        .status()
+        .await
+        .expect("the first replica still answers");
 }

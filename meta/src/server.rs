@@ -96,6 +96,7 @@ pub fn open_db(config: &MetaConfig) -> Result<Arc<DB>, RunError> {
         reason,
     };
     std::fs::create_dir_all(&dir).map_err(|e| store_err(e.to_string()))?;
+    tracing::debug!(dir = %dir.display(), "opening the replica's store");
     let mut opts = Options::default();
     opts.create_if_missing(true);
     // rocksdb preallocates each write-ahead log at about the memtable's
@@ -103,8 +104,19 @@ pub fn open_db(config: &MetaConfig) -> Result<Arc<DB>, RunError> {
     // the free-space reserve of `storage::RESERVED_BYTES`. The metadata
     // is small; 4 MiB memtables are plenty.
     opts.set_write_buffer_size(4 << 20);
-    let db = DB::open(&opts, &dir).map_err(|e| store_err(e.into_string()))?;
+    let db = DB::open(&opts, &dir).map_err(|e| store_err(open_failure(e)))?;
     Ok(Arc::new(db))
+}
+
+/// Why the database did not open, in words: rocksdb's lock error names a
+/// system call, not the likely cause (another replica on the directory).
+fn open_failure(e: rocksdb::Error) -> String {
+    let raw = e.into_string();
+    if raw.contains("/LOCK:") {
+        format!("in use by another process (is another `fabricd meta` running on it?): {raw}")
+    } else {
+        raw
+    }
 }
 
 /// Serves a replica on an already bound listener until `shutdown` completes.

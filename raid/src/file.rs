@@ -22,8 +22,11 @@ use crate::uring::Ring;
 /// How to open a [`FileDevice`].
 #[derive(Debug, Clone)]
 pub struct FileOptions {
-    /// For a regular file: create it if missing and extend it to this size.
+    /// For a regular file: create it if missing and extend it to this size;
+    /// a file already larger is refused (it is never shrunk, and serving
+    /// it at a size other than the one asked for would surprise).
     /// Without a size the file must exist and its current size is used.
+    /// Ignored for a block device.
     pub size: Option<u64>,
     /// Logical block size exported (default 4096). Must be at least the
     /// underlying device's logical block size.
@@ -149,7 +152,15 @@ impl FileDevice {
                     file.set_len(size).map_err(|e| err(path, "extend", e))?;
                     size
                 }
-                Some(size) => size.max(meta.len()),
+                Some(size) if size < meta.len() => {
+                    return Err(BlockError::Unsupported(format!(
+                        "{}: is {} bytes, larger than the size given ({size}); \
+                         a file is never shrunk (give no size to use it whole)",
+                        path.display(),
+                        meta.len()
+                    )));
+                }
+                Some(size) => size,
                 None => meta.len(),
             }
         } else {
@@ -420,6 +431,10 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         assert!(open(&path, 100).contains("smaller than one"));
         assert!(path.exists());
+        // A size smaller than the file: refused, the file left whole.
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        assert!(open(&path, 4096).contains("never shrunk"));
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 8192]);
         std::fs::remove_file(&path).unwrap();
     }
 

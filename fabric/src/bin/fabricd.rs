@@ -20,6 +20,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: Option<u16>,
+    /// Log filter when RUST_LOG is unset: a level (trace, debug, info,
+    /// warn, error, off) or TARGET=LEVEL pairs, comma-separated.
+    #[arg(long, global = true, default_value = "info", value_name = "FILTER",
+          value_parser = logging::parse_filter)]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,14 +51,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (level, fut): (String, RoleFuture) = match cli.command {
-        Command::Target(args) => (args.log_level.clone(), Box::pin(target::run(*args))),
-        Command::Meta(args) => (
-            "info".into(),
-            Box::pin(async move { Ok(meta::run(*args).await?) }),
-        ),
+    let fut: RoleFuture = match cli.command {
+        Command::Target(args) => Box::pin(target::run(*args)),
+        Command::Meta(args) => Box::pin(async move { Ok(meta::run(*args).await?) }),
     };
-    logging::init(&level);
+    logging::init(&cli.log_level);
     let workers = cli
         .worker_threads
         .map_or_else(default_worker_threads, usize::from);

@@ -221,6 +221,24 @@ fn open_file(path: &Path, size: Option<u64>, block_size: u32) -> anyhow::Result<
     Ok(Arc::new(FileDevice::open(path, &opts)?))
 }
 
+/// Refuse a SIZE that differs from an existing raid1 member file's size: a
+/// mirror's size is fixed when it is created, and growing the files would
+/// only waste their space. Block devices have their own size; SIZE does not
+/// apply to them.
+fn check_member_size(path: &Path, size: Option<u64>) -> anyhow::Result<()> {
+    let Some(size) = size else { return Ok(()) };
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if meta.is_file() && meta.len() != size {
+        bail!(
+            "{} is a raid1 member of {} bytes, not the SIZE given ({size}): a mirror \
+             keeps the size it was created with (give no SIZE to assemble it)",
+            path.display(),
+            meta.len()
+        );
+    }
+    Ok(())
+}
+
 /// Bytes at the start of a member checked for blankness: the raid1
 /// superblock and bitmap, and where partition tables, LVM labels and file
 /// systems put their signatures.
@@ -261,13 +279,20 @@ async fn open_raid1(
             blank.push((path, None));
             continue;
         }
-        let dev = open_file(path, size, block_size)?;
+        // Opened at its size: a member is never grown (the mirror would
+        // not grow with it), only a blank file that is to become one.
+        let dev = open_file(path, None, block_size)?;
         if Raid1::is_member(&dev).await {
+            check_member_size(path, size)?;
             members.push((path, dev));
         } else if is_blank(&dev)
             .await
             .with_context(|| format!("reading {}", path.display()))?
         {
+            let dev = match size {
+                Some(_) => open_file(path, size, block_size)?,
+                None => dev,
+            };
             blank.push((path, Some(dev)));
         } else {
             bail!(
@@ -609,6 +634,22 @@ mod tests {
         let err = three.open(4096).await.err().unwrap();
         assert!(format!("{err:#}").contains("no missing member"), "{err:#}");
         assert!(!c.exists(), "nothing created for a refused spec");
+
+        // A SIZE other than the members' is refused, larger or smaller,
+        // and the files keep their size; without SIZE it assembles.
+        for size in ["8M", "2M"] {
+            let resized: NamespaceSpec = format!("raid1:{},{}:{size}", a.display(), b.display())
+                .parse()
+                .unwrap();
+            let err = resized.open(4096).await.err().unwrap();
+            assert!(format!("{err:#}").contains("keeps the size"), "{err:#}");
+            assert_eq!(std::fs::metadata(&a).unwrap().len(), 4 << 20);
+            assert_eq!(std::fs::metadata(&b).unwrap().len(), 4 << 20);
+        }
+        let unsized_spec: NamespaceSpec = format!("raid1:{},{}", a.display(), b.display())
+            .parse()
+            .unwrap();
+        close(unsized_spec.open(4096).await.unwrap()).await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -102,9 +102,6 @@ pub struct TargetArgs {
     /// they return, are refused next to it.
     #[arg(long = "assemble-stale", value_name = "NSID")]
     pub assemble_stale: Vec<u32>,
-    /// Log filter when RUST_LOG is unset.
-    #[arg(long, default_value = "info", value_parser = super::logging::parse_filter)]
-    pub log_level: String,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
