@@ -287,6 +287,17 @@ pub enum OpCmd {
         /// Operation name.
         name: String,
     },
+    /// Cancel an unfinished operation: its first step not done is marked
+    /// failed with the reason, which fails the operation (a snapshot it
+    /// was creating becomes failed and can be deleted). Whoever runs the
+    /// step finds the operation failed at its next update and stops.
+    Cancel {
+        /// Operation name.
+        name: String,
+        /// Why, recorded as the step's message.
+        #[arg(long, default_value = "cancelled by fabric-ctl op cancel")]
+        reason: String,
+    },
 }
 
 /// Longest `--timeout`: a day.

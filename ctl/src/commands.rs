@@ -5,7 +5,7 @@ use meta::objects::{key_name, kind_of, snapshot_key, MetaObject};
 use meta::proto::{
     Cluster, ControllerNode, ControllerNodeSpec, CreateClusterRequest, CreateHostRequest,
     CreateVolumeRequest, DiskNode, DiskNodeSpec, EventType, Host, NodeKind, ObjectKind, Operation,
-    Snapshot, Volume,
+    OperationState, Snapshot, UpdateOperationRequest, Volume,
 };
 use meta::MetaClient;
 use tokio_stream::StreamExt as _;
@@ -260,6 +260,28 @@ async fn operation(client: &MetaClient, cmd: OpCmd, json: bool) -> anyhow::Resul
         OpCmd::Get { name } => get::<Operation>(client, &name, json).await?,
         OpCmd::List => list::<Operation>(client, "", json).await?,
         OpCmd::Delete { name } => delete(client, ObjectKind::Operation, &name, json).await?,
+        OpCmd::Cancel { name, reason } => {
+            let op = client.get::<Operation>(&name).await?;
+            // The first step not done: the steps before it are, so the
+            // group accepts it as failed. A finished operation has none
+            // left, or is refused by the group as already finished.
+            let step = op
+                .steps
+                .iter()
+                .position(|s| s.state != OperationState::Done as i32)
+                .unwrap_or(0);
+            let cancelled = client
+                .update_operation(UpdateOperationRequest {
+                    name,
+                    // Refused if it moved since it was read: read it again.
+                    expected_revision: op.revision,
+                    step: u32::try_from(step).unwrap_or(u32::MAX),
+                    state: OperationState::Failed as i32,
+                    message: reason,
+                })
+                .await?;
+            print_one(&cancelled, json);
+        }
     }
     Ok(())
 }

@@ -148,6 +148,22 @@ fn objects_tables_json_and_exit_codes() {
         serde_json::from_str(&s.ok(&["--json", "op", "list"])).expect("JSON");
     assert_eq!(ops["items"][0]["kind"], "snapshot-create");
     s.fails(5, &["snap", "delete", "v1", "s1"]);
+    // No agent takes the snapshot: the operator cancels its operation,
+    // which fails the snapshot, and then it and its volume can go.
+    let op = ops["items"][0]["name"].as_str().expect("operation name");
+    let cancelled = s.ok(&["op", "cancel", op, "--reason", "no agents yet"]);
+    assert!(
+        cancelled.contains("failed") && cancelled.contains("no agents yet"),
+        "{cancelled}"
+    );
+    let snap: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "snap", "get", "v1", "s1"])).expect("JSON");
+    assert_eq!(snap["state"], "SNAPSHOT_STATE_FAILED");
+    let err = s.fails(5, &["op", "cancel", op]);
+    assert!(err.contains("already failed"), "{err}");
+    s.fails(3, &["op", "cancel", "op-nope"]);
+    s.ok(&["snap", "delete", "v1", "s1"]);
+    s.ok(&["op", "delete", op]);
 
     let members = s.ok(&["cluster", "list"]);
     assert!(members.contains(&s.address), "{members}");
