@@ -1,6 +1,7 @@
 //! Membership change online: a one-replica group grows to three (the new
 //! replicas catch up through a snapshot, since the log was compacted), then
-//! loses its first replica, and keeps serving throughout.
+//! loses its first replica, and keeps serving throughout; the removed
+//! replica, still running, refuses requests in words.
 
 mod support;
 
@@ -84,6 +85,25 @@ async fn grow_to_three_then_remove_the_first() {
     // Remove the first replica (the leader): the other two elect a leader
     // and keep every object.
     c1.remove_replica(1).await.expect("remove replica 1");
+    // Still running, the removed replica refuses in words, and at once,
+    // what it could no longer see through (a write the leader would
+    // commit behind its back, a read it could not bring up to date).
+    let alone =
+        meta::MetaClient::new(&r1.address, std::time::Duration::from_secs(1)).expect("client");
+    let removed = eventually("replica 1 to apply its removal", || async {
+        let err = alone.create_host(host(98)).await.expect_err("refused");
+        err.message()
+            .contains("was removed from the group")
+            .then_some(err)
+    })
+    .await;
+    assert_eq!(removed.code(), tonic::Code::Unavailable, "{removed:?}");
+    assert!(removed.message().contains(&r2.address), "{removed:?}");
+    let err = alone.list::<Host>("").await.expect_err("refused");
+    assert!(
+        err.message().contains("was removed from the group"),
+        "{err:?}"
+    );
     r1.stop().await;
     let both = format!("{},{}", r2.address, r3.address);
     let c = meta::MetaClient::new(&both, std::time::Duration::from_secs(20)).expect("client");

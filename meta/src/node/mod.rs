@@ -273,10 +273,43 @@ impl MetaNode {
     }
 
     fn submit(&self, input: Input) -> Result<(), MetaError> {
+        if matches!(
+            input,
+            Input::Propose { .. } | Input::ConfChange { .. } | Input::Read { .. }
+        ) {
+            self.check_member()?;
+        }
         self.inner
             .inbox
             .send(input)
             .map_err(|_| MetaError::Unavailable("the replica is stopped".into()))
+    }
+
+    /// Refuses requests on a replica that has applied its own removal: its
+    /// proposals would still reach the leader and commit, but it no longer
+    /// receives the log and would report them as timed out. Unavailable
+    /// (certainly not applied): a client moves on to another replica.
+    fn check_member(&self) -> Result<(), MetaError> {
+        let view = self.view();
+        let removed = !view.voters.is_empty()
+            && !view.voters.contains(&view.id)
+            && !view.learners.contains(&view.id);
+        if !removed {
+            return Ok(());
+        }
+        let members: Vec<String> = view
+            .voters
+            .iter()
+            .map(|id| match view.addresses.get(id) {
+                Some(address) => format!("{id} at {address}"),
+                None => id.to_string(),
+            })
+            .collect();
+        Err(MetaError::Unavailable(format!(
+            "replica {} was removed from the group; ask its members ({}) and stop this one",
+            view.id,
+            members.join(", ")
+        )))
     }
 
     async fn wait_write(
