@@ -472,7 +472,8 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     for l in listeners {
         l.stop().await;
     }
-    for (i, ns) in namespaces.into_iter().enumerate() {
+    // All at once: each raid1 may wait up to its departed-member timeout.
+    let closes = namespaces.into_iter().enumerate().map(|(i, ns)| async move {
         if let Err(e) = ns.close().await {
             tracing::warn!(
                 nsid = i + 1,
@@ -480,7 +481,8 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
                 "closing the namespace failed"
             );
         }
-    }
+    });
+    futures::future::join_all(closes).await;
     Ok(())
 }
 
