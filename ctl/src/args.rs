@@ -155,7 +155,7 @@ pub struct DiskNodeArgs {
     pub name: String,
     /// NVMe-oF address its logical disks are exported on, tcp:IP:PORT or
     /// rdma:IP:PORT (e.g. tcp:10.0.0.5:4420, tcp:[fd00::5]:4420; tcp://
-    /// as fabricd writes it is taken too).
+    /// and rdma:// as fabricd writes them are taken too).
     #[arg(long, value_parser = parse_nvmf_address)]
     pub address: String,
     /// Usable capacity of its device (e.g. 2T).
@@ -171,7 +171,8 @@ pub struct DiskNodeArgs {
 pub struct ControllerNodeArgs {
     /// Node name.
     pub name: String,
-    /// NVMe-oF address hosts and peers connect to, tcp:IP:PORT or rdma:IP:PORT.
+    /// NVMe-oF address hosts and peers connect to, tcp:IP:PORT or
+    /// rdma:IP:PORT (tcp:// and rdma:// as fabricd writes them are taken too).
     #[arg(long, value_parser = parse_nvmf_address)]
     pub address: String,
 }
@@ -324,7 +325,8 @@ fn parse_replica_address(text: &str) -> Result<String, String> {
 
 /// An NVMe-oF address as the meta group records it: `tcp:IP:PORT` or
 /// `rdma:IP:PORT`, an IPv6 address in brackets, the port not 0. The form
-/// `fabricd` takes, `tcp://IP:PORT`, is accepted and recorded without `//`.
+/// `fabricd` takes, `tcp://IP:PORT`, is accepted and recorded without `//`
+/// (`rdma://` likewise).
 fn parse_nvmf_address(text: &str) -> Result<String, String> {
     let bad = |why: &str| format!("'{text}' is not tcp:IP:PORT or rdma:IP:PORT ({why})");
     let (transport, rest) = text.split_once(':').ok_or_else(|| bad("no transport"))?;

@@ -112,7 +112,8 @@ pub fn open_db(config: &MetaConfig) -> Result<Arc<DB>, RunError> {
 /// system call, not the likely cause (another replica on the directory).
 fn open_failure(e: rocksdb::Error) -> String {
     let raw = e.into_string();
-    if raw.contains("/LOCK:") {
+    // Another process, or (in tests) this one: each rocksdb's wording.
+    if raw.contains("While lock file") || raw.contains("lock hold by current process") {
         format!("in use by another process (is another `fabricd meta` running on it?): {raw}")
     } else {
         raw

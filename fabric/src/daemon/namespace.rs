@@ -230,13 +230,31 @@ fn check_member_size(path: &Path, size: Option<u64>) -> anyhow::Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if meta.is_file() && meta.len() != size {
         bail!(
-            "{} is a raid1 member of {} bytes, not the SIZE given ({size}): a mirror \
-             keeps the size it was created with (give no SIZE to assemble it)",
+            "{} is a raid1 member file of {} bytes, not the SIZE given ({size}): an \
+             existing mirror keeps its size, and SIZE must match its files or be left out",
             path.display(),
             meta.len()
         );
     }
     Ok(())
+}
+
+/// Whether `path` is a regular file shorter than one block and all zeroes
+/// (too short to hold a superblock or to be opened as a device); one with
+/// data is refused, never overwritten.
+fn is_tiny_blank_file(path: &Path, block_size: u32) -> anyhow::Result<bool> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !meta.is_file() || meta.len() >= u64::from(block_size) {
+        return Ok(false);
+    }
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if data.iter().any(|&b| b != 0) {
+        bail!(
+            "{} holds data but no raid1 superblock; refusing to overwrite it",
+            path.display()
+        );
+    }
+    Ok(true)
 }
 
 /// Bytes at the start of a member checked for blankness: the raid1
@@ -264,8 +282,8 @@ async fn is_blank(dev: &DeviceRef) -> anyhow::Result<bool> {
 /// place and is rebuilt in full, in the background while I/O goes on. A
 /// member with data but no superblock is refused, never overwritten, and
 /// so is a blank one with no missing member to replace (a mirror does not
-/// grow by adding a path). New files are created only once the spec is
-/// accepted.
+/// grow by adding a path). New files are created, and blank ones grown to
+/// SIZE, only once the spec is accepted.
 async fn open_raid1(
     paths: &[PathBuf],
     size: Option<u64>,
@@ -273,9 +291,12 @@ async fn open_raid1(
     raid1_open: Raid1OpenOptions,
 ) -> anyhow::Result<OpenNamespace> {
     let mut members = Vec::new();
-    let mut blank = Vec::new(); // (path, device when it exists)
+    // (path, device when it exists with content to copy over the others)
+    let mut blank = Vec::new();
     for path in paths {
-        if !path.exists() {
+        if !path.exists() || is_tiny_blank_file(path, block_size)? {
+            // Nothing there yet (an empty file too: a start cut short
+            // between creating and sizing it, or one truncated to blank it).
             blank.push((path, None));
             continue;
         }
@@ -289,10 +310,6 @@ async fn open_raid1(
             .await
             .with_context(|| format!("reading {}", path.display()))?
         {
-            let dev = match size {
-                Some(_) => open_file(path, size, block_size)?,
-                None => dev,
-            };
             blank.push((path, Some(dev)));
         } else {
             bail!(
@@ -301,9 +318,10 @@ async fn open_raid1(
             );
         }
     }
-    let open_blank = |(path, dev): (&PathBuf, Option<DeviceRef>)| match dev {
-        Some(dev) => Ok(dev),
-        None => open_file(path, size, block_size),
+    // Grows a blank file to SIZE (creating it when missing).
+    let open_blank = |(path, dev): (&PathBuf, Option<DeviceRef>)| match (dev, size) {
+        (Some(dev), None) => Ok(dev),
+        (_, size) => open_file(path, size, block_size),
     };
     let raid = if members.is_empty() {
         let opts = Raid1Options {
@@ -642,7 +660,7 @@ mod tests {
                 .parse()
                 .unwrap();
             let err = resized.open(4096).await.err().unwrap();
-            assert!(format!("{err:#}").contains("keeps the size"), "{err:#}");
+            assert!(format!("{err:#}").contains("keeps its size"), "{err:#}");
             assert_eq!(std::fs::metadata(&a).unwrap().len(), 4 << 20);
             assert_eq!(std::fs::metadata(&b).unwrap().len(), 4 << 20);
         }
@@ -650,6 +668,26 @@ mod tests {
             .parse()
             .unwrap();
         close(unsized_spec.open(4096).await.unwrap()).await;
+
+        // A blank file in a refused spec is not grown.
+        std::fs::write(&c, b"").unwrap();
+        let refused: NamespaceSpec = format!("raid1:{},{}:8M", a.display(), c.display())
+            .parse()
+            .unwrap();
+        assert!(refused.open(4096).await.is_err());
+        assert_eq!(std::fs::metadata(&c).unwrap().len(), 0);
+        // An empty file (a start cut short before sizing it, a truncate)
+        // is blank: with SIZE it takes the lost member's place.
+        std::fs::File::create(&b).unwrap();
+        let ns = two.open(4096).await.unwrap();
+        in_sync(&ns).await;
+        close(ns).await;
+        assert_eq!(std::fs::metadata(&b).unwrap().len(), 4 << 20);
+        // One shorter than a block with data in it is not overwritten.
+        std::fs::write(&b, b"x").unwrap();
+        let err = two.open(4096).await.err().unwrap();
+        assert!(format!("{err:#}").contains("holds data"), "{err:#}");
+        assert_eq!(std::fs::read(&b).unwrap(), b"x");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -473,15 +473,18 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         l.stop().await;
     }
     // All at once: each raid1 may wait up to its departed-member timeout.
-    let closes = namespaces.into_iter().enumerate().map(|(i, ns)| async move {
-        if let Err(e) = ns.close().await {
-            tracing::warn!(
-                nsid = i + 1,
-                error = format!("{e:#}"),
-                "closing the namespace failed"
-            );
-        }
-    });
+    let closes = namespaces
+        .into_iter()
+        .enumerate()
+        .map(|(i, ns)| async move {
+            if let Err(e) = ns.close().await {
+                tracing::warn!(
+                    nsid = i + 1,
+                    error = format!("{e:#}"),
+                    "closing the namespace failed"
+                );
+            }
+        });
     futures::future::join_all(closes).await;
     Ok(())
 }
