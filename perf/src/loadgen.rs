@@ -221,7 +221,12 @@ struct Shared {
     live: Option<Live>,
     write_data: Bytes,
     stop: AtomicBool,
+    /// Error completions seen so far (for logging only the first few).
+    errors_logged: AtomicU64,
 }
+
+/// Error completions logged one by one before the rest are only counted.
+const LOGGED_ERRORS: u64 = 10;
 
 impl Shared {
     /// Whether another I/O may start now.
@@ -309,7 +314,17 @@ impl QueueStats {
             if measured {
                 self.stats_of(d.dir).errors += 1;
             }
-            tracing::warn!(status = %r.cqe.status, unit = d.unit, "I/O completed with an error");
+            // The first few, then only counted (one line per I/O would
+            // bury the result when every I/O fails).
+            match sh.errors_logged.fetch_add(1, Ordering::Relaxed) {
+                n if n < LOGGED_ERRORS => {
+                    tracing::warn!(status = %r.cqe.status, unit = d.unit, "I/O completed with an error")
+                }
+                LOGGED_ERRORS => tracing::warn!(
+                    "more I/Os completed with an error: counted in the result, not logged"
+                ),
+                _ => {}
+            }
             return Ok(());
         }
         if let Some(v) = &sh.verify {
@@ -586,6 +601,7 @@ async fn measure(
         live: progress.then(Live::default),
         write_data: Bytes::from(vec![0xa5u8; geo.io_size as usize]),
         stop: AtomicBool::new(false),
+        errors_logged: AtomicU64::new(0),
     };
     let mut verify = VerifyReport::default();
     let writes = spec.workload.read_percent(spec.read_mix) < 100;
@@ -655,13 +671,7 @@ async fn measure(
     all.merge(&writes_st);
     let process_s = cpu1.saturating_sub(cpu0).as_secs_f64();
     let system_busy_s = sys1.since(&sys0).busy.as_secs_f64();
-    let per_io = |s: f64, scale: f64| {
-        if all.ios > 0 {
-            s * scale / all.ios as f64
-        } else {
-            0.0
-        }
-    };
+    let per_io = |s: f64, scale: f64| (all.ios > 0).then(|| s * scale / all.ios as f64);
     let total = DirectionReport::new(&all, seconds);
     Ok(RunReport {
         setup: RunSetup {
@@ -680,8 +690,8 @@ async fn measure(
         mb_per_s: total.mb_per_s,
         errors: all.errors,
         latency: total.latency,
-        read: (reads.ios > 0).then(|| DirectionReport::new(&reads, seconds)),
-        write: (writes_st.ios > 0).then(|| DirectionReport::new(&writes_st, seconds)),
+        read: DirectionReport::of_any(&reads, seconds),
+        write: DirectionReport::of_any(&writes_st, seconds),
         cpu: CpuReport {
             process_s,
             process_us_per_io: per_io(process_s, 1e6),

@@ -31,9 +31,9 @@ struct Args {
     /// Access pattern.
     #[arg(long, short = 'w', value_enum, default_value_t = Workload::Randread)]
     workload: Workload,
-    /// Reads in percent of a randrw workload.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
-    rwmixread: u8,
+    /// Reads in percent of a randrw workload [default: 50].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    rwmixread: Option<u8>,
     /// Bytes per I/O (K, M suffixes).
     #[arg(long, short = 'b', default_value = "4K", value_parser = parse_size_arg)]
     block_size: u64,
@@ -100,7 +100,7 @@ impl Args {
             nqn: self.nqn.clone(),
             nsid: self.nsid,
             workload: self.workload,
-            read_mix: self.rwmixread,
+            read_mix: self.rwmixread.unwrap_or(50),
             io_size: self.block_size,
             iodepth: self.iodepth,
             queues: self.queues,
@@ -163,6 +163,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.rwmixread.is_some() && args.workload != Workload::Randrw {
+        eprintln!(
+            "fabric-perf: --rwmixread applies to -w randrw only, not {}",
+            args.workload.name()
+        );
+        return ExitCode::from(2);
+    }
     let progress = !args.json && !args.quiet && std::io::stderr().is_terminal();
     let spec = args.spec();
     match runtime.block_on(loadgen::run(&spec, progress)) {

@@ -14,8 +14,11 @@ pub struct DirectionReport {
     pub iops: f64,
     /// Megabytes (10^6 bytes) per second.
     pub mb_per_s: f64,
-    /// Latency percentiles.
-    pub latency: LatencySummary,
+    /// I/Os that completed with an error status.
+    #[serde(default)]
+    pub errors: u64,
+    /// Latency percentiles (none when no I/O completed).
+    pub latency: Option<LatencySummary>,
 }
 
 impl DirectionReport {
@@ -32,8 +35,14 @@ impl DirectionReport {
             ios: stats.ios,
             iops: per_s(stats.ios),
             mb_per_s: per_s(stats.bytes) / 1e6,
-            latency: stats.latency(),
+            errors: stats.errors,
+            latency: (stats.ios > 0).then(|| stats.latency()),
         }
+    }
+
+    /// The direction's report when it issued any I/O (completed or failed).
+    pub fn of_any(stats: &IoStats, seconds: f64) -> Option<DirectionReport> {
+        (stats.ios > 0 || stats.errors > 0).then(|| DirectionReport::new(stats, seconds))
     }
 }
 
@@ -42,12 +51,13 @@ impl DirectionReport {
 pub struct CpuReport {
     /// This process's CPU seconds (user + system, all threads).
     pub process_s: f64,
-    /// This process's CPU microseconds per I/O.
-    pub process_us_per_io: f64,
+    /// This process's CPU microseconds per I/O (none without I/O).
+    pub process_us_per_io: Option<f64>,
     /// The whole machine's busy CPU seconds (from /proc/stat).
     pub system_busy_s: f64,
-    /// The whole machine's busy CPU seconds per million I/Os.
-    pub system_s_per_million_ios: f64,
+    /// The whole machine's busy CPU seconds per million I/Os (none
+    /// without I/O).
+    pub system_s_per_million_ios: Option<f64>,
 }
 
 /// The verify result.
@@ -95,11 +105,11 @@ pub struct RunReport {
     pub mb_per_s: f64,
     /// I/Os that completed with an error status.
     pub errors: u64,
-    /// Latency of all I/Os.
-    pub latency: LatencySummary,
-    /// Reads, if any.
+    /// Latency of all I/Os (none when no I/O completed).
+    pub latency: Option<LatencySummary>,
+    /// Reads, if any were issued.
     pub read: Option<DirectionReport>,
-    /// Writes, if any.
+    /// Writes, if any were issued.
     pub write: Option<DirectionReport>,
     /// CPU time.
     pub cpu: CpuReport,
@@ -134,18 +144,21 @@ impl RunReport {
         for (name, d) in [("read", &self.read), ("write", &self.write)] {
             if let Some(d) = d {
                 out += &format!(
-                    "  {name:<6} {:>10.0} IOPS {:>9.1} MB/s  {} I/Os\n",
-                    d.iops, d.mb_per_s, d.ios
+                    "  {name:<6} {:>10.0} IOPS {:>9.1} MB/s  {} I/Os, {} errors\n",
+                    d.iops, d.mb_per_s, d.ios, d.errors
                 );
                 out += &latency_line("  lat:  ", &d.latency);
             }
         }
+        let or_na = |v: Option<f64>, decimals: usize| {
+            v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.decimals$}"))
+        };
         out += &format!(
-            "  cpu:   process {:.2} s ({:.1} us/IO), machine busy {:.2} s ({:.2} s per million I/Os)\n",
+            "  cpu:   process {:.2} s ({} us/IO), machine busy {:.2} s ({} s per million I/Os)\n",
             self.cpu.process_s,
-            self.cpu.process_us_per_io,
+            or_na(self.cpu.process_us_per_io, 1),
             self.cpu.system_busy_s,
-            self.cpu.system_s_per_million_ios
+            or_na(self.cpu.system_s_per_million_ios, 2)
         );
         if let Some(v) = &self.verify {
             out += &format!(
@@ -157,11 +170,14 @@ impl RunReport {
     }
 }
 
-fn latency_line(prefix: &str, l: &LatencySummary) -> String {
-    format!(
-        "{prefix}(us) p50 {:.0}, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0}, mean {:.1}\n",
-        l.p50_us, l.p90_us, l.p99_us, l.p99_9_us, l.max_us, l.mean_us
-    )
+fn latency_line(prefix: &str, l: &Option<LatencySummary>) -> String {
+    match l {
+        Some(l) => format!(
+            "{prefix}(us) p50 {:.0}, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0}, mean {:.1}\n",
+            l.p50_us, l.p90_us, l.p99_us, l.p99_9_us, l.max_us, l.mean_us
+        ),
+        None => format!("{prefix}n/a (no I/O completed)\n"),
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +211,26 @@ mod tests {
         assert!(text.contains("250 IOPS"), "{text}");
         assert!(text.contains("1 mismatches"), "{text}");
         assert!(!text.contains("write"), "{text}");
+    }
+
+    #[test]
+    fn failed_io_is_reported_as_such_not_as_zeroes() {
+        let mut writes = IoStats::default();
+        writes.errors = 7;
+        let w = DirectionReport::of_any(&writes, 1.0).expect("a write row");
+        assert_eq!((w.ios, w.errors, w.latency), (0, 7, None));
+        assert!(DirectionReport::of_any(&IoStats::default(), 1.0).is_none());
+        let r = RunReport {
+            errors: 7,
+            write: Some(w),
+            ..Default::default()
+        };
+        let text = r.text();
+        assert!(text.contains("0 I/Os, 7 errors"), "{text}");
+        assert!(text.contains("n/a (no I/O completed)"), "{text}");
+        assert!(text.contains("(n/a us/IO)"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["latency"].is_null() && json["cpu"]["process_us_per_io"].is_null());
+        assert_eq!(json["write"]["errors"], 7);
     }
 }

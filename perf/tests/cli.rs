@@ -64,6 +64,10 @@ fn fabric_perf_bad_arguments_are_one_line_naming_them() {
             "--time",
         ),
         (&["-a", "tcp://127.0.0.1:4420", "--ios", "0"][..], "--ios"),
+        (
+            &["-a", "tcp://127.0.0.1:4420", "--rwmixread", "70"][..],
+            "--rwmixread",
+        ),
         (&["--iodepth", "4"][..], "--address"),
     ] {
         let (code, _, err) = run(exe, args);

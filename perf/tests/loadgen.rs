@@ -7,12 +7,13 @@ use fabric::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
 use fabric::transport::target_transport;
 use perf::loadgen::{run, LoadSpec, PerfError};
 use perf::workload::Workload;
-use raid::{MemoryDevice, NullDevice};
+use raid::{FaultDevice, MemoryDevice, NullDevice};
 
 const NQN: &str = "nqn.2026-11.io.fabric:perf-test";
 
-/// A target with a 64 MiB memory namespace (1), a null one (2) and a
-/// 16 TiB null one (3), with discovery, on an ephemeral loopback port.
+/// A target with a 64 MiB memory namespace (1), a null one (2), a
+/// 16 TiB null one (3) and a 64 MiB one whose writes all fail for lack of
+/// space (4), with discovery, on an ephemeral loopback port.
 async fn target() -> (Arc<Target>, PortAddress) {
     let target = Target::new(TargetConfig::default()).unwrap();
     let sub = target.add_subsystem(SubsystemConfig::new(NQN)).unwrap();
@@ -22,6 +23,9 @@ async fn target() -> (Arc<Target>, PortAddress) {
         .unwrap();
     sub.add_namespace(3, Arc::new(NullDevice::new(16 << 40, 512)), 1)
         .unwrap();
+    let full = FaultDevice::new(Arc::new(MemoryDevice::new(64 << 20, 4096)));
+    full.set_full_from(Some(0));
+    sub.add_namespace(4, Arc::new(full), 1).unwrap();
     let port = target.add_port("tcp://127.0.0.1:0".parse().unwrap(), true);
     let listener = target_transport(port.address().kind)
         .unwrap()
@@ -75,7 +79,8 @@ async fn randrw_with_verify_checks_every_block_it_wrote() {
     assert_eq!(v.mismatches, 0);
     // The final pass reads back every block written (at most 1024 in 4 MiB).
     assert!(v.blocks_checked >= 500, "{v:?}");
-    assert!(r.latency.p50_us > 0.0 && r.latency.max_us >= r.latency.p99_us);
+    let latency = r.latency.expect("I/Os completed, so latencies");
+    assert!(latency.p50_us > 0.0 && latency.max_us >= latency.p99_us);
     assert!(r.iops > 0.0 && r.mb_per_s > 0.0);
     t.shutdown();
 }
@@ -203,5 +208,27 @@ async fn impossible_runs_are_refused_with_reasons() {
     };
     let e = run(&rdma, false).await.unwrap_err();
     assert!(matches!(e, PerfError::Transport { .. }), "{e}");
+    t.shutdown();
+}
+
+/// Writes that all fail show as a write row with errors and no latency,
+/// beside the reads that worked; not as a read-only run with zeroes.
+#[tokio::test]
+async fn failed_writes_are_reported_in_their_own_row() {
+    let (t, addr) = target().await;
+    let s = LoadSpec {
+        nsid: 4,
+        workload: Workload::Randrw,
+        ..spec(addr)
+    };
+    let r = run(&s, false).await.expect("the run completes");
+    let read = r.read.expect("a read row");
+    let write = r.write.expect("a write row though no write completed");
+    assert_eq!(write.ios, 0, "{write:?}");
+    assert!(write.errors > 0 && write.latency.is_none(), "{write:?}");
+    assert_eq!(read.errors, 0, "{read:?}");
+    assert!(read.ios > 0 && read.latency.is_some(), "{read:?}");
+    assert_eq!(r.errors, write.errors);
+    assert_eq!(r.ios, read.ios);
     t.shutdown();
 }

@@ -121,11 +121,13 @@ pub fn fabric_perf(
     )?;
     let r: perf::report::RunReport =
         serde_json::from_str(&json).context("fabric-perf's JSON output")?;
+    // No latency when no I/O completed: the row has no I/Os and fails.
+    let latency = r.latency.unwrap_or_default();
     Ok(ClientResult {
         ios: r.ios,
         iops: r.iops,
-        p50_us: r.latency.p50_us,
-        p99_us: r.latency.p99_us,
+        p50_us: latency.p50_us,
+        p99_us: latency.p99_us,
         cpu_s: Some(r.cpu.process_s),
     })
 }
