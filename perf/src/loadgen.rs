@@ -15,6 +15,7 @@ use fabric::target::{PortAddress, TransportKind};
 use fabric::transport::{CommandResult, HostData, HostQueue, TransportError};
 use fabric::wire::log_page::subtype;
 use fabric::wire::opcode::io;
+use fabric::wire::status::Status;
 use fabric::wire::tcp::Digests;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinHandle;
@@ -93,6 +94,25 @@ pub enum PerfError {
 fn failed(context: impl Into<String>) -> impl FnOnce(TransportError) -> PerfError {
     let context = context.into();
     move |source| PerfError::Transport { context, source }
+}
+
+/// [`failed`], with `hint` added when the target refused the Connect
+/// command's parameters (an NQN it does not serve, a host it does not allow).
+fn connect_failed(
+    context: impl Into<String>,
+    hint: &'static str,
+) -> impl FnOnce(TransportError) -> PerfError {
+    let context = context.into();
+    move |source| {
+        let refused = matches!(&source, TransportError::Status(s)
+            if s.same_code(Status::CONNECT_INVALID_PARAMETERS));
+        let context = if refused {
+            format!("{context} ({hint})")
+        } else {
+            context
+        };
+        PerfError::Transport { context, source }
+    }
 }
 
 /// Longest `--poll-us`: 10 ms.
@@ -435,7 +455,10 @@ async fn sweep(
 async fn discover_nqn(address: &PortAddress, opts: &HostOptions) -> Result<String, PerfError> {
     let entries = HostController::discover(address, opts)
         .await
-        .map_err(failed(format!("discovery at {address} failed")))?;
+        .map_err(connect_failed(
+            format!("discovery at {address} failed"),
+            "no discovery service on this port, or this host not allowed: give -n NQN",
+        ))?;
     entries
         .into_iter()
         .find(|e| e.subtype == subtype::NVM)
@@ -470,10 +493,10 @@ pub async fn run(spec: &LoadSpec, progress: bool) -> Result<RunReport, PerfError
     };
     let ctrl = HostController::connect(&spec.address, &nqn, &opts)
         .await
-        .map_err(failed(format!(
-            "cannot connect to {nqn} at {}",
-            spec.address
-        )))?;
+        .map_err(connect_failed(
+            format!("cannot connect to {nqn} at {}", spec.address),
+            "no such subsystem there, or this host not allowed on it",
+        ))?;
     let result = measure(spec, &ctrl, &nqn, progress).await;
     ctrl.disconnect().await;
     result
@@ -492,11 +515,13 @@ async fn geometry(spec: &LoadSpec, ctrl: &HostController) -> Result<Geometry, Pe
         )));
     }
     let capacity = id.nsze.saturating_mul(bs);
-    if spec.io_size % bs != 0 || spec.offset % bs != 0 {
-        return Err(PerfError::Invalid(format!(
-            "--block-size {} and --offset {} must be multiples of the namespace's {bs}-byte blocks",
-            spec.io_size, spec.offset
-        )));
+    for (flag, value) in [("--block-size", spec.io_size), ("--offset", spec.offset)] {
+        if value % bs != 0 {
+            return Err(PerfError::Invalid(format!(
+                "{flag} {value} must be a multiple of namespace {}'s {bs}-byte blocks",
+                spec.nsid
+            )));
+        }
     }
     if let Some(mdts) = ctrl.identify.max_transfer_bytes() {
         if spec.io_size > mdts {
@@ -512,15 +537,25 @@ async fn geometry(spec: &LoadSpec, ctrl: &HostController) -> Result<Geometry, Pe
             spec.io_size
         )));
     }
-    let size = spec
-        .size
-        .unwrap_or_else(|| capacity.saturating_sub(spec.offset));
-    let end = spec.offset.checked_add(size);
-    let units = size / spec.io_size;
-    if end.is_none_or(|e| e > capacity) || units < spec.queues as u64 {
+    if spec.offset >= capacity {
         return Err(PerfError::Invalid(format!(
-            "region of {size} bytes at {} does not fit the namespace ({capacity} bytes) with one {}-byte I/O per queue",
-            spec.offset, spec.io_size
+            "--offset {} is past the end of namespace {} ({capacity} bytes)",
+            spec.offset, spec.nsid
+        )));
+    }
+    let size = spec.size.unwrap_or(capacity - spec.offset);
+    if spec.offset.checked_add(size).is_none_or(|e| e > capacity) {
+        return Err(PerfError::Invalid(format!(
+            "--offset {} plus --size {size} runs past the end of namespace {} ({capacity} bytes)",
+            spec.offset, spec.nsid
+        )));
+    }
+    let units = size / spec.io_size;
+    if units < spec.queues as u64 {
+        return Err(PerfError::Invalid(format!(
+            "the region of {size} bytes holds {units} I/Os of --block-size {}, fewer than \
+             --queues {} (each queue needs one)",
+            spec.io_size, spec.queues
         )));
     }
     if spec.verify && units > MAX_VERIFY_UNITS {

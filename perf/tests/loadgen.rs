@@ -159,21 +159,40 @@ async fn impossible_runs_are_refused_with_reasons() {
         ..spec(addr.clone())
     };
     let e = run(&bad_size, false).await.unwrap_err();
-    assert!(e.to_string().contains("multiples of the namespace"), "{e}");
-    let too_far = LoadSpec {
-        offset: 64 << 20,
-        size: Some(4096),
-        ..spec(addr.clone())
-    };
-    assert!(matches!(
-        run(&too_far, false).await,
-        Err(PerfError::Invalid(_))
-    ));
+    assert!(
+        e.to_string()
+            .contains("--block-size 4608 must be a multiple"),
+        "{e}"
+    );
+    // Each region refusal names the flag that is out of bounds.
+    for (offset, size, queues, named) in [
+        (64 << 20, Some(4096), 2, "--offset 67108864 is past the end"),
+        (60 << 20, Some(8 << 20), 2, "runs past the end"),
+        (0, Some(4096), 2, "fewer than --queues 2"),
+    ] {
+        let region = LoadSpec {
+            offset,
+            size,
+            queues,
+            ..spec(addr.clone())
+        };
+        match run(&region, false).await {
+            Err(PerfError::Invalid(e)) => assert!(e.contains(named), "{e}"),
+            other => panic!("{named}: {other:?}"),
+        }
+    }
     let no_ns = LoadSpec {
         nsid: 9,
         ..spec(addr.clone())
     };
     assert!(run(&no_ns, false).await.is_err());
+    // A subsystem the target does not serve: the refusal says what it may mean.
+    let no_subsystem = LoadSpec {
+        nqn: Some("nqn.2026-11.io.fabric:nope".into()),
+        ..spec(addr.clone())
+    };
+    let e = run(&no_subsystem, false).await.unwrap_err();
+    assert!(e.to_string().contains("no such subsystem there"), "{e}");
     // Verifying 2^35 units would need a 4 GiB table before the first I/O.
     let verify_all = LoadSpec {
         nsid: 3,
