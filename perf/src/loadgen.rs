@@ -240,7 +240,8 @@ struct Shared {
     verify: Option<Verifier>,
     live: Option<Live>,
     write_data: Bytes,
-    stop: AtomicBool,
+    /// Set to stop issuing I/O: by a failed queue, or by the caller.
+    stop: Arc<AtomicBool>,
     /// Error completions seen so far (for logging only the first few).
     errors_logged: AtomicU64,
 }
@@ -473,6 +474,18 @@ async fn discover_nqn(address: &PortAddress, opts: &HostOptions) -> Result<Strin
 /// Connect, run `spec` and disconnect. With `progress`, a live line goes to
 /// stderr every second.
 pub async fn run(spec: &LoadSpec, progress: bool) -> Result<RunReport, PerfError> {
+    run_stoppable(spec, progress, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`run`], ended early when `stop` is set (on Ctrl-C): no new I/O is
+/// issued, those in flight complete, the verify pass still reads back what
+/// was written, and the report covers the time until then, marked
+/// interrupted.
+pub async fn run_stoppable(
+    spec: &LoadSpec,
+    progress: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, PerfError> {
     spec.validate()?;
     let mut opts = HostOptions {
         io_queues: spec.queues,
@@ -497,7 +510,7 @@ pub async fn run(spec: &LoadSpec, progress: bool) -> Result<RunReport, PerfError
             format!("cannot connect to {nqn} at {}", spec.address),
             "no such subsystem there, or this host not allowed on it",
         ))?;
-    let result = measure(spec, &ctrl, &nqn, progress).await;
+    let result = measure(spec, &ctrl, &nqn, progress, stop).await;
     ctrl.disconnect().await;
     result
 }
@@ -609,6 +622,7 @@ async fn measure(
     ctrl: &HostController,
     nqn: &str,
     progress: bool,
+    stop: Arc<AtomicBool>,
 ) -> Result<RunReport, PerfError> {
     let geo = geometry(spec, ctrl).await?;
     let queues: Vec<Arc<dyn HostQueue>> = (0..ctrl.io_queue_count())
@@ -635,7 +649,7 @@ async fn measure(
         verify: spec.verify.then(|| Verifier::new(spec.seed, geo.units)),
         live: progress.then(Live::default),
         write_data: Bytes::from(vec![0xa5u8; geo.io_size as usize]),
-        stop: AtomicBool::new(false),
+        stop,
         errors_logged: AtomicU64::new(0),
     };
     let mut verify = VerifyReport::default();
@@ -734,5 +748,7 @@ async fn measure(
             system_s_per_million_ios: per_io(system_busy_s, 1e6),
         },
         verify: spec.verify.then_some(verify),
+        // Set by the caller: a failed queue has returned its error above.
+        interrupted: sh.stop.load(Ordering::Relaxed),
     })
 }

@@ -7,6 +7,8 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -133,6 +135,23 @@ fn nqn_arg(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Exit status of a run stopped with Ctrl-C (128 + SIGINT, as a shell's):
+/// its result is printed, but it is not the run asked for.
+const INTERRUPTED: u8 = 130;
+
+/// The first Ctrl-C ends the run early (its result is still printed); a
+/// second one quits at once.
+async fn stop_on_interrupt(stop: Arc<AtomicBool>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    stop.store(true, Ordering::Relaxed);
+    eprintln!("\nfabric-perf: interrupted: finishing the I/Os in flight (Ctrl-C again to quit)");
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(i32::from(INTERRUPTED));
+    }
+}
+
 fn main() -> ExitCode {
     let args = match cmdline::parse::<Args>("fabric-perf") {
         Ok(c) => c,
@@ -172,7 +191,14 @@ fn main() -> ExitCode {
     }
     let progress = !args.json && !args.quiet && std::io::stderr().is_terminal();
     let spec = args.spec();
-    match runtime.block_on(loadgen::run(&spec, progress)) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = runtime.block_on(async {
+        let interrupt = tokio::spawn(stop_on_interrupt(stop.clone()));
+        let outcome = loadgen::run_stoppable(&spec, progress, stop).await;
+        interrupt.abort();
+        outcome
+    });
+    match outcome {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {
@@ -186,14 +212,18 @@ fn main() -> ExitCode {
                 print!("{}", report.text());
             }
             let mismatches = report.verify.as_ref().map_or(0, |v| v.mismatches);
-            if report.errors > 0 || mismatches > 0 {
+            let failed = report.errors > 0 || mismatches > 0;
+            if failed {
                 eprintln!(
                     "fabric-perf: {} I/O errors, {mismatches} verify mismatches",
                     report.errors
                 );
-                return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
+            match (report.interrupted, failed) {
+                (true, _) => ExitCode::from(INTERRUPTED),
+                (false, true) => ExitCode::FAILURE,
+                (false, false) => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("fabric-perf: {e}");

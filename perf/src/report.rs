@@ -115,6 +115,9 @@ pub struct RunReport {
     pub cpu: CpuReport,
     /// Verify result, with `--verify`.
     pub verify: Option<VerifyReport>,
+    /// The run was stopped early (Ctrl-C); the figures cover the time run.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -137,8 +140,17 @@ impl RunReport {
             s.nsid,
         );
         out += &format!(
-            "  all:   {:>10.0} IOPS {:>9.1} MB/s  {} I/Os in {:.2} s, {} errors\n",
-            self.iops, self.mb_per_s, self.ios, self.seconds, self.errors
+            "  all:   {:>10.0} IOPS {:>9.1} MB/s  {} I/Os in {:.2} s, {} errors{}\n",
+            self.iops,
+            self.mb_per_s,
+            self.ios,
+            self.seconds,
+            self.errors,
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
         );
         out += &latency_line("  lat:  ", &self.latency);
         for (name, d) in [("read", &self.read), ("write", &self.write)] {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fabric::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
 use fabric::transport::target_transport;
-use perf::loadgen::{run, LoadSpec, PerfError};
+use perf::loadgen::{run, run_stoppable, LoadSpec, PerfError};
 use perf::workload::Workload;
 use raid::{FaultDevice, MemoryDevice, NullDevice};
 
@@ -249,5 +249,38 @@ async fn failed_writes_are_reported_in_their_own_row() {
     assert!(read.ios > 0 && read.latency.is_some(), "{read:?}");
     assert_eq!(r.errors, write.errors);
     assert_eq!(r.ios, read.ios);
+    t.shutdown();
+}
+
+/// Stopped early (as on Ctrl-C), a run still reports what it measured,
+/// marked interrupted, and its verify pass still reads back what it wrote.
+#[tokio::test]
+async fn a_stopped_run_reports_what_it_did() {
+    let (t, addr) = target().await;
+    let s = LoadSpec {
+        workload: Workload::Randrw,
+        ios: None,
+        time: Some(Duration::from_secs(60)),
+        verify: true,
+        size: Some(1 << 20),
+        ..spec(addr)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let r = run_stoppable(&s, false, stop)
+        .await
+        .expect("the run completes");
+    stopper.await.unwrap();
+    assert!(r.interrupted, "{r:?}");
+    assert!(r.ios > 0 && r.seconds < 30.0, "{r:?}");
+    let v = r.verify.clone().expect("verify result");
+    assert!(v.blocks_checked > 0 && v.mismatches == 0, "{v:?}");
+    assert!(r.text().contains("(interrupted)"));
     t.shutdown();
 }
