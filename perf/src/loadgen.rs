@@ -137,6 +137,16 @@ impl LoadSpec {
         if self.queues == 0 {
             return bad("--queues must be at least 1".into());
         }
+        if self.nsid == 0 || self.nsid == u32::MAX {
+            return bad(format!(
+                "--nsid {} must be from 1 to {} (one namespace)",
+                self.nsid,
+                u32::MAX - 1
+            ));
+        }
+        if self.digests && self.address.kind != TransportKind::Tcp {
+            return bad("--digests applies to tcp:// only".into());
+        }
         if self.read_mix > 100 {
             return bad(format!("--rwmixread {} must be at most 100", self.read_mix));
         }

@@ -221,6 +221,25 @@ async fn impossible_runs_are_refused_with_reasons() {
     };
     let e = run(&rdma_poll, false).await.unwrap_err();
     assert!(e.to_string().contains("tcp:// only"), "{e}");
+    let rdma_digests = LoadSpec {
+        address: "rdma://127.0.0.1:4420".parse().unwrap(),
+        digests: true,
+        ..spec(addr.clone())
+    };
+    let e = run(&rdma_digests, false).await.unwrap_err();
+    assert!(e.to_string().contains("--digests applies to tcp://"), "{e}");
+    for nsid in [0, u32::MAX] {
+        let e = run(
+            &LoadSpec {
+                nsid,
+                ..spec(addr.clone())
+            },
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("--nsid"), "{e}");
+    }
     let rdma = LoadSpec {
         address: "rdma://127.0.0.1:4420".parse().unwrap(),
         ..spec(addr)
