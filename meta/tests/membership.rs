@@ -86,8 +86,8 @@ async fn grow_to_three_then_remove_the_first() {
     // and keep every object.
     c1.remove_replica(1).await.expect("remove replica 1");
     // Still running, the removed replica refuses in words what it could
-    // no longer see through (a write the leader would
-    // commit behind its back, a read it could not bring up to date).
+    // no longer see through (a write the leader would commit behind its
+    // back, a read it could not bring up to date).
     let alone =
         meta::MetaClient::new(&r1.address, std::time::Duration::from_secs(1)).expect("client");
     // Polled with reads: a write sent before it applied the removal could

@@ -249,12 +249,17 @@ fn is_tiny_blank_file(path: &Path, block_size: u32) -> anyhow::Result<bool> {
     }
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if data.iter().any(|&b| b != 0) {
-        bail!(
-            "{} holds data but no raid1 superblock; refusing to overwrite it",
-            path.display()
-        );
+        return Err(holds_data(path));
     }
     Ok(true)
+}
+
+/// The refusal of a path that is neither a raid1 member nor blank.
+fn holds_data(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} holds data but no raid1 superblock; refusing to overwrite it",
+        path.display()
+    )
 }
 
 /// Bytes at the start of a member checked for blankness: the raid1
@@ -312,10 +317,7 @@ async fn open_raid1(
         {
             blank.push((path, Some(dev)));
         } else {
-            bail!(
-                "{} holds data but no raid1 superblock; refusing to overwrite it",
-                path.display()
-            );
+            return Err(holds_data(path));
         }
     }
     // Grows a blank file to SIZE (creating it when missing).
