@@ -6,10 +6,13 @@
 #   * `fabricd target` on tcp://127.0.0.1:4420 with discovery, serving one
 #     namespace mirrored (raid1) over two file-backed disks,
 #     DATA/disk0.img and DATA/disk1.img (4 GiB each, sparse, O_DIRECT),
-#     created on the first start and reassembled on the next ones.
+#     created on the first start and reassembled on the next ones; it
+#     registers with the metadata group as a disk node named after the
+#     host (`fabric-ctl dn list`).
 # DATA is $FABRIC_DATA_DIR [default: ~/.local/share/fabric]. Extra arguments
 # go to `fabricd target` (see `fabricd target --help`); a --namespace or
-# --config among them replaces the mirrored namespace.
+# --config among them replaces the mirrored namespace, a --meta or --config
+# the registration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/setup.sh --no-guest
@@ -28,7 +31,9 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 grep -q "meta replica serving" "$data/meta.log" || { echo "start: fabricd meta did not come up (see $data/meta.log)" >&2; exit 1; }
-echo "start: metadata group on 127.0.0.1:7400 (log: $data/meta.log); try: $bin/fabric-ctl cluster list"
+# The cluster object, once: the target registers with it below.
+"$bin/fabric-ctl" cluster get >/dev/null 2>&1 || "$bin/fabric-ctl" cluster create local >/dev/null
+echo "start: metadata group on 127.0.0.1:7400 (log: $data/meta.log); try: $bin/fabric-ctl dn list"
 
 # A Linux host on this machine over loopback meets a kernel bug before 6.10
 # when huge pages are always on (README, "Attach a Linux host").
@@ -40,10 +45,12 @@ if (( kmaj < 6 || (kmaj == 6 && kmin < 10) )) && [[ $thp == *"[always]"* ]]; the
 fi
 
 namespace=(--namespace "raid1:$data/disk0.img,$data/disk1.img:4G")
+agent=(--meta 127.0.0.1:7400)
 for a in "$@"; do
     [[ $a == --namespace* || $a == --config* || $a == -c ]] && namespace=()
+    [[ $a == --meta || $a == --meta=* || $a == --config* || $a == -c ]] && agent=()
 done
-"$bin/fabricd" target --listen tcp://127.0.0.1:4420 --discovery "${namespace[@]}" "$@" &
+"$bin/fabricd" target --listen tcp://127.0.0.1:4420 --discovery "${namespace[@]}" "${agent[@]}" "$@" &
 target=$!
 # Background jobs of a script ignore the terminal's Ctrl-C: pass it on.
 trap 'kill -TERM $target 2>/dev/null' INT TERM

@@ -140,6 +140,31 @@ fn bad_input_gets_one_line_naming_it() {
         "{err}"
     );
 
+    // Registration settings: refused before anything opens or listens.
+    let (_, err) = fails(&["--node-name", "dn1", "--listen", "tcp://127.0.0.1:0"]);
+    assert!(
+        one_line(&err).contains("--node-name") && err.contains("--meta"),
+        "{err}"
+    );
+    let (_, err) = fails(&[
+        "--meta",
+        "127.0.0.1:7400",
+        "--meta-tls-cert",
+        "/nonexistent/a.crt",
+        "--meta-tls-key",
+        "/nonexistent/a.key",
+        "--meta-tls-ca",
+        "/nonexistent/ca.crt",
+        "--listen",
+        "tcp://127.0.0.1:0",
+    ]);
+    assert!(
+        one_line(&err).contains("--meta-tls-cert") && err.contains("/nonexistent/a.crt"),
+        "{err}"
+    );
+    let (_, err) = fails(&["--meta", "127.0.0.1:7400", "--listen", "tcp://0.0.0.0:0"]);
+    assert!(one_line(&err).contains("--advertise"), "{err}");
+
     let dir = std::env::temp_dir().join(format!("fabricd-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("bad.toml");

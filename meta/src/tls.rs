@@ -72,7 +72,7 @@ impl fmt::Debug for Tls {
 
 /// A status's message and, for one made from a local error (a failed
 /// connection), that error's causes, on one line.
-pub(crate) fn status_text(status: &tonic::Status) -> String {
+pub fn status_text(status: &tonic::Status) -> String {
     let message = status.message();
     match std::error::Error::source(status) {
         Some(source) => {

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use raid::{parse_size, Raid1OpenOptions};
 use serde::Deserialize;
 
+use super::agent::{AgentArgs, AgentSettings};
 pub use super::namespace::{NamespaceSpec, OpenNamespace};
 use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
 use crate::transport::rdma::{RdmaConfig, RdmaTransport};
@@ -102,6 +103,9 @@ pub struct TargetArgs {
     /// they return, are refused next to it.
     #[arg(long = "assemble-stale", value_name = "NSID")]
     pub assemble_stale: Vec<u32>,
+    /// Registration with the meta group.
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -161,6 +165,20 @@ pub struct TargetFile {
     pub rdma_poll_us: Option<u64>,
     /// TCP idle polling, µs.
     pub tcp_poll_us: Option<u64>,
+    /// Meta endpoints to register with.
+    pub meta: Option<String>,
+    /// Disk node name.
+    pub node_name: Option<String>,
+    /// Advertised address.
+    pub advertise: Option<String>,
+    /// Failure domain.
+    pub failure_domain: Option<String>,
+    /// TLS client certificate for the meta group.
+    pub meta_tls_cert: Option<PathBuf>,
+    /// Its key.
+    pub meta_tls_key: Option<PathBuf>,
+    /// The CA of the meta group.
+    pub meta_tls_ca: Option<PathBuf>,
 }
 
 /// Settings after merging the file and the flags.
@@ -191,6 +209,8 @@ pub struct TargetSettings {
     /// raid1 namespaces to assemble from a member that left
     /// (`--assemble-stale`), by NSID.
     pub assemble_stale: Vec<u32>,
+    /// Registration with the meta group, if asked for.
+    pub agent: Option<AgentSettings>,
 }
 
 /// A list setting: the flags' values, else the file's, else the default.
@@ -352,6 +372,7 @@ impl TargetArgs {
         if let Some(us) = self.tcp_poll_us.or(file.tcp_poll_us) {
             tcp.poll = poll_time(us, "--tcp-poll-us (tcp_poll_us)")?;
         }
+        let agent = self.agent.settings(&file, &listen)?;
         Ok(TargetSettings {
             listen,
             nqn: self
@@ -373,6 +394,7 @@ impl TargetArgs {
             rdma,
             tcp,
             assemble_stale: self.assemble_stale.clone(),
+            agent,
         })
     }
 }
@@ -448,6 +470,11 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
 /// Run `fabricd target` until SIGINT or SIGTERM.
 pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
+    #[cfg(feature = "meta-role")]
+    let meta = match &settings.agent {
+        Some(agent) => Some((super::agent::client(agent)?, agent)),
+        None => None,
+    };
     let Started {
         target,
         listeners,
@@ -465,8 +492,21 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         settings.namespaces.clone(),
         super::free_space::WATCH_INTERVAL,
     );
+    #[cfg(feature = "meta-role")]
+    let agent = match (meta, listeners.first()) {
+        (Some((client, agent)), Some(first)) => {
+            let capacity = namespaces
+                .iter()
+                .map(|ns| u64::from(ns.device.block_size()) * ns.device.num_blocks())
+                .sum();
+            Some(super::agent::spawn(client, agent, &first.local, capacity))
+        }
+        _ => None,
+    };
     wait_for_signal().await;
     space_watch.abort();
+    #[cfg(feature = "meta-role")]
+    drop(agent);
     tracing::info!("shutting down");
     target.shutdown();
     for l in listeners {

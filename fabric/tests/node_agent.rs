@@ -1,0 +1,198 @@
+//! `fabricd target --meta`: the target registers with a `fabricd meta`
+//! replica as a disk node and keeps it online with heartbeats; a deleted
+//! node is registered again, a killed one goes offline, a second daemon
+//! with the same name waits for it, and an outage of the meta group is
+//! logged once and recovered from.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meta::proto::{CreateClusterRequest, DiskNode, NodeState, ObjectKind};
+use meta::MetaClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fabricd");
+
+/// A `fabricd` process with its log in a file, killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(role: &str, args: &[String], log: PathBuf) -> Daemon {
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(BIN)
+            .arg(role)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn fabricd");
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log has `text`.
+    fn wait_for(&self, text: &str) {
+        wait(|| self.log().contains(text).then_some(()))
+            .unwrap_or_else(|| panic!("no {text:?} in the log:\n{}", self.log()));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` every 50 ms for up to 30 s.
+fn wait<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_meta(dir: &Path, port: u16) -> Daemon {
+    let args = [
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--data-dir={}", dir.join("meta").display()),
+        "--tick-ms=50".into(),
+        "--offline-after-secs=2".into(),
+    ];
+    let meta = Daemon::start("meta", &args, dir.join("meta.log"));
+    meta.wait_for("meta replica serving");
+    meta
+}
+
+/// A target registering as dn1; `extra` flags added.
+fn start_target(dir: &Path, meta_port: u16, port: u16, log: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec![
+        format!("--listen=tcp://127.0.0.1:{port}"),
+        "--namespace=mem:64M".into(),
+        "--namespace=null:1G".into(),
+        format!("--meta=127.0.0.1:{meta_port}"),
+        "--node-name=dn1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let target = Daemon::start("target", &args, dir.join(log));
+    target.wait_for("ready: serving");
+    target
+}
+
+/// dn1 as the group has it, once `ok` holds for it (within 30 s).
+async fn node_when(client: &MetaClient, ok: impl Fn(&DiskNode) -> bool) -> DiskNode {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = client.get::<DiskNode>("dn1").await;
+        if let Ok(node) = &last {
+            if ok(node) {
+                return node.clone();
+            }
+        }
+        assert!(Instant::now() < end, "dn1 never as expected: {last:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_registers_heartbeats_and_goes_offline() {
+    let dir = tempfile::Builder::new()
+        .prefix("node-agent-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = dir.path().to_path_buf();
+    let meta_port = free_port();
+    let mut meta = start_meta(&dir, meta_port);
+    let client =
+        MetaClient::new(&format!("127.0.0.1:{meta_port}"), Duration::from_secs(5)).unwrap();
+    client
+        .create_cluster(CreateClusterRequest {
+            name: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let online = NodeState::Online as i32;
+
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = start_target(
+        &dir,
+        meta_port,
+        port_a,
+        "a.log",
+        &["--failure-domain=rack1"],
+    );
+    let node = node_when(&client, |n| n.state == online).await;
+    assert_eq!(node.address, format!("tcp:127.0.0.1:{port_a}"));
+    assert_eq!(node.capacity_bytes, (64 << 20) + (1 << 30));
+    assert_eq!(node.failure_domain, "rack1");
+    a.wait_for("registered with the meta group as a disk node");
+
+    // Heartbeats keep it online past the 2 s offline timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(client.get::<DiskNode>("dn1").await.unwrap().state, online);
+
+    // A second daemon under the same name does not take it over.
+    let b = start_target(&dir, meta_port, port_b, "b.log", &[]);
+    b.wait_for("another node has this name");
+    let node = client.get::<DiskNode>("dn1").await.unwrap();
+    assert_eq!(node.address, format!("tcp:127.0.0.1:{port_a}"));
+    drop(b);
+
+    // Deleted by an operator while it runs: registered again.
+    client.delete(ObjectKind::DiskNode, "dn1").await.unwrap();
+    node_when(&client, |n| n.state == online).await;
+    a.wait_for("registering it again");
+
+    // Killed: marked offline; a new daemon at another port then takes the
+    // name over.
+    drop(a);
+    node_when(&client, |n| n.state == NodeState::Offline as i32).await;
+    let b = start_target(&dir, meta_port, port_b, "b2.log", &[]);
+    let node = node_when(&client, |n| {
+        n.state == online && n.address.ends_with(&port_b.to_string())
+    })
+    .await;
+    assert_eq!(node.address, format!("tcp:127.0.0.1:{port_b}"));
+    // Given no failure domain, it keeps the one recorded.
+    assert_eq!(node.failure_domain, "rack1");
+
+    // The meta group goes away and comes back: one warning, then the
+    // recovery, and the target served on throughout.
+    drop(meta);
+    b.wait_for("the target keeps serving and retries");
+    meta = start_meta(&dir, meta_port);
+    b.wait_for("meta group reachable again");
+    node_when(&client, |n| n.state == online).await;
+    assert_eq!(
+        b.log().matches("the target keeps serving").count(),
+        1,
+        "{}",
+        b.log()
+    );
+    drop(meta);
+}
