@@ -158,6 +158,12 @@ impl AgentArgs {
                     bail!("--meta: the listen address {first} is a wildcard; give --advertise with the address hosts connect to");
                 }
             }
+            Some(a) if !listen.iter().any(|l| l.kind == a.kind) => {
+                bail!(
+                    "--advertise (advertise) {a}: the target does not listen on {}",
+                    a.kind
+                )
+            }
             Some(_) => {}
         }
         Ok(Some(AgentSettings {
@@ -459,6 +465,11 @@ mod tests {
             (args(|_| {}), &wildcard, "--advertise"),
             (
                 args(|a| a.advertise = Some("tcp://[::]:4420".parse().unwrap())),
+                &local,
+                "--advertise",
+            ),
+            (
+                args(|a| a.advertise = Some("rdma://10.0.0.5:4420".parse().unwrap())),
                 &local,
                 "--advertise",
             ),
