@@ -219,7 +219,7 @@ mod running {
     use super::AgentSettings;
 
     /// How long one call retries across replicas before it counts as failed.
-    const CALL_DEADLINE: Duration = Duration::from_secs(5);
+    const CALL_DEADLINE: Duration = Duration::from_secs(2);
     /// Wait between heartbeats before the group has said its timeout.
     const FIRST_INTERVAL: Duration = Duration::from_secs(1);
     /// Longest wait between heartbeats (or registration attempts).
@@ -295,8 +295,12 @@ mod running {
             Ok(node) if node.state == NodeState::Online as i32 && node.address != spec.address => {
                 return Err(NotRegistered::NameTaken(node.address));
             }
-            Ok(node) if spec.failure_domain.is_empty() => spec.failure_domain = node.failure_domain,
-            Ok(_) => {}
+            Ok(node) => {
+                if spec.failure_domain.is_empty() {
+                    spec.failure_domain = node.failure_domain.clone();
+                }
+                warn_if_extents_move(&node, &spec);
+            }
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(NotRegistered::Failed(s)),
         }
@@ -305,6 +309,28 @@ mod running {
             .await
             .map(drop)
             .map_err(NotRegistered::Failed)
+    }
+
+    /// A WARN when the node's address or failure domain changes while it
+    /// holds extents: their data is where the old record said, and
+    /// placement chose their failure domains by it.
+    fn warn_if_extents_move(node: &DiskNode, spec: &DiskNodeSpec) {
+        if node.extents.is_empty() {
+            return;
+        }
+        for (what, old, new) in [
+            ("address", &node.address, &spec.address),
+            ("failure domain", &node.failure_domain, &spec.failure_domain),
+        ] {
+            if old != new {
+                tracing::warn!(
+                    node = %spec.name,
+                    extents = node.extents.len(),
+                    "the {what} of this disk node changes from '{old}' to '{new}' \
+                     while it holds extents of volumes"
+                );
+            }
+        }
     }
 
     /// Register, then heartbeat until aborted; never returns.
@@ -347,8 +373,8 @@ mod running {
                     }
                     Err(NotRegistered::NameTaken(address)) => Err(format!(
                         "disk node '{name}' is online at {address}, not at {}: \
-                         another node has this name (give --node-name); \
-                         retrying until that one is marked offline",
+                         another node has this name (give this one another --node-name); \
+                         waiting until that one is marked offline",
                         spec.address
                     )),
                     Err(NotRegistered::Failed(s)) => Err(status_text(&s)),
