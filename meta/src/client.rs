@@ -164,7 +164,11 @@ impl MetaClient {
                     _ => {}
                 }
                 endpoint(&spec.address, tls)
-                    .map(|e| e.connect_timeout(Duration::from_secs(1)))
+                    .map(|e| {
+                        e.connect_timeout(Duration::from_secs(1))
+                            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    })
                     .map_err(invalid)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -462,11 +466,23 @@ impl MetaClient {
             .await
     }
 
-    /// Sends a node agent's heartbeat.
+    /// Sends a heartbeat for a node whatever its recorded address.
     pub async fn heartbeat(&self, kind: NodeKind, name: &str) -> Result<HeartbeatResponse, Status> {
+        self.heartbeat_from(kind, name, "").await
+    }
+
+    /// Sends a node agent's heartbeat: refused (FAILED_PRECONDITION) when
+    /// the node is recorded at another address than a non-empty `address`.
+    pub async fn heartbeat_from(
+        &self,
+        kind: NodeKind,
+        name: &str,
+        address: &str,
+    ) -> Result<HeartbeatResponse, Status> {
         let req = HeartbeatRequest {
             kind: kind as i32,
             name: name.to_string(),
+            address: address.to_string(),
         };
         self.call(true, |mut c| {
             let r = req.clone();
@@ -513,6 +529,15 @@ impl MetaClient {
         .await
     }
 }
+
+/// Between HTTP/2 pings on a connection with calls in flight: a replica
+/// that stops answering (its host frozen or cut off, packets dropped)
+/// fails the calls after this and [`KEEPALIVE_TIMEOUT`], and the client
+/// moves on to the next replica, instead of waiting for TCP to give up
+/// (many minutes).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn backoff(attempt: usize) -> Duration {
     let ms = 50u64.saturating_mul(1 << attempt.min(4) as u32);
@@ -580,5 +605,22 @@ mod tests {
         );
         let outcome = tokio::time::timeout(Duration::from_millis(300), call).await;
         assert!(outcome.is_err(), "still retrying, as asked");
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_stops_answering_fails_the_call() {
+        // Connections are accepted (by the kernel's backlog) and never
+        // answered, as with a frozen replica.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = silent.local_addr().expect("address").to_string();
+        let client = MetaClient::new(&address, Duration::from_millis(100)).expect("client");
+        let call = client.call(
+            false,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        );
+        let outcome = tokio::time::timeout(4 * (KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT), call)
+            .await
+            .expect("the call ends once the pings go unanswered");
+        assert!(outcome.is_err(), "{outcome:?}");
     }
 }

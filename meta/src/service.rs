@@ -379,13 +379,22 @@ impl Meta for MetaService {
             self.node.read_barrier().await?;
             object = self.node.reader().get(object_kind, &req.name)?;
         }
-        let state = object.as_ref().and_then(meta_node_state).ok_or_else(|| {
+        let (state, address) = object.as_ref().and_then(node_liveness).ok_or_else(|| {
             MetaError::NotFound(format!(
                 "{} '{}' is not registered",
                 kind_label(object_kind),
                 req.name
             ))
         })?;
+        if !req.address.is_empty() && req.address != address {
+            return Err(MetaError::FailedPrecondition(format!(
+                "{} '{}' is registered at {address}, not at {}",
+                kind_label(object_kind),
+                req.name,
+                req.address
+            ))
+            .into());
+        }
         self.liveness.record(kind, &req.name);
         let mut revision = self.node.reader().revision()?;
         if state != NodeState::Online as i32 {
@@ -539,11 +548,11 @@ impl Meta for MetaService {
     }
 }
 
-/// The liveness state of a disk or controller node object.
-fn meta_node_state(object: &Object) -> Option<i32> {
+/// The liveness state and address of a disk or controller node object.
+fn node_liveness(object: &Object) -> Option<(i32, &str)> {
     match &object.kind {
-        Some(crate::proto::object::Kind::DiskNode(n)) => Some(n.state),
-        Some(crate::proto::object::Kind::ControllerNode(n)) => Some(n.state),
+        Some(crate::proto::object::Kind::DiskNode(n)) => Some((n.state, &n.address)),
+        Some(crate::proto::object::Kind::ControllerNode(n)) => Some((n.state, &n.address)),
         _ => None,
     }
 }

@@ -202,6 +202,17 @@ async fn objects_errors_watch_and_restart() {
     c.heartbeat(NodeKind::Controller, "c1")
         .await
         .expect("heartbeat");
+    // A heartbeat naming an address is taken only at the recorded one.
+    let at = c.get::<ControllerNode>("c1").await.expect("c1").address;
+    c.heartbeat_from(NodeKind::Controller, "c1", &at)
+        .await
+        .expect("heartbeat from the recorded address");
+    let err = c
+        .heartbeat_from(NodeKind::Controller, "c1", "tcp:192.0.2.1:4420")
+        .await
+        .expect_err("another address");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(&at), "{}", err.message());
     assert_eq!(
         c.get::<ControllerNode>("c1").await.expect("c1").state,
         NodeState::Online as i32
