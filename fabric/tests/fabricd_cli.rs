@@ -1,6 +1,8 @@
 //! The `fabricd target` binary as a user runs it: the ready line, serving a
 //! host, and one-line errors with a non-zero exit for bad input.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,6 +11,8 @@ use bytes::Bytes;
 use fabric::host::{HostController, HostOptions};
 use fabric::target::PortAddress;
 use raid::{buf, BlockDevice};
+
+use common::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fabricd");
 
@@ -60,14 +64,6 @@ fn fails(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn one_line(s: &str) -> &str {

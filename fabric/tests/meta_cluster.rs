@@ -7,9 +7,10 @@
 //! Ports are picked free at test time; data lives in a temp dir under the
 //! target dir; every process is killed when its guard drops, on failure too.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,9 +85,9 @@ struct Group {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address").to_string()
+/// `127.0.0.1:PORT` with a free port.
+fn free_address() -> String {
+    format!("127.0.0.1:{}", common::free_port())
 }
 
 impl Group {
@@ -95,7 +96,7 @@ impl Group {
             .prefix("meta-cluster-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir");
-        let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_port())).collect();
+        let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_address())).collect();
         let peer_list = peers
             .iter()
             .map(|(id, a)| format!("{id}={a}"))
@@ -543,7 +544,7 @@ async fn a_data_directory_in_use_is_refused() {
         .filter(|a| !a.starts_with("--listen="))
         .cloned()
         .collect();
-    args.push(format!("--listen={}", free_port()));
+    args.push(format!("--listen={}", free_address()));
     let out = Command::new(env!("CARGO_BIN_EXE_fabricd"))
         .args(["meta", "--log-level", "debug"])
         .args(&args)

@@ -252,3 +252,11 @@ impl RawConn {
 pub fn block(v: u8) -> Bytes {
     Bytes::from(vec![v; 4096])
 }
+
+/// A loopback TCP port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
