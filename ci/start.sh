@@ -31,8 +31,15 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 grep -q "meta replica serving" "$data/meta.log" || { echo "start: fabricd meta did not come up (see $data/meta.log)" >&2; exit 1; }
-# The cluster object, once: the target registers with it below.
-"$bin/fabric-ctl" cluster get >/dev/null 2>&1 || "$bin/fabric-ctl" cluster create local >/dev/null
+# The cluster object, once: the target registers with it below. This
+# replica, whatever FABRIC_META_ENDPOINT or FABRIC_TLS_* say.
+ctl() { env -u FABRIC_TLS_CERT -u FABRIC_TLS_KEY -u FABRIC_TLS_CA "$bin/fabric-ctl" --endpoint 127.0.0.1:7400 "$@"; }
+rc=0; err=$(ctl cluster get 2>&1 >/dev/null) || rc=$?
+case $rc in
+    0) ;;
+    3) ctl cluster create local >/dev/null ;; # not found (fabric-ctl --help: exit codes)
+    *) echo "start: fabric-ctl cluster get: $err" >&2; exit 1 ;;
+esac
 echo "start: metadata group on 127.0.0.1:7400 (log: $data/meta.log); try: $bin/fabric-ctl dn list"
 
 # A Linux host on this machine over loopback meets a kernel bug before 6.10

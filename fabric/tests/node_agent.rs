@@ -1,8 +1,11 @@
 //! `fabricd target --meta`: the target registers with a `fabricd meta`
 //! replica as a disk node and keeps it online with heartbeats; a deleted
-//! node is registered again, a killed one goes offline, a second daemon
-//! with the same name waits for it, and an outage of the meta group is
-//! logged once and recovered from.
+//! node is registered again, a frozen one goes offline, a second daemon
+//! with the same name waits for it (also one that comes back after another
+//! took its name over), and an outage of the meta group is logged once and
+//! recovered from.
+
+mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use meta::proto::{CreateClusterRequest, DiskNode, NodeState, ObjectKind};
 use meta::MetaClient;
+
+use common::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fabricd");
 
@@ -40,6 +45,15 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Send the process a signal (`STOP`, `CONT`).
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Wait until the log has `text`.
     fn wait_for(&self, text: &str) {
         wait(|| self.log().contains(text).then_some(()))
@@ -66,14 +80,6 @@ fn wait<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_meta(dir: &Path, port: u16) -> Daemon {
@@ -168,18 +174,31 @@ async fn target_registers_heartbeats_and_goes_offline() {
     node_when(&client, |n| n.state == online).await;
     a.wait_for("registering it again");
 
-    // Killed: marked offline; a new daemon at another port then takes the
-    // name over.
-    drop(a);
+    // Frozen (as by a network cut): marked offline; a new daemon at another
+    // port then takes the name over.
+    a.signal("STOP");
     node_when(&client, |n| n.state == NodeState::Offline as i32).await;
     let b = start_target(&dir, meta_port, port_b, "b2.log", &[]);
-    let node = node_when(&client, |n| {
-        n.state == online && n.address.ends_with(&port_b.to_string())
-    })
-    .await;
-    assert_eq!(node.address, format!("tcp:127.0.0.1:{port_b}"));
+    let at_b = format!("tcp:127.0.0.1:{port_b}");
+    let node = node_when(&client, |n| n.state == online && n.address == at_b).await;
     // Given no failure domain, it keeps the one recorded.
     assert_eq!(node.failure_domain, "rack1");
+    b.wait_for(&format!(
+        "address of this disk node changes from 'tcp:127.0.0.1:{port_a}' to '{at_b}'"
+    ));
+    // The first daemon back: its heartbeats name its own address, so they
+    // are refused and it waits for the name instead of keeping b's record
+    // online.
+    a.signal("CONT");
+    a.wait_for(&format!(
+        "is registered at {at_b}, not at tcp:127.0.0.1:{port_a}"
+    ));
+    a.wait_for(&format!(
+        "is online at {at_b}, not at tcp:127.0.0.1:{port_a}"
+    ));
+    drop(a);
+    let node = client.get::<DiskNode>("dn1").await.unwrap();
+    assert_eq!((node.state, node.address), (online, at_b));
 
     // The meta group goes away and comes back: one warning, then the
     // recovery, and the target served on throughout.

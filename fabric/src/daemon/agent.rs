@@ -13,7 +13,10 @@
 //!   again (as kubelet does): the running daemon is the truth about itself.
 //! * A name already registered online at another address is not taken
 //!   over: that is another node (two hosts with the same host name), and
-//!   the registration waits until that node is marked offline.
+//!   the registration waits until that node is marked offline. Heartbeats
+//!   carry the registered address, so a daemon that was cut off while
+//!   another took its name over does not keep that one's record online:
+//!   it goes back to waiting for the name.
 
 use std::path::PathBuf;
 
@@ -299,7 +302,7 @@ mod running {
                 if spec.failure_domain.is_empty() {
                     spec.failure_domain = node.failure_domain.clone();
                 }
-                warn_if_extents_move(&node, &spec);
+                log_changes(&node, &spec);
             }
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(NotRegistered::Failed(s)),
@@ -311,18 +314,22 @@ mod running {
             .map_err(NotRegistered::Failed)
     }
 
-    /// A WARN when the node's address or failure domain changes while it
-    /// holds extents: their data is where the old record said, and
-    /// placement chose their failure domains by it.
-    fn warn_if_extents_move(node: &DiskNode, spec: &DiskNodeSpec) {
-        if node.extents.is_empty() {
-            return;
-        }
+    /// Says when registering changes the node's recorded address or
+    /// failure domain (one an operator declared with `dn create`, or a
+    /// restart elsewhere): a WARN while it holds extents, since their data
+    /// is where the old record said and placement chose their failure
+    /// domains by it; an INFO otherwise.
+    fn log_changes(node: &DiskNode, spec: &DiskNodeSpec) {
         for (what, old, new) in [
             ("address", &node.address, &spec.address),
             ("failure domain", &node.failure_domain, &spec.failure_domain),
         ] {
-            if old != new {
+            if old == new {
+                continue;
+            }
+            if node.extents.is_empty() {
+                tracing::info!(node = %spec.name, "the {what} of this disk node changes from '{old}' to '{new}'");
+            } else {
                 tracing::warn!(
                     node = %spec.name,
                     extents = node.extents.len(),
@@ -342,7 +349,10 @@ mod running {
         let mut failing: Option<String> = None;
         loop {
             let outcome = if registered {
-                match client.heartbeat(NodeKind::Disk, name).await {
+                match client
+                    .heartbeat_from(NodeKind::Disk, name, &spec.address)
+                    .await
+                {
                     Ok(reply) => {
                         wait = interval(reply.offline_after_secs);
                         Ok(())
@@ -352,6 +362,14 @@ mod running {
                             node = name,
                             "this disk node is no longer in the cluster (deleted?); registering it again"
                         );
+                        registered = false;
+                        continue;
+                    }
+                    // Another daemon registered the name at its address
+                    // while this one was cut off: registering again waits
+                    // until that one is offline.
+                    Err(s) if s.code() == Code::FailedPrecondition => {
+                        tracing::warn!(node = name, "{}; registering it again", s.message());
                         registered = false;
                         continue;
                     }
@@ -445,6 +463,8 @@ mod tests {
         );
     }
 
+    // Without the meta role every --meta is refused (`check_endpoints`).
+    #[cfg(feature = "meta-role")]
     #[test]
     fn settings_check_name_address_and_endpoints() {
         let local = listen("tcp://127.0.0.1:4420");

@@ -497,8 +497,8 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         (Some((client, agent)), Some(first)) => {
             let capacity = namespaces
                 .iter()
-                .map(|ns| u64::from(ns.device.block_size()) * ns.device.num_blocks())
-                .sum();
+                .map(|ns| u64::from(ns.device.block_size()).saturating_mul(ns.device.num_blocks()))
+                .fold(0, u64::saturating_add);
             Some(super::agent::spawn(client, agent, &first.local, capacity))
         }
         _ => None,
