@@ -2,8 +2,8 @@
 //! replica as a disk node and keeps it online with heartbeats; a deleted
 //! node is registered again, a frozen one goes offline, a second daemon
 //! with the same name waits for it (also one that comes back after another
-//! took its name over), and an outage of the meta group is logged once and
-//! recovered from.
+//! took its name over), an outage of the meta group is logged once and
+//! recovered from, and a stopped target is marked offline as it stops.
 
 mod common;
 
@@ -52,6 +52,14 @@ impl Daemon {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    fn terminate(mut self) -> String {
+        self.signal("TERM");
+        let status = self.child.wait().expect("wait for fabricd");
+        assert!(status.success(), "{status}: {}", self.log());
+        self.log()
     }
 
     /// Wait until the log has `text`.
@@ -213,5 +221,15 @@ async fn target_registers_heartbeats_and_goes_offline() {
         "{}",
         b.log()
     );
+
+    // Stopped (SIGTERM): offline by the time the process has exited, not
+    // after the timeout.
+    let log = b.terminate();
+    assert!(
+        log.contains("meta group told: this disk node stops"),
+        "{log}"
+    );
+    let node = client.get::<DiskNode>("dn1").await.unwrap();
+    assert_eq!(node.state, NodeState::Offline as i32);
     drop(meta);
 }

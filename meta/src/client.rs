@@ -479,11 +479,34 @@ impl MetaClient {
         name: &str,
         address: &str,
     ) -> Result<HeartbeatResponse, Status> {
-        let req = HeartbeatRequest {
+        self.send_heartbeat(HeartbeatRequest {
             kind: kind as i32,
             name: name.to_string(),
             address: address.to_string(),
-        };
+            stopping: false,
+        })
+        .await
+    }
+
+    /// A node agent's last word: its node (at `address`, as in
+    /// [`heartbeat_from`](Self::heartbeat_from)) stops, and is marked
+    /// offline now.
+    pub async fn node_stopping(
+        &self,
+        kind: NodeKind,
+        name: &str,
+        address: &str,
+    ) -> Result<HeartbeatResponse, Status> {
+        self.send_heartbeat(HeartbeatRequest {
+            kind: kind as i32,
+            name: name.to_string(),
+            address: address.to_string(),
+            stopping: true,
+        })
+        .await
+    }
+
+    async fn send_heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
         self.call(true, |mut c| {
             let r = req.clone();
             async move { c.heartbeat(r).await }

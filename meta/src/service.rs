@@ -395,15 +395,26 @@ impl Meta for MetaService {
             ))
             .into());
         }
-        self.liveness.record(kind, &req.name);
         let mut revision = self.node.reader().revision()?;
-        if state != NodeState::Online as i32 {
-            tracing::info!(?kind, name = %req.name, "heartbeat: marking online");
-            revision = self
-                .node
-                .propose(&set_state(kind, &req.name, NodeState::Online))
-                .await?
-                .revision;
+        if req.stopping {
+            if state == NodeState::Online as i32 {
+                tracing::info!(?kind, name = %req.name, "node stopping: marking offline");
+                revision = self
+                    .node
+                    .propose(&set_state(kind, &req.name, NodeState::Offline))
+                    .await?
+                    .revision;
+            }
+        } else {
+            self.liveness.record(kind, &req.name);
+            if state != NodeState::Online as i32 {
+                tracing::info!(?kind, name = %req.name, "heartbeat: marking online");
+                revision = self
+                    .node
+                    .propose(&set_state(kind, &req.name, NodeState::Online))
+                    .await?
+                    .revision;
+            }
         }
         Ok(Response::new(HeartbeatResponse {
             revision,

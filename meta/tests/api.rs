@@ -222,6 +222,23 @@ async fn objects_errors_watch_and_restart() {
         (n.state == NodeState::Offline as i32).then_some(())
     })
     .await;
+    // A stopping agent's last word marks the node offline at once, unless
+    // it names another address than the recorded one.
+    c.heartbeat(NodeKind::Controller, "c1")
+        .await
+        .expect("heartbeat");
+    let err = c
+        .node_stopping(NodeKind::Controller, "c1", "tcp:192.0.2.1:4420")
+        .await
+        .expect_err("another address");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    c.node_stopping(NodeKind::Controller, "c1", &at)
+        .await
+        .expect("stopping");
+    assert_eq!(
+        c.get::<ControllerNode>("c1").await.expect("c1").state,
+        NodeState::Offline as i32
+    );
 
     // Everything is back after a restart from the same directory.
     let before = c.list::<DiskNode>("").await.expect("list").0;

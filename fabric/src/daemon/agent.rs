@@ -17,6 +17,10 @@
 //!   carry the registered address, so a daemon that was cut off while
 //!   another took its name over does not keep that one's record online:
 //!   it goes back to waiting for the name.
+//! * A target that shuts down tells the group, which marks the node offline
+//!   at once (controllers need not wait out the timeout to stop using it);
+//!   this runs alongside the shutdown, never delaying it past the call's
+//!   deadline.
 
 use std::path::PathBuf;
 
@@ -211,6 +215,7 @@ pub use running::{client, spawn, Agent};
 
 #[cfg(feature = "meta-role")]
 mod running {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use meta::proto::{DiskNode, DiskNodeSpec, NodeKind, NodeState};
@@ -236,12 +241,44 @@ mod running {
         (Duration::from_secs(offline_after_secs.into()) / 3).clamp(MIN_INTERVAL, MAX_INTERVAL)
     }
 
-    /// The running agent: stops when dropped.
-    pub struct Agent(JoinHandle<()>);
+    /// The running agent: its heartbeats stop when it is dropped.
+    pub struct Agent {
+        heartbeats: JoinHandle<()>,
+        client: Arc<MetaClient>,
+        spec: DiskNodeSpec,
+    }
+
+    impl Agent {
+        /// Stops the heartbeats and tells the group that the node stops, so
+        /// that it is marked offline now rather than after the group's
+        /// timeout. Whether or not the group hears it, this ends within
+        /// [`CALL_DEADLINE`] and a little.
+        pub async fn stop(self) {
+            self.heartbeats.abort();
+            let name = self.spec.name.as_str();
+            let call = self
+                .client
+                .node_stopping(NodeKind::Disk, name, &self.spec.address);
+            match tokio::time::timeout(2 * CALL_DEADLINE, call).await {
+                Ok(Ok(_)) => tracing::info!(node = name, "meta group told: this disk node stops"),
+                Ok(Err(s)) => tracing::info!(
+                    node = name,
+                    "could not tell the meta group that this disk node stops ({}); \
+                     it is marked offline after the group's timeout",
+                    status_text(&s)
+                ),
+                Err(_) => tracing::info!(
+                    node = name,
+                    "the meta group did not answer in time that this disk node stops; \
+                     it is marked offline after the group's timeout"
+                ),
+            }
+        }
+    }
 
     impl Drop for Agent {
         fn drop(&mut self) {
-            self.0.abort();
+            self.heartbeats.abort();
         }
     }
 
@@ -278,7 +315,12 @@ mod running {
             capacity_bytes,
             failure_domain: settings.failure_domain.clone(),
         };
-        Agent(tokio::spawn(run(client, spec)))
+        let client = Arc::new(client);
+        Agent {
+            heartbeats: tokio::spawn(run(client.clone(), spec.clone())),
+            client,
+            spec,
+        }
     }
 
     /// Why a registration did not happen.
@@ -341,7 +383,7 @@ mod running {
     }
 
     /// Register, then heartbeat until aborted; never returns.
-    async fn run(client: MetaClient, spec: DiskNodeSpec) {
+    async fn run(client: Arc<MetaClient>, spec: DiskNodeSpec) {
         let name = spec.name.as_str();
         let mut registered = false;
         let mut wait = FIRST_INTERVAL;

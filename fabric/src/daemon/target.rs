@@ -505,27 +505,37 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     };
     wait_for_signal().await;
     space_watch.abort();
-    #[cfg(feature = "meta-role")]
-    drop(agent);
     tracing::info!("shutting down");
-    target.shutdown();
-    for l in listeners {
-        l.stop().await;
-    }
-    // All at once: each raid1 may wait up to its departed-member timeout.
-    let closes = namespaces
-        .into_iter()
-        .enumerate()
-        .map(|(i, ns)| async move {
-            if let Err(e) = ns.close().await {
-                tracing::warn!(
-                    nsid = i + 1,
-                    error = format!("{e:#}"),
-                    "closing the namespace failed"
-                );
-            }
-        });
-    futures::future::join_all(closes).await;
+    // The meta group hears that the node stops while the target does.
+    #[cfg(feature = "meta-role")]
+    let leave = async move {
+        if let Some(agent) = agent {
+            agent.stop().await;
+        }
+    };
+    #[cfg(not(feature = "meta-role"))]
+    let leave = async {};
+    let stop = async {
+        target.shutdown();
+        for l in listeners {
+            l.stop().await;
+        }
+        // All at once: each raid1 may wait up to its departed-member timeout.
+        let closes = namespaces
+            .into_iter()
+            .enumerate()
+            .map(|(i, ns)| async move {
+                if let Err(e) = ns.close().await {
+                    tracing::warn!(
+                        nsid = i + 1,
+                        error = format!("{e:#}"),
+                        "closing the namespace failed"
+                    );
+                }
+            });
+        futures::future::join_all(closes).await;
+    };
+    tokio::join!(leave, stop);
     Ok(())
 }
 
