@@ -468,45 +468,19 @@ impl MetaClient {
 
     /// Sends a heartbeat for a node whatever its recorded address.
     pub async fn heartbeat(&self, kind: NodeKind, name: &str) -> Result<HeartbeatResponse, Status> {
-        self.heartbeat_from(kind, name, "").await
-    }
-
-    /// Sends a node agent's heartbeat: refused (FAILED_PRECONDITION) when
-    /// the node is recorded at another address than a non-empty `address`.
-    pub async fn heartbeat_from(
-        &self,
-        kind: NodeKind,
-        name: &str,
-        address: &str,
-    ) -> Result<HeartbeatResponse, Status> {
         self.send_heartbeat(HeartbeatRequest {
             kind: kind as i32,
             name: name.to_string(),
-            address: address.to_string(),
-            stopping: false,
+            ..Default::default()
         })
         .await
     }
 
-    /// A node agent's last word: its node (at `address`, as in
-    /// [`heartbeat_from`](Self::heartbeat_from)) stops, and is marked
-    /// offline now.
-    pub async fn node_stopping(
-        &self,
-        kind: NodeKind,
-        name: &str,
-        address: &str,
-    ) -> Result<HeartbeatResponse, Status> {
-        self.send_heartbeat(HeartbeatRequest {
-            kind: kind as i32,
-            name: name.to_string(),
-            address: address.to_string(),
-            stopping: true,
-        })
-        .await
-    }
-
-    async fn send_heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
+    /// Sends a node agent's heartbeat as `req` has it: refused
+    /// (FAILED_PRECONDITION) when the node is recorded at another address
+    /// than a non-empty `req.address`; with `req.stopping`, the node is
+    /// marked offline now.
+    pub async fn send_heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
         self.call(true, |mut c| {
             let r = req.clone();
             async move { c.heartbeat(r).await }

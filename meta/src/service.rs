@@ -159,7 +159,10 @@ impl MetaService {
         }
         let endpoint = endpoint(&address, self.tls.as_ref())
             .map_err(|e| MetaError::Unavailable(format!("leader: {e}")))?
-            .connect_timeout(Duration::from_secs(1));
+            .connect_timeout(Duration::from_secs(1))
+            // A leader that stops answering fails the forwarded heartbeat
+            // (which the agent sends again) instead of holding it.
+            .timeout(Duration::from_secs(5));
         let client = GrpcClient::new(endpoint.connect_lazy());
         clients.insert(address, client.clone());
         Ok(client)
@@ -395,26 +398,20 @@ impl Meta for MetaService {
             ))
             .into());
         }
-        let mut revision = self.node.reader().revision()?;
-        if req.stopping {
-            if state == NodeState::Online as i32 {
-                tracing::info!(?kind, name = %req.name, "node stopping: marking offline");
-                revision = self
-                    .node
-                    .propose(&set_state(kind, &req.name, NodeState::Offline))
-                    .await?
-                    .revision;
-            }
+        let wanted = if req.stopping {
+            NodeState::Offline
         } else {
             self.liveness.record(kind, &req.name);
-            if state != NodeState::Online as i32 {
-                tracing::info!(?kind, name = %req.name, "heartbeat: marking online");
-                revision = self
-                    .node
-                    .propose(&set_state(kind, &req.name, NodeState::Online))
-                    .await?
-                    .revision;
-            }
+            NodeState::Online
+        };
+        let mut revision = self.node.reader().revision()?;
+        if state != wanted as i32 {
+            tracing::info!(?kind, name = %req.name, stopping = req.stopping, "heartbeat: marking {wanted:?}");
+            revision = self
+                .node
+                .propose(&set_state(kind, &req.name, wanted))
+                .await?
+                .revision;
         }
         Ok(Response::new(HeartbeatResponse {
             revision,

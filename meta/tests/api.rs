@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use meta::proto::{
     ControllerNode, ControllerNodeSpec, CreateClusterRequest, CreateHostRequest,
-    CreateVolumeRequest, DiskNode, DiskNodeSpec, EventType, Host, NodeKind, NodeState, ObjectKind,
-    SnapshotState, Volume,
+    CreateVolumeRequest, DiskNode, DiskNodeSpec, EventType, HeartbeatRequest, Host, NodeKind,
+    NodeState, ObjectKind, SnapshotState, Volume,
 };
 use support::*;
 use tonic::Code;
@@ -34,6 +34,16 @@ fn disk(name: &str, domain: &str) -> DiskNodeSpec {
         address: "tcp:127.0.0.1:4420".into(),
         capacity_bytes: 100 * GIB,
         failure_domain: domain.into(),
+    }
+}
+
+/// A controller node's heartbeat from `address`.
+fn beat(name: &str, address: &str, stopping: bool) -> HeartbeatRequest {
+    HeartbeatRequest {
+        kind: NodeKind::Controller as i32,
+        name: name.into(),
+        address: address.into(),
+        stopping,
     }
 }
 
@@ -204,11 +214,11 @@ async fn objects_errors_watch_and_restart() {
         .expect("heartbeat");
     // A heartbeat naming an address is taken only at the recorded one.
     let at = c.get::<ControllerNode>("c1").await.expect("c1").address;
-    c.heartbeat_from(NodeKind::Controller, "c1", &at)
+    c.send_heartbeat(beat("c1", &at, false))
         .await
         .expect("heartbeat from the recorded address");
     let err = c
-        .heartbeat_from(NodeKind::Controller, "c1", "tcp:192.0.2.1:4420")
+        .send_heartbeat(beat("c1", "tcp:192.0.2.1:4420", false))
         .await
         .expect_err("another address");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -228,11 +238,11 @@ async fn objects_errors_watch_and_restart() {
         .await
         .expect("heartbeat");
     let err = c
-        .node_stopping(NodeKind::Controller, "c1", "tcp:192.0.2.1:4420")
+        .send_heartbeat(beat("c1", "tcp:192.0.2.1:4420", true))
         .await
         .expect_err("another address");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    c.node_stopping(NodeKind::Controller, "c1", &at)
+    c.send_heartbeat(beat("c1", &at, true))
         .await
         .expect("stopping");
     assert_eq!(

@@ -218,7 +218,7 @@ mod running {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use meta::proto::{DiskNode, DiskNodeSpec, NodeKind, NodeState};
+    use meta::proto::{DiskNode, DiskNodeSpec, HeartbeatRequest, NodeKind, NodeState};
     use meta::tls::{status_text, Tls, TlsSettingNames};
     use meta::MetaClient;
     use tokio::task::JoinHandle;
@@ -256,9 +256,7 @@ mod running {
         pub async fn stop(self) {
             self.heartbeats.abort();
             let name = self.spec.name.as_str();
-            let call = self
-                .client
-                .node_stopping(NodeKind::Disk, name, &self.spec.address);
+            let call = self.client.send_heartbeat(heartbeat(&self.spec, true));
             match tokio::time::timeout(2 * CALL_DEADLINE, call).await {
                 Ok(Ok(_)) => tracing::info!(node = name, "meta group told: this disk node stops"),
                 Ok(Err(s)) => tracing::info!(
@@ -320,6 +318,16 @@ mod running {
             heartbeats: tokio::spawn(run(client.clone(), spec.clone())),
             client,
             spec,
+        }
+    }
+
+    /// The heartbeat of the node `spec` registers (its last, `stopping`).
+    fn heartbeat(spec: &DiskNodeSpec, stopping: bool) -> HeartbeatRequest {
+        HeartbeatRequest {
+            kind: NodeKind::Disk as i32,
+            name: spec.name.clone(),
+            address: spec.address.clone(),
+            stopping,
         }
     }
 
@@ -391,10 +399,7 @@ mod running {
         let mut failing: Option<String> = None;
         loop {
             let outcome = if registered {
-                match client
-                    .heartbeat_from(NodeKind::Disk, name, &spec.address)
-                    .await
-                {
+                match client.send_heartbeat(heartbeat(&spec, false)).await {
                     Ok(reply) => {
                         wait = interval(reply.offline_after_secs);
                         Ok(())
