@@ -231,5 +231,11 @@ async fn target_registers_heartbeats_and_goes_offline() {
     );
     let node = client.get::<DiskNode>("dn1").await.unwrap();
     assert_eq!(node.state, NodeState::Offline as i32);
+    // Marked so by the last word, not by the timeout.
+    let log = meta.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("heartbeat: marking Offline"));
+    assert!(line.is_some_and(|l| l.contains("stopping=true")), "{log}");
     drop(meta);
 }

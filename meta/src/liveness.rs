@@ -24,13 +24,15 @@ pub struct Liveness {
     last_seen: Mutex<HashMap<(NodeKind, String), Instant>>,
 }
 
-/// The command that sets a node's state.
-pub fn set_state(kind: NodeKind, name: &str, state: NodeState) -> Command {
+/// The command that sets a node's state, if it is recorded at `address`
+/// (any address when empty).
+pub fn set_state(kind: NodeKind, name: &str, address: &str, state: NodeState) -> Command {
     Command {
         kind: Some(command::Kind::SetNodeState(SetNodeState {
             kind: kind as i32,
             name: name.to_string(),
             state: state as i32,
+            address: address.to_string(),
         })),
     }
 }
@@ -117,7 +119,7 @@ impl Liveness {
             for (kind, name) in self.overdue(&node, since) {
                 tracing::warn!(?kind, %name, "no heartbeat within {:?}: marking offline", self.timeout);
                 if let Err(e) = node
-                    .propose(&set_state(kind, &name, NodeState::Offline))
+                    .propose(&set_state(kind, &name, "", NodeState::Offline))
                     .await
                 {
                     tracing::debug!(%name, "could not mark offline: {e}");

@@ -35,7 +35,7 @@ use crate::proto::{
     RemoveReplicaRequest, Replica, StatusRequest, StatusResponse, UpdateOperationRequest, Volume,
     WatchEvent, WatchRequest,
 };
-use crate::state::apply::NO_CLUSTER;
+use crate::state::apply::{check_node_address, NO_CLUSTER};
 use crate::tls::{chain, endpoint, Tls};
 use crate::validate;
 
@@ -370,6 +370,14 @@ impl Meta for MetaService {
                 MetaError::InvalidArgument(format!("kind {} is not a node kind", req.kind))
             })?;
         validate::name("name", &req.name)?;
+        if !req.address.is_empty() {
+            validate::address("address", &req.address)?;
+        } else if req.stopping {
+            return Err(MetaError::InvalidArgument(
+                "a stopping heartbeat must name the node's address".into(),
+            )
+            .into());
+        }
         if self.node.view().role != StateRole::Leader {
             return self.leader_client()?.heartbeat(req).await;
         }
@@ -389,15 +397,9 @@ impl Meta for MetaService {
                 req.name
             ))
         })?;
-        if !req.address.is_empty() && req.address != address {
-            return Err(MetaError::FailedPrecondition(format!(
-                "{} '{}' is registered at {address}, not at {}",
-                kind_label(object_kind),
-                req.name,
-                req.address
-            ))
-            .into());
-        }
+        // Checked again when a state change applies (the record may
+        // change before it commits).
+        check_node_address(kind_label(object_kind), &req.name, address, &req.address)?;
         let wanted = if req.stopping {
             NodeState::Offline
         } else {
@@ -409,7 +411,7 @@ impl Meta for MetaService {
             tracing::info!(?kind, name = %req.name, stopping = req.stopping, "heartbeat: marking {wanted:?}");
             revision = self
                 .node
-                .propose(&set_state(kind, &req.name, wanted))
+                .propose(&set_state(kind, &req.name, &req.address, wanted))
                 .await?
                 .revision;
         }

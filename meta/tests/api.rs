@@ -233,15 +233,24 @@ async fn objects_errors_watch_and_restart() {
     })
     .await;
     // A stopping agent's last word marks the node offline at once, unless
-    // it names another address than the recorded one.
+    // it names another address than the recorded one, or none.
     c.heartbeat(NodeKind::Controller, "c1")
         .await
         .expect("heartbeat");
-    let err = c
-        .send_heartbeat(beat("c1", "tcp:192.0.2.1:4420", true))
-        .await
-        .expect_err("another address");
-    assert_eq!(err.code(), Code::FailedPrecondition);
+    for (address, code) in [
+        ("tcp:192.0.2.1:4420", Code::FailedPrecondition),
+        ("", Code::InvalidArgument),
+    ] {
+        let err = c
+            .send_heartbeat(beat("c1", address, true))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "{address}: {}", err.message());
+    }
+    assert_eq!(
+        c.get::<ControllerNode>("c1").await.expect("c1").state,
+        NodeState::Online as i32
+    );
     c.send_heartbeat(beat("c1", &at, true))
         .await
         .expect("stopping");

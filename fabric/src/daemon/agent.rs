@@ -221,6 +221,7 @@ mod running {
     use meta::proto::{DiskNode, DiskNodeSpec, HeartbeatRequest, NodeKind, NodeState};
     use meta::tls::{status_text, Tls, TlsSettingNames};
     use meta::MetaClient;
+    use tokio::sync::watch;
     use tokio::task::JoinHandle;
     use tonic::{Code, Status};
 
@@ -228,6 +229,10 @@ mod running {
 
     /// How long one call retries across replicas before it counts as failed.
     const CALL_DEADLINE: Duration = Duration::from_secs(2);
+    /// How long a stopping agent may take to tell the group (its last
+    /// heartbeat, or one still under way, then the last word); the
+    /// target's shutdown runs meanwhile.
+    const STOP_DEADLINE: Duration = Duration::from_secs(4);
     /// Wait between heartbeats before the group has said its timeout.
     const FIRST_INTERVAL: Duration = Duration::from_secs(1);
     /// Longest wait between heartbeats (or registration attempts).
@@ -244,6 +249,7 @@ mod running {
     /// The running agent: its heartbeats stop when it is dropped.
     pub struct Agent {
         heartbeats: JoinHandle<()>,
+        stopping: watch::Sender<bool>,
         client: Arc<MetaClient>,
         spec: DiskNodeSpec,
     }
@@ -252,12 +258,18 @@ mod running {
         /// Stops the heartbeats and tells the group that the node stops, so
         /// that it is marked offline now rather than after the group's
         /// timeout. Whether or not the group hears it, this ends within
-        /// [`CALL_DEADLINE`] and a little.
-        pub async fn stop(self) {
-            self.heartbeats.abort();
-            let name = self.spec.name.as_str();
-            let call = self.client.send_heartbeat(heartbeat(&self.spec, true));
-            match tokio::time::timeout(2 * CALL_DEADLINE, call).await {
+        /// [`STOP_DEADLINE`].
+        pub async fn stop(mut self) {
+            let _ = self.stopping.send(true);
+            let (heartbeats, client, spec) = (&mut self.heartbeats, &self.client, &self.spec);
+            let last_word = async {
+                // A call under way ends first, so that it cannot reach
+                // the group after the last word and undo it.
+                let _ = heartbeats.await;
+                client.send_heartbeat(heartbeat(spec, true)).await
+            };
+            let name = spec.name.as_str();
+            match tokio::time::timeout(STOP_DEADLINE, last_word).await {
                 Ok(Ok(_)) => tracing::info!(node = name, "meta group told: this disk node stops"),
                 Ok(Err(s)) => tracing::info!(
                     node = name,
@@ -314,8 +326,10 @@ mod running {
             failure_domain: settings.failure_domain.clone(),
         };
         let client = Arc::new(client);
+        let (stopping, stop) = watch::channel(false);
         Agent {
-            heartbeats: tokio::spawn(run(client.clone(), spec.clone())),
+            heartbeats: tokio::spawn(run(client.clone(), spec.clone(), stop)),
+            stopping,
             client,
             spec,
         }
@@ -390,14 +404,17 @@ mod running {
         }
     }
 
-    /// Register, then heartbeat until aborted; never returns.
-    async fn run(client: Arc<MetaClient>, spec: DiskNodeSpec) {
+    /// Register, then heartbeat until `stop` says so (or aborted).
+    async fn run(client: Arc<MetaClient>, spec: DiskNodeSpec, mut stop: watch::Receiver<bool>) {
         let name = spec.name.as_str();
         let mut registered = false;
         let mut wait = FIRST_INTERVAL;
         // What the last failure said; an outage is logged once.
         let mut failing: Option<String> = None;
         loop {
+            if *stop.borrow() {
+                return;
+            }
             let outcome = if registered {
                 match client.send_heartbeat(heartbeat(&spec, false)).await {
                     Ok(reply) => {
@@ -464,7 +481,10 @@ mod running {
                     wait = wait.max(FIRST_INTERVAL);
                 }
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
         }
     }
 

@@ -474,10 +474,28 @@ fn delete(txn: &mut Txn, target: ObjectRef) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Refuses a heartbeat or state change that names (`claimed`) another
+/// address than the one `recorded` for the node (see
+/// `SetNodeState.address`); an empty claim names none.
+pub(crate) fn check_node_address(
+    what: &str,
+    name: &str,
+    recorded: &str,
+    claimed: &str,
+) -> Result<(), MetaError> {
+    if claimed.is_empty() || claimed == recorded {
+        return Ok(());
+    }
+    Err(MetaError::FailedPrecondition(format!(
+        "{what} '{name}' is registered at {recorded}, not at {claimed}"
+    )))
+}
+
 fn set_node_state(txn: &mut Txn, set: SetNodeState) -> Result<Object, MetaError> {
     match NodeKind::try_from(set.kind) {
         Ok(NodeKind::Disk) => {
             let mut node = get_or_not_found::<DiskNode>(txn, &set.name, "disk node")?;
+            check_node_address("disk node", &set.name, &node.address, &set.address)?;
             if node.state == set.state {
                 return Ok(node.into_object());
             }
@@ -486,6 +504,7 @@ fn set_node_state(txn: &mut Txn, set: SetNodeState) -> Result<Object, MetaError>
         }
         Ok(NodeKind::Controller) => {
             let mut node = get_or_not_found::<ControllerNode>(txn, &set.name, "controller node")?;
+            check_node_address("controller node", &set.name, &node.address, &set.address)?;
             if node.state == set.state {
                 return Ok(node.into_object());
             }

@@ -289,3 +289,33 @@ fn a_command_applied_twice_under_one_request_id_runs_once() {
         Some(MetaError::AlreadyExists(_))
     ));
 }
+
+#[test]
+fn a_state_change_naming_an_address_applies_only_there() {
+    let mut f = Fixture::new(100);
+    f.ok(cluster());
+    f.ok(disk("d1"));
+    let set = |address: &str| {
+        command::Kind::SetNodeState(crate::peer::SetNodeState {
+            kind: crate::proto::NodeKind::Disk as i32,
+            name: "d1".into(),
+            state: crate::proto::NodeState::Online as i32,
+            address: address.into(),
+        })
+    };
+    let err = f.rejected(set("tcp:127.0.0.1:4421"));
+    assert!(
+        matches!(&err, MetaError::FailedPrecondition(m) if m.contains("registered at tcp:127.0.0.1:4420")),
+        "{err:?}"
+    );
+    let state = |f: &Fixture| {
+        let node = f.sm.reader().get(ObjectKind::DiskNode, "d1").expect("read");
+        node.and_then(DiskNode::from_object)
+            .expect("disk node")
+            .state
+    };
+    assert_ne!(state(&f), crate::proto::NodeState::Online as i32);
+    f.ok(set("tcp:127.0.0.1:4420"));
+    assert_eq!(state(&f), crate::proto::NodeState::Online as i32);
+    f.ok(set(""));
+}
