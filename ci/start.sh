@@ -22,7 +22,9 @@ bin=$PWD/target/release
 data=${FABRIC_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/fabric}
 mkdir -p "$data"
 
-"$bin/fabricd" meta --data-dir "$data/meta" >"$data/meta.log" 2>&1 &
+# In a session of its own, so that a terminal's Ctrl-C reaches the target
+# only: the group stops after it (the EXIT trap), and hears it stop.
+setsid "$bin/fabricd" meta --data-dir "$data/meta" >"$data/meta.log" 2>&1 &
 meta=$!
 trap 'kill $meta 2>/dev/null; wait $meta 2>/dev/null' EXIT
 for _ in $(seq 300); do
