@@ -19,8 +19,8 @@
 //!   it goes back to waiting for the name.
 //! * A target that shuts down tells the group, which marks the node offline
 //!   at once (controllers need not wait out the timeout to stop using it);
-//!   this runs alongside the shutdown, never delaying it past the call's
-//!   deadline.
+//!   this runs alongside the shutdown and delays it by at most
+//!   `STOP_DEADLINE` (4 s) when the group does not answer.
 
 use std::path::PathBuf;
 
