@@ -61,8 +61,10 @@ for a in "$@"; do
 done
 "$bin/fabricd" target --listen tcp://127.0.0.1:4420 --discovery "${namespace[@]}" "${agent[@]}" "$@" &
 target=$!
-# Background jobs of a script ignore the terminal's Ctrl-C: pass it on.
-trap 'kill -TERM $target 2>/dev/null' INT TERM
+# Background jobs of a script ignore the terminal's Ctrl-C: pass it on. On a
+# hangup (the terminal closed) wait for the target's clean stop as well, and
+# only then stop the group (the EXIT trap).
+trap 'kill -TERM $target 2>/dev/null' INT TERM HUP
 set +e
 wait $target; rc=$?
 if kill -0 $target 2>/dev/null; then wait $target; rc=$?; fi

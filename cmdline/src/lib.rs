@@ -1,7 +1,10 @@
 //! Command-line and config-file handling shared by the workspace's binaries
 //! (`fabricd`, `fabric-ctl`, `fabric-perf`, `fabric-bench`): a bad argument,
 //! a bad config file or a bad key in one is reported in one line that names
-//! it, and `--help` / `--version` print as clap prints them.
+//! it, and `--help` / `--version` print as clap prints them; and the signals
+//! that stop a daemon ([`signal`]).
+
+pub mod signal;
 
 use std::fmt::Display;
 use std::io::Read;

@@ -241,10 +241,14 @@ fn serves_a_host_after_the_ready_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// SIGTERM, then wait for the exit: the shutdown a service manager does.
-fn terminate(mut daemon: Daemon) {
+/// `signal` (TERM: the shutdown a service manager does; HUP: a closed
+/// terminal's), then wait for the exit, which must be a clean one.
+fn terminate(mut daemon: Daemon, signal: &str) {
     let pid = daemon.0.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
     assert!(sent.success());
     let status = daemon.0.wait().unwrap();
     assert!(status.success(), "fabricd exited with {status}");
@@ -286,13 +290,14 @@ fn raid1_namespace_restarts_clean_with_its_data() {
     let (daemon, log) = start(&args);
     assert!(log.contains("raid1 created"), "{log}");
     io(true);
-    terminate(daemon);
+    terminate(daemon, "HUP");
 
-    // A clean shutdown leaves both members in sync and nothing to resync.
+    // A clean shutdown leaves both members in sync and nothing to resync,
+    // after a hangup as after SIGTERM.
     let (daemon, log) = start(&args);
     assert!(log.contains("members=[InSync, InSync] dirty=0"), "{log}");
     io(false);
-    terminate(daemon);
+    terminate(daemon, "TERM");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -503,9 +503,9 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    wait_for_signal().await;
+    let signal = cmdline::signal::shutdown_requested().await;
     space_watch.abort();
-    tracing::info!("shutting down");
+    tracing::info!(signal, "shutting down");
     // The meta group hears that the node stops while the target does.
     #[cfg(feature = "meta-role")]
     let leave = async move {
@@ -537,21 +537,6 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
     };
     tokio::join!(leave, stop);
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]
