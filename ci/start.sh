@@ -12,7 +12,7 @@
 # DATA is $FABRIC_DATA_DIR [default: ~/.local/share/fabric]. Extra arguments
 # go to `fabricd target` (see `fabricd target --help`); a --namespace or
 # --config among them replaces the mirrored namespace, a --meta or --config
-# the registration.
+# the registration, a --listen or --config the listen address.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/setup.sh --no-guest
@@ -59,7 +59,9 @@ for a in "$@"; do
     [[ $a == --namespace* || $a == --config* || $a == -c ]] && namespace=()
     [[ $a == --meta || $a == --meta=* || $a == --config* || $a == -c ]] && agent=()
 done
-"$bin/fabricd" target --listen tcp://127.0.0.1:4420 --discovery "${namespace[@]}" "${agent[@]}" "$@" &
+# No --listen: fabricd target's default is tcp://127.0.0.1:4420, and a
+# --listen or --config among the arguments then chooses alone.
+"$bin/fabricd" target --discovery "${namespace[@]}" "${agent[@]}" "$@" &
 target=$!
 # Background jobs of a script ignore the terminal's Ctrl-C: pass it on. On a
 # hangup (the terminal closed) wait for the target's clean stop as well, and
