@@ -141,7 +141,7 @@ pub enum NodeCmd<A: Args> {
     },
     /// List the nodes.
     List,
-    /// Delete a node (only when nothing uses it).
+    /// Delete a node (only when it is not online and nothing uses it).
     Delete {
         /// Node name.
         name: String,

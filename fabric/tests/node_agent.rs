@@ -1,6 +1,7 @@
 //! `fabricd target --meta`: the target registers with a `fabricd meta`
-//! replica as a disk node and keeps it online with heartbeats; a deleted
-//! node is registered again, a frozen one goes offline, a second daemon
+//! replica as a disk node and keeps it online with heartbeats; it cannot
+//! be deleted while online, a frozen one goes offline (and is registered
+//! again if deleted meanwhile), a second daemon
 //! with the same name waits for it (also one that comes back after another
 //! took its name over), an outage of the meta group is logged once and
 //! recovered from, and a stopped target is marked offline as it stops.
@@ -177,15 +178,27 @@ async fn target_registers_heartbeats_and_goes_offline() {
     assert_eq!(node.address, format!("tcp:127.0.0.1:{port_a}"));
     drop(b);
 
-    // Deleted by an operator while it runs: registered again.
+    // An operator cannot delete it while it runs.
+    let err = client
+        .delete(ObjectKind::DiskNode, "dn1")
+        .await
+        .expect_err("an online node was deleted");
+    assert!(err.to_string().contains("'dn1' is online"), "{err}");
+
+    // Frozen (as by a network cut): marked offline. Deleted then, it is
+    // registered again when it is back.
+    let offline = NodeState::Offline as i32;
+    a.signal("STOP");
+    node_when(&client, |n| n.state == offline).await;
     client.delete(ObjectKind::DiskNode, "dn1").await.unwrap();
+    a.signal("CONT");
     node_when(&client, |n| n.state == online).await;
     a.wait_for("registering it again");
 
-    // Frozen (as by a network cut): marked offline; a new daemon at another
-    // port then takes the name over.
+    // Frozen again: marked offline; a new daemon at another port then takes
+    // the name over.
     a.signal("STOP");
-    node_when(&client, |n| n.state == NodeState::Offline as i32).await;
+    node_when(&client, |n| n.state == offline).await;
     let b = start_target(&dir, meta_port, port_b, "b2.log", &[]);
     let at_b = format!("tcp:127.0.0.1:{port_b}");
     let node = node_when(&client, |n| n.state == online && n.address == at_b).await;
@@ -230,7 +243,7 @@ async fn target_registers_heartbeats_and_goes_offline() {
         "{log}"
     );
     let node = client.get::<DiskNode>("dn1").await.unwrap();
-    assert_eq!(node.state, NodeState::Offline as i32);
+    assert_eq!(node.state, offline);
     // Marked so by the last word, not by the timeout.
     let log = meta.log();
     let line = log

@@ -343,6 +343,17 @@ fn names(items: impl IntoIterator<Item = String>) -> String {
     set.into_iter().collect::<Vec<_>>().join(", ")
 }
 
+/// A node that heartbeats is not deleted: its daemon would register it
+/// again at its next heartbeat, and the operator would see it come back.
+fn refuse_online(state: i32, what: &str, name: &str) -> Result<(), MetaError> {
+    if state == NodeState::Online as i32 {
+        return Err(MetaError::FailedPrecondition(format!(
+            "{what} '{name}' is online: stop its daemon first (it is marked offline as it stops)"
+        )));
+    }
+    Ok(())
+}
+
 fn delete(txn: &mut Txn, target: ObjectRef) -> Result<(), MetaError> {
     let kind = ObjectKind::try_from(target.kind)
         .ok()
@@ -377,6 +388,7 @@ fn delete(txn: &mut Txn, target: ObjectRef) -> Result<(), MetaError> {
         }
         ObjectKind::DiskNode => {
             let node = get_or_not_found::<DiskNode>(txn, name, "disk node")?;
+            refuse_online(node.state, "disk node", name)?;
             if !node.extents.is_empty() {
                 return Err(MetaError::FailedPrecondition(format!(
                     "disk node '{name}' holds extents of volume(s) {}",
@@ -387,6 +399,7 @@ fn delete(txn: &mut Txn, target: ObjectRef) -> Result<(), MetaError> {
         }
         ObjectKind::ControllerNode => {
             let node = get_or_not_found::<ControllerNode>(txn, name, "controller node")?;
+            refuse_online(node.state, "controller node", name)?;
             let users: Vec<String> = txn
                 .list::<Volume>()?
                 .into_iter()

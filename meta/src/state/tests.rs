@@ -319,3 +319,47 @@ fn a_state_change_naming_an_address_applies_only_there() {
     assert_eq!(state(&f), crate::proto::NodeState::Online as i32);
     f.ok(set(""));
 }
+
+#[test]
+fn an_online_node_is_not_deleted() {
+    use crate::proto::{ControllerNodeSpec, NodeKind, NodeState};
+    let mut f = Fixture::new(100);
+    f.ok(cluster());
+    f.ok(disk("d1"));
+    f.ok(command::Kind::PutControllerNode(
+        crate::peer::PutControllerNode {
+            spec: Some(ControllerNodeSpec {
+                name: "c1".into(),
+                address: "tcp:127.0.0.1:4430".into(),
+            }),
+            upsert: false,
+        },
+    ));
+    let set = |kind: NodeKind, name: &str, state: NodeState| {
+        command::Kind::SetNodeState(crate::peer::SetNodeState {
+            kind: kind as i32,
+            name: name.into(),
+            state: state as i32,
+            address: String::new(),
+        })
+    };
+    for (kind, object, name, what) in [
+        (NodeKind::Disk, ObjectKind::DiskNode, "d1", "disk node"),
+        (
+            NodeKind::Controller,
+            ObjectKind::ControllerNode,
+            "c1",
+            "controller node",
+        ),
+    ] {
+        f.ok(set(kind, name, NodeState::Online));
+        let err = f.rejected(delete(object, name));
+        assert!(
+            matches!(&err, MetaError::FailedPrecondition(m) if m.starts_with(&format!("{what} '{name}' is online"))),
+            "{err:?}"
+        );
+        assert!(f.sm.reader().get(object, name).expect("read").is_some());
+        f.ok(set(kind, name, NodeState::Offline));
+        f.ok(delete(object, name));
+    }
+}
