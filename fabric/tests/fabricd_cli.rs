@@ -290,6 +290,16 @@ fn raid1_namespace_restarts_clean_with_its_data() {
     let (daemon, log) = start(&args);
     assert!(log.contains("raid1 created"), "{log}");
     io(true);
+    // A second daemon on the same disks (another port) is refused before it
+    // writes anything: the first keeps serving, and stops clean below.
+    let other = format!("tcp://127.0.0.1:{}", free_port());
+    let (code, err) = fails(&["--listen", &other, "--namespace", &spec]);
+    assert_eq!(code, 1);
+    assert!(
+        one_line(&err).contains("a.img: cannot open: in use"),
+        "{err}"
+    );
+    io(false);
     terminate(daemon, "HUP");
 
     // A clean shutdown leaves both members in sync and nothing to resync,

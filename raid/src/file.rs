@@ -1,10 +1,17 @@
 //! A regular file or a block device, accessed with O_DIRECT through io_uring.
 //!
-//! O_DIRECT is required: a filesystem that refuses it (tmpfs, for one) gives a
-//! clear error instead of a silent fallback to the page cache, because a
-//! storage node that acknowledges writes from its page cache loses them on a
-//! crash. Buffers that are not aligned to the block size are copied into an
+//! O_DIRECT is required: a filesystem that refuses it (tmpfs before Linux
+//! 6.6, for one) gives a clear error instead of a silent fallback to the
+//! page cache, because a storage node that acknowledges writes from its
+//! page cache loses them on a crash. Buffers that are not aligned to the block size are copied into an
 //! aligned bounce buffer first.
+//!
+//! One device is served by one opener: the file is locked (`flock`,
+//! exclusive) while open, and a block device is also opened with `O_EXCL`,
+//! which the kernel refuses while it is mounted or held by md, dm or
+//! another exclusive opener. A second daemon started on the same disks
+//! (or one disk named twice) then fails before it reads or writes a byte,
+//! instead of both writing superblocks and data under each other.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -66,8 +73,31 @@ fn err(path: &Path, what: &str, e: io::Error) -> BlockError {
     }
 }
 
+/// Takes the exclusive lock that marks `file` as served (held until it is
+/// closed).
+fn lock(path: &Path, file: &File) -> BlockResult<()> {
+    use rustix::fs::{flock, FlockOperation};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        let e = io::Error::from(e);
+        if e.kind() == io::ErrorKind::WouldBlock {
+            err(
+                path,
+                "cannot open",
+                io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "in use: another process (another fabricd?) or this one has it open; \
+                     one disk must not be served twice",
+                ),
+            )
+        } else {
+            err(path, "lock", e)
+        }
+    })
+}
+
 impl FileDevice {
-    /// Open `path` for direct I/O. Must be called inside a tokio runtime.
+    /// Open `path` for direct I/O, locked against a second opener. Must be
+    /// called inside a tokio runtime.
     pub fn open(path: impl AsRef<Path>, opts: &FileOptions) -> BlockResult<FileDevice> {
         let path = path.as_ref();
         let bs = opts.block_size;
@@ -76,15 +106,15 @@ impl FileDevice {
                 "block size {bs} must be a power of two from 512 to 64K"
             )));
         }
-        let exists = match std::fs::metadata(path) {
+        let (exists, is_block_device) = match std::fs::metadata(path) {
             Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
                 return Err(BlockError::Unsupported(format!(
                     "{}: not a regular file or a block device",
                     path.display()
                 )))
             }
-            Ok(_) => true,
-            Err(_) => false,
+            Ok(m) => (true, m.file_type().is_block_device()),
+            Err(_) => (false, false),
         };
         if opts.size.is_some_and(|s| s > i64::MAX as u64) {
             return Err(BlockError::Unsupported(format!(
@@ -105,24 +135,35 @@ impl FileDevice {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(opts.size.is_some())
+            .create(opts.size.is_some() && !is_block_device)
             .truncate(false)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(libc::O_DIRECT | if is_block_device { libc::O_EXCL } else { 0 })
             .open(path)
             .map_err(|e| {
-                if e.raw_os_error() == Some(libc::EINVAL) {
+                if is_block_device && e.raw_os_error() == Some(libc::EBUSY) {
+                    err(
+                        path,
+                        "cannot open",
+                        io::Error::new(
+                            io::ErrorKind::ResourceBusy,
+                            "the block device is in use (mounted, part of md or dm, or opened by another fabricd)",
+                        ),
+                    )
+                } else if e.raw_os_error() == Some(libc::EINVAL) {
                     err(
                         path,
                         "cannot open",
                         io::Error::new(
                             io::ErrorKind::Unsupported,
-                            "the filesystem does not support O_DIRECT (tmpfs?); use a block device or a disk-backed filesystem",
+                            "the filesystem does not support O_DIRECT (tmpfs before Linux 6.6?); use a block device or a disk-backed filesystem",
                         ),
                     )
                 } else {
                     err(path, "cannot open", e)
                 }
             })?;
+        // Not removed when the lock fails: the holder may have created it.
+        lock(path, &file)?;
         let opened = Self::open_file(path, file, opts);
         if opened.is_err() && !exists {
             // Leave nothing behind from a create that failed.
@@ -407,6 +448,32 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("no such file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_open_file_is_not_opened_twice() {
+        let path = scratch("locked");
+        let opts = FileOptions {
+            size: Some(1 << 20),
+            ..Default::default()
+        };
+        let first = FileDevice::open(&path, &opts).unwrap();
+        first.write(0, Bytes::from(vec![3u8; 4096])).await.unwrap();
+        let e = FileDevice::open(&path, &opts).err().unwrap();
+        assert!(
+            matches!(&e, BlockError::Io(io) if io.kind() == io::ErrorKind::ResourceBusy),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("in use"), "{e}");
+        // Refused without touching the file, which stays the first's.
+        let back = first.read(0, buf::alloc(4096)).await.unwrap();
+        assert!(back.iter().all(|&b| b == 3));
+        drop(first);
+        // Closed, it opens again.
+        let again = FileDevice::open(&path, &FileOptions::default()).unwrap();
+        assert_eq!(again.num_blocks(), 256);
+        drop(again);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]

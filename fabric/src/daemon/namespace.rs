@@ -323,7 +323,10 @@ async fn open_raid1(
     // Grows a blank file to SIZE (creating it when missing).
     let open_blank = |(path, dev): (&PathBuf, Option<DeviceRef>)| match (dev, size) {
         (Some(dev), None) => Ok(dev),
-        (_, size) => open_file(path, size, block_size),
+        (dev, size) => {
+            drop(dev); // closed (and its lock released) before it is reopened
+            open_file(path, size, block_size)
+        }
     };
     let raid = if members.is_empty() {
         let opts = Raid1Options {
