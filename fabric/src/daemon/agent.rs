@@ -248,7 +248,8 @@ mod running {
 
     /// The running agent: its heartbeats stop when it is dropped.
     pub struct Agent {
-        heartbeats: JoinHandle<()>,
+        /// Gives whether the node was registered when the loop stopped.
+        heartbeats: JoinHandle<bool>,
         stopping: watch::Sender<bool>,
         client: Arc<MetaClient>,
         spec: DiskNodeSpec,
@@ -265,13 +266,21 @@ mod running {
             let last_word = async {
                 // A call under way ends first, so that it cannot reach
                 // the group after the last word and undo it.
-                let _ = heartbeats.await;
-                client.send_heartbeat(heartbeat(spec, true)).await
+                if !heartbeats.await.unwrap_or(true) {
+                    return None;
+                }
+                Some(client.send_heartbeat(heartbeat(spec, true)).await)
             };
             let name = spec.name.as_str();
             match tokio::time::timeout(STOP_DEADLINE, last_word).await {
-                Ok(Ok(_)) => tracing::info!(node = name, "meta group told: this disk node stops"),
-                Ok(Err(s)) => tracing::info!(
+                Ok(None) => tracing::info!(
+                    node = name,
+                    "this disk node was not registered with the meta group: nothing to tell"
+                ),
+                Ok(Some(Ok(_))) => {
+                    tracing::info!(node = name, "meta group told: this disk node stops")
+                }
+                Ok(Some(Err(s))) => tracing::info!(
                     node = name,
                     "could not tell the meta group that this disk node stops ({}); \
                      it is marked offline after the group's timeout",
@@ -355,10 +364,11 @@ mod running {
 
     /// Register `spec` unless its name is online at another address; a
     /// failure domain recorded for the node (by `fabric-ctl dn create`) is
-    /// kept when the agent was given none.
+    /// kept when the agent was given none. Once registered, says what the
+    /// registration changed in the record.
     async fn register(client: &MetaClient, spec: &DiskNodeSpec) -> Result<(), NotRegistered> {
         let mut spec = spec.clone();
-        match client.get::<DiskNode>(&spec.name).await {
+        let old = match client.get::<DiskNode>(&spec.name).await {
             Ok(node) if node.state == NodeState::Online as i32 && node.address != spec.address => {
                 return Err(NotRegistered::NameTaken(node.address));
             }
@@ -366,16 +376,19 @@ mod running {
                 if spec.failure_domain.is_empty() {
                     spec.failure_domain = node.failure_domain.clone();
                 }
-                log_changes(&node, &spec);
+                Some(node)
             }
-            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) if s.code() == Code::NotFound => None,
             Err(s) => return Err(NotRegistered::Failed(s)),
-        }
+        };
         client
-            .register_disk_node(spec)
+            .register_disk_node(spec.clone())
             .await
-            .map(drop)
-            .map_err(NotRegistered::Failed)
+            .map_err(NotRegistered::Failed)?;
+        if let Some(old) = old {
+            log_changes(&old, &spec);
+        }
+        Ok(())
     }
 
     /// Says when registering changes the node's recorded address or
@@ -404,8 +417,13 @@ mod running {
         }
     }
 
-    /// Register, then heartbeat until `stop` says so (or aborted).
-    async fn run(client: Arc<MetaClient>, spec: DiskNodeSpec, mut stop: watch::Receiver<bool>) {
+    /// Register, then heartbeat until `stop` says so (or aborted); gives
+    /// whether the node was registered then.
+    async fn run(
+        client: Arc<MetaClient>,
+        spec: DiskNodeSpec,
+        mut stop: watch::Receiver<bool>,
+    ) -> bool {
         let name = spec.name.as_str();
         let mut registered = false;
         let mut wait = FIRST_INTERVAL;
@@ -413,7 +431,7 @@ mod running {
         let mut failing: Option<String> = None;
         loop {
             if *stop.borrow() {
-                return;
+                return registered;
             }
             let outcome = if registered {
                 match client.send_heartbeat(heartbeat(&spec, false)).await {
@@ -483,7 +501,7 @@ mod running {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => return registered,
             }
         }
     }
