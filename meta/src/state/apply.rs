@@ -95,7 +95,11 @@ fn put_disk_node(txn: &mut Txn, put: PutDiskNode) -> Result<Object, MetaError> {
             }
             node.address = spec.address;
             node.capacity_bytes = spec.capacity_bytes;
-            node.failure_domain = spec.failure_domain;
+            // No tag keeps the recorded one: a registration need not repeat
+            // what `dn create` declared.
+            if !spec.failure_domain.is_empty() {
+                node.failure_domain = spec.failure_domain;
+            }
             node.state = NodeState::Online as i32;
             node
         }
@@ -348,7 +352,7 @@ fn names(items: impl IntoIterator<Item = String>) -> String {
 fn refuse_online(state: i32, what: &str, name: &str) -> Result<(), MetaError> {
     if state == NodeState::Online as i32 {
         return Err(MetaError::FailedPrecondition(format!(
-            "{what} '{name}' is online: stop its daemon first (it is marked offline as it stops)"
+            "{what} '{name}' is online: stop its daemon first (it can be deleted once it shows offline)"
         )));
     }
     Ok(())

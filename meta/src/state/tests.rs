@@ -363,3 +363,31 @@ fn an_online_node_is_not_deleted() {
         f.ok(delete(object, name));
     }
 }
+
+#[test]
+fn registering_without_a_failure_domain_keeps_the_recorded_one() {
+    let mut f = Fixture::new(100);
+    f.ok(cluster());
+    let put = |domain: &str, upsert: bool| {
+        command::Kind::PutDiskNode(PutDiskNode {
+            spec: Some(DiskNodeSpec {
+                name: "d1".into(),
+                address: "tcp:127.0.0.1:4420".into(),
+                capacity_bytes: 10 << 30,
+                failure_domain: domain.into(),
+            }),
+            upsert,
+        })
+    };
+    let domain = |f: &Fixture| {
+        let node = f.sm.reader().get(ObjectKind::DiskNode, "d1").expect("read");
+        node.and_then(DiskNode::from_object)
+            .expect("disk node")
+            .failure_domain
+    };
+    f.ok(put("rack1", false));
+    f.ok(put("", true));
+    assert_eq!(domain(&f), "rack1");
+    f.ok(put("rack2", true));
+    assert_eq!(domain(&f), "rack2");
+}
