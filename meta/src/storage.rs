@@ -15,6 +15,7 @@
 //! * Entries are decoded with rust-protobuf only from our own disk; a decode
 //!   failure is reported as a storage error, never a panic.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
@@ -104,10 +105,11 @@ impl RaftStorage {
             || self.db.get(keys::SM_CONF_STATE)?.is_some())
     }
 
-    /// Writes the initial state of a new group whose voters are `voters`.
-    pub fn bootstrap(&self, voters: &[u64]) -> Result<(), MetaError> {
+    /// Writes the initial state of a new group whose voters are `peers`
+    /// (Raft id to address).
+    pub fn bootstrap(&self, peers: &BTreeMap<u64, String>) -> Result<(), MetaError> {
         let mut conf = ConfState::default();
-        conf.set_voters(voters.to_vec());
+        conf.set_voters(peers.keys().copied().collect());
         let mut hs = HardState::default();
         hs.set_term(BOOTSTRAP_INDEX);
         hs.set_commit(BOOTSTRAP_INDEX);
@@ -118,6 +120,11 @@ impl RaftStorage {
             keys::encode_pair(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX),
         );
         batch.put(keys::SM_CONF_STATE, encode(&conf)?);
+        // The members' addresses, as a membership change records them: a
+        // restart needs no --peers.
+        for (id, address) in peers {
+            batch.put(keys::member_key(*id), address.as_bytes());
+        }
         batch.put(
             keys::SM_APPLIED,
             keys::encode_pair(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX),
@@ -344,6 +351,12 @@ mod tests {
         (dir, RaftStorage::new(Arc::new(db)))
     }
 
+    fn peers(ids: &[u64]) -> BTreeMap<u64, String> {
+        ids.iter()
+            .map(|&id| (id, format!("127.0.0.1:{}", 7400 + id)))
+            .collect()
+    }
+
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
             index,
@@ -363,7 +376,7 @@ mod tests {
             "{err}"
         );
         assert!(!s.is_initialized().expect("read"));
-        s.bootstrap(&[1, 2, 3]).expect("bootstrap");
+        s.bootstrap(&peers(&[1, 2, 3])).expect("bootstrap");
         assert!(s.is_initialized().expect("read"));
         let state = s.initial_state().expect("state");
         assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
@@ -387,7 +400,7 @@ mod tests {
     #[test]
     fn append_replaces_a_conflicting_suffix_and_compacts() {
         let (_dir, s) = open();
-        s.bootstrap(&[1]).expect("bootstrap");
+        s.bootstrap(&peers(&[1])).expect("bootstrap");
         let ents: Vec<Entry> = (6..=10).map(|i| entry(i, 6)).collect();
         s.append(&ents, None).expect("append");
         assert_eq!(s.last_index().expect("last"), 10);
@@ -418,7 +431,7 @@ mod tests {
     #[test]
     fn corrupt_entries_are_errors_not_panics() {
         let (_dir, s) = open();
-        s.bootstrap(&[1]).expect("bootstrap");
+        s.bootstrap(&peers(&[1])).expect("bootstrap");
         s.db.put(keys::log_key(6), b"\xff\xff\xff garbage")
             .expect("put");
         assert!(s

@@ -105,6 +105,47 @@ struct Inner {
     request_timeout: Duration,
 }
 
+/// The other replicas' addresses: those the group recorded (at its
+/// bootstrap, or with the membership change that added them) win over
+/// `--peers`, which a WARN then names. A member of the configuration with
+/// no address at all (a store bootstrapped before addresses were recorded,
+/// restarted without `--peers`) is an error, not a replica that waits
+/// forever for messages it cannot send.
+fn replica_addresses(
+    id: u64,
+    peers: &BTreeMap<u64, String>,
+    recorded: BTreeMap<u64, String>,
+    conf: &raft::eraftpb::ConfState,
+) -> Result<BTreeMap<u64, String>, MetaError> {
+    for (peer, address) in peers.iter().filter(|(p, _)| **p != id) {
+        match recorded.get(peer) {
+            Some(r) if r != address => tracing::warn!(
+                replica = peer,
+                "--peers gives {address}, the group recorded {r}: using {r} \
+                 (to move a replica, remove it and add it back)"
+            ),
+            _ => {}
+        }
+    }
+    let mut addresses = peers.clone();
+    addresses.extend(recorded);
+    let missing: Vec<String> = conf
+        .voters
+        .iter()
+        .chain(&conf.learners)
+        .filter(|m| **m != id && !addresses.contains_key(m))
+        .map(u64::to_string)
+        .collect();
+    if !missing.is_empty() {
+        return Err(MetaError::InvalidArgument(format!(
+            "--peers: the group's replica(s) {} have no known address; list every replica \
+             as on the first start (ID=HOST:PORT,...)",
+            missing.join(", ")
+        )));
+    }
+    Ok(addresses)
+}
+
 /// Starts the replica on an open database: bootstraps a new group when the
 /// store is empty (unless joining), then runs the Raft driver on its own
 /// thread. Sender tasks of the transport run on `runtime`.
@@ -124,7 +165,7 @@ pub fn start(
         } else {
             let voters: Vec<u64> = config.peers.keys().copied().collect();
             tracing::info!(id = config.id, ?voters, "bootstrapping a new group");
-            storage.bootstrap(&voters)?;
+            storage.bootstrap(&config.peers)?;
         }
     }
     let conf = crate::storage::read_conf_state(&db)?;
@@ -150,8 +191,7 @@ pub fn start(
     let feedback: FeedbackSink = Arc::new(move |f| {
         let _ = feedback_tx.send(Input::Transport(f));
     });
-    let mut addresses = config.peers.clone();
-    addresses.extend(reader.members()?);
+    let addresses = replica_addresses(config.id, &config.peers, reader.members()?, &conf)?;
     let transport = Transport::new(
         config.id,
         addresses,
