@@ -66,7 +66,8 @@ pub enum Command {
     /// Long-running operations.
     #[command(subcommand)]
     Op(OpCmd),
-    /// Stream changes to every object.
+    /// Stream changes to every object (across the loss of a replica: the
+    /// stream resumes on another one after the last revision printed).
     Watch {
         /// Print changes after this revision (default: from now on).
         #[arg(long, value_name = "REVISION")]

@@ -1,6 +1,6 @@
 //! What each subcommand does: one client call, then printing.
 
-use anyhow::Context as _;
+use meta::client::Followed;
 use meta::objects::{key_name, kind_of, snapshot_key, MetaObject};
 use meta::proto::{
     Cluster, ControllerNode, ControllerNodeSpec, CreateClusterRequest, CreateHostRequest,
@@ -8,7 +8,6 @@ use meta::proto::{
     OperationState, Snapshot, UpdateOperationRequest, Volume,
 };
 use meta::MetaClient;
-use tokio_stream::StreamExt as _;
 
 use crate::args::{ClusterCmd, Command, HostCmd, NodeCmd, OpCmd, SnapCmd, VolCmd};
 use crate::output::{print_list, print_one, to_json, ReplicaRow, Show};
@@ -291,21 +290,44 @@ async fn watch(client: &MetaClient, after: Option<u64>, json: bool) -> anyhow::R
         Some(a) => a,
         None => client.status().await?.revision,
     };
-    let mut stream = client.watch(after).await?;
-    while let Some(event) = stream.next().await {
-        let event = event.context("watch ended")?;
-        if json {
-            println!("{}", serde_json::to_string(&event)?);
-            continue;
-        }
-        let object = event.object.unwrap_or_default();
-        let kind = meta::objects::kind_label(kind_of(&object));
-        let verb = if event.r#type == EventType::Delete as i32 {
-            "deleted"
-        } else {
-            "put"
-        };
-        println!("{} {verb} {kind} {}", event.revision, key_name(&object));
+    let mut failed = None;
+    client
+        .follow(after, |followed| {
+            let event = match followed {
+                Followed::Event(event) => event,
+                Followed::Resuming {
+                    after_revision,
+                    why,
+                } => {
+                    eprintln!("fabric-ctl: watch: {why}; resuming after revision {after_revision}");
+                    return true;
+                }
+            };
+            if json {
+                return match serde_json::to_string(&event) {
+                    Ok(line) => {
+                        println!("{line}");
+                        true
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                };
+            }
+            let object = event.object.unwrap_or_default();
+            let kind = meta::objects::kind_label(kind_of(&object));
+            let verb = if event.r#type == EventType::Delete as i32 {
+                "deleted"
+            } else {
+                "put"
+            };
+            println!("{} {verb} {kind} {}", event.revision, key_name(&object));
+            true
+        })
+        .await?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -2,7 +2,8 @@
 //! failover without losing acknowledged writes, a restart of every replica
 //! (after log compaction) with every object back, an isolated leader that
 //! cannot commit, concurrent clients whose history is linearizable, and a
-//! second process refused on a data directory in use.
+//! second process refused on a data directory in use, and a watch that
+//! resumes on another replica when its own stops.
 //!
 //! Ports are picked free at test time; data lives in a temp dir under the
 //! target dir; every process is killed when its guard drops, on failure too.
@@ -566,4 +567,44 @@ async fn a_data_directory_in_use_is_refused() {
         .status()
         .await
         .expect("the first replica still answers");
+}
+
+/// A watch follows the group across the loss of the replica it reads from:
+/// it resumes on another after the last revision it saw, with no change
+/// missed or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_on_another_replica() {
+    let mut g = Group::start(&[]);
+    g.leader().await;
+    let c = g.client();
+    create_cluster(&c).await;
+    let after = c.status().await.expect("status").revision;
+    // Its first endpoint, where it starts, is replica 1.
+    let watcher = g.client();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move { watcher.follow(after, |f| tx.send(f).is_ok()).await });
+    c.create_host(host("h1", "1")).await.expect("h1");
+    assert_eq!(next_followed(&mut rx).await.as_deref(), Some("h1"));
+    g.replica(1).kill();
+    c.create_host(host("h2", "2")).await.expect("h2");
+    assert_eq!(
+        next_followed(&mut rx).await,
+        None,
+        "no word of the broken stream"
+    );
+    assert_eq!(next_followed(&mut rx).await.as_deref(), Some("h2"));
+}
+
+/// The name of the next object followed, or None when the watch resumes.
+async fn next_followed(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<meta::client::Followed>,
+) -> Option<String> {
+    use meta::client::Followed;
+    match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+        Ok(Some(Followed::Event(e))) => {
+            Some(meta::objects::key_name(&e.object.unwrap_or_default()))
+        }
+        Ok(Some(Followed::Resuming { .. })) => None,
+        other => panic!("the watch ended: {other:?}"),
+    }
 }

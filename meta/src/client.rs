@@ -72,6 +72,21 @@ fn transient(status: &Status) -> bool {
     )
 }
 
+/// What [`MetaClient::follow`] hands over.
+#[derive(Debug)]
+pub enum Followed {
+    /// A change.
+    Event(WatchEvent),
+    /// The stream broke (`why`) and is being opened again after
+    /// `after_revision`.
+    Resuming {
+        /// The last revision seen.
+        after_revision: u64,
+        /// What broke it.
+        why: String,
+    },
+}
+
 /// One meta endpoint as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
@@ -218,6 +233,18 @@ impl MetaClient {
                 ))));
             }
             tokio::time::sleep(backoff(round)).await;
+        }
+    }
+
+    /// Forgets whichever replica is current (the next call moves on).
+    fn drop_current(&self) {
+        let index = self
+            .current
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(i, _)| *i));
+        if let Some(index) = index {
+            self.drop_client(index);
         }
     }
 
@@ -494,6 +521,44 @@ impl MetaClient {
             c.watch(WatchRequest { after_revision }).await
         })
         .await
+    }
+
+    /// Follows the changes after `after_revision`, giving each to `on`
+    /// until it returns false. A stream that breaks (its replica stopped,
+    /// froze or was cut off, or ended it) is opened again after the last
+    /// revision seen, on the next replica, so no change is missed or
+    /// repeated; `on` hears of it too. Ends with an error only when no
+    /// replica opens it again within the client's deadline, or on an
+    /// answer that is not transient (such as history already pruned).
+    pub async fn follow(
+        &self,
+        mut after_revision: u64,
+        mut on: impl FnMut(Followed) -> bool,
+    ) -> Result<(), Status> {
+        loop {
+            let mut stream = self.watch(after_revision).await?;
+            let why = loop {
+                match stream.message().await {
+                    Ok(Some(event)) => {
+                        after_revision = event.revision;
+                        if !on(Followed::Event(event)) {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => break "the replica ended the stream".to_string(),
+                    Err(s) if transient(&s) || connection_refused(&s) => break status_text(&s),
+                    Err(s) => return Err(s),
+                }
+            };
+            self.drop_current();
+            if !on(Followed::Resuming {
+                after_revision,
+                why,
+            }) {
+                return Ok(());
+            }
+            tokio::time::sleep(backoff(1)).await;
+        }
     }
 
     /// The view of the replica the client is connected to.
