@@ -116,10 +116,15 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // The data directory in full: the default is relative to the working
+    // directory, and a start from another one makes a new group.
+    let data_dir =
+        std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     tracing::info!(
         id = config.node.id,
         listen = %local,
         tls = config.node.tls.is_some(),
+        data_dir = %data_dir.display(),
         "meta replica serving"
     );
 
