@@ -214,6 +214,17 @@ pub struct TargetSettings {
 }
 
 /// A list setting: the flags' values, else the file's, else the default.
+/// Refuses an NQN the NVMe specification does not allow, naming `setting`.
+fn check_nqn(setting: &str, nqn: &str) -> anyhow::Result<()> {
+    if !crate::wire::fabrics::valid_nqn(nqn) {
+        bail!(
+            "{setting} {nqn:?} is not a valid NQN (nqn. and then at most {} printable ASCII characters)",
+            crate::wire::fabrics::MAX_NQN_LEN - 4
+        );
+    }
+    Ok(())
+}
+
 fn list_setting<T>(flags: &[T], file: &[String], key: &str, default: &str) -> anyhow::Result<Vec<T>>
 where
     T: FromStr<Err = String> + Clone,
@@ -284,8 +295,15 @@ impl TargetArgs {
             let spec = (nsid as usize)
                 .checked_sub(1)
                 .and_then(|i| namespaces.get(i));
-            if !matches!(spec, Some(NamespaceSpec::Raid1(..))) {
-                bail!("--assemble-stale {nsid}: namespace {nsid} is not a raid1 namespace");
+            match spec {
+                Some(NamespaceSpec::Raid1(..)) => {}
+                Some(_) => {
+                    bail!("--assemble-stale {nsid}: namespace {nsid} is not a raid1 namespace")
+                }
+                None => bail!(
+                    "--assemble-stale {nsid}: there is no namespace {nsid} (namespaces are 1 to {})",
+                    namespaces.len()
+                ),
             }
         }
         let max_transfer = scalar_setting(
@@ -373,19 +391,25 @@ impl TargetArgs {
             tcp.poll = poll_time(us, "--tcp-poll-us (tcp_poll_us)")?;
         }
         let agent = self.agent.settings(&file, &listen)?;
+        let nqn = self
+            .nqn
+            .clone()
+            .or(file.nqn)
+            .unwrap_or_else(|| DEFAULT_NQN.to_string());
+        check_nqn("--nqn (nqn)", &nqn)?;
+        let allow_hosts = if self.allow_hosts.is_empty() {
+            file.allow_hosts
+        } else {
+            self.allow_hosts.clone()
+        };
+        for host in &allow_hosts {
+            check_nqn("--allow-host (allow_hosts)", host)?;
+        }
         Ok(TargetSettings {
             listen,
-            nqn: self
-                .nqn
-                .clone()
-                .or(file.nqn)
-                .unwrap_or_else(|| DEFAULT_NQN.to_string()),
+            nqn,
             namespaces,
-            allow_hosts: if self.allow_hosts.is_empty() {
-                file.allow_hosts
-            } else {
-                self.allow_hosts.clone()
-            },
+            allow_hosts,
             discovery: self.discovery || file.discovery,
             serial: self.serial.clone().or(file.serial),
             block_size,
@@ -576,11 +600,53 @@ mod tests {
             .settings()
         };
         assert_eq!(stale(vec![2]).unwrap().assemble_stale, vec![2]);
-        for nsid in [0, 1, 3] {
+        let err = stale(vec![1]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--assemble-stale 1: namespace 1 is not a raid1 namespace"
+        );
+        for nsid in [0, 3] {
             let err = stale(vec![nsid]).unwrap_err().to_string();
             assert_eq!(
                 err,
-                format!("--assemble-stale {nsid}: namespace {nsid} is not a raid1 namespace")
+                format!(
+                    "--assemble-stale {nsid}: there is no namespace {nsid} (namespaces are 1 to 2)"
+                )
+            );
+        }
+
+        // NQNs are checked with the setting named, from a flag or the file.
+        for (flags, text, setting) in [
+            (
+                TargetArgs {
+                    nqn: Some("bad".into()),
+                    ..Default::default()
+                },
+                "",
+                "--nqn (nqn) \"bad\"",
+            ),
+            (
+                TargetArgs::default(),
+                "nqn = \"bad\"\n",
+                "--nqn (nqn) \"bad\"",
+            ),
+            (
+                TargetArgs::default(),
+                "allow_hosts = [\"h\"]\n",
+                "--allow-host (allow_hosts) \"h\"",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = TargetArgs {
+                config: Some(path.clone()),
+                ..flags
+            }
+            .settings()
+            .unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{setting} is not a valid NQN")),
+                "{err}"
             );
         }
 
