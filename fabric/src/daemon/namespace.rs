@@ -345,7 +345,7 @@ async fn open_raid1(
         let raid = Raid1::open_with(devs, raid1_open)
             .await
             .context("assembling the raid1")?;
-        if raid1_open.assemble_stale {
+        if raid.assembled_stale() {
             // Which file is which slot, for the recovery's WARN (by slot).
             for (path, dev) in &members {
                 let slot = raid.slot_of(dev);

@@ -195,6 +195,9 @@ pub struct Raid1 {
     /// Superblock writes to members that left, by device (`device_key`),
     /// done or not.
     departed_writes: SyncMutex<Vec<(usize, Shared<BoxFuture<'static, ()>>)>>,
+    /// Whether this open assembled a new array from a stale member
+    /// ([`Raid1OpenOptions::assemble_stale`] taking effect).
+    assembled_stale: bool,
 }
 
 /// A device's identity while this process holds it.
@@ -528,7 +531,7 @@ impl Raid1 {
             forced = Some(slot);
         }
         let geo = fresh.geometry;
-        let raid = Raid1::assemble(
+        let mut raid = Raid1::assemble(
             geo,
             array_uuid,
             Vec::new(),
@@ -556,6 +559,7 @@ impl Raid1 {
             }
         }
         if let Some(slot) = forced {
+            raid.assembled_stale = true;
             warn!(
                 slot,
                 new_uuid = %uuid::Uuid::from_bytes(array_uuid),
@@ -635,6 +639,7 @@ impl Raid1 {
             checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
             clearing_passes: AtomicU64::new(0),
             departed_writes: SyncMutex::new(Vec::new()),
+            assembled_stale: false,
         };
         raid.set_members(members);
         raid
@@ -648,6 +653,12 @@ impl Raid1 {
     /// Blocks per bitmap region.
     pub fn region_blocks(&self) -> u64 {
         self.geo.region_blocks()
+    }
+
+    /// Whether this open assembled a new array from a member that had
+    /// left (`--assemble-stale` took effect).
+    pub fn assembled_stale(&self) -> bool {
+        self.assembled_stale
     }
 
     /// The slot of `dev` while it is a live member.

@@ -277,6 +277,7 @@ async fn a_member_that_left_assembles_a_new_array_on_request() {
         assemble_stale: true,
     };
     let raid = Raid1::open_with(stale(), force).await.unwrap();
+    assert!(raid.assembled_stale());
     assert_eq!(
         raid.status().await.members,
         vec![
@@ -297,7 +298,9 @@ async fn a_member_that_left_assembles_a_new_array_on_request() {
     let old = Raid1::open(vec![m[0].clone()]).await.unwrap();
     assert_eq!(old.read(300, buf::alloc(4096)).await.unwrap()[0], 3);
     drop(old);
-    let new = Raid1::open(stale()).await.unwrap();
+    let new = Raid1::open_with(stale(), force).await.unwrap();
+    // In sync now: the option changes nothing.
+    assert!(!new.assembled_stale());
     assert_eq!(new.status().await.members[1..], [MemberHealth::InSync; 2]);
     assert_eq!(new.read(301, buf::alloc(4096)).await.unwrap()[0], 4);
 }
