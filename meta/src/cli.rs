@@ -368,6 +368,21 @@ impl MetaArgs {
             },
         )
         .map_err(|e| invalid(e.setting, e.reason))?;
+        // The other replicas accept Raft messages only over a certificate
+        // that names the sender's address (a lone replica has none).
+        if let (Some(_), Some(cert), Some(own)) = (&tls, &cert, peers.get(&id)) {
+            if peers.len() > 1 && !crate::tls::file_certificate_is_for(cert, own) {
+                return Err(invalid(
+                    cert_name,
+                    format!(
+                        "{} does not name the host of {own} (this replica in --peers) among \
+                         its subject alternative names: the other replicas would refuse its \
+                         Raft messages",
+                        cert.display()
+                    ),
+                ));
+            }
+        }
         Ok(MetaConfig {
             data_dir: self
                 .data_dir
@@ -449,6 +464,39 @@ mod tests {
         };
         let err = args.resolve().expect_err("3 is not listed").to_string();
         assert!(err.starts_with("--peers:"), "{err}");
+    }
+
+    #[test]
+    fn a_replicas_certificate_must_name_its_address() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["10.0.0.1".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("certificate");
+        let (cert_path, key_path) = (dir.path().join("r.crt"), dir.path().join("r.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write");
+        let resolve = |own: &str, peers: &str| {
+            MetaArgs {
+                id: Some(1),
+                listen: Some(own.into()),
+                peers: Some(parse_peers(&format!("1={own}{peers}")).expect("parses")),
+                tls_cert: Some(cert_path.clone()),
+                tls_key: Some(key_path.clone()),
+                tls_ca: Some(cert_path.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .map(drop)
+            .map_err(|e| e.to_string())
+        };
+        resolve("10.0.0.1:7400", ",2=10.0.0.2:7400").expect("named");
+        // Alone, no replica checks it.
+        resolve("10.0.0.3:7400", "").expect("a lone replica");
+        let e = resolve("10.0.0.3:7400", ",2=10.0.0.2:7400").expect_err("not named");
+        assert!(
+            e.starts_with("--tls-cert: ") && e.contains("does not name the host of 10.0.0.3:7400"),
+            "{e}"
+        );
     }
 
     #[test]

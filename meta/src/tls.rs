@@ -244,6 +244,18 @@ pub fn endpoint(address: &str, tls: Option<&Tls>) -> Result<Endpoint, String> {
     }
 }
 
+/// Whether the first certificate in the PEM file `path` (already checked
+/// by [`Tls::load`]) is valid for the host of `address`.
+pub fn file_certificate_is_for(path: &Path, address: &str) -> bool {
+    let Ok(pem) = std::fs::read(path) else {
+        return false;
+    };
+    CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .is_some_and(|der| certificate_is_for(&der, address))
+}
+
 /// Whether the certificate `der` is valid for the host of `address`
 /// (`HOST:PORT`): a DNS name it names or an IP address among its subject
 /// alternative names. Its chain was checked in the handshake.
