@@ -299,6 +299,13 @@ fn raid1_namespace_restarts_clean_with_its_data() {
         one_line(&err).contains("a.img: cannot open: in use"),
         "{err}"
     );
+    let member = format!("file:{}", dir.join("b.img").display());
+    let (code, err) = fails(&["--listen", &other, "--namespace", &member]);
+    assert_eq!(code, 1);
+    assert!(
+        one_line(&err).contains("b.img: cannot open: in use"),
+        "{err}"
+    );
     io(false);
     terminate(daemon, "HUP");
 

@@ -6,12 +6,16 @@
 //! page cache loses them on a crash. Buffers that are not aligned to the block size are copied into an
 //! aligned bounce buffer first.
 //!
-//! One device is served by one opener: the file is locked (`flock`,
-//! exclusive) while open, and a block device is also opened with `O_EXCL`,
-//! which the kernel refuses while it is mounted or held by md, dm or
-//! another exclusive opener. A second daemon started on the same disks
-//! (or one disk named twice) then fails before it reads or writes a byte,
-//! instead of both writing superblocks and data under each other.
+//! A device holding our own metadata (a raid1 member, a thin pool's disks)
+//! has one opener: it is opened exclusively ([`FileOptions::shared`]
+//! false, the default), with an exclusive `flock` and, for a block
+//! device, `O_EXCL`, which the kernel refuses while it is mounted or held
+//! by md, dm or another exclusive opener. A second daemon started on the
+//! same disks (or one disk named twice) then fails before it reads or
+//! writes a byte, instead of both writing superblocks under each other.
+//! A plain exported disk may be shared (several targets exporting one
+//! shared device to a multipathing host): a shared `flock`, which still
+//! keeps an exclusive opener out.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -40,6 +44,9 @@ pub struct FileOptions {
     pub block_size: u32,
     /// io_uring submission slots.
     pub queue_depth: u32,
+    /// Whether other processes may open the device at the same time (all
+    /// of them shared), rather than this one alone.
+    pub shared: bool,
 }
 
 impl Default for FileOptions {
@@ -48,6 +55,7 @@ impl Default for FileOptions {
             size: None,
             block_size: 4096,
             queue_depth: 256,
+            shared: false,
         }
     }
 }
@@ -73,21 +81,29 @@ fn err(path: &Path, what: &str, e: io::Error) -> BlockError {
     }
 }
 
-/// Takes the exclusive lock that marks `file` as served (held until it is
-/// closed).
-fn lock(path: &Path, file: &File) -> BlockResult<()> {
+/// Takes the lock that marks `file` as served, exclusive or `shared`
+/// (held until it is closed).
+fn lock(path: &Path, file: &File, shared: bool) -> BlockResult<()> {
     use rustix::fs::{flock, FlockOperation};
-    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+    let operation = if shared {
+        FlockOperation::NonBlockingLockShared
+    } else {
+        FlockOperation::NonBlockingLockExclusive
+    };
+    flock(file, operation).map_err(|e| {
         let e = io::Error::from(e);
         if e.kind() == io::ErrorKind::WouldBlock {
+            let why = if shared {
+                "in use: another process (another fabricd?) or this one has it open \
+                 as its own (a raid1 member)"
+            } else {
+                "in use: another process (another fabricd?) or this one has it open; \
+                 a disk that holds a raid1 member's metadata is served once"
+            };
             err(
                 path,
                 "cannot open",
-                io::Error::new(
-                    io::ErrorKind::ResourceBusy,
-                    "in use: another process (another fabricd?) or this one has it open; \
-                     one disk must not be served twice",
-                ),
+                io::Error::new(io::ErrorKind::ResourceBusy, why),
             )
         } else {
             err(path, "lock", e)
@@ -137,7 +153,11 @@ impl FileDevice {
             .write(true)
             .create(opts.size.is_some() && !is_block_device)
             .truncate(false)
-            .custom_flags(libc::O_DIRECT | if is_block_device { libc::O_EXCL } else { 0 })
+            .custom_flags(if is_block_device && !opts.shared {
+                libc::O_DIRECT | libc::O_EXCL
+            } else {
+                libc::O_DIRECT
+            })
             .open(path)
             .map_err(|e| {
                 if is_block_device && e.raw_os_error() == Some(libc::EBUSY) {
@@ -163,7 +183,7 @@ impl FileDevice {
                 }
             })?;
         // Not removed when the lock fails: the holder may have created it.
-        lock(path, &file)?;
+        lock(path, &file, opts.shared)?;
         let opened = Self::open_file(path, file, opts);
         if opened.is_err() && !exists {
             // Leave nothing behind from a create that failed.
@@ -451,7 +471,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_open_file_is_not_opened_twice() {
+    async fn an_exclusive_opener_is_alone() {
         let path = scratch("locked");
         let opts = FileOptions {
             size: Some(1 << 20),
@@ -469,9 +489,22 @@ mod tests {
         let back = first.read(0, buf::alloc(4096)).await.unwrap();
         assert!(back.iter().all(|&b| b == 3));
         drop(first);
-        // Closed, it opens again.
+        // Shared openers coexist, and keep an exclusive one out.
+        let shared = FileOptions {
+            shared: true,
+            ..Default::default()
+        };
+        let a = FileDevice::open(&path, &shared).unwrap();
+        let b = FileDevice::open(&path, &shared).unwrap();
+        let e = FileDevice::open(&path, &FileOptions::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop((a, b));
         let again = FileDevice::open(&path, &FileOptions::default()).unwrap();
         assert_eq!(again.num_blocks(), 256);
+        let e = FileDevice::open(&path, &shared).err().unwrap();
+        assert!(e.to_string().contains("as its own"), "{e}");
         drop(again);
         std::fs::remove_file(&path).unwrap();
     }

@@ -152,7 +152,7 @@ impl NamespaceSpec {
                 _ => Arc::new(MemoryDevice::new(*size, block_size)),
             },
             NamespaceSpec::Null(size) => Arc::new(NullDevice::new(*size, block_size)),
-            NamespaceSpec::File(path, size) => open_file(path, *size, block_size)?,
+            NamespaceSpec::File(path, size) => open_file(path, *size, block_size, true)?,
             NamespaceSpec::Raid1(paths, size) => {
                 return open_raid1(paths, *size, block_size, raid1_open).await
             }
@@ -212,10 +212,18 @@ fn physical_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-fn open_file(path: &Path, size: Option<u64>, block_size: u32) -> anyhow::Result<DeviceRef> {
+/// Opens a file or block device: `shared` for a `file:` namespace (several
+/// targets may export one shared disk), exclusive for a raid1 member.
+fn open_file(
+    path: &Path,
+    size: Option<u64>,
+    block_size: u32,
+    shared: bool,
+) -> anyhow::Result<DeviceRef> {
     let opts = FileOptions {
         size,
         block_size,
+        shared,
         ..Default::default()
     };
     Ok(Arc::new(FileDevice::open(path, &opts)?))
@@ -307,7 +315,7 @@ async fn open_raid1(
         }
         // Opened at its size: a member is never grown (the mirror would
         // not grow with it), only a blank file that is to become one.
-        let dev = open_file(path, None, block_size)?;
+        let dev = open_file(path, None, block_size, false)?;
         if Raid1::is_member(&dev).await {
             check_member_size(path, size)?;
             members.push((path, dev));
@@ -325,7 +333,7 @@ async fn open_raid1(
         (Some(dev), None) => Ok(dev),
         (dev, size) => {
             drop(dev); // closed (and its lock released) before it is reopened
-            open_file(path, size, block_size)
+            open_file(path, size, block_size, false)
         }
     };
     let raid = if members.is_empty() {
