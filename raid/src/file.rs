@@ -160,26 +160,22 @@ impl FileDevice {
             })
             .open(path)
             .map_err(|e| {
-                if is_block_device && e.raw_os_error() == Some(libc::EBUSY) {
-                    err(
-                        path,
-                        "cannot open",
-                        io::Error::new(
-                            io::ErrorKind::ResourceBusy,
-                            "the block device is in use (mounted, part of md or dm, or opened by another fabricd)",
-                        ),
-                    )
-                } else if e.raw_os_error() == Some(libc::EINVAL) {
-                    err(
-                        path,
-                        "cannot open",
-                        io::Error::new(
-                            io::ErrorKind::Unsupported,
-                            "the filesystem does not support O_DIRECT (tmpfs before Linux 6.6?); use a block device or a disk-backed filesystem",
-                        ),
-                    )
-                } else {
-                    err(path, "cannot open", e)
+                let why = match e.raw_os_error() {
+                    Some(libc::EBUSY) if is_block_device => Some((
+                        io::ErrorKind::ResourceBusy,
+                        "the block device is in use (mounted, part of md or dm, or opened by \
+                         another fabricd)",
+                    )),
+                    Some(libc::EINVAL) => Some((
+                        io::ErrorKind::Unsupported,
+                        "the filesystem does not support O_DIRECT (tmpfs before Linux 6.6?); \
+                         use a block device or a disk-backed filesystem",
+                    )),
+                    _ => None,
+                };
+                match why {
+                    Some((kind, why)) => err(path, "cannot open", io::Error::new(kind, why)),
+                    None => err(path, "cannot open", e),
                 }
             })?;
         // Not removed when the lock fails: the holder may have created it.
