@@ -213,7 +213,6 @@ pub struct TargetSettings {
     pub agent: Option<AgentSettings>,
 }
 
-/// A list setting: the flags' values, else the file's, else the default.
 /// Refuses an NQN the NVMe specification does not allow, naming `setting`.
 fn check_nqn(setting: &str, nqn: &str) -> anyhow::Result<()> {
     if !crate::wire::fabrics::valid_nqn(nqn) {
@@ -225,6 +224,7 @@ fn check_nqn(setting: &str, nqn: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A list setting: the flags' values, else the file's, else the default.
 fn list_setting<T>(flags: &[T], file: &[String], key: &str, default: &str) -> anyhow::Result<Vec<T>>
 where
     T: FromStr<Err = String> + Clone,
