@@ -51,6 +51,11 @@ pub enum RunError {
 /// Runs the meta role until SIGINT or SIGTERM.
 pub async fn run(args: MetaArgs) -> Result<(), RunError> {
     let config = args.resolve()?;
+    if let Some(own) = config.node.peers.get(&config.node.id) {
+        if let Err(why) = crate::cli::check_own_address(&config.listen, own) {
+            tracing::warn!("--listen {why} (right only behind a port mapping)");
+        }
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| RunError::Listen {
