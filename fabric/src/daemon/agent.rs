@@ -362,55 +362,49 @@ mod running {
         Failed(Status),
     }
 
-    /// Register `spec` unless its name is online at another address; a
-    /// failure domain recorded for the node (by `fabric-ctl dn create`) is
-    /// kept when the agent was given none. Once registered, says what the
-    /// registration changed in the record.
+    /// Register `spec` unless its name is online at another address (a
+    /// failure domain recorded for the node, by `fabric-ctl dn create`, is
+    /// kept by the group when the agent was given none). Once registered,
+    /// says what the registration changed in the record.
     async fn register(client: &MetaClient, spec: &DiskNodeSpec) -> Result<(), NotRegistered> {
-        let mut spec = spec.clone();
         let old = match client.get::<DiskNode>(&spec.name).await {
             Ok(node) if node.state == NodeState::Online as i32 && node.address != spec.address => {
                 return Err(NotRegistered::NameTaken(node.address));
             }
-            Ok(node) => {
-                if spec.failure_domain.is_empty() {
-                    spec.failure_domain = node.failure_domain.clone();
-                }
-                Some(node)
-            }
+            Ok(node) => Some(node),
             Err(s) if s.code() == Code::NotFound => None,
             Err(s) => return Err(NotRegistered::Failed(s)),
         };
-        client
+        let new = client
             .register_disk_node(spec.clone())
             .await
             .map_err(NotRegistered::Failed)?;
         if let Some(old) = old {
-            log_changes(&old, &spec);
+            log_changes(&old, &new);
         }
         Ok(())
     }
 
-    /// Says when registering changes the node's recorded address or
+    /// Says when registering changed the node's recorded address or
     /// failure domain (one an operator declared with `dn create`, or a
     /// restart elsewhere): a WARN while it holds extents, since their data
     /// is where the old record said and placement chose their failure
     /// domains by it; an INFO otherwise.
-    fn log_changes(node: &DiskNode, spec: &DiskNodeSpec) {
-        for (what, old, new) in [
-            ("address", &node.address, &spec.address),
-            ("failure domain", &node.failure_domain, &spec.failure_domain),
+    fn log_changes(old: &DiskNode, new: &DiskNode) {
+        for (what, before, after) in [
+            ("address", &old.address, &new.address),
+            ("failure domain", &old.failure_domain, &new.failure_domain),
         ] {
-            if old == new {
+            if before == after {
                 continue;
             }
-            if node.extents.is_empty() {
-                tracing::info!(node = %spec.name, "the {what} of this disk node changes from '{old}' to '{new}'");
+            if old.extents.is_empty() {
+                tracing::info!(node = %new.name, "the {what} of this disk node changes from '{before}' to '{after}'");
             } else {
                 tracing::warn!(
-                    node = %spec.name,
-                    extents = node.extents.len(),
-                    "the {what} of this disk node changes from '{old}' to '{new}' \
+                    node = %new.name,
+                    extents = old.extents.len(),
+                    "the {what} of this disk node changes from '{before}' to '{after}' \
                      while it holds extents of volumes"
                 );
             }
