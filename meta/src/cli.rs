@@ -59,7 +59,7 @@ where
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct MetaArgs {
     /// TOML file with any of the settings below (flags override it).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Raft id of this replica (1 or more) [default: 1].
     #[arg(long, value_name = "N")]
@@ -440,6 +440,17 @@ mod tests {
             Some(DEFAULT_LISTEN)
         );
         assert_eq!(config.data_dir, PathBuf::from("fabric-meta"));
+    }
+
+    #[test]
+    fn config_has_a_short_flag_as_the_targets_does() {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: MetaArgs,
+        }
+        let cmd = <Cmd as clap::Parser>::try_parse_from(["meta", "-c", "m.toml"]).expect("parses");
+        assert_eq!(cmd.args.config, Some(PathBuf::from("m.toml")));
     }
 
     #[test]
