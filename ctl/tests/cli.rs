@@ -288,7 +288,7 @@ fn mutual_tls_from_flags_or_the_environment() {
     let out = server.ctl(&["--timeout", "1", "cluster", "list"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(matches!(out.status.code(), Some(1 | 6)), "{out:?}");
-    assert!(err.contains("if the replica serves TLS"), "{err}");
+    assert!(err.contains("If the replica serves TLS"), "{err}");
     let err = server.fails(2, &["--tls-cert", &cert, "cluster", "list"]);
     assert!(err.starts_with("fabric-ctl: --tls-key:"), "{err}");
     let err = server.fails(2, &["--endpoint", &https, "cluster", "list"]);

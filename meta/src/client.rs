@@ -298,7 +298,7 @@ impl MetaClient {
         if self.tls && (tls_error || closed) {
             "; does the replica serve TLS, and take this certificate?"
         } else if !self.tls && (closed || message.starts_with("h2 protocol error")) {
-            "; if the replica serves TLS, give a client certificate, its key and the CA"
+            "; is it a meta replica's address? If the replica serves TLS, give a client certificate, its key and the CA"
         } else {
             ""
         }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::MetaError;
 use crate::liveness::{set_state, Liveness};
-use crate::node::MetaNode;
+use crate::node::{MetaNode, NodeView};
 use crate::objects::{kind_label, snapshot_key, MetaObject, CLUSTER_NAME_KEY, SNAPSHOT_SEPARATOR};
 use crate::peer::{command, Command, PutControllerNode, PutDiskNode};
 use crate::placement::place_volume;
@@ -56,8 +56,13 @@ fn single(kind: command::Kind) -> Command {
     Command { kind: Some(kind) }
 }
 
-fn role(role: StateRole) -> RaftRole {
-    match role {
+/// The role `status` reports: Raft's, or `Removed` once the replica has
+/// applied its own removal (Raft still calls it a follower).
+fn role(view: &NodeView) -> RaftRole {
+    if view.removed() {
+        return RaftRole::Removed;
+    }
+    match view.role {
         StateRole::Follower => RaftRole::Follower,
         StateRole::Candidate => RaftRole::Candidate,
         StateRole::PreCandidate => RaftRole::PreCandidate,
@@ -468,7 +473,7 @@ impl Meta for MetaService {
         }
         Ok(Response::new(StatusResponse {
             id: view.id,
-            role: role(view.role) as i32,
+            role: role(&view) as i32,
             leader_id: view.leader_id,
             term: view.term,
             commit_index: view.commit_index,

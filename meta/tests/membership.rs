@@ -106,6 +106,13 @@ async fn grow_to_three_then_remove_the_first() {
         err.message().contains("was removed from the group"),
         "{err:?}"
     );
+    // Its status says so (Raft alone would call it a follower).
+    let status = alone.status().await.expect("status of the removed replica");
+    assert_eq!(
+        status.role,
+        meta::proto::RaftRole::Removed as i32,
+        "{status:?}"
+    );
     r1.stop().await;
     let both = format!("{},{}", r2.address, r3.address);
     let c = meta::MetaClient::new(&both, std::time::Duration::from_secs(20)).expect("client");

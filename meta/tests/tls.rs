@@ -119,7 +119,7 @@ async fn a_group_over_mutual_tls_refuses_strangers() {
     let short = Duration::from_secs(1);
     let plain = MetaClient::new(address, short).expect("client");
     let e = plain.status().await.expect_err("plain text refused");
-    assert!(e.message().contains("if the replica serves TLS"), "{e:?}");
+    assert!(e.message().contains("If the replica serves TLS"), "{e:?}");
     let foreign = load(&pki.stranger, &pki.other_ca);
     let foreign = MetaClient::with_tls(address, short, Some(&foreign)).expect("client");
     let e = foreign.status().await.expect_err("another CA refused");

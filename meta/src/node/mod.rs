@@ -89,6 +89,15 @@ pub struct NodeView {
     pub stopped: bool,
 }
 
+impl NodeView {
+    /// This replica has applied its own removal from the group.
+    pub fn removed(&self) -> bool {
+        !self.voters.is_empty()
+            && !self.voters.contains(&self.id)
+            && !self.learners.contains(&self.id)
+    }
+}
+
 /// A handle on the local replica.
 #[derive(Clone)]
 pub struct MetaNode {
@@ -331,10 +340,7 @@ impl MetaNode {
     /// (certainly not applied): a client moves on to another replica.
     fn check_member(&self) -> Result<(), MetaError> {
         let view = self.view();
-        let removed = !view.voters.is_empty()
-            && !view.voters.contains(&view.id)
-            && !view.learners.contains(&view.id);
-        if !removed {
+        if !view.removed() {
             return Ok(());
         }
         let members: Vec<String> = view
