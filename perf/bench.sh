@@ -30,19 +30,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=guest append=1 out="" bin="" cpus=2 client_cpus=2 fabricd_args="" run_args=()
+# set_mode MODE: one of --native, --split, --pair (they exclude each other).
+set_mode() {
+    [[ $mode == guest || $mode == "$1" ]] || { echo "bench: --$mode and --$1 exclude each other: give one" >&2; exit 2; }
+    mode=$1
+}
+# need_value FLAG VALUE...: FLAG must be followed by a value.
+need_value() { [[ $# -ge 2 && -n $2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }; }
 while (($#)); do
     case $1 in
-        --native) mode=native; shift ;;
-        --split) mode=split; shift ;;
-        --pair) mode=pair; shift ;;
+        --native|--split|--pair) set_mode "${1#--}"; shift ;;
         --short) run_args+=(--short); shift ;;
         --no-append) append=0; shift ;;
-        --out) out=$2; shift 2 ;;
-        --bin) bin=$(cd "$2" && pwd); shift 2 ;;
+        --out) need_value "$@"; out=$2; shift 2 ;;
+        --bin)
+            need_value "$@"
+            bin=$(cd "$2" 2>/dev/null && pwd) || { echo "bench: --bin: no directory '$2'" >&2; exit 2; }
+            shift 2 ;;
         --guest-cpus)
             [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --guest-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
             cpus=$2; shift 2 ;;
-        --fabricd-args) fabricd_args=${2?--fabricd-args needs a value}; shift 2 ;;
+        --fabricd-args) [[ $# -ge 2 ]] || need_value "$1"; fabricd_args=$2; shift 2 ;;
         --client-cpus)
             [[ ${2:-} =~ ^([1-9]|1[0-6])$ ]] || { echo "bench: --client-cpus takes 1 to 16, not '${2:-}'" >&2; exit 2; }
             client_cpus=$2; shift 2 ;;
@@ -120,5 +128,9 @@ report=(--check --command "$command_line" --commit "$commit")
 ((append)) && report+=(--results perf/RESULTS.md)
 rc=0
 "$bin/fabric-bench" report "$out" "${report[@]}" || rc=$?
-echo "bench: samples, summary.json, table.md and chart.png in $out"
+if [[ -s $out/chart.png ]]; then
+    echo "bench: samples, summary.json, table.md and chart.png in $out"
+else
+    echo "bench: samples, summary.json and table.md in $out (no chart)"
+fi
 exit "$rc"

@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 qd=32 bs=4K workload=randread seconds=5 namespace=null:1G out=""
 while (($#)); do
+    [[ ! $1 =~ ^--(qd|bs|workload|seconds|namespace|out)$ || $# -ge 2 ]] || { echo "profile.sh: $1 needs a value" >&2; exit 2; }
     case $1 in
         --qd) qd=$2; shift 2 ;;
         --bs) bs=$2; shift 2 ;;

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// Longest duration taken, in seconds (about 31 years).
+const MAX_SECONDS: f64 = 1e9;
+
 /// Parse `N`, `Ns`, `Nms`, `Nm` (N may have a fraction).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -15,9 +18,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (t, 1.0)
     };
     match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e9 => {
+        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < MAX_SECONDS => {
             Ok(Duration::from_secs_f64(v * scale))
         }
+        Ok(v) if v.is_finite() && v >= 0.0 => Err(format!(
+            "{s:?} is too long (at most {MAX_SECONDS:e} seconds)"
+        )),
         _ => Err(format!("{s:?} is not a duration (like 10s, 500ms, 2m)")),
     }
 }
@@ -45,6 +51,9 @@ mod tests {
         }
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_nonzero_duration("0s").is_err());
+        assert!(parse_duration("1000000000s")
+            .expect_err("too long")
+            .contains("too long"));
         assert_eq!(parse_nonzero_duration("1ms"), Ok(Duration::from_millis(1)));
     }
 }

@@ -89,6 +89,10 @@ pub enum PerfError {
     /// CPU times could not be read.
     #[error("cannot read CPU times: {0}")]
     Cpu(#[from] std::io::Error),
+    /// The caller stopped the run before it started (Ctrl-C while
+    /// connecting).
+    #[error("interrupted before the run started")]
+    Interrupted,
 }
 
 fn failed(context: impl Into<String>) -> impl FnOnce(TransportError) -> PerfError {
@@ -97,21 +101,35 @@ fn failed(context: impl Into<String>) -> impl FnOnce(TransportError) -> PerfErro
 }
 
 /// [`failed`], with `hint` added when the target refused the Connect
-/// command's parameters (an NQN it does not serve, a host it does not allow).
+/// command's parameters (an NQN it does not serve, a host it does not allow),
+/// and a question when the peer did not speak NVMe-oF (no answer, or one
+/// that broke the protocol).
 fn connect_failed(
     context: impl Into<String>,
     hint: &'static str,
 ) -> impl FnOnce(TransportError) -> PerfError {
     let context = context.into();
     move |source| {
-        let refused = matches!(&source, TransportError::Status(s)
-            if s.same_code(Status::CONNECT_INVALID_PARAMETERS));
-        let context = if refused {
-            format!("{context} ({hint})")
-        } else {
+        let hint = match &source {
+            TransportError::Status(s) if s.same_code(Status::CONNECT_INVALID_PARAMETERS) => hint,
+            TransportError::Timeout(_) | TransportError::Protocol(_) => {
+                "is this an NVMe-oF target's port?"
+            }
+            _ => "",
+        };
+        let context = if hint.is_empty() {
             context
+        } else {
+            format!("{context} ({hint})")
         };
         PerfError::Transport { context, source }
+    }
+}
+
+/// Resolves once `stop` is set (looked at every 50 ms).
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -149,6 +167,12 @@ impl LoadSpec {
         }
         if self.read_mix > 100 {
             return bad(format!("--rwmixread {} must be at most 100", self.read_mix));
+        }
+        if let Some(size) = self.size.filter(|s| s % self.io_size != 0) {
+            return bad(format!(
+                "--size {size} must be a multiple of --block-size {}",
+                self.io_size
+            ));
         }
         if self.time.is_none() && self.ios.is_none() {
             return bad("give a time or an I/O count".into());
@@ -250,8 +274,10 @@ struct Shared {
     verify: Option<Verifier>,
     live: Option<Live>,
     write_data: Bytes,
-    /// Set to stop issuing I/O: by a failed queue, or by the caller.
+    /// Set by the caller to end the run early (Ctrl-C).
     stop: Arc<AtomicBool>,
+    /// Set by a queue whose connection failed: the others stop too.
+    failed: AtomicBool,
     /// Error completions seen so far (for logging only the first few).
     errors_logged: AtomicU64,
 }
@@ -262,7 +288,7 @@ const LOGGED_ERRORS: u64 = 10;
 impl Shared {
     /// Whether another I/O may start now.
     fn may_issue(&self) -> bool {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) || self.failed.load(Ordering::Relaxed) {
             return false;
         }
         let now = Instant::now();
@@ -337,10 +363,19 @@ struct QueueStats {
 }
 
 impl QueueStats {
-    /// Account for a finished I/O; a transport error ends the run.
+    /// Account for a finished I/O; a transport error (counted as a failed
+    /// I/O) is returned, as the connection is gone.
     fn complete(&mut self, sh: &Shared, d: Done) -> Result<(), PerfError> {
-        let r = d.result.map_err(failed("I/O failed"))?;
         let measured = d.start >= sh.measure_from;
+        let r = match d.result {
+            Ok(r) => r,
+            Err(e) => {
+                if measured {
+                    self.stats_of(d.dir).errors += 1;
+                }
+                return Err(failed("I/O failed")(e));
+            }
+        };
         if !r.cqe.status.is_success() {
             if measured {
                 self.stats_of(d.dir).errors += 1;
@@ -396,13 +431,14 @@ impl QueueStats {
     }
 }
 
-/// Run the workload on one queue until the time or the I/O budget is spent.
+/// Run the workload on one queue until the time or the I/O budget is spent,
+/// or its connection fails (the error comes back with what was measured).
 async fn drive_queue(
     q: Arc<dyn HostQueue>,
     sh: Arc<Shared>,
     mut ops: OpStream,
     iodepth: usize,
-) -> Result<QueueStats, PerfError> {
+) -> (QueueStats, Option<PerfError>) {
     let mut stats = QueueStats::default();
     let mut inflight = FuturesUnordered::new();
     let mut error = None;
@@ -415,15 +451,17 @@ async fn drive_queue(
             break;
         };
         if let Err(e) = stats.complete(&sh, done) {
-            sh.stop.store(true, Ordering::Relaxed);
+            sh.failed.store(true, Ordering::Relaxed);
             error.get_or_insert(e);
         }
     }
-    error.map_or(Ok(stats), Err)
+    (stats, error)
 }
 
 /// Issue `dir` once on each of `units` (queue `i` takes every n-th), with
 /// `iodepth` in flight per queue: the verify pass's prefill and read-back.
+/// The prefill ends early when the caller stops the run; the read-back
+/// always completes (it checks what was written).
 async fn sweep(
     queues: &[Arc<dyn HostQueue>],
     sh: &Shared,
@@ -435,8 +473,9 @@ async fn sweep(
         let mut stats = QueueStats::default();
         let mut todo = units.iter().skip(i).step_by(queues.len());
         let mut inflight = FuturesUnordered::new();
+        let stopped = || dir == Direction::Write && sh.stop.load(Ordering::Relaxed);
         loop {
-            while inflight.len() < iodepth {
+            while inflight.len() < iodepth && !stopped() {
                 let Some(&u) = todo.next() else { break };
                 inflight.push(issue(&**q, sh, dir, u));
             }
@@ -510,16 +549,23 @@ pub async fn run_stoppable(
     if let Some(h) = &spec.hostnqn {
         opts.hostnqn = h.clone();
     }
-    let nqn = match &spec.nqn {
-        Some(n) => n.clone(),
-        None => discover_nqn(&spec.address, &opts).await?,
+    let connect = async {
+        let nqn = match &spec.nqn {
+            Some(n) => n.clone(),
+            None => discover_nqn(&spec.address, &opts).await?,
+        };
+        let ctrl = HostController::connect(&spec.address, &nqn, &opts)
+            .await
+            .map_err(connect_failed(
+                format!("cannot connect to {nqn} at {}", spec.address),
+                "no such subsystem there, or this host not allowed on it",
+            ))?;
+        Ok::<_, PerfError>((nqn, ctrl))
     };
-    let ctrl = HostController::connect(&spec.address, &nqn, &opts)
-        .await
-        .map_err(connect_failed(
-            format!("cannot connect to {nqn} at {}", spec.address),
-            "no such subsystem there, or this host not allowed on it",
-        ))?;
+    let (nqn, ctrl) = tokio::select! {
+        connected = connect => connected?,
+        () = stopped(&stop) => return Err(PerfError::Interrupted),
+    };
     let result = measure(spec, &ctrl, &nqn, progress, stop).await;
     ctrl.disconnect().await;
     result
@@ -660,6 +706,7 @@ async fn measure(
         live: progress.then(Live::default),
         write_data: Bytes::from(vec![0xa5u8; geo.io_size as usize]),
         stop,
+        failed: AtomicBool::new(false),
         errors_logged: AtomicU64::new(0),
     };
     let mut verify = VerifyReport::default();
@@ -694,15 +741,15 @@ async fn measure(
     let mut first_error = None;
     for t in tasks {
         match t.await {
-            Ok(Ok(q)) => {
+            Ok((q, error)) => {
                 reads.merge(&q.reads);
                 writes_st.merge(&q.writes);
                 verify.blocks_checked += q.verify.blocks_checked;
                 verify.mismatches += q.verify.mismatches;
                 last_end = last_end.max(q.last_end);
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
+                if let Some(e) = error {
+                    first_error.get_or_insert(e);
+                }
             }
             Err(e) => {
                 first_error.get_or_insert(PerfError::Invalid(format!("a queue task failed: {e}")));
@@ -715,10 +762,10 @@ async fn measure(
         t.abort();
         eprint!("\r\x1b[K");
     }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    if let Some(v) = &sh.verify {
+    // A failed connection ends the run, but what it measured until then
+    // is reported (the failure with it); the read-back needs the queues.
+    let failure = first_error.map(|e| e.to_string());
+    if let Some(v) = sh.verify.as_ref().filter(|_| failure.is_none()) {
         let back = sweep(&queues, &sh, Direction::Read, &v.written_units(), iodepth).await?;
         verify.blocks_checked += back.blocks_checked;
         verify.mismatches += back.mismatches;
@@ -758,7 +805,7 @@ async fn measure(
             system_s_per_million_ios: per_io(system_busy_s, 1e6),
         },
         verify: spec.verify.then_some(verify),
-        // Set by the caller: a failed queue has returned its error above.
         interrupted: sh.stop.load(Ordering::Relaxed),
+        failure,
     })
 }

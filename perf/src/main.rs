@@ -5,7 +5,7 @@
 //! RDMA (the address's scheme), and reports IOPS, bandwidth, latency
 //! percentiles (hdrhistogram) and CPU time per I/O, as text or `--json`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,14 @@ use perf::workload::Workload;
 
 /// NVMe-oF load generator (our own host stack, over tcp:// or rdma://).
 #[derive(Parser, Debug)]
-#[command(name = "fabric-perf", version, about, long_about = None)]
+#[command(
+    name = "fabric-perf",
+    version,
+    about = "fabric-perf: an NVMe-oF load generator (tcp:// or rdma://) reporting IOPS, \
+             bandwidth, latency percentiles and CPU time per I/O",
+    long_about = None,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Target address: tcp://ADDR:PORT or rdma://ADDR:PORT.
     #[arg(long, short = 'a', value_name = "tcp://ADDR:PORT")]
@@ -39,13 +46,15 @@ struct Args {
     /// Bytes per I/O (K, M suffixes).
     #[arg(long, short = 'b', default_value = "4K", value_parser = parse_size_arg)]
     block_size: u64,
-    /// Outstanding I/Os per queue.
+    /// Outstanding I/Os per queue (1 to 1023).
     #[arg(long, short = 'q', default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=loadgen::MAX_IODEPTH as i64))]
     iodepth: u32,
-    /// I/O queues, one connection each; each keeps IODEPTH I/Os in flight.
+    /// I/O queues, one connection each; each keeps IODEPTH I/Os in flight
+    /// (the target may grant fewer).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     queues: u16,
-    /// Measured time (10s, 500ms, 2m) [default: 10s, or unlimited with --ios].
+    /// Measured time (10s, 500ms, 2m) [default: 10s, or unlimited with
+    /// --ios]; with --ios too, whichever comes first ends the run.
     #[arg(long, short = 't', value_parser = parse_nonzero_duration)]
     time: Option<Duration>,
     /// Stop after this many measured I/Os (all queues together).
@@ -80,7 +89,8 @@ struct Args {
     /// device, for 300 µs after the last one.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     poll_us: u64,
-    /// Runtime threads (1: everything on one thread, the cheapest per I/O).
+    /// Runtime threads, 1 to 256 (1: everything on one thread, the cheapest
+    /// per I/O).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
     /// Print the result as JSON on stdout.
@@ -140,13 +150,16 @@ fn nqn_arg(s: &str) -> Result<String, String> {
 const INTERRUPTED: u8 = 130;
 
 /// The first Ctrl-C ends the run early (its result is still printed); a
-/// second one quits at once.
-async fn stop_on_interrupt(stop: Arc<AtomicBool>) {
+/// second one quits at once. `progress`: a live line is on the terminal.
+async fn stop_on_interrupt(stop: Arc<AtomicBool>, progress: bool) {
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }
     stop.store(true, Ordering::Relaxed);
-    eprintln!("\nfabric-perf: interrupted: finishing the I/Os in flight (Ctrl-C again to quit)");
+    eprintln!(
+        "{}fabric-perf: interrupted: finishing the I/Os in flight (Ctrl-C again to quit)",
+        if progress { "\n" } else { "" }
+    );
     if tokio::signal::ctrl_c().await.is_ok() {
         std::process::exit(i32::from(INTERRUPTED));
     }
@@ -191,28 +204,44 @@ fn main() -> ExitCode {
     }
     let progress = !args.json && !args.quiet && std::io::stderr().is_terminal();
     let spec = args.spec();
+    if let Err(e) = spec.validate() {
+        eprintln!("fabric-perf: {e}");
+        return ExitCode::from(2);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let outcome = runtime.block_on(async {
-        let interrupt = tokio::spawn(stop_on_interrupt(stop.clone()));
+        let interrupt = tokio::spawn(stop_on_interrupt(stop.clone(), progress));
         let outcome = loadgen::run_stoppable(&spec, progress, stop).await;
         interrupt.abort();
         outcome
     });
     match outcome {
         Ok(report) => {
-            if args.json {
+            let text = if args.json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(j) => println!("{j}"),
+                    Ok(j) => j + "\n",
                     Err(e) => {
                         eprintln!("fabric-perf: cannot encode the result: {e}");
                         return ExitCode::FAILURE;
                     }
                 }
             } else {
-                print!("{}", report.text());
+                report.text()
+            };
+            // Not print!: a closed or full stdout is an error here, not a panic.
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                eprintln!("fabric-perf: cannot write the result to stdout: {e}");
+                return ExitCode::FAILURE;
             }
             let mismatches = report.verify.as_ref().map_or(0, |v| v.mismatches);
-            let failed = report.errors > 0 || mismatches > 0;
+            let failed = report.errors > 0 || mismatches > 0 || report.failure.is_some();
+            if let Some(failure) = &report.failure {
+                eprintln!("fabric-perf: {failure}");
+            }
             if failed {
                 eprintln!(
                     "fabric-perf: {} I/O errors, {mismatches} verify mismatches",
@@ -224,6 +253,10 @@ fn main() -> ExitCode {
                 (false, true) => ExitCode::FAILURE,
                 (false, false) => ExitCode::SUCCESS,
             }
+        }
+        Err(e @ loadgen::PerfError::Interrupted) => {
+            eprintln!("fabric-perf: {e}");
+            ExitCode::from(INTERRUPTED)
         }
         Err(e) => {
             eprintln!("fabric-perf: {e}");

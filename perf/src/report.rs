@@ -118,6 +118,10 @@ pub struct RunReport {
     /// The run was stopped early (Ctrl-C); the figures cover the time run.
     #[serde(default)]
     pub interrupted: bool,
+    /// The error that ended the run early (a connection lost): the figures
+    /// cover the time until then, and a verify pass did not read back.
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 impl RunReport {
@@ -174,9 +178,18 @@ impl RunReport {
         );
         if let Some(v) = &self.verify {
             out += &format!(
-                "  verify: {} blocks checked, {} mismatches\n",
-                v.blocks_checked, v.mismatches
+                "  verify: {} blocks checked, {} mismatches{}\n",
+                v.blocks_checked,
+                v.mismatches,
+                if self.failure.is_some() {
+                    " (no read-back: the run failed)"
+                } else {
+                    ""
+                }
             );
+        }
+        if let Some(f) = &self.failure {
+            out += &format!("  failed: {f}\n");
         }
         out
     }

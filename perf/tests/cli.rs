@@ -69,6 +69,19 @@ fn fabric_perf_bad_arguments_are_one_line_naming_them() {
             "--rwmixread",
         ),
         (&["--iodepth", "4"][..], "--address"),
+        (&["-a", "tcp://127.0.0.1:4420", "-q", "-1"][..], "--iodepth"),
+        (
+            &["-a", "tcp://127.0.0.1:4420", "--size", "6000"][..],
+            "--size 6000 must be a multiple of --block-size 4096",
+        ),
+        (
+            &["-a", "tcp://127.0.0.1:4420", "--poll-us", "10001"][..],
+            "--poll-us 10001",
+        ),
+        (
+            &["-a", "tcp://127.0.0.1:4420", "-t", "1000000000s"][..],
+            "too long",
+        ),
     ] {
         let (code, _, err) = run(exe, args);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -158,4 +171,44 @@ fn fabric_bench_report_checks_rows_and_appends_results() {
     let (code, _, err) = run(exe, &["report", d, "--check", "--no-chart"]);
     assert_eq!(code, 1);
     assert!(err.contains("kernel: fio failed"), "{err}");
+
+    // A full stdout is an error message, not a panic.
+    let out = Command::new(exe)
+        .args(["report", d, "--no-chart"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write to stdout"), "{err}");
+}
+
+/// With no row that has numbers, the report still prints its table and
+/// names every row on stderr; the chart alone is left out.
+#[test]
+fn fabric_bench_report_without_numbers_names_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let failed = |side: &str| {
+        serde_json::json!({
+            "transport": "tcp", "backend": "null", "case": "4k randread QD1",
+            "client": "fabric-perf", "side": side, "rep": 0, "error": "it failed",
+            "unavailable": false, "ios": 0, "iops": 0.0,
+            "p50_us": 0.0, "p99_us": 0.0, "system_busy_s": 0.0,
+            "target_cpu_s": null, "client_cpu_s": null
+        })
+    };
+    let set = serde_json::json!({
+        "mode": "native", "kernel": "6.1.0", "cpus": 2, "seconds": 2.0,
+        "reps": 1, "samples": [failed("ours")]
+    });
+    std::fs::write(dir.path().join("samples.json"), set.to_string()).unwrap();
+    let (code, out, err) = run(
+        env!("CARGO_BIN_EXE_fabric-bench"),
+        &["report", dir.path().to_str().unwrap(), "--check"],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("4k randread QD1"), "{out}");
+    assert!(err.contains("no chart: no row has numbers"), "{err}");
+    assert!(err.contains("ours: it failed"), "{err}");
+    assert!(!dir.path().join("chart.png").exists());
 }

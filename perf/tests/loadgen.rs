@@ -303,3 +303,87 @@ async fn a_stopped_run_reports_what_it_did() {
     assert!(r.text().contains("(interrupted)"));
     t.shutdown();
 }
+
+/// Sets `stop` after `delay`.
+fn stop_after(delay: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        set.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    stop
+}
+
+/// A read-only verifying run writes its region first: stopping it then
+/// ends that pass too (it would take minutes here), and the read-back
+/// covers what was written.
+#[tokio::test]
+async fn a_run_stopped_while_writing_its_verify_region_ends_at_once() {
+    let (t, addr) = target().await;
+    let s = LoadSpec {
+        nsid: 3,
+        verify: true,
+        size: Some(32 << 30),
+        ios: None,
+        time: Some(Duration::from_secs(60)),
+        ..spec(addr)
+    };
+    let started = std::time::Instant::now();
+    let r = run_stoppable(&s, false, stop_after(Duration::from_millis(300)))
+        .await
+        .expect("the run completes");
+    assert!(started.elapsed() < Duration::from_secs(30), "{r:?}");
+    assert!(r.interrupted && r.ios == 0, "{r:?}");
+    let v = r.verify.expect("verify result");
+    assert!(v.blocks_checked > 0, "{v:?}");
+    t.shutdown();
+}
+
+/// Stopped while the target does not answer its connection, a run ends
+/// without waiting for the connect's timeout.
+#[tokio::test]
+async fn a_run_stopped_while_connecting_ends_at_once() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address: PortAddress = format!("tcp://{}", silent.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accept = tokio::spawn(async move { silent.accept().await });
+    let started = std::time::Instant::now();
+    let e = run_stoppable(
+        &spec(address),
+        false,
+        stop_after(Duration::from_millis(200)),
+    )
+    .await
+    .expect_err("never connected");
+    assert!(matches!(e, PerfError::Interrupted), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    accept.abort();
+}
+
+/// A connection lost during the run ends it with what was measured until
+/// then and the failure named, not with the error alone.
+#[tokio::test]
+async fn a_connection_lost_mid_run_still_reports_the_figures() {
+    let (t, addr) = target().await;
+    let s = LoadSpec {
+        workload: Workload::Randrw,
+        ios: None,
+        time: Some(Duration::from_secs(60)),
+        verify: true,
+        size: Some(1 << 20),
+        ..spec(addr)
+    };
+    let target = t.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        target.shutdown();
+    });
+    let r = run(&s, false).await.expect("a report despite the failure");
+    let failure = r.failure.clone().expect("the failure is named");
+    assert!(failure.contains("I/O failed"), "{failure}");
+    assert!(r.ios > 0 && r.seconds < 30.0, "{r:?}");
+    assert!(!r.interrupted, "{r:?}");
+    assert!(r.text().contains("failed: I/O failed"), "{}", r.text());
+}

@@ -86,9 +86,14 @@ impl Fabricd {
 impl Drop for Fabricd {
     fn drop(&mut self) {
         // SIGTERM lets it close its connections; SIGKILL if it lingers.
+        // One that has exited already (it failed) needs neither.
+        if !self.is_running() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
+            .stderr(std::process::Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {

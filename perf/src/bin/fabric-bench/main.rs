@@ -33,7 +33,13 @@ use matrix::{Backend, Client, Mode, SampleSet, CASES};
 
 /// Side-by-side benchmark: fabricd target against the Linux kernel target.
 #[derive(Parser, Debug)]
-#[command(name = "fabric-bench", version, about, long_about = None)]
+#[command(
+    name = "fabric-bench",
+    version,
+    about = "fabric-bench: the side-by-side benchmark of fabricd against the Linux kernel target \
+             (run, report, and serve for the split and pair modes)",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -226,9 +232,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     let set = runner::run(&cfg)?;
-    print!("\n{}", summary::markdown(&summary::summarize(&set)));
-    println!("samples: {}", cfg.out.join("samples.json").display());
-    Ok(())
+    emit(&format!(
+        "\n{}samples: {}\n",
+        summary::markdown(&summary::summarize(&set)),
+        cfg.out.join("samples.json").display()
+    ))
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -275,14 +283,26 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
             format!("ours / kernel target alone in a QEMU TCG guest, clients in another, {date}")
         }
     };
+    emit(&table)?;
+    // The chart is drawn after the table is out, and failing to draw it
+    // (gnuplot missing, or no row with numbers) costs only the chart.
     let png = a.dir.join("chart.png");
+    // Not a chart of an earlier report into the same directory.
+    let _ = std::fs::remove_file(&png);
     let chart = if a.no_chart {
         None
+    } else if !summary::has_figures(&sum) {
+        eprintln!("fabric-bench: no chart: no row has numbers");
+        None
     } else {
-        chart::draw(&sum, &title, &png)?;
-        Some(png)
+        match chart::draw(&sum, &title, &png) {
+            Ok(()) => Some(png),
+            Err(e) => {
+                eprintln!("fabric-bench: no chart: {e:#}");
+                None
+            }
+        }
     };
-    print!("{table}");
     if let Some(results_file) = &a.results {
         let where_ = match set.mode {
             Mode::Guest => format!(
@@ -324,7 +344,7 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
             entry += &format!("\n![chart]({name})\n");
         }
         results::append(results_file, &entry)?;
-        println!("appended to {}", results_file.display());
+        emit(&format!("appended to {}\n", results_file.display()))?;
     }
     if a.check {
         let missing = summary::missing(&sum);
@@ -334,12 +354,27 @@ fn report(a: ReportArgs) -> anyhow::Result<bool> {
             }
             return Ok(false);
         }
-        println!(
-            "fabric-bench: every row has numbers ({} rows)",
-            sum.rows.len()
-        );
+        let unavailable = summary::unavailable_rows(&sum);
+        emit(&format!(
+            "fabric-bench: every row has numbers ({} rows{})\n",
+            sum.rows.len() - unavailable,
+            if unavailable > 0 {
+                format!("; {unavailable} more for a transport unavailable here")
+            } else {
+                String::new()
+            }
+        ))?;
     }
     Ok(true)
+}
+
+/// Writes to stdout: a closed or full stdout is an error, not a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
 }
 
 fn main() -> ExitCode {

@@ -317,6 +317,26 @@ pub fn missing(summary: &Summary) -> Vec<String> {
     out
 }
 
+/// Whether any side of any row has figures (something to chart).
+pub fn has_figures(summary: &Summary) -> bool {
+    summary
+        .rows
+        .iter()
+        .any(|r| matches!(r.ours, Outcome::Figures(_)) || matches!(r.kernel, Outcome::Figures(_)))
+}
+
+/// Rows with a side whose transport is unavailable in this build or on
+/// this machine (RDMA natively).
+pub fn unavailable_rows(summary: &Summary) -> usize {
+    summary
+        .rows
+        .iter()
+        .filter(|r| {
+            matches!(r.ours, Outcome::Unavailable(_)) || matches!(r.kernel, Outcome::Unavailable(_))
+        })
+        .count()
+}
+
 fn num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
