@@ -51,17 +51,26 @@ check "discarded blocks read back as zeroes over rdma" cmp -n 16777216 "${ns[0]}
 # Target restart: the file namespace keeps its data, the host reconnects.
 # The restarted target's completion queue starts at 64 entries, far fewer
 # than its queues need: it must grow, or the rest of this script (fio at
-# queue depth 32, a mid-I/O disconnect) overruns it.
+# queue depth 32, a mid-I/O disconnect) overruns it. Its shared receive
+# queue starts with 16 receives posted, fewer than the host's queues have
+# commands (2 x 128 and the admin queue's): it must post more, or commands
+# wait on RNR retries until the host times out and resets the controller.
 head -c 1048576 /dev/urandom > /tmp/pattern
 check "write a pattern to the file namespace" dd if=/tmp/pattern of="${ns[1]}" bs=64k seek=100 oflag=direct,sync status=none
 kill -9 "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 start_fabricd rdma-restarted --listen "rdma://$RDMA_IP:4420" --nqn "$NQN" \
-    --namespace mem:256M --namespace file:/dev/ram0 --rdma-cq-size 64 || exit 1
+    --namespace mem:256M --namespace file:/dev/ram0 --rdma-cq-size 64 --rdma-srq-size 16 || exit 1
 wait_for "the Linux host reconnects after the target restart" 90 ctrl_live "${ctrl#/dev/}"
+dmesg_mark=$(dmesg | wc -l)
 check "the completion queue grew from 64 entries for the reconnected queues" \
     grep -q "RDMA completion queue grown" "$LOGDIR/rdma-restarted.log"
+check "the shared receive queue grew from 16 receives for the reconnected queues" \
+    grep -q "RDMA shared receive queue grown" "$LOGDIR/rdma-restarted.log"
 check "pattern reads back after the restart" cmp -n 1048576 /tmp/pattern <(dd if="${ns[1]}" bs=64k skip=100 count=16 iflag=direct status=none)
 fio_verify rdma-after-restart "${ns[0]}" 4k 8M
+fio_verify rdma-after-restart-128k "${ns[0]}" 128k 8M
+check "no controller reset while the receives grew (no I/O timed out)" \
+    bash -c '! dmesg | tail -n +"$0" | grep -Ei "timeout|error recovery|reconnecting"' $((dmesg_mark + 1))
 check "nvme disconnect (rdma)" nvme disconnect -n "$NQN"
 
 # Our host library against our target over rdma.

@@ -21,6 +21,15 @@
 //! for those too where the device allows, but a QP is not refused for them
 //! (Linux's target sizes its CQs the same way).
 //!
+//! The shared receive queue is created with room for many receives
+//! (`SRQ_CAPACITY`, within the device's limit) but starts with
+//! `--rdma-srq-size` posted; each target QP reserves a receive per command
+//! of its depth, and when the reservations pass what is posted another
+//! chunk of buffers is registered and posted. Without that, a host with
+//! many queues (one per CPU, 128 deep) could have more commands in flight
+//! than receives posted, and its sends would wait on RNR retries, slowly
+//! enough for the host to time out and reset the controller.
+//!
 //! Polling is adaptive: while completions keep coming the poller polls,
 //! yielding between polls; after a few empty polls it arms the queue and
 //! sleeps on the completion channel. On a 2-core machine, busy polling would
@@ -28,7 +37,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,6 +58,10 @@ use crate::transport::reschedule::reschedule;
 const KIND_SHIFT: u32 = 56;
 const KIND_RECV: u64 = 1;
 const KIND_OP: u64 = 2;
+/// Receives a shared receive queue is created with room for (within the
+/// device's limit): its work queue costs about 64 bytes per entry, the
+/// buffers are registered only as queue pairs need them.
+const SRQ_CAPACITY: u32 = 65536;
 /// How often a retired device's poller looks whether it is the last user.
 const RETIRED_CHECK: Duration = Duration::from_millis(20);
 
@@ -105,7 +118,7 @@ pub struct Device {
     key: DeviceKey,
     /// Shared receive queue (target side).
     pub srq: Option<SharedReceiveQueue>,
-    recv: Option<RecvBuffers>,
+    recv: Option<Receives>,
     /// Data buffers.
     pub data: Arc<SlotPool>,
     /// The completion queue every QP of the device uses.
@@ -131,6 +144,51 @@ struct CqReserved {
     normal: u32,
     /// When every QP is flushed at once (unsignaled requests included).
     flushed: u32,
+}
+
+/// The shared receive queue's buffers: chunks of `chunk` buffers, added
+/// as queue pairs need receives posted; receive `i` is buffer `i % chunk`
+/// of chunk `i / chunk`.
+struct Receives {
+    chunk: u32,
+    /// Receives the SRQ has room for.
+    capacity: u32,
+    /// Bytes per buffer.
+    size: usize,
+    chunks: Vec<OnceLock<RecvBuffers>>,
+    counts: Mutex<ReceiveCounts>,
+}
+
+/// Receives posted to the SRQ and reserved by live QPs.
+#[derive(Default)]
+struct ReceiveCounts {
+    posted: u32,
+    reserved: u32,
+    /// The SRQ could not grow to the reservations: warned once.
+    warned: bool,
+}
+
+impl Receives {
+    /// Buffer of receive `i`, with its index in its chunk.
+    fn buffer(&self, i: u32) -> Option<(&RecvBuffers, u32)> {
+        let chunk = self.chunks.get((i / self.chunk) as usize)?.get()?;
+        Some((chunk, i % self.chunk))
+    }
+}
+
+/// Receives held for one target QP while it lives.
+pub struct RecvShare {
+    dev: Arc<Device>,
+    receives: u32,
+}
+
+impl Drop for RecvShare {
+    fn drop(&mut self) {
+        if let Some(r) = &self.dev.recv {
+            let mut counts = lock(&r.counts);
+            counts.reserved = counts.reserved.saturating_sub(self.receives);
+        }
+    }
 }
 
 /// Completion queue entries held for one QP while it lives; the owner
@@ -185,13 +243,33 @@ impl Device {
         let srq_entries = cfg.srq_entries.min(limits.max_srq_wr.max(1));
         let (srq, recv) = if cfg.srq_entries > 0 {
             let n = srq_entries;
-            let srq = SharedReceiveQueue::new(&pd, n)?;
-            let recv = RecvBuffers::new(&pd, n, cfg.recv_size)?;
+            let capacity = SRQ_CAPACITY.max(n).min(limits.max_srq_wr.max(n));
+            let (srq, capacity) = match SharedReceiveQueue::new(&pd, capacity) {
+                Ok(srq) => (srq, capacity),
+                Err(e) => {
+                    tracing::warn!(error = %e, capacity, "RDMA shared receive queue of {n} only");
+                    (SharedReceiveQueue::new(&pd, n)?, n)
+                }
+            };
+            let first = RecvBuffers::new(&pd, n, cfg.recv_size)?;
             for i in 0..n {
                 // SAFETY: buffer `i` is owned by the device for its lifetime
                 // and only read after its receive completes.
-                unsafe { srq.post_recv(recv_wr_id(i), recv.sge(i))? };
+                unsafe { srq.post_recv(recv_wr_id(i), first.sge(i))? };
             }
+            let chunks: Vec<OnceLock<RecvBuffers>> =
+                (0..capacity.div_ceil(n)).map(|_| OnceLock::new()).collect();
+            let _ = chunks[0].set(first);
+            let recv = Receives {
+                chunk: n,
+                capacity,
+                size: cfg.recv_size,
+                chunks,
+                counts: Mutex::new(ReceiveCounts {
+                    posted: n,
+                    ..Default::default()
+                }),
+            };
             (Some(srq), Some(recv))
         } else {
             (None, None)
@@ -241,6 +319,85 @@ impl Device {
     /// flushed. Grows the CQ when needed; an error when `normal` does not
     /// fit even so.
     pub fn reserve_cq(self: &Arc<Self>, normal: u32, flushed: u32) -> Result<CqShare, String> {
+        self.add_cq_reservation(normal, flushed)?;
+        Ok(CqShare {
+            dev: self.clone(),
+            entries: CqReserved { normal, flushed },
+        })
+    }
+
+    /// Reserve a receive for each of a target QP's `depth` commands,
+    /// posting more receive buffers to the shared receive queue when the
+    /// reservations pass what is posted (within its capacity; a WARN once
+    /// when they cannot be met: commands then wait on RNR retries).
+    pub fn reserve_receives(self: &Arc<Self>, depth: u32) -> RecvShare {
+        let share = RecvShare {
+            dev: self.clone(),
+            receives: depth,
+        };
+        let (Some(srq), Some(r)) = (&self.srq, &self.recv) else {
+            return share;
+        };
+        let mut counts = lock(&r.counts);
+        counts.reserved = counts.reserved.saturating_add(depth);
+        let before = counts.posted;
+        while counts.reserved > counts.posted && counts.posted < r.capacity {
+            let first = counts.posted;
+            let count = r.chunk.min(r.capacity - first);
+            let Some(slot) = r.chunks.get((first / r.chunk) as usize) else {
+                break;
+            };
+            if let Err(e) = self.add_cq_reservation(count, count) {
+                tracing::warn!(error = %e, "no room for more shared receives' completions");
+                break;
+            }
+            let buffers = match RecvBuffers::new(&self.pd, count, r.size) {
+                Ok(b) => slot.get_or_init(|| b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register more shared receive buffers");
+                    break;
+                }
+            };
+            let mut posted = 0;
+            for i in 0..count {
+                // SAFETY: the chunk's buffers are owned by the device for
+                // its lifetime and only read after their receive completes.
+                match unsafe { srq.post_recv(recv_wr_id(first + i), buffers.sge(i)) } {
+                    Ok(()) => posted += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot post a shared receive");
+                        break;
+                    }
+                }
+            }
+            counts.posted += posted;
+            if posted < count {
+                break;
+            }
+        }
+        if counts.posted > before {
+            tracing::info!(
+                from = before,
+                posted = counts.posted,
+                reserved = counts.reserved,
+                "RDMA shared receive queue grown"
+            );
+        }
+        if counts.reserved > counts.posted && !counts.warned {
+            counts.warned = true;
+            tracing::warn!(
+                posted = counts.posted,
+                reserved = counts.reserved,
+                "the RDMA shared receive queue holds fewer receives than its queue pairs' \
+                 commands: hosts' commands may wait on RNR retries"
+            );
+        }
+        share
+    }
+
+    /// Add `normal` and `flushed` to the completion queue's reservations,
+    /// growing it when needed; an error when `normal` does not fit even so.
+    fn add_cq_reservation(&self, normal: u32, flushed: u32) -> Result<(), String> {
         let mut r = lock(&self.cq_reserved);
         let need = CqReserved {
             normal: r.normal.saturating_add(normal),
@@ -280,10 +437,7 @@ impl Device {
             );
         }
         *r = need;
-        Ok(CqShare {
-            dev: self.clone(),
-            entries: CqReserved { normal, flushed },
-        })
+        Ok(())
     }
 
     /// Deliver receives of QP `qp_num` to `tx`.
@@ -333,16 +487,19 @@ impl Device {
                 }
             }
             KIND_RECV => {
-                let data = match (&self.srq, &self.recv) {
-                    (Some(srq), Some(recv)) => {
+                let data = match (
+                    &self.srq,
+                    self.recv.as_ref().and_then(|r| r.buffer(index as u32)),
+                ) {
+                    (Some(srq), Some((recv, i))) => {
                         let data = if wc.ok() {
-                            recv.take(index as u32, wc.byte_len as usize)
+                            recv.take(i, wc.byte_len as usize)
                         } else {
                             None
                         };
                         // SAFETY: the buffer's contents were copied out above;
                         // it is handed back to the receive queue untouched.
-                        if let Err(e) = unsafe { srq.post_recv(wc.wr_id, recv.sge(index as u32)) } {
+                        if let Err(e) = unsafe { srq.post_recv(wc.wr_id, recv.sge(i)) } {
                             tracing::error!(error = %e, "cannot repost a shared receive buffer");
                         }
                         if !wc.ok() {

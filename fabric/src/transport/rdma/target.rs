@@ -19,7 +19,9 @@ use crate::wire::rdma::{encode_accept, encode_reject, reject, ConnectRequest};
 use crate::wire::sgl::{kind, subtype, SglDescriptor};
 use crate::wire::{Command, Status};
 
-use super::device::{CqShare, Device, Received, STATUS_NOT_POSTED, STATUS_PARTLY_POSTED};
+use super::device::{
+    CqShare, Device, Received, RecvShare, STATUS_NOT_POSTED, STATUS_PARTLY_POSTED,
+};
 use super::events::CmEvents;
 use super::pool::PoolBuf;
 use super::verbs::{
@@ -214,6 +216,8 @@ fn accept(
             return refuse(id, reject::NO_RESOURCES, "completion queue full");
         }
     };
+    // A receive posted for each command the host may send.
+    let recv_share = dev.reserve_receives(depth);
     let qp_caps = QpCaps {
         max_send_wr: send_wr,
         max_recv_wr: 0,
@@ -262,6 +266,7 @@ fn accept(
         posts: Mutex::default(),
         held_buffers: Mutex::default(),
         _cq_share: cq_share,
+        _recv_share: recv_share,
     });
     tokio::spawn(run(conn, id, rx, ev_rx, conns.clone(), devices.clone()));
 }
@@ -298,6 +303,8 @@ struct Conn {
     held_buffers: Mutex<Vec<PoolBuf>>,
     /// The QP's completion queue entries, given back with the connection.
     _cq_share: CqShare,
+    /// The QP's share of the shared receives, given back with it.
+    _recv_share: RecvShare,
 }
 
 /// Work request chains waiting to be posted. Commands queue theirs while
