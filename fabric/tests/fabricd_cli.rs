@@ -350,4 +350,17 @@ fn rdma_only_without_rdma_devices_is_a_clear_error() {
     let (code, err) = fails(&["--listen", "rdma://127.0.0.1:4420"]);
     assert_eq!(code, 1);
     assert!(one_line(&err).contains("no RDMA device"), "{err}");
+    // Two of them: each is a WARN, and then none serves (it used to run
+    // on, serving nothing).
+    let (code, err) = fails(&[
+        "--listen",
+        "rdma://127.0.0.1:4420",
+        "--listen",
+        "rdma://127.0.0.1:4421",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("none of the --listen addresses can be served"),
+        "{err}"
+    );
 }

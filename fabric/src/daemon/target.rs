@@ -70,13 +70,15 @@ pub struct TargetArgs {
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
     pub cntlid_range: Option<(u16, u16)>,
     /// RDMA: data slots registered per device [default: 512]; slots x
-    /// slot size at most 4G.
+    /// slot size from one --max-transfer to 4G.
     #[arg(long, value_name = "N")]
     pub rdma_slots: Option<u32>,
     /// RDMA: bytes per data slot (power of two, 4K to 1M) [default: 128K].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub rdma_slot_size: Option<u64>,
-    /// RDMA: shared receive queue entries per device [default: 1024].
+    /// RDMA: shared receive buffers posted per device to start with (16 to
+    /// 65536); more are posted as queue pairs connect, one per command of
+    /// their depth [default: 1024].
     #[arg(long, value_name = "N")]
     pub rdma_srq_size: Option<u32>,
     /// RDMA: completion queue entries per device to start with (64 to
@@ -84,7 +86,8 @@ pub struct TargetArgs {
     /// limit [default: 16384].
     #[arg(long, value_name = "N")]
     pub rdma_cq_size: Option<u32>,
-    /// RDMA: in-capsule data accepted on I/O queues [default: 8K].
+    /// RDMA: in-capsule data accepted on I/O queues (a multiple of 16, up
+    /// to 64K) [default: 8K].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub rdma_inline: Option<u64>,
     /// RDMA: microseconds a device's completion poller keeps polling after
@@ -284,6 +287,13 @@ impl TargetArgs {
             None => TargetFile::default(),
         };
         let listen = list_setting(&self.listen, &file.listen, "listen", DEFAULT_LISTEN)?;
+        if let Some(twice) = listen
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| listen[..i].contains(a).then_some(a))
+        {
+            bail!("--listen (listen) {twice} is given twice");
+        }
         let namespaces = list_setting(
             &self.namespaces,
             &file.namespaces,
@@ -357,6 +367,16 @@ impl TargetArgs {
                  the pool registered (pinned) per RDMA device is at most {} MiB",
                 pool >> 20,
                 MAX_RDMA_POOL >> 20
+            );
+        }
+        // A transfer takes its slots at once: a pool smaller than the
+        // largest one would leave such a command waiting for ever.
+        if pool < max_transfer && listen.iter().any(|a| a.kind == TransportKind::Rdma) {
+            bail!(
+                "--rdma-slots x --rdma-slot-size (rdma_slots x rdma_slot_size) is {} KiB, less \
+                 than one --max-transfer (max_transfer) of {} KiB",
+                pool >> 10,
+                max_transfer >> 10
             );
         }
         if let Some(n) = self.rdma_srq_size.or(file.rdma_srq_size) {
@@ -483,6 +503,9 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if listeners.is_empty() {
+        bail!("none of the --listen addresses can be served on this machine (see the warnings)");
     }
     Ok(Started {
         target,
@@ -712,6 +735,21 @@ mod tests {
                 .to_string();
             assert!(err.contains(named), "{bad}: {err}");
         }
+        let err = settings(
+            "listen = [\"tcp://127.0.0.1:4420\", \"tcp://127.0.0.1:4420\"]\n",
+            TargetArgs::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("given twice"), "{err}");
+        // With an RDMA listener, the pool must hold one largest transfer.
+        let rdma = "listen = [\"rdma://127.0.0.1:4420\"]\nrdma_slots = 1\n";
+        let err = settings(rdma, TargetArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("less than one --max-transfer"), "{err}");
+        let fits = format!("{rdma}max_transfer = \"128K\"\n");
+        assert!(settings(&fits, TargetArgs::default()).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
