@@ -689,6 +689,18 @@ async fn measure(
             "the controller granted no I/O queue".into(),
         ));
     }
+    let carried = queues
+        .iter()
+        .map(|q| u64::from(q.max_transfer()))
+        .min()
+        .unwrap_or(0);
+    if spec.io_size > carried {
+        return Err(PerfError::Invalid(format!(
+            "--block-size {} is above the largest transfer this host's {} queues carry \
+             ({carried} bytes)",
+            spec.io_size, spec.address.kind
+        )));
+    }
     if queues.len() < spec.queues as usize {
         tracing::warn!(
             asked = spec.queues,

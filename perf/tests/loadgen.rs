@@ -387,3 +387,33 @@ async fn a_connection_lost_mid_run_still_reports_the_figures() {
     assert!(!r.interrupted, "{r:?}");
     assert!(r.text().contains("failed: I/O failed"), "{}", r.text());
 }
+
+/// A controller whose queues are smaller (CAP.MQES) than the depth asked
+/// for: the host connects its queues at the controller's size and the
+/// run goes on, instead of a refused Connect.
+#[tokio::test]
+async fn queues_deeper_than_the_controller_takes_are_fitted_to_it() {
+    let target = Target::new(TargetConfig {
+        max_queue_entries: 64,
+        ..TargetConfig::default()
+    })
+    .unwrap();
+    let sub = target.add_subsystem(SubsystemConfig::new(NQN)).unwrap();
+    sub.add_namespace(1, Arc::new(MemoryDevice::new(16 << 20, 4096)), 1)
+        .unwrap();
+    let port = target.add_port("tcp://127.0.0.1:0".parse().unwrap(), false);
+    let listener = target_transport(port.address().kind)
+        .unwrap()
+        .listen(target.clone(), port)
+        .await
+        .unwrap();
+    let s = LoadSpec {
+        iodepth: 128,
+        ..spec(listener.local.clone())
+    };
+    let r = run(&s, false)
+        .await
+        .expect("runs at the controller's depth");
+    assert_eq!((r.ios, r.errors), (2000, 0), "{r:?}");
+    target.shutdown();
+}

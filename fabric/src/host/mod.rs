@@ -184,7 +184,7 @@ impl HostController {
             token: CancellationToken::new(),
             opts: opts.clone(),
         };
-        ctrl.enable().await?;
+        let cap = ctrl.enable().await?;
         ctrl.identify = ctrl.identify_controller().await?;
         if ctrl.identify.cntlid != cntlid {
             return Err(TransportError::Protocol(format!(
@@ -200,10 +200,19 @@ impl HostController {
                 .saturating_mul(16)
                 .saturating_sub(64)
                 .min(MAX_INLINE_DATA);
+            // CAP.MQES is the largest queue the controller takes (0's based).
+            let queue_size = opts.queue_size.min(cap.mqes.saturating_add(1)).max(2);
+            if queue_size < opts.queue_size {
+                tracing::warn!(
+                    asked = opts.queue_size,
+                    queue_size,
+                    "the controller's I/O queues are smaller than asked (CAP.MQES)"
+                );
+            }
             for qid in 1..=granted.min(opts.io_queues) {
                 let params = QueueParams {
                     qid,
-                    queue_size: opts.queue_size,
+                    queue_size,
                     inline_data_size: inline,
                     digests: opts.digests,
                     timeout: opts.timeout,
@@ -265,7 +274,8 @@ impl HostController {
         });
     }
 
-    async fn enable(&self) -> Result<(), TransportError> {
+    /// Enable the controller; its capabilities (CAP) come back.
+    async fn enable(&self) -> Result<Capabilities, TransportError> {
         let cap = Capabilities::decode(self.property_get(property::CAP, true).await?);
         self.property_set(property::CC, cc::ENABLE_DEFAULT as u64)
             .await?;
@@ -280,7 +290,7 @@ impl HostController {
                 ));
             }
             if s & csts::RDY != 0 {
-                return Ok(());
+                return Ok(cap);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(TransportError::Protocol(
