@@ -127,10 +127,21 @@ check "fabricd logs that it released the device" grep -q "RDMA device released" 
 check "the discovery log no longer lists the rdma port" bash -c \
     'out=$(nvme discover -t tcp -a 127.0.0.1 -s 4431 --hostnqn="$0") && grep -q "trtype: *tcp" <<<"$out" && ! grep -q "trtype: *rdma" <<<"$out"' "$HOSTNQN"
 check "fabricd still serves tcp after the removal: write/read verify" "$VERIFY" tcp://127.0.0.1:4431 "$NQN" 1 16
+# A second target started while there is no RDMA device: it serves tcp,
+# and its rdma listener waits for a device.
+removing_pid=$FABRICD_PID
+start_fabricd rdma-late --listen tcp://127.0.0.1:4432 --listen "rdma://$RDMA_IP:4440" \
+    --nqn "$NQN-late" --namespace mem:16M --discovery || exit 1
+late_pid=$FABRICD_PID FABRICD_PID=$removing_pid
+check "a target started without an RDMA device says its rdma listener waits" \
+    grep -q "waiting for an RDMA device" "$LOGDIR/rdma-late.log"
 check "rxe device added again" rdma link add "$RDMA_DEV" type rxe netdev "$RDMA_NETDEV"
-rdma_listed() { nvme discover -t tcp -a 127.0.0.1 -s 4431 --hostnqn="$HOSTNQN" | grep -q "trtype: *rdma"; }
-wait_for "the rdma port back in the discovery log" 30 rdma_listed
+rdma_listed() { nvme discover -t tcp -a 127.0.0.1 -s "$1" --hostnqn="$HOSTNQN" | grep -q "trtype: *rdma"; }
+wait_for "the rdma port back in the discovery log" 30 rdma_listed 4431
 check "fabric host -> fabricd over the returned device: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4420" "$NQN" 1 16
+wait_for "the late target's rdma port in its discovery log once the device exists" 30 rdma_listed 4432
+check "fabric host -> the late target over rdma: write/read verify" "$VERIFY" "rdma://$RDMA_IP:4440" "$NQN-late" 1 16
+kill "$late_pid"; wait "$late_pid" 2>/dev/null
 nvme disconnect -n "$NQN" >/dev/null 2>&1
 kill "$FABRICD_PID"; wait "$FABRICD_PID" 2>/dev/null
 # Leave a device for whatever runs next, even after a failure above.

@@ -4,7 +4,7 @@
 //! guest tier for interoperability with the Linux kernel target and for our
 //! own host against our own target.
 //!
-//! usage: nvmf_verify ADDRESS NQN [NSID] [ROUNDS] [QUEUE_SIZE]
+//! usage: nvmf_verify ADDRESS NQN [NSID] [ROUNDS] [QUEUE_SIZE]  (a QUEUE_SIZE given is asked for as is, above the controller's limit too)
 //!   e.g. nvmf_verify rdma://10.77.0.1:4420 nqn.2026-11.io.fabric:target 1 64
 
 use std::sync::Arc;
@@ -47,6 +47,9 @@ async fn main() -> anyhow::Result<()> {
     let opts = HostOptions {
         io_queues: 2,
         queue_size,
+        // A size given is asked for as is: the guest tier checks that a
+        // target refuses one above its limit.
+        queue_size_exact: args.get(5).is_some(),
         ..Default::default()
     };
     let ctrl = HostController::connect(&address, nqn, &opts)

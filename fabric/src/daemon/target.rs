@@ -18,7 +18,7 @@ pub use super::namespace::{NamespaceSpec, OpenNamespace};
 use crate::target::{PortAddress, SubsystemConfig, Target, TargetConfig, TransportKind};
 use crate::transport::rdma::{RdmaConfig, RdmaTransport};
 use crate::transport::tcp::TcpTransport;
-use crate::transport::{target_transport, TargetTransport, TransportError};
+use crate::transport::{target_transport, TargetTransport};
 
 /// The NQN served when none is given.
 pub const DEFAULT_NQN: &str = "nqn.2026-11.io.fabric:target";
@@ -488,24 +488,21 @@ pub async fn start(s: &TargetSettings) -> anyhow::Result<Started> {
         RdmaTransport::configure(s.rdma.clone())?;
     }
     let mut listeners = Vec::new();
+    // A machine without an RDMA device (yet) serves its TCP listeners; its
+    // RDMA ones wait for a device. Without a TCP listener that is an error.
+    let some_tcp = s.listen.iter().any(|a| a.kind == TransportKind::Tcp);
     for addr in &s.listen {
-        let transport: Arc<dyn TargetTransport> = match addr.kind {
-            TransportKind::Tcp => Arc::new(s.tcp.clone()),
-            kind => target_transport(kind)?,
-        };
         let port = target.add_port(addr.clone(), s.discovery);
-        match transport.listen(target.clone(), port.clone()).await {
-            Ok(handle) => listeners.push(handle),
-            // A machine without RDMA devices still serves its TCP listeners.
-            Err(TransportError::Unavailable(why)) if s.listen.len() > 1 => {
-                tracing::warn!(%addr, "listener unavailable: {why}");
-                target.remove_port(port.id);
+        let handle = match addr.kind {
+            TransportKind::Tcp => s.tcp.listen(target.clone(), port).await?,
+            TransportKind::Rdma if some_tcp => {
+                RdmaTransport::shared()
+                    .listen_or_wait(target.clone(), port)
+                    .await?
             }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if listeners.is_empty() {
-        bail!("none of the --listen addresses can be served on this machine (see the warnings)");
+            kind => target_transport(kind)?.listen(target.clone(), port).await?,
+        };
+        listeners.push(handle);
     }
     Ok(Started {
         target,
@@ -527,7 +524,15 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         listeners,
         namespaces,
     } = start(&settings).await?;
-    let addrs: Vec<String> = listeners.iter().map(|l| l.local.to_string()).collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| match l.local.kind {
+            TransportKind::Rdma if !RdmaTransport::available() => {
+                format!("{} (waiting for an RDMA device)", l.local)
+            }
+            _ => l.local.to_string(),
+        })
+        .collect();
     tracing::info!(
         nqn = %settings.nqn,
         namespaces = settings.namespaces.len(),

@@ -44,8 +44,11 @@ pub struct HostOptions {
     pub hostid: [u8; 16],
     /// I/O queues to ask for.
     pub io_queues: u16,
-    /// Entries per I/O queue.
+    /// Entries per I/O queue (fitted to the controller's CAP.MQES).
     pub queue_size: u16,
+    /// Connect I/O queues at `queue_size` even above CAP.MQES (the target
+    /// then refuses them): for probing a target's limits.
+    pub queue_size_exact: bool,
     /// Keep-alive timeout (zero: none).
     pub kato: Duration,
     /// NVMe/TCP header and data digests.
@@ -66,6 +69,7 @@ impl Default for HostOptions {
             hostid: *id.as_bytes(),
             io_queues: 2,
             queue_size: 128,
+            queue_size_exact: false,
             kato: Duration::from_secs(5),
             digests: Digests::default(),
             timeout: Duration::from_secs(30),
@@ -201,7 +205,11 @@ impl HostController {
                 .saturating_sub(64)
                 .min(MAX_INLINE_DATA);
             // CAP.MQES is the largest queue the controller takes (0's based).
-            let queue_size = opts.queue_size.min(cap.mqes.saturating_add(1)).max(2);
+            let queue_size = if opts.queue_size_exact {
+                opts.queue_size
+            } else {
+                opts.queue_size.min(cap.mqes.saturating_add(1)).max(2)
+            };
             if queue_size < opts.queue_size {
                 tracing::warn!(
                     asked = opts.queue_size,

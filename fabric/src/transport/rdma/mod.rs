@@ -229,7 +229,21 @@ impl TargetTransport for RdmaTransport {
         if !Self::available() {
             return Err(unavailable());
         }
-        target::listen(self.devices.clone(), self.caps(), target, port).await
+        target::listen(self.devices.clone(), self.caps(), target, port, false).await
+    }
+}
+
+impl RdmaTransport {
+    /// Listen on `port`, or, on a machine with no RDMA device yet, start a
+    /// listener that waits for one and serves (and is advertised) once the
+    /// address is on a device: for a target with other listeners to serve
+    /// meanwhile.
+    pub async fn listen_or_wait(
+        &self,
+        target: Arc<Target>,
+        port: Arc<Port>,
+    ) -> Result<ListenerHandle, TransportError> {
+        target::listen(self.devices.clone(), self.caps(), target, port, true).await
     }
 }
 

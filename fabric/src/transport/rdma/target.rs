@@ -39,41 +39,61 @@ const RELISTEN_INTERVAL: Duration = Duration::from_secs(1);
 
 type Connections = Arc<Mutex<HashMap<usize, mpsc::UnboundedSender<CmEventKind>>>>;
 
+/// Listen on `port`'s address; with `wait`, a machine without an RDMA
+/// device yet gets a listener that waits for one (the port is advertised
+/// once it serves), else that is an error.
 pub(super) async fn listen(
     devices: Arc<Devices>,
     caps: TransportCaps,
     target: Arc<Target>,
     port: Arc<Port>,
+    wait: bool,
 ) -> Result<ListenerHandle, TransportError> {
     let addr = port.address();
     let sock: SocketAddr = addr
         .socket_string()
         .parse()
         .map_err(|_| TransportError::Unavailable(format!("bad RDMA address {addr}")))?;
-    let events = CmEvents::new().map_err(|e| TransportError::io("rdma_cm event channel", e))?;
-    let id = bind_and_listen(&events, sock)
-        .map_err(|e| TransportError::io(format!("cannot listen on {addr}"), e))?;
-    if let Some(local) = id.local_addr() {
-        port.set_bound_port(local.port());
-    }
+    let (events, id) = if wait && !super::RdmaTransport::available() {
+        tracing::warn!(%addr, "no RDMA device yet: this listener waits for one (TCP listeners go on)");
+        target.remove_port(port.id);
+        (None, None)
+    } else {
+        let events = CmEvents::new().map_err(|e| TransportError::io("rdma_cm event channel", e))?;
+        let id = bind_and_listen(&events, sock)
+            .map_err(|e| TransportError::io(format!("cannot listen on {addr}"), e))?;
+        if let Some(local) = id.local_addr() {
+            port.set_bound_port(local.port());
+        }
+        (Some(events), Some(id))
+    };
     let local = port.address();
     let token = target.shutdown_token().child_token();
     let stop = token.clone();
     let task = tokio::spawn(async move {
         let conns: Connections = Arc::new(Mutex::new(HashMap::new()));
-        let mut listening = Some(id);
+        let mut events = events;
+        let mut listening = id;
         loop {
             let ev = tokio::select! {
                 _ = stop.cancelled() => break,
-                ev = events.next() => ev,
+                ev = next_event(events.as_ref()) => ev,
                 _ = tokio::time::sleep(RELISTEN_INTERVAL), if listening.is_none() => {
-                    listening = relisten(&events, &target, &port);
+                    if events.is_none() && super::RdmaTransport::available() {
+                        events = CmEvents::new()
+                            .inspect_err(|e| tracing::debug!(error = %e, "no rdma_cm event channel yet"))
+                            .ok();
+                    }
+                    if let Some(events) = &events {
+                        listening = relisten(events, &target, &port);
+                    }
                     continue;
                 }
             };
             match ev {
                 Ok(mut ev) if ev.kind == CmEventKind::ConnectRequest => {
-                    let id = ev.take_new_id(events.channel());
+                    // An event came from the channel, so there is one.
+                    let id = events.as_ref().and_then(|e| ev.take_new_id(e.channel()));
                     if let Some(id) = id {
                         accept(&devices, &target, &port, caps, &conns, id, &ev);
                     }
@@ -105,6 +125,14 @@ pub(super) async fn listen(
         }
     });
     Ok(ListenerHandle { local, token, task })
+}
+
+/// The next event of `events`; never, without a channel.
+async fn next_event(events: Option<&CmEvents>) -> std::io::Result<CmEvent> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A listening id on `addr`.
