@@ -276,32 +276,31 @@ async fn failed_writes_are_reported_in_their_own_row() {
 #[tokio::test]
 async fn a_stopped_run_reports_what_it_did() {
     let (t, addr) = target().await;
-    let s = LoadSpec {
-        workload: Workload::Randrw,
-        ios: None,
-        time: Some(Duration::from_secs(60)),
-        verify: true,
-        size: Some(1 << 20),
-        ..spec(addr)
-    };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        })
-    };
-    let r = run_stoppable(&s, false, stop)
-        .await
-        .expect("the run completes");
-    stopper.await.unwrap();
+    let r = run_stoppable(
+        &long_verifying_randrw(addr),
+        false,
+        stop_after(Duration::from_millis(300)),
+    )
+    .await
+    .expect("the run completes");
     assert!(r.interrupted, "{r:?}");
     assert!(r.ios > 0 && r.seconds < 30.0, "{r:?}");
     let v = r.verify.clone().expect("verify result");
     assert!(v.blocks_checked > 0 && v.mismatches == 0, "{v:?}");
     assert!(r.text().contains("(interrupted)"));
     t.shutdown();
+}
+
+/// A minute of verified randrw over 1 MiB (to be cut short).
+fn long_verifying_randrw(address: PortAddress) -> LoadSpec {
+    LoadSpec {
+        workload: Workload::Randrw,
+        ios: None,
+        time: Some(Duration::from_secs(60)),
+        verify: true,
+        size: Some(1 << 20),
+        ..spec(address)
+    }
 }
 
 /// Sets `stop` after `delay`.
@@ -367,14 +366,7 @@ async fn a_run_stopped_while_connecting_ends_at_once() {
 #[tokio::test]
 async fn a_connection_lost_mid_run_still_reports_the_figures() {
     let (t, addr) = target().await;
-    let s = LoadSpec {
-        workload: Workload::Randrw,
-        ios: None,
-        time: Some(Duration::from_secs(60)),
-        verify: true,
-        size: Some(1 << 20),
-        ..spec(addr)
-    };
+    let s = long_verifying_randrw(addr);
     let target = t.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
