@@ -166,6 +166,9 @@ struct ReceiveCounts {
     reserved: u32,
     /// The SRQ could not grow to the reservations: warned once.
     warned: bool,
+    /// A post failed part way through a chunk: no more growing (receive
+    /// `i` must stay buffer `i % chunk` of its chunk).
+    stuck: bool,
 }
 
 impl Receives {
@@ -341,23 +344,28 @@ impl Device {
         let mut counts = lock(&r.counts);
         counts.reserved = counts.reserved.saturating_add(depth);
         let before = counts.posted;
-        while counts.reserved > counts.posted && counts.posted < r.capacity {
+        while counts.reserved > counts.posted && counts.posted < r.capacity && !counts.stuck {
             let first = counts.posted;
             let count = r.chunk.min(r.capacity - first);
             let Some(slot) = r.chunks.get((first / r.chunk) as usize) else {
                 break;
             };
+            // Registered once per chunk (kept if the completion queue has
+            // no room for them yet, for the next try).
+            let buffers = match slot.get() {
+                Some(b) => b,
+                None => match RecvBuffers::new(&self.pd, count, r.size) {
+                    Ok(b) => slot.get_or_init(|| b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register more shared receive buffers");
+                        break;
+                    }
+                },
+            };
             if let Err(e) = self.add_cq_reservation(count, count) {
                 tracing::warn!(error = %e, "no room for more shared receives' completions");
                 break;
             }
-            let buffers = match RecvBuffers::new(&self.pd, count, r.size) {
-                Ok(b) => slot.get_or_init(|| b),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot register more shared receive buffers");
-                    break;
-                }
-            };
             let mut posted = 0;
             for i in 0..count {
                 // SAFETY: the chunk's buffers are owned by the device for
@@ -372,6 +380,7 @@ impl Device {
             }
             counts.posted += posted;
             if posted < count {
+                counts.stuck = true;
                 break;
             }
         }
