@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         .get(5)
         .map_or(Ok(32), |s| s.parse())
         .context("QUEUE_SIZE")?;
+    anyhow::ensure!(queue_size >= 2, "QUEUE_SIZE must be at least 2");
     let opts = HostOptions {
         io_queues: 2,
         queue_size,

@@ -745,7 +745,11 @@ async fn measure(
         })
         .collect();
     let ticker = progress.then(|| start_progress(sh.clone(), spec.time));
-    tokio::time::sleep_until(sh.measure_from.into()).await;
+    // The ramp, unless the run was stopped meanwhile (or before it).
+    tokio::select! {
+        () = tokio::time::sleep_until(sh.measure_from.into()) => {}
+        () = stopped(&sh.stop) => {}
+    }
     let (cpu0, sys0) = (cpu::process_cpu(), cpu::system_cpu()?);
     let mut reads = IoStats::default();
     let mut writes_st = IoStats::default();

@@ -409,3 +409,20 @@ async fn queues_deeper_than_the_controller_takes_are_fitted_to_it() {
     assert_eq!((r.ios, r.errors), (2000, 0), "{r:?}");
     target.shutdown();
 }
+
+/// Stopped during a long ramp, a run ends without waiting the ramp out.
+#[tokio::test]
+async fn a_run_stopped_during_its_ramp_ends_at_once() {
+    let (t, addr) = target().await;
+    let s = LoadSpec {
+        ramp: Duration::from_secs(60),
+        ..long_verifying_randrw(addr)
+    };
+    let started = std::time::Instant::now();
+    let r = run_stoppable(&s, false, stop_after(Duration::from_millis(300)))
+        .await
+        .expect("the run completes");
+    assert!(started.elapsed() < Duration::from_secs(30), "{r:?}");
+    assert!(r.interrupted && r.ios == 0, "{r:?}");
+    t.shutdown();
+}

@@ -545,7 +545,12 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         super::free_space::WATCH_INTERVAL,
     );
     #[cfg(feature = "meta-role")]
-    let agent = match (meta, listeners.first()) {
+    // Registered at a listener that serves now (not an RDMA one waiting
+    // for a device).
+    let serving = listeners
+        .iter()
+        .find(|l| l.local.kind == TransportKind::Tcp || RdmaTransport::available());
+    let agent = match (meta, serving) {
         (Some((client, agent)), Some(first)) => {
             let capacity = namespaces
                 .iter()

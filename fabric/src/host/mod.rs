@@ -208,8 +208,9 @@ impl HostController {
             let queue_size = if opts.queue_size_exact {
                 opts.queue_size
             } else {
-                opts.queue_size.min(cap.mqes.saturating_add(1)).max(2)
-            };
+                opts.queue_size.min(cap.mqes.saturating_add(1))
+            }
+            .max(2);
             if queue_size < opts.queue_size {
                 tracing::warn!(
                     asked = opts.queue_size,

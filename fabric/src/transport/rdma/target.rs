@@ -151,7 +151,11 @@ fn relisten(events: &CmEvents, target: &Target, port: &Arc<Port>) -> Option<CmId
     let sock = addr.socket_string().parse().ok()?;
     match bind_and_listen(events, sock) {
         Ok(id) => {
-            tracing::info!(address = %addr, "RDMA device back; the listener serves again");
+            // A port 0 listener gets a port of its own each time.
+            if let Some(local) = id.local_addr() {
+                port.set_bound_port(local.port());
+            }
+            tracing::info!(address = %port.address(), "RDMA device back; the listener serves again");
             target.restore_port(port.clone());
             Some(id)
         }
