@@ -544,12 +544,13 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<()> {
         settings.namespaces.clone(),
         super::free_space::WATCH_INTERVAL,
     );
-    #[cfg(feature = "meta-role")]
     // Registered at a listener that serves now (not an RDMA one waiting
     // for a device).
+    #[cfg(feature = "meta-role")]
     let serving = listeners
         .iter()
         .find(|l| l.local.kind == TransportKind::Tcp || RdmaTransport::available());
+    #[cfg(feature = "meta-role")]
     let agent = match (meta, serving) {
         (Some((client, agent)), Some(first)) => {
             let capacity = namespaces
