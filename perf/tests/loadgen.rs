@@ -6,6 +6,7 @@ use std::time::Duration;
 use fabric::target::{PortAddress, SubsystemConfig, Target, TargetConfig};
 use fabric::transport::target_transport;
 use perf::loadgen::{run, run_stoppable, LoadSpec, PerfError};
+use perf::report::RunReport;
 use perf::workload::Workload;
 use raid::{FaultDevice, MemoryDevice, NullDevice};
 
@@ -314,6 +315,18 @@ fn stop_after(delay: Duration) -> Arc<std::sync::atomic::AtomicBool> {
     stop
 }
 
+/// Runs `s`, stopped after 300 ms, and checks that it ended at once,
+/// interrupted before its measured phase began.
+async fn stopped_before_measuring(s: &LoadSpec) -> RunReport {
+    let started = std::time::Instant::now();
+    let r = run_stoppable(s, false, stop_after(Duration::from_millis(300)))
+        .await
+        .expect("the run completes");
+    assert!(started.elapsed() < Duration::from_secs(30), "{r:?}");
+    assert!(r.interrupted && r.ios == 0, "{r:?}");
+    r
+}
+
 /// A read-only verifying run writes its region first: stopping it then
 /// ends that pass too (it would take minutes here), and the read-back
 /// covers what was written.
@@ -328,12 +341,7 @@ async fn a_run_stopped_while_writing_its_verify_region_ends_at_once() {
         time: Some(Duration::from_secs(60)),
         ..spec(addr)
     };
-    let started = std::time::Instant::now();
-    let r = run_stoppable(&s, false, stop_after(Duration::from_millis(300)))
-        .await
-        .expect("the run completes");
-    assert!(started.elapsed() < Duration::from_secs(30), "{r:?}");
-    assert!(r.interrupted && r.ios == 0, "{r:?}");
+    let r = stopped_before_measuring(&s).await;
     let v = r.verify.expect("verify result");
     assert!(v.blocks_checked > 0, "{v:?}");
     t.shutdown();
@@ -418,11 +426,6 @@ async fn a_run_stopped_during_its_ramp_ends_at_once() {
         ramp: Duration::from_secs(60),
         ..long_verifying_randrw(addr)
     };
-    let started = std::time::Instant::now();
-    let r = run_stoppable(&s, false, stop_after(Duration::from_millis(300)))
-        .await
-        .expect("the run completes");
-    assert!(started.elapsed() < Duration::from_secs(30), "{r:?}");
-    assert!(r.interrupted && r.ios == 0, "{r:?}");
+    stopped_before_measuring(&s).await;
     t.shutdown();
 }
