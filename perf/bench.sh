@@ -75,6 +75,8 @@ if [[ -z $bin ]]; then
 fi
 
 out=${out:-perf/out/$mode-$(date -u +%Y%m%d-%H%M%S)}
+# Bad run options are found here, before a guest boots.
+"$bin/fabric-bench" run --mode "$mode" --out "$out" --check-args "${run_args[@]}" || exit 2
 mkdir -p "$out"
 
 # Split and pair modes: start the targets' guest (ci/guest-run options, --,

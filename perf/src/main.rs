@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
     rwmixread: Option<u8>,
     /// Bytes per I/O (K, M suffixes).
-    #[arg(long, short = 'b', default_value = "4K", value_parser = parse_size_arg)]
+    #[arg(long, short = 'b', default_value = "4K", allow_hyphen_values = true, value_parser = parse_size_arg)]
     block_size: u64,
     /// Outstanding I/Os per queue (1 to 1023).
     #[arg(long, short = 'q', default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=loadgen::MAX_IODEPTH as i64))]
@@ -55,13 +55,13 @@ struct Args {
     queues: u16,
     /// Measured time (10s, 500ms, 2m) [default: 10s, or unlimited with
     /// --ios]; with --ios too, whichever comes first ends the run.
-    #[arg(long, short = 't', value_parser = parse_nonzero_duration)]
+    #[arg(long, short = 't', allow_hyphen_values = true, value_parser = parse_nonzero_duration)]
     time: Option<Duration>,
     /// Stop after this many measured I/Os (all queues together).
     #[arg(long, value_name = "N")]
     ios: Option<std::num::NonZeroU64>,
     /// Time run before measuring starts.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", allow_hyphen_values = true, value_parser = parse_duration)]
     ramp: Duration,
     /// Write a pattern, check every read of a written block, and read every
     /// written block back at the end; mismatches fail the run (read-only
@@ -69,10 +69,10 @@ struct Args {
     #[arg(long)]
     verify: bool,
     /// Start of the region used, in bytes (K, M, G suffixes).
-    #[arg(long, default_value = "0", value_parser = parse_size_arg)]
+    #[arg(long, default_value = "0", allow_hyphen_values = true, value_parser = parse_size_arg)]
     offset: u64,
     /// Length of the region used [default: to the end of the namespace].
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_size_arg)]
     size: Option<u64>,
     /// Host NQN [default: a random UUID NQN].
     #[arg(long, value_name = "NQN", value_parser = nqn_arg)]

@@ -71,6 +71,10 @@ fn fabric_perf_bad_arguments_are_one_line_naming_them() {
         (&["--iodepth", "4"][..], "--address"),
         (&["-a", "tcp://127.0.0.1:4420", "-q", "-1"][..], "--iodepth"),
         (
+            &["-a", "tcp://127.0.0.1:4420", "-b", "-4k"][..],
+            "--block-size",
+        ),
+        (
             &["-a", "tcp://127.0.0.1:4420", "--size", "6000"][..],
             "--size 6000 must be a multiple of --block-size 4096",
         ),
@@ -111,6 +115,56 @@ fn fabric_bench_bad_arguments_are_one_line() {
     let (code, _, err) = run(exe, &["report", "/nonexistent/dir"]);
     assert_eq!(code, 1);
     assert!(err.contains("samples.json"), "{err}");
+}
+
+/// `--check-args` (what perf/bench.sh runs before it boots a guest)
+/// finds bad run options, including those found after parsing, and
+/// measures nothing.
+#[test]
+fn fabric_bench_checks_run_options_without_running() {
+    let exe = env!("CARGO_BIN_EXE_fabric-bench");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    let d = dir.to_str().unwrap();
+    // fabricd is another crate's program: any file stands in for it here.
+    let any = env!("CARGO_BIN_EXE_fabric-perf");
+    for (args, named) in [
+        (&["--reps", "0"][..], "--reps"),
+        (
+            &["--mode", "native", "--clients", "fio"][..],
+            "--clients fio",
+        ),
+        (
+            &["--mode", "split", "--transports", "rdma"][..],
+            "--transports",
+        ),
+    ] {
+        let full: Vec<&str> = ["run", "--out", d, "--check-args", "--fabricd", any]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (code, _, err) = run(exe, &full);
+        assert_ne!(code, 0, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+    for mode in ["native", "pair"] {
+        let (code, out, err) = run(
+            exe,
+            &[
+                "run",
+                "--mode",
+                mode,
+                "--out",
+                d,
+                "--check-args",
+                "--fabricd",
+                any,
+            ],
+        );
+        assert_eq!(code, 0, "{mode}: {out}{err}");
+    }
+    assert!(!dir.exists(), "nothing measured, nothing written");
 }
 
 #[test]

@@ -131,6 +131,10 @@ struct RunArgs {
     /// --link` sets].
     #[arg(long)]
     target_host: Option<std::net::Ipv4Addr>,
+    /// Check the options and exit without measuring (perf/bench.sh does
+    /// this before it starts a guest).
+    #[arg(long)]
+    check_args: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -193,7 +197,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     // Native and split runs have no Linux host here, and split mode's
     // guest is reached through forwarded TCP ports only.
     let native = matches!(a.mode, Mode::Native | Mode::Split);
-    let remote = remote(&a)?;
+    // The pair mode's target is known in the clients' guest only.
+    let remote = match (a.check_args, a.mode) {
+        (true, Mode::Pair) => None,
+        _ => remote(&a)?,
+    };
+    let check_args = a.check_args;
     let cfg = runner::RunConfig {
         mode: a.mode,
         out: a.out.clone(),
@@ -230,6 +239,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         if needed && !path.is_file() {
             anyhow::bail!("{flag}: no program at {}", path.display());
         }
+    }
+    if check_args {
+        return Ok(());
     }
     let set = runner::run(&cfg)?;
     emit(&format!(
