@@ -205,7 +205,7 @@ pub fn check_distinct_paths(specs: &[NamespaceSpec]) -> anyhow::Result<()> {
 }
 
 /// The machine's RAM in bytes (`MemTotal` in `/proc/meminfo`).
-fn physical_memory() -> Option<u64> {
+pub(crate) fn physical_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

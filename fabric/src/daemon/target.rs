@@ -267,6 +267,21 @@ fn scalar_setting<T>(
 /// Largest RDMA data pool per device (slots x slot size): it is pinned.
 const MAX_RDMA_POOL: u64 = 4 << 30;
 
+/// Refuses an RDMA data pool larger than the machine's memory (`ram`):
+/// it is registered, so pinned, when the first host connects through a
+/// device, and would fail there ("cannot allocate memory") instead of here.
+fn pinned_pool_fits(pool: u64, ram: Option<u64>) -> anyhow::Result<()> {
+    match ram {
+        Some(ram) if pool >= ram => bail!(
+            "--rdma-slots x --rdma-slot-size (rdma_slots x rdma_slot_size) is {} MiB, not less \
+             than this machine's memory ({} MiB): the pool is pinned in RAM",
+            pool >> 20,
+            ram >> 20
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A polling time in µs, at most 10 ms.
 fn poll_time(us: u64, name: &str) -> anyhow::Result<Duration> {
     if us > 10_000 {
@@ -369,9 +384,13 @@ impl TargetArgs {
                 MAX_RDMA_POOL >> 20
             );
         }
+        let rdma_listener = listen.iter().any(|a| a.kind == TransportKind::Rdma);
+        if rdma_listener {
+            pinned_pool_fits(pool, super::namespace::physical_memory())?;
+        }
         // A transfer takes its slots at once: a pool smaller than the
         // largest one would leave such a command waiting for ever.
-        if pool < max_transfer && listen.iter().any(|a| a.kind == TransportKind::Rdma) {
+        if pool < max_transfer && rdma_listener {
             bail!(
                 "--rdma-slots x --rdma-slot-size (rdma_slots x rdma_slot_size) is {} KiB, less \
                  than one --max-transfer (max_transfer) of {} KiB",
@@ -762,6 +781,19 @@ mod tests {
         let fits = format!("{rdma}max_transfer = \"128K\"\n");
         assert!(settings(&fits, TargetArgs::default()).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_rdma_pool_must_fit_in_memory() {
+        assert!(pinned_pool_fits(1 << 30, Some(4 << 30)).is_ok());
+        assert!(pinned_pool_fits(4 << 30, None).is_ok());
+        let err = pinned_pool_fits(4 << 30, Some(3 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--rdma-slots") && err.contains("4096 MiB") && err.contains("3072 MiB"),
+            "{err}"
+        );
     }
 
     #[test]
