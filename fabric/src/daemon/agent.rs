@@ -13,7 +13,9 @@
 //!   again (as kubelet does): the running daemon is the truth about itself.
 //! * A name already registered online at another address is not taken
 //!   over: that is another node (two hosts with the same host name), and
-//!   the registration waits until that node is marked offline. Heartbeats
+//!   the registration waits until that node is marked offline (the group
+//!   checks it as the registration commits, so two daemons registering
+//!   one name at once cannot both get it). Heartbeats
 //!   carry the registered address, so a daemon that was cut off while
 //!   another took its name over does not keep that one's record online:
 //!   it goes back to waiting for the name.

@@ -70,6 +70,26 @@ fn get_or_not_found<T: MetaObject>(txn: &Txn, name: &str, what: &str) -> Result<
         .ok_or_else(|| MetaError::NotFound(format!("{what} '{name}' does not exist")))
 }
 
+/// Refuses to register a node whose name is online at another address:
+/// that is another node with the same name (checked here, as the command
+/// applies, so two nodes registering at once cannot both take the name).
+/// Registering again waits until the group marks that one offline.
+fn online_elsewhere(
+    what: &str,
+    name: &str,
+    state: i32,
+    recorded: &str,
+    address: &str,
+) -> Result<(), MetaError> {
+    if state == NodeState::Online as i32 && recorded != address {
+        return Err(MetaError::FailedPrecondition(format!(
+            "{what} '{name}' is online at {recorded}, not at {address}: another node has \
+             this name (it can register once that one is offline)"
+        )));
+    }
+    Ok(())
+}
+
 fn put_disk_node(txn: &mut Txn, put: PutDiskNode) -> Result<Object, MetaError> {
     require_cluster(txn)?;
     let spec = put.spec.unwrap_or_default();
@@ -81,6 +101,13 @@ fn put_disk_node(txn: &mut Txn, put: PutDiskNode) -> Result<Object, MetaError> {
             )))
         }
         Some(mut node) => {
+            online_elsewhere(
+                "disk node",
+                &node.name,
+                node.state,
+                &node.address,
+                &spec.address,
+            )?;
             let allocated_end = node
                 .extents
                 .iter()
@@ -130,6 +157,13 @@ fn put_controller_node(txn: &mut Txn, put: PutControllerNode) -> Result<Object, 
             )))
         }
         Some(mut node) => {
+            online_elsewhere(
+                "controller node",
+                &node.name,
+                node.state,
+                &node.address,
+                &spec.address,
+            )?;
             node.address = spec.address;
             node.state = NodeState::Online as i32;
             node

@@ -391,3 +391,45 @@ fn registering_without_a_failure_domain_keeps_the_recorded_one() {
     f.ok(put("rack2", true));
     assert_eq!(domain(&f), "rack2");
 }
+
+/// Two nodes registering one name: the second, at another address, is
+/// refused while the first is online, and registers once it is offline.
+#[test]
+fn a_name_online_at_another_address_is_not_registered_again() {
+    use crate::proto::{NodeKind, NodeState};
+    let mut f = Fixture::new(100);
+    f.ok(cluster());
+    let put = |address: &str| {
+        command::Kind::PutDiskNode(PutDiskNode {
+            spec: Some(DiskNodeSpec {
+                name: "d1".into(),
+                address: address.into(),
+                capacity_bytes: 10 << 30,
+                failure_domain: String::new(),
+            }),
+            upsert: true,
+        })
+    };
+    let address = |f: &Fixture| {
+        let node = f.sm.reader().get(ObjectKind::DiskNode, "d1").expect("read");
+        node.and_then(DiskNode::from_object)
+            .expect("disk node")
+            .address
+    };
+    f.ok(put("tcp:10.0.0.1:4420"));
+    f.ok(put("tcp:10.0.0.1:4420"));
+    let err = f.rejected(put("tcp:10.0.0.2:4420"));
+    assert!(
+        matches!(&err, MetaError::FailedPrecondition(m) if m.contains("online at tcp:10.0.0.1:4420")),
+        "{err:?}"
+    );
+    assert_eq!(address(&f), "tcp:10.0.0.1:4420");
+    f.ok(command::Kind::SetNodeState(crate::peer::SetNodeState {
+        kind: NodeKind::Disk as i32,
+        name: "d1".into(),
+        state: NodeState::Offline as i32,
+        address: String::new(),
+    }));
+    f.ok(put("tcp:10.0.0.2:4420"));
+    assert_eq!(address(&f), "tcp:10.0.0.2:4420");
+}
