@@ -16,6 +16,16 @@
 //!   10 min), until it is back in sync; a re-add that again finds no
 //!   space parks it again. Members that failed otherwise stay out until
 //!   someone re-adds or replaces them, as in md.
+//! * A write whose caller stops waiting for it (its future dropped: a
+//!   host's connection torn down) may have reached one member and not
+//!   another, or failed on a member that then stays: its range is copied
+//!   from an in-sync member to the others in the background, and no
+//!   bitmap bit is cleared until that is done (see `abandoned.rs`).
+//! * A write is acknowledged only once every member drop made before it
+//!   has been recorded on the superblocks (as md holds writes while a
+//!   superblock change is pending): a write that went to fewer members
+//!   than the superblocks say are in sync would otherwise be overwritten
+//!   by the next open's resync from another member.
 //! * Reads go round-robin to in-sync members; a failed read drops that
 //!   member and is retried on the next one (into a fresh buffer).
 //! * The write-intent bitmap (see `bitmap.rs`) limits resync after a member
@@ -41,6 +51,7 @@
 //! one in-sync member (there is no "clean shutdown" flag: leftover bits only
 //! cost a bounded copy). The array size is fixed at creation.
 
+mod abandoned;
 mod bitmap;
 mod resync;
 pub mod superblock;
@@ -48,7 +59,7 @@ pub mod superblock;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as SyncMutex, RwLock as SyncRwLock};
+use std::sync::{Arc, Mutex as SyncMutex, OnceLock, RwLock as SyncRwLock, Weak};
 use std::task::Poll;
 
 use async_trait::async_trait;
@@ -62,6 +73,7 @@ use crate::buf;
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 use crate::gate::{Gate, Pass};
 
+use abandoned::Unsettled;
 use bitmap::{InFlight, WriteIntent};
 pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES, READD_FIRST, READD_MAX};
 use superblock::{read_newest, Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
@@ -198,6 +210,16 @@ pub struct Raid1 {
     /// Whether this open assembled a new array from a stale member
     /// ([`Raid1OpenOptions::assemble_stale`] taking effect).
     assembled_stale: bool,
+    /// Members dropped from the live set (under `meta`) since the last
+    /// superblock commit: writes wait for that commit before they are
+    /// acknowledged.
+    uncommitted_drops: AtomicU64,
+    /// Writes given up by their callers whose range is still being made
+    /// the same on every member ([`abandoned`]): no bitmap bit is cleared
+    /// meanwhile.
+    repairs_pending: AtomicU64,
+    /// This array, for the repair tasks of writes given up.
+    me: OnceLock<Weak<Raid1>>,
 }
 
 /// A device's identity while this process holds it.
@@ -350,11 +372,16 @@ impl Raid1 {
     async fn clear_quiet_regions(&self, meta: &mut MetaState, passes: u64) -> BlockResult<()> {
         if self.degraded.load(Ordering::SeqCst)
             || self.clearing_passes.load(Ordering::SeqCst) != passes
+            || self.repairs_pending.load(Ordering::SeqCst) != 0
         {
             return Ok(());
         }
-        self.clearing_passes.fetch_add(1, Ordering::SeqCst);
+        // Counted once the scan is done: a flush that reads the new count
+        // starts its member flushes after every write this scan took as
+        // flushed had completed (counted before, a flush starting during
+        // the scan could clear a region whose last write it never covered).
         let blocks = self.intent.clear_quiet();
+        self.clearing_passes.fetch_add(1, Ordering::SeqCst);
         if !blocks.is_empty() {
             self.write_bitmap(meta, &blocks, &[], false).await?;
         }
@@ -420,7 +447,7 @@ impl Raid1 {
             raid.commit_meta(&mut meta).await?;
         }
         info!(uuid = %uuid::Uuid::from_bytes(raid.array_uuid), blocks = geo.data_blocks, "raid1 created");
-        Ok(Arc::new(raid))
+        Ok(raid.into_arc())
     }
 
     /// Open an existing array from the member devices found (any order,
@@ -610,7 +637,28 @@ impl Raid1 {
         }
         let st = raid.status().await;
         info!(uuid = %uuid::Uuid::from_bytes(raid.array_uuid), members = ?st.members, dirty = st.dirty_regions, "raid1 opened");
-        Ok(Arc::new(raid))
+        Ok(raid.into_arc())
+    }
+
+    /// The array shared, knowing itself (for [`abandoned`]'s repairs).
+    fn into_arc(self) -> Arc<Raid1> {
+        let raid = Arc::new(self);
+        let _ = raid.me.set(Arc::downgrade(&raid));
+        raid
+    }
+
+    /// Waits until every member drop made so far is on the superblocks,
+    /// committing them itself if the commit that should have did not run
+    /// to its end (its caller gave up).
+    async fn drops_committed(&self) -> BlockResult<()> {
+        if self.uncommitted_drops.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let mut meta = self.meta.lock().await;
+        if self.uncommitted_drops.load(Ordering::SeqCst) != 0 {
+            self.commit_meta(&mut meta).await?;
+        }
+        Ok(())
     }
 
     fn assemble(
@@ -640,6 +688,9 @@ impl Raid1 {
             clearing_passes: AtomicU64::new(0),
             departed_writes: SyncMutex::new(Vec::new()),
             assembled_stale: false,
+            uncommitted_drops: AtomicU64::new(0),
+            repairs_pending: AtomicU64::new(0),
+            me: OnceLock::new(),
         };
         raid.set_members(members);
         raid
@@ -847,6 +898,7 @@ impl Raid1 {
             }
         }
         meta.events += 1;
+        self.uncommitted_drops.fetch_add(1, Ordering::SeqCst);
         self.degraded.store(true, Ordering::SeqCst);
         true
     }
@@ -1067,6 +1119,9 @@ impl Raid1 {
                 .map(|(m, _)| m.slot)
                 .collect();
             if failed.is_empty() {
+                // Every drop so far was made under `meta`, which the
+                // caller holds: this commit recorded all of them.
+                self.uncommitted_drops.store(0, Ordering::SeqCst);
                 self.update_degraded(meta);
                 return Ok(());
             }
@@ -1197,8 +1252,11 @@ impl Raid1 {
         let _locks = self.lock_regions(first, last).await;
         let live = self.live();
         let at = lba + self.geo.data_offset;
+        let unsettled = Unsettled::new(self, lba, blocks);
         let results = join_all(live.iter().map(|m| op.start(&m.dev, at))).await;
-        self.settle(&live, results).await
+        let result = self.settle(&live, results).await;
+        unsettled.settled();
+        result
     }
 
     /// The outcome of a write from each member's result (in `live` order):
@@ -1216,7 +1274,7 @@ impl Raid1 {
                 .await?;
         }
         if ok {
-            Ok(())
+            self.drops_committed().await
         } else {
             Err(BlockError::Offline("raid1: no in-sync member".into()))
         }
@@ -1278,6 +1336,42 @@ impl Raid1 {
     }
 }
 
+impl Raid1 {
+    /// A write. The steady state of a two-way mirror is handled here,
+    /// without a nested future; everything else goes the general (boxed)
+    /// way.
+    async fn write_now(&self, lba: u64, blocks: u64, data: Bytes) -> BlockResult<()> {
+        if let Some(admitted) = (blocks > 0)
+            .then(|| {
+                let (first, last) = (lba, lba + blocks - 1);
+                self.admit_now(self.geo.region_of(first), self.geo.region_of(last))
+            })
+            .flatten()
+        {
+            let live = self.live();
+            if let [a, b] = &live[..] {
+                let at = lba + self.geo.data_offset;
+                let unsettled = Unsettled::new(self, lba, blocks);
+                let (ra, rb) = join2(
+                    a.dev.as_ref().write(at, data.clone()),
+                    b.dev.as_ref().write(at, data),
+                )
+                .await;
+                if ra.is_ok() && rb.is_ok() && (a.recovering.is_none() || b.recovering.is_none()) {
+                    unsettled.settled();
+                    return self.drops_committed().await;
+                }
+                let result = Box::pin(self.settle(&live, vec![ra, rb])).await;
+                unsettled.settled();
+                return result;
+            }
+            // Not a two-way mirror: let go before the general path waits.
+            drop(admitted);
+        }
+        Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
+    }
+}
+
 #[async_trait]
 impl BlockDevice for Raid1 {
     fn block_size(&self) -> u32 {
@@ -1308,32 +1402,7 @@ impl BlockDevice for Raid1 {
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
-        // The steady state of a two-way mirror is handled here, without a
-        // nested future; everything else goes the general (boxed) way.
-        if let Some(admitted) = (blocks > 0)
-            .then(|| {
-                let (first, last) = (lba, lba + blocks - 1);
-                self.admit_now(self.geo.region_of(first), self.geo.region_of(last))
-            })
-            .flatten()
-        {
-            let live = self.live();
-            if let [a, b] = &live[..] {
-                let at = lba + self.geo.data_offset;
-                let (ra, rb) = join2(
-                    a.dev.as_ref().write(at, data.clone()),
-                    b.dev.as_ref().write(at, data),
-                )
-                .await;
-                if ra.is_ok() && rb.is_ok() && (a.recovering.is_none() || b.recovering.is_none()) {
-                    return Ok(());
-                }
-                return Box::pin(self.settle(&live, vec![ra, rb])).await;
-            }
-            // Not a two-way mirror: let go before the general path waits.
-            drop(admitted);
-        }
-        Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
+        self.write_now(lba, blocks, data).await
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
@@ -1361,3 +1430,5 @@ impl BlockDevice for Raid1 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_races;

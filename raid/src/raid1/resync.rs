@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Member, Raid1, SlotState};
 use crate::buf;
@@ -38,6 +38,11 @@ pub const RESYNC_IO: u64 = 1 << 20;
 pub const READD_FIRST: Duration = Duration::from_secs(30);
 /// Longest delay between two such re-adds.
 pub const READD_MAX: Duration = Duration::from_secs(600);
+/// After a failed pass (a read error on the source, say), the background
+/// resync tries again after this long, then twice as long each time.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two failed passes.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Default bytes a rebuild copies between two checkpoints.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 1 << 30;
 
@@ -105,7 +110,11 @@ impl Raid1 {
     /// recovering, sleeping in between; members that left for lack of
     /// space are re-added after [`READD_FIRST`], then after twice as long
     /// each time (at most [`READD_MAX`]) while the array stays degraded. A
-    /// failed pass ends the task; a stopped one leaves a checkpoint behind.
+    /// failed pass is logged and tried again after [`RETRY_FIRST`], then
+    /// after twice as long each time (at most [`RETRY_MAX`]), or at once
+    /// when a member joins: the task ends only when stopped, so one read
+    /// error does not leave the array without redundancy until a restart.
+    /// A stopped pass leaves a checkpoint behind.
     pub fn start_resync(self: &Arc<Self>, limit: RateLimit) -> BackgroundTask {
         self.start_resync_with(limit, READD_FIRST)
     }
@@ -119,10 +128,25 @@ impl Raid1 {
         let raid = self.clone();
         BackgroundTask::spawn(move |mut stop| async move {
             let mut readd_after = readd_first;
+            let mut retry_after = RETRY_FIRST;
             while !stop.is_stopped() {
                 let wake = raid.wake_resync.notified();
-                if raid.resync_pass(&limit, &mut stop).await? {
-                    continue;
+                match raid.resync_pass(&limit, &mut stop).await {
+                    Ok(true) => {
+                        retry_after = RETRY_FIRST;
+                        continue;
+                    }
+                    Ok(false) => retry_after = RETRY_FIRST,
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?retry_after, "raid1 resync pass failed; it is tried again");
+                        tokio::select! {
+                            _ = wake => {}
+                            _ = stop.stopped() => {}
+                            _ = tokio::time::sleep(retry_after) => {}
+                        }
+                        retry_after = (retry_after * 2).min(RETRY_MAX);
+                        continue;
+                    }
                 }
                 if !raid.degraded.load(Ordering::SeqCst) {
                     readd_after = readd_first;

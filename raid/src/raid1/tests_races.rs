@@ -1,0 +1,231 @@
+//! Interleavings found by an adversarial review: writes whose callers stop
+//! waiting, a write acknowledged while a member's drop is not yet on the
+//! superblocks, and a resync pass that fails.
+
+use std::time::Duration;
+
+use super::*;
+use crate::fault::FaultDevice;
+use crate::task::RateLimit;
+use crate::MemoryDevice;
+
+const MB: u64 = 1 << 20;
+
+fn opts() -> Raid1Options {
+    Raid1Options {
+        region_bytes: 256 << 10,
+        ..Default::default()
+    }
+}
+
+fn block(v: u8) -> Bytes {
+    Bytes::from(vec![v; 4096])
+}
+
+fn memory() -> DeviceRef {
+    Arc::new(MemoryDevice::new(8 * MB, 4096))
+}
+
+/// A memory device whose writes can be made to fail slowly, whose reads
+/// can be made to fail, and whose writes below a block can be held.
+struct Controlled {
+    inner: DeviceRef,
+    fail_writes: AtomicBool,
+    fail_reads: AtomicBool,
+    hold_below: AtomicU64,
+    release: Notify,
+}
+
+impl Controlled {
+    fn new(inner: DeviceRef) -> Arc<Controlled> {
+        Arc::new(Controlled {
+            inner,
+            fail_writes: AtomicBool::new(false),
+            fail_reads: AtomicBool::new(false),
+            hold_below: AtomicU64::new(0),
+            release: Notify::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl BlockDevice for Controlled {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(BlockError::Medium("injected read error".into()));
+        }
+        self.inner.read(lba, buf).await
+    }
+    async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Err(BlockError::Medium("injected write error".into()));
+        }
+        if lba < self.hold_below.load(Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+        self.inner.write(lba, data).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        self.inner.flush().await
+    }
+    async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        self.inner.write_zeroes(lba, blocks).await
+    }
+    async fn discard(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        self.inner.discard(lba, blocks).await
+    }
+}
+
+/// Reads block `lba` four times (round-robin over the in-sync members).
+async fn four_reads(raid: &Raid1, lba: u64) -> Vec<u8> {
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(raid.read(lba, buf::alloc(4096)).await.unwrap()[0]);
+    }
+    seen
+}
+
+/// Waits until the repairs of writes given up are done.
+async fn repaired(raid: &Raid1) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while raid.repairs_pending.load(Ordering::SeqCst) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "repair not done");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A write whose caller stops waiting while one member is slow to fail
+/// it: its range is copied to that member, which fails again and leaves;
+/// the members never disagree on a block the array calls in sync.
+#[tokio::test]
+async fn a_write_its_caller_gave_up_on_still_drops_the_member_that_failed_it() {
+    let b = Controlled::new(memory());
+    let raid = Raid1::create(vec![memory(), b.clone() as DeviceRef], &opts())
+        .await
+        .unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    raid.flush().await.unwrap();
+    b.fail_writes.store(true, Ordering::SeqCst);
+    let w = tokio::time::timeout(Duration::from_millis(50), raid.write(5, block(2))).await;
+    assert!(w.is_err(), "the caller gave up");
+    // No bit is cleared while the repair runs.
+    for _ in 0..3 {
+        raid.flush().await.unwrap();
+    }
+    assert!(raid.intent.dirty.get(0), "region 0 clean before its repair");
+    repaired(&raid).await;
+    b.fail_writes.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        raid.flush().await.unwrap();
+    }
+    let seen = four_reads(&raid, 5).await;
+    let st = raid.status().await;
+    assert!(seen.iter().all(|&v| v == 2), "{seen:?}; {st:?}");
+    assert!(st.degraded, "the member that failed the write left: {st:?}");
+}
+
+/// The same when the caller gives up while the write waits to record the
+/// failed member's drop, and that member works again by the time of the
+/// repair: the members end up the same, whichever content they keep.
+#[tokio::test]
+async fn a_write_given_up_while_recording_a_drop_leaves_the_members_the_same() {
+    let b = Arc::new(FaultDevice::new(memory()));
+    let raid = Raid1::create(vec![memory(), b.clone() as DeviceRef], &opts())
+        .await
+        .unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    raid.flush().await.unwrap();
+    let meta = raid.meta.lock().await;
+    b.fail_after_writes(0);
+    let w = tokio::time::timeout(Duration::from_millis(50), raid.write(5, block(2))).await;
+    assert!(w.is_err(), "the caller gave up");
+    drop(meta);
+    b.set_failed(false);
+    repaired(&raid).await;
+    for _ in 0..3 {
+        raid.flush().await.unwrap();
+    }
+    let seen = four_reads(&raid, 5).await;
+    let st = raid.status().await;
+    assert!(seen.iter().all(|&v| v == seen[0]), "{seen:?}; {st:?}");
+}
+
+/// A write that went only to the members left after a drop is not
+/// acknowledged until the drop is on the superblocks: acknowledged, it
+/// survives a crash (the next open does not resync over it from the
+/// member that left).
+#[tokio::test]
+async fn a_write_is_acknowledged_only_once_an_earlier_drop_is_recorded() {
+    let (b_mem, a_mem) = (memory(), memory());
+    let b = Arc::new(FaultDevice::new(b_mem.clone()));
+    let a = Controlled::new(a_mem.clone());
+    let raid = Raid1::create(
+        vec![b.clone() as DeviceRef, a.clone() as DeviceRef],
+        &opts(),
+    )
+    .await
+    .unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    raid.flush().await.unwrap();
+    // A's superblock write (the drop's commit) hangs until released.
+    a.hold_below.store(raid.data_offset(), Ordering::SeqCst);
+    b.fail_after_writes(0);
+    let r = raid.clone();
+    let w1 = tokio::spawn(async move { r.write(6, block(9)).await });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!w1.is_finished(), "it waits for the drop's commit");
+    let r = raid.clone();
+    let w2 = tokio::spawn(async move { r.write(5, block(2)).await });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !w2.is_finished(),
+        "not acknowledged before the drop is recorded"
+    );
+    a.hold_below.store(0, Ordering::SeqCst);
+    a.release.notify_waiters();
+    w1.await.unwrap().unwrap();
+    w2.await.unwrap().unwrap();
+    // The process dies (no close), the disks stay as they are.
+    drop(raid);
+    let again = Raid1::open(vec![b_mem, a_mem]).await.unwrap();
+    again.resync_now(&RateLimit::default()).await.unwrap();
+    let got = again.read(5, buf::alloc(4096)).await.unwrap()[0];
+    assert_eq!(got, 2, "an acknowledged write was lost");
+}
+
+/// A read error on the only in-sync member fails that resync pass, not
+/// the resync: a later pass brings the returning member back.
+#[tokio::test]
+async fn a_failed_resync_pass_is_tried_again() {
+    let a = Controlled::new(memory());
+    let b: DeviceRef = Arc::new(FaultDevice::new(memory()));
+    let raid = Raid1::create(vec![a.clone() as DeviceRef, b.clone()], &opts())
+        .await
+        .unwrap();
+    let task = raid.start_resync_with(RateLimit::default(), Duration::from_millis(20));
+    raid.fail_member(1).await.unwrap();
+    raid.write(5, block(7)).await.unwrap();
+    a.fail_reads.store(true, Ordering::SeqCst);
+    raid.readd_member(b.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.fail_reads.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut st = raid.status().await;
+    while st.degraded && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        st = raid.status().await;
+    }
+    assert!(!st.degraded, "the member stays {:?}", st.members);
+    task.stop().await.unwrap();
+}
