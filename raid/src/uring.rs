@@ -49,7 +49,8 @@ struct Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
-    closed: Notify,
+    /// Wakes the reaper: the ring was closed, or a submit failed.
+    wake: Notify,
     is_closed: std::sync::atomic::AtomicBool,
 }
 
@@ -82,7 +83,7 @@ impl Ring {
                 ops: Slab::new(),
                 backlog: VecDeque::new(),
             }),
-            closed: Notify::new(),
+            wake: Notify::new(),
             is_closed: std::sync::atomic::AtomicBool::new(false),
         });
         let owner = RingFd {
@@ -98,12 +99,16 @@ impl Ring {
         Ok(Ring { shared })
     }
 
+    /// Queue an operation and submit the queue. An entry, once queued,
+    /// may reach the kernel with any later submit, so its op (and the
+    /// memory it names) stays until its completion is reaped even when
+    /// this submit fails: the reaper submits again (see [`reap`]).
     fn submit(
         &self,
         keep: Keep,
         file: &Arc<File>,
         make: impl FnOnce(&mut Keep) -> squeue::Entry,
-    ) -> io::Result<oneshot::Receiver<Done>> {
+    ) -> oneshot::Receiver<Done> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.shared.lock();
         let key = inner.ops.insert(Op {
@@ -123,12 +128,10 @@ impl Ring {
             inner.backlog.push_back(entry);
         }
         if let Err(e) = inner.ring.submit() {
-            if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EAGAIN) {
-                inner.ops.remove(key);
-                return Err(e);
-            }
+            tracing::debug!(error = %e, "io_uring submit failed; the reaper submits again");
+            self.shared.wake.notify_one();
         }
-        Ok(rx)
+        rx
     }
 
     async fn wait(rx: oneshot::Receiver<Done>) -> io::Result<Done> {
@@ -160,7 +163,7 @@ impl Ring {
                 opcode::Read::new(fd, ptr, (len - at) as u32)
                     .offset(offset + at as u64)
                     .build()
-            })?;
+            });
             let done = Self::wait(rx).await?;
             buf = done
                 .buf
@@ -187,7 +190,7 @@ impl Ring {
                 opcode::Write::new(fd, b.as_ptr(), b.len() as u32)
                     .offset(offset + written as u64)
                     .build()
-            })?;
+            });
             let done = Self::wait(rx).await?;
             if done.result == 0 {
                 return Err(io::Error::new(
@@ -207,7 +210,7 @@ impl Ring {
             opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
-        })?;
+        });
         Self::wait(rx).await.map(|_| ())
     }
 
@@ -225,7 +228,7 @@ impl Ring {
                 .offset(offset)
                 .mode(mode)
                 .build()
-        })?;
+        });
         Self::wait(rx).await.map(|_| ())
     }
 }
@@ -235,7 +238,7 @@ impl Drop for Ring {
         self.shared
             .is_closed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.shared.closed.notify_one();
+        self.shared.wake.notify_one();
     }
 }
 
@@ -244,9 +247,10 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Complete every posted operation and submit the backlog; true when the
-    /// ring is closed and nothing is in flight any more.
-    fn drain(&self) -> bool {
+    /// Complete every posted operation and submit the backlog: whether the
+    /// ring is closed with nothing in flight any more, and whether the
+    /// submit failed (to be tried again).
+    fn drain(&self) -> (bool, bool) {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let completed: Vec<(u64, i32)> = inner
@@ -275,14 +279,25 @@ impl Shared {
                 break;
             }
         }
-        if let Err(e) = inner.ring.submit() {
-            tracing::warn!(error = %e, "io_uring submit of the backlog failed; retrying on next completion");
-        }
-        self.is_closed.load(std::sync::atomic::Ordering::Acquire) && inner.ops.is_empty()
+        let failed = match inner.ring.submit() {
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "io_uring submit failed; trying again");
+                true
+            }
+        };
+        let done =
+            self.is_closed.load(std::sync::atomic::Ordering::Acquire) && inner.ops.is_empty();
+        (done, failed)
     }
 }
 
+/// How soon the reaper submits again after a failed submit (the kernel
+/// short of memory or of room for completions: passing conditions).
+const RESUBMIT_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
 async fn reap(shared: Arc<Shared>, fd: AsyncFd<RingFd>) {
+    let mut resubmit = false;
     loop {
         tokio::select! {
             ready = fd.readable() => match ready {
@@ -292,10 +307,13 @@ async fn reap(shared: Arc<Shared>, fd: AsyncFd<RingFd>) {
                     return;
                 }
             },
-            _ = shared.closed.notified() => {}
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(RESUBMIT_AFTER), if resubmit => {}
         }
-        if shared.drain() {
+        let (done, failed) = shared.drain();
+        if done {
             return;
         }
+        resubmit = failed;
     }
 }
