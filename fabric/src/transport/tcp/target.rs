@@ -321,14 +321,24 @@ impl Connection {
         };
         // Release the queue (outstanding AERs end), then let commands already
         // accepted finish so their writes land before the connection is gone;
-        // their responses still go out if the socket is alive.
+        // their responses still go out if the socket is alive. Commands
+        // still running after DRAIN_TIMEOUT go on in the background, as over
+        // RDMA: a backend's write is never cut off half done (a mirror's
+        // members would disagree).
         self.queue.close();
         let drain = async {
             while let Some(resp) = inflight.next().await {
                 let _ = self.tx.send(Out::Response(resp));
             }
         };
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::error!(
+                qid = ?self.queue.qid(),
+                commands = inflight.len(),
+                "commands of a closed connection did not finish; they go on in the background"
+            );
+            tokio::spawn(async move { while inflight.next().await.is_some() {} });
+        }
         reason
     }
 
