@@ -162,9 +162,10 @@ pub struct DiskNodeArgs {
     /// Usable capacity of its device (e.g. 2T).
     #[arg(long, value_parser = parse_positive_size)]
     pub capacity: u64,
-    /// Failure-domain tag (rack, power feed).
-    #[arg(long, default_value = "")]
-    pub failure_domain: String,
+    /// Failure-domain tag (rack, power feed) [default: none; `register`
+    /// without it keeps the tag recorded].
+    #[arg(long)]
+    pub failure_domain: Option<String>,
 }
 
 /// A controller node's description.

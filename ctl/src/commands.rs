@@ -137,7 +137,7 @@ async fn disk_node(
         name: a.name,
         address: a.address,
         capacity_bytes: a.capacity,
-        failure_domain: a.failure_domain,
+        failure_domain: a.failure_domain.unwrap_or_default(),
     };
     match cmd {
         NodeCmd::Create(a) => print_one(&client.create_disk_node(spec(a)).await?, json),
