@@ -116,20 +116,37 @@ impl WriteIntent {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl WriteIntent {
+    /// End a write on regions `first..=last` (what dropping its
+    /// [`InFlight`] does; for one that was [`InFlight::detach`]ed).
     #[inline]
-    fn drop(&mut self) {
-        let mut r = self.first;
+    pub fn end(&self, first: u64, last: u64) {
+        let mut r = first;
         loop {
-            self.wi.touch(r);
-            if let Some(c) = self.wi.inflight.get(r as usize) {
+            self.touch(r);
+            if let Some(c) = self.inflight.get(r as usize) {
                 c.fetch_sub(1, Ordering::SeqCst);
             }
-            if r >= self.last {
+            if r >= last {
                 break;
             }
             r += 1;
         }
+    }
+}
+
+impl InFlight<'_> {
+    /// Keep the write in flight without this guard: whoever holds it now
+    /// ends it with [`WriteIntent::end`].
+    pub fn detach(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.wi.end(self.first, self.last);
     }
 }
 

@@ -17,10 +17,9 @@
 //!   space parks it again. Members that failed otherwise stay out until
 //!   someone re-adds or replaces them, as in md.
 //! * A write whose caller stops waiting for it (its future dropped: a
-//!   host's connection torn down) may have reached one member and not
-//!   another, or failed on a member that then stays: its range is copied
-//!   from an in-sync member to the others in the background, and no
-//!   bitmap bit is cleared until that is done (see `abandoned.rs`).
+//!   host's connection torn down) is finished in the background, holding
+//!   its region locks and in-flight marks until every member answered and
+//!   the members that failed it are dropped (see `abandoned.rs`).
 //! * A write is acknowledged only once every member drop made before it
 //!   has been recorded on the superblocks (as md holds writes while a
 //!   superblock change is pending): a write that went to fewer members
@@ -73,7 +72,7 @@ use crate::buf;
 use crate::device::{check_io, check_range, BlockDevice, BlockError, BlockResult, DeviceRef};
 use crate::gate::{Gate, Pass};
 
-use abandoned::Unsettled;
+use abandoned::{MemberResults, MemberWrites, Unsettled};
 use bitmap::{InFlight, WriteIntent};
 pub use resync::{ResyncProgress, DEFAULT_CHECKPOINT_BYTES, READD_FIRST, READD_MAX};
 use superblock::{read_newest, Geometry, Slot, SlotState, Superblock, MAX_MEMBERS, SB_BYTES};
@@ -214,11 +213,11 @@ pub struct Raid1 {
     /// superblock commit: writes wait for that commit before they are
     /// acknowledged.
     uncommitted_drops: AtomicU64,
-    /// Writes given up by their callers whose range is still being made
-    /// the same on every member ([`abandoned`]): no bitmap bit is cleared
-    /// meanwhile.
-    repairs_pending: AtomicU64,
-    /// This array, for the repair tasks of writes given up.
+    /// Writes given up by their callers still being finished in the
+    /// background (see `abandoned.rs`), and their end.
+    background: AtomicU64,
+    background_done: Notify,
+    /// This array, for the tasks that finish writes given up.
     me: OnceLock<Weak<Raid1>>,
 }
 
@@ -227,10 +226,31 @@ fn device_key(dev: &DeviceRef) -> usize {
     Arc::as_ptr(dev) as *const () as usize
 }
 
-/// Held region locks (no allocation for the common single-region case).
+/// Held region locks, with their stripes (no allocation for the common
+/// single-region case).
 enum RegionGuards<'a> {
-    One(#[allow(dead_code)] Pass<'a>),
-    Many(#[allow(dead_code)] Vec<Pass<'a>>),
+    One(usize, Pass<'a>),
+    Many(Vec<(usize, Pass<'a>)>),
+}
+
+impl RegionGuards<'_> {
+    /// Keep the passes without this guard (see [`Pass::detach`]); returns
+    /// the stripes to leave.
+    fn detach(self) -> Vec<usize> {
+        match self {
+            RegionGuards::One(s, pass) => {
+                pass.detach();
+                vec![s]
+            }
+            RegionGuards::Many(passes) => passes
+                .into_iter()
+                .map(|(s, pass)| {
+                    pass.detach();
+                    s
+                })
+                .collect(),
+        }
+    }
 }
 
 enum Op {
@@ -344,6 +364,15 @@ impl Raid1 {
     /// exits right after a member left would otherwise leave it believing
     /// itself in sync.
     pub async fn close(&self) -> BlockResult<()> {
+        if tokio::time::timeout(DEPARTED_WRITE_WAIT, self.background_writes_done())
+            .await
+            .is_err()
+        {
+            warn!(
+                "raid1 close: writes given up by their callers did not finish within {:?}",
+                DEPARTED_WRITE_WAIT
+            );
+        }
         // A failing flush is what makes a member leave: wait for it to be
         // told either way.
         let flushed = match self.flush().await {
@@ -372,7 +401,6 @@ impl Raid1 {
     async fn clear_quiet_regions(&self, meta: &mut MetaState, passes: u64) -> BlockResult<()> {
         if self.degraded.load(Ordering::SeqCst)
             || self.clearing_passes.load(Ordering::SeqCst) != passes
-            || self.repairs_pending.load(Ordering::SeqCst) != 0
         {
             return Ok(());
         }
@@ -640,11 +668,24 @@ impl Raid1 {
         Ok(raid.into_arc())
     }
 
-    /// The array shared, knowing itself (for [`abandoned`]'s repairs).
+    /// The array shared, knowing itself (for the tasks of `abandoned.rs`).
     fn into_arc(self) -> Arc<Raid1> {
         let raid = Arc::new(self);
         let _ = raid.me.set(Arc::downgrade(&raid));
         raid
+    }
+
+    /// Waits until no write given up by its caller is still being finished.
+    async fn background_writes_done(&self) {
+        loop {
+            let done = self.background_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.background.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 
     /// Waits until every member drop made so far is on the superblocks,
@@ -689,7 +730,8 @@ impl Raid1 {
             departed_writes: SyncMutex::new(Vec::new()),
             assembled_stale: false,
             uncommitted_drops: AtomicU64::new(0),
-            repairs_pending: AtomicU64::new(0),
+            background: AtomicU64::new(0),
+            background_done: Notify::new(),
             me: OnceLock::new(),
         };
         raid.set_members(members);
@@ -891,6 +933,9 @@ impl Raid1 {
             return false;
         }
         warn!(slot, why, "raid1 member dropped; array degraded");
+        // Counted before the smaller set is seen: a write to it must find
+        // the drop pending (`drops_committed`).
+        self.uncommitted_drops.fetch_add(1, Ordering::SeqCst);
         self.set_members(live.iter().filter(|m| m.slot != slot).cloned().collect());
         if let Some(s) = meta.slots.get_mut(slot) {
             if s.state == SlotState::InSync {
@@ -898,7 +943,6 @@ impl Raid1 {
             }
         }
         meta.events += 1;
-        self.uncommitted_drops.fetch_add(1, Ordering::SeqCst);
         self.degraded.store(true, Ordering::SeqCst);
         true
     }
@@ -1206,7 +1250,8 @@ impl Raid1 {
     /// Shared locks on the stripes of regions `first..=last`, in order.
     async fn lock_regions(&self, first: u64, last: u64) -> RegionGuards<'_> {
         if first == last {
-            return RegionGuards::One(self.locks[(first % LOCK_STRIPES) as usize].enter().await);
+            let s = (first % LOCK_STRIPES) as usize;
+            return RegionGuards::One(s, self.locks[s].enter().await);
         }
         let mut stripes: Vec<u64> = if last - first + 1 >= LOCK_STRIPES {
             (0..LOCK_STRIPES).collect()
@@ -1217,14 +1262,15 @@ impl Raid1 {
         stripes.dedup();
         let mut guards = Vec::with_capacity(stripes.len());
         for s in stripes {
-            guards.push(self.locks[s as usize].enter().await);
+            let s = s as usize;
+            guards.push((s, self.locks[s].enter().await));
         }
         RegionGuards::Many(guards)
     }
 
     /// Admit a write of regions `first..=last` without waiting, if it is
     /// the steady state: one region, already dirty, its stripe open.
-    fn admit_now(&self, first: u64, last: u64) -> Option<(InFlight<'_>, Pass<'_>)> {
+    fn admit_now(&self, first: u64, last: u64) -> Option<(InFlight<'_>, RegionGuards<'_>)> {
         if first != last {
             return None;
         }
@@ -1232,8 +1278,9 @@ impl Raid1 {
         if !self.intent.all_dirty(first, last) {
             return None;
         }
-        let pass = self.locks[(first % LOCK_STRIPES) as usize].try_enter()?;
-        Some((inflight, pass))
+        let s = (first % LOCK_STRIPES) as usize;
+        let pass = self.locks[s].try_enter()?;
+        Some((inflight, RegionGuards::One(s, pass)))
     }
 
     /// Any write, waiting as needed: bits made durable, regions locked.
@@ -1245,39 +1292,20 @@ impl Raid1 {
             self.geo.region_of(lba),
             self.geo.region_of(lba + blocks - 1),
         );
-        let _inflight = self.intent.begin(first, last);
+        let inflight = self.intent.begin(first, last);
         if !self.intent.all_dirty(first, last) {
             self.mark_dirty(first, last).await?;
         }
-        let _locks = self.lock_regions(first, last).await;
+        let locks = self.lock_regions(first, last).await;
         let live = self.live();
         let at = lba + self.geo.data_offset;
-        let unsettled = Unsettled::new(self, lba, blocks);
-        let results = join_all(live.iter().map(|m| op.start(&m.dev, at))).await;
-        let result = self.settle(&live, results).await;
-        unsettled.settled();
-        result
-    }
-
-    /// The outcome of a write from each member's result (in `live` order):
-    /// failed members are dropped; it succeeds if an in-sync member took it,
-    /// else it fails with the error of the in-sync member kept.
-    async fn settle(&self, live: &[Member], results: Vec<BlockResult<()>>) -> BlockResult<()> {
-        let ok = live
-            .iter()
-            .zip(&results)
-            .any(|(m, r)| r.is_ok() && m.recovering.is_none());
-        let failed = failures(live, results);
-        if !failed.is_empty() {
-            let mut meta = self.meta.lock().await;
-            self.drop_failed_members(&mut meta, failed, "write failed")
-                .await?;
-        }
-        if ok {
-            self.drops_committed().await
-        } else {
-            Err(BlockError::Offline("raid1: no in-sync member".into()))
-        }
+        let members = live.clone();
+        let io: MemberWrites = Box::pin(async move {
+            MemberResults::Many(join_all(members.iter().map(|m| op.start(&m.dev, at))).await)
+        });
+        let mut write = Unsettled::new(self, live, (first, last), io, inflight, locks);
+        let results = write.results().await;
+        write.settle(results).await
     }
 
     /// An in-sync member, round-robin.
@@ -1341,32 +1369,30 @@ impl Raid1 {
     /// without a nested future; everything else goes the general (boxed)
     /// way.
     async fn write_now(&self, lba: u64, blocks: u64, data: Bytes) -> BlockResult<()> {
-        if let Some(admitted) = (blocks > 0)
-            .then(|| {
-                let (first, last) = (lba, lba + blocks - 1);
-                self.admit_now(self.geo.region_of(first), self.geo.region_of(last))
-            })
+        let region = self.geo.region_of(lba);
+        if let Some((inflight, locks)) = (blocks > 0)
+            .then(|| self.admit_now(region, self.geo.region_of(lba + blocks - 1)))
             .flatten()
         {
             let live = self.live();
-            if let [a, b] = &live[..] {
+            if live.len() == 2 {
                 let at = lba + self.geo.data_offset;
-                let unsettled = Unsettled::new(self, lba, blocks);
-                let (ra, rb) = join2(
-                    a.dev.as_ref().write(at, data.clone()),
-                    b.dev.as_ref().write(at, data),
-                )
-                .await;
-                if ra.is_ok() && rb.is_ok() && (a.recovering.is_none() || b.recovering.is_none()) {
-                    unsettled.settled();
-                    return self.drops_committed().await;
-                }
-                let result = Box::pin(self.settle(&live, vec![ra, rb])).await;
-                unsettled.settled();
-                return result;
+                let members = live.clone();
+                let io: MemberWrites = Box::pin(async move {
+                    let (a, b) = (&members[0], &members[1]);
+                    let (ra, rb) = join2(
+                        a.dev.as_ref().write(at, data.clone()),
+                        b.dev.as_ref().write(at, data),
+                    )
+                    .await;
+                    MemberResults::Two([ra, rb])
+                });
+                let mut write = Unsettled::new(self, live, (region, region), io, inflight, locks);
+                let results = write.results().await;
+                return write.settle(results).await;
             }
             // Not a two-way mirror: let go before the general path waits.
-            drop(admitted);
+            drop((inflight, locks));
         }
         Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
     }
