@@ -7,13 +7,12 @@
 //! per-I/O cost of raid1 and thin. The state is one counter: the number of
 //! passes in flight, with the top bit meaning "closed". A pass that finds
 //! the gate closed backs out and waits to be woken on reopen; the last pass
-//! to leave a closed gate wakes the closer. Closers queue on a semaphore
-//! of one permit (which a detached owner can hold without a guard).
+//! to leave a closed gate wakes the closer. Closers queue on a mutex.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
 const CLOSED: u64 = 1 << 63;
 
@@ -22,7 +21,7 @@ pub(crate) struct Gate {
     state: AtomicU64,
     drained: Notify,
     reopened: Notify,
-    closers: Semaphore,
+    closers: Mutex<()>,
 }
 
 /// A pass through an open gate; leaving on drop.
@@ -31,7 +30,7 @@ pub(crate) struct Pass<'a>(&'a Gate);
 /// The gate closed by its holder; reopens on drop.
 pub(crate) struct Closed<'a> {
     gate: &'a Gate,
-    _one: Option<SemaphorePermit<'a>>,
+    _one: MutexGuard<'a, ()>,
 }
 
 impl Gate {
@@ -40,7 +39,7 @@ impl Gate {
             state: AtomicU64::new(0),
             drained: Notify::new(),
             reopened: Notify::new(),
-            closers: Semaphore::new(1),
+            closers: Mutex::new(()),
         }
     }
 
@@ -70,27 +69,6 @@ impl Gate {
         }
     }
 
-    /// Close the gate now, without waiting for the passes in flight, for
-    /// an owner that reopens it with [`Gate::reopen_detached`]; false
-    /// (nothing done) when another closer has it, closed or closing.
-    pub fn try_close_detached(&self) -> bool {
-        match self.closers.try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                self.state.fetch_or(CLOSED, SeqCst);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Reopen a gate closed by [`Gate::try_close_detached`].
-    pub fn reopen_detached(&self) {
-        self.state.fetch_and(!CLOSED, SeqCst);
-        self.reopened.notify_waiters();
-        self.closers.add_permits(1);
-    }
-
     /// Leave for a pass that was [`Pass::detach`]ed.
     pub fn leave_detached(&self) {
         self.leave();
@@ -104,8 +82,7 @@ impl Gate {
 
     /// Close the gate and wait until no pass is in flight.
     pub async fn close(&self) -> Closed<'_> {
-        // The semaphore is never closed, so the permit always comes.
-        let one = self.closers.acquire().await.ok();
+        let one = self.closers.lock().await;
         self.state.fetch_or(CLOSED, SeqCst);
         while self.state.load(SeqCst) & !CLOSED != 0 {
             self.drained.notified().await;

@@ -7,15 +7,21 @@
 //! member that failed it would never be dropped: the members would
 //! disagree on a range the array calls in sync, and the bitmap would go
 //! clean over it. So a write's member I/Os are one owned future, held by
-//! its [`Unsettled`] guard with the write's region locks and in-flight
-//! marks; dropped before the outcome is settled, the guard hands all of
+//! its [`Unsettled`] guard with the write's region passes and in-flight
+//! marks; dropped before every member answered, the guard hands all of
 //! them to a task that finishes the write: it waits for every member's
-//! answer, drops the members that failed, and only then lets go of the
-//! regions. Until then resync does not copy those regions, no bit of
-//! theirs is cleared, and new writes to their lock stripes wait (a host
-//! that retries the write on another path must not race the old one on
-//! some member: the two could land in different orders on two members);
-//! [`Raid1::close`] waits for such tasks.
+//! answer, drops the members that failed it, and only then lets go of
+//! the regions (until then resync does not copy them and no bit of theirs
+//! is cleared). The members that failed a write are always dropped in a
+//! task of its own, which the write waits for, so that a caller giving up
+//! then cannot leave a drop half recorded. [`Raid1::close`] waits for
+//! such tasks.
+//!
+//! Left as md leaves it: a later write to the same blocks while a given-up
+//! one is still under way may land in a different order on two members,
+//! as any two overlapping writes in flight at once may. `fabricd`'s
+//! targets never give a write up (they let a closed connection's commands
+//! finish), so this serves the library's other callers.
 //!
 //! The steady-state write pays one allocation and one reference count for
 //! this (its member futures boxed as one owned future).
@@ -38,19 +44,22 @@ pub(super) enum MemberResults {
     Many(Vec<BlockResult<()>>),
 }
 
+/// A member that failed a write: its slot, which join of it, the error.
+type Failure = (usize, u64, BlockError);
+
 impl MemberResults {
     /// Whether an in-sync member of `live` took the write, and the members
-    /// (by slot) that failed it, with their errors.
-    fn outcome(self, live: &[Member]) -> (bool, Vec<(usize, BlockError)>) {
+    /// that failed it.
+    fn outcome(self, live: &[Member]) -> (bool, Vec<Failure>) {
         fn split(
             live: &[Member],
             results: impl IntoIterator<Item = BlockResult<()>>,
-        ) -> (bool, Vec<(usize, BlockError)>) {
+        ) -> (bool, Vec<Failure>) {
             let (mut ok, mut failed) = (false, Vec::new());
             for (m, r) in live.iter().zip(results) {
                 match r {
                     Ok(()) => ok |= m.recovering.is_none(),
-                    Err(e) => failed.push((m.slot, e)),
+                    Err(e) => failed.push((m.slot, m.join_id, e)),
                 }
             }
             (ok, failed)
@@ -65,7 +74,7 @@ impl MemberResults {
 /// The member I/Os of one write, as one owned future.
 pub(super) type MemberWrites = Pin<Box<dyn Future<Output = MemberResults> + Send + 'static>>;
 
-/// A write from its first member I/O until its outcome is settled (see
+/// A write from its first member I/O until every member answered (see
 /// the module's docs).
 pub(super) struct Unsettled<'a> {
     raid: &'a Raid1,
@@ -74,15 +83,13 @@ pub(super) struct Unsettled<'a> {
     regions: (u64, u64),
     /// The member I/Os, until they have all answered.
     io: Option<MemberWrites>,
-    /// Members that failed the write, until their drop is made.
-    failed: Vec<(usize, BlockError)>,
     inflight: Option<InFlight<'a>>,
     locks: Option<RegionGuards<'a>>,
 }
 
 impl<'a> Unsettled<'a> {
     /// Starts guarding the write of regions `regions` whose member I/Os
-    /// (over `live`) are `io`, holding its in-flight marks and locks.
+    /// (over `live`) are `io`, holding its in-flight marks and passes.
     pub(super) fn new(
         raid: &'a Raid1,
         live: Arc<Live>,
@@ -96,34 +103,23 @@ impl<'a> Unsettled<'a> {
             live,
             regions,
             io: Some(io),
-            failed: Vec::new(),
             inflight: Some(inflight),
             locks: Some(locks),
         }
     }
 
-    /// Waits for every member's answer.
-    pub(super) async fn results(&mut self) -> MemberResults {
+    /// Waits for every member's answer and settles the write: the members
+    /// that failed it are dropped; it succeeds if an in-sync member took
+    /// it, once every earlier drop is on the superblocks.
+    pub(super) async fn run(mut self) -> BlockResult<()> {
         let results = match self.io.as_mut() {
             Some(io) => io.as_mut().await,
             None => MemberResults::Many(Vec::new()),
         };
         self.io = None;
-        results
-    }
-
-    /// Settles the write from its members' `results`: drops the members
-    /// that failed it; it succeeds if an in-sync member took it, once every
-    /// earlier drop is on the superblocks.
-    pub(super) async fn settle(mut self, results: MemberResults) -> BlockResult<()> {
-        let ok;
-        (ok, self.failed) = results.outcome(&self.live);
-        if !self.failed.is_empty() {
-            let mut meta = self.raid.meta.lock().await;
-            let failed = std::mem::take(&mut self.failed);
-            self.raid
-                .drop_failed_members(&mut meta, failed, "write failed")
-                .await?;
+        let (ok, failed) = results.outcome(&self.live);
+        if !failed.is_empty() {
+            self.raid.drop_failed_apart(failed).await?;
         }
         if !ok {
             return Err(BlockError::Offline("raid1: no in-sync member".into()));
@@ -134,65 +130,121 @@ impl<'a> Unsettled<'a> {
 
 impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
-        if self.io.is_none() && self.failed.is_empty() {
+        let Some(io) = self.io.take() else {
             return;
-        }
+        };
         let raid = self.raid;
         let me = raid.me.get().and_then(Weak::upgrade);
         let runtime = tokio::runtime::Handle::try_current();
         let (Some(me), Ok(runtime)) = (me, runtime) else {
-            warn!(
-                regions = ?self.regions,
-                "raid1 write given up while the array closes; its members may differ there \
-                 until the next open resyncs"
-            );
+            // The array is going away: its bits stay set (the in-flight
+            // marks are kept), so the next open resyncs these regions.
+            warn!(regions = ?self.regions, "raid1 write given up while the array closes");
+            if let Some(inflight) = self.inflight.take() {
+                inflight.detach();
+            }
             return;
         };
         debug!(regions = ?self.regions, "raid1 write given up by its caller; finished in the background");
-        // The marks and locks go to the task: kept, released by it.
-        let (first, last) = self.regions;
+        // The marks and passes go to the task, which releases them.
         if let Some(inflight) = self.inflight.take() {
             inflight.detach();
         }
-        let stripes = self.locks.take().map(RegionGuards::detach);
-        // Closed (where no resync copy has them already) so that writes
-        // that come after wait for this one.
-        let closed: Vec<usize> = stripes
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|&s| raid.locks[s].try_close_detached())
-            .collect();
-        let (io, failed, live) = (
-            self.io.take(),
-            std::mem::take(&mut self.failed),
-            self.live.clone(),
-        );
-        me.background.fetch_add(1, Ordering::SeqCst);
+        let held = Held {
+            stripes: self
+                .locks
+                .take()
+                .map(RegionGuards::detach)
+                .unwrap_or_default(),
+            regions: self.regions,
+            finished: false,
+            raid: me.clone(),
+            _counted: Background::start(me),
+        };
+        let live = self.live.clone();
         runtime.spawn(async move {
-            let failed = match io {
-                Some(io) => io.await.outcome(&live).1,
-                None => failed,
-            };
+            let mut held = held;
+            let (_, failed) = io.await.outcome(&live);
             if !failed.is_empty() {
-                let mut meta = me.meta.lock().await;
-                if let Err(e) = me
-                    .drop_failed_members(&mut meta, failed, "write failed")
-                    .await
-                {
+                if let Err(e) = held.raid.drop_failed_apart(failed).await {
                     warn!(error = %e, "raid1 write given up by its caller failed");
                 }
             }
-            me.intent.end(first, last);
-            for s in stripes.into_iter().flatten() {
-                me.locks[s].leave_detached();
-            }
-            for s in closed {
-                me.locks[s].reopen_detached();
-            }
-            if me.background.fetch_sub(1, Ordering::SeqCst) == 1 {
-                me.background_done.notify_waiters();
-            }
+            held.finished = true;
         });
+    }
+}
+
+/// What a given-up write's task holds, released when it ends, run or not.
+struct Held {
+    raid: Arc<Raid1>,
+    stripes: Vec<usize>,
+    regions: (u64, u64),
+    /// Whether every member answered: only then do the in-flight marks
+    /// end (a task cut off by a runtime shutting down keeps the bits set).
+    finished: bool,
+    _counted: Background,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let raid = &self.raid;
+        if self.finished {
+            raid.intent.end(self.regions.0, self.regions.1);
+        }
+        for &s in &self.stripes {
+            raid.locks[s].leave_detached();
+        }
+    }
+}
+
+/// A task of this module, counted while it runs (see
+/// [`Raid1::close`]).
+struct Background(Arc<Raid1>);
+
+impl Background {
+    fn start(raid: Arc<Raid1>) -> Background {
+        raid.background.fetch_add(1, Ordering::SeqCst);
+        Background(raid)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.0.background.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.background_done.notify_waiters();
+        }
+    }
+}
+
+impl Raid1 {
+    /// Drop the members that failed a write (still the same joins), in a
+    /// task of its own that this waits for: a caller giving up meanwhile
+    /// cannot leave a drop applied but not recorded, or a member that left
+    /// not told so.
+    async fn drop_failed_apart(&self, failed: Vec<Failure>) -> BlockResult<()> {
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return Err(BlockError::Offline("raid1: the array is closing".into()));
+        };
+        // Counted from here, so that `close` cannot miss a task not yet
+        // started.
+        let counted = Background::start(me.clone());
+        let record = async move {
+            let _counted = counted;
+            let mut meta = me.meta.lock().await;
+            let live = me.live();
+            let failed = failed
+                .into_iter()
+                .filter(|(slot, join, _)| {
+                    live.iter().any(|m| m.slot == *slot && m.join_id == *join)
+                })
+                .map(|(slot, _, e)| (slot, e))
+                .collect();
+            me.drop_failed_members(&mut meta, failed, "write failed")
+                .await
+        };
+        tokio::spawn(record)
+            .await
+            .map_err(|e| BlockError::Offline(format!("raid1: recording a failed member: {e}")))?
     }
 }

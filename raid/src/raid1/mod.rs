@@ -18,7 +18,7 @@
 //!   someone re-adds or replaces them, as in md.
 //! * A write whose caller stops waiting for it (its future dropped: a
 //!   host's connection torn down) is finished in the background, holding
-//!   its region locks and in-flight marks until every member answered and
+//!   its region passes and in-flight marks until every member answered and
 //!   the members that failed it are dropped (see `abandoned.rs`).
 //! * A write is acknowledged only once every member drop made before it
 //!   has been recorded on the superblocks (as md holds writes while a
@@ -1303,9 +1303,9 @@ impl Raid1 {
         let io: MemberWrites = Box::pin(async move {
             MemberResults::Many(join_all(members.iter().map(|m| op.start(&m.dev, at))).await)
         });
-        let mut write = Unsettled::new(self, live, (first, last), io, inflight, locks);
-        let results = write.results().await;
-        write.settle(results).await
+        Unsettled::new(self, live, (first, last), io, inflight, locks)
+            .run()
+            .await
     }
 
     /// An in-sync member, round-robin.
@@ -1387,9 +1387,8 @@ impl Raid1 {
                     .await;
                     MemberResults::Two([ra, rb])
                 });
-                let mut write = Unsettled::new(self, live, (region, region), io, inflight, locks);
-                let results = write.results().await;
-                return write.settle(results).await;
+                let write = Unsettled::new(self, live, (region, region), io, inflight, locks);
+                return write.run().await;
             }
             // Not a two-way mirror: let go before the general path waits.
             drop((inflight, locks));
