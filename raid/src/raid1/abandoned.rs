@@ -119,12 +119,41 @@ impl<'a> Unsettled<'a> {
         self.io = None;
         let (ok, failed) = results.outcome(&self.live);
         if !failed.is_empty() {
-            self.raid.drop_failed_apart(failed).await?;
+            // The regions stay held until the drop is made, even if this
+            // caller gives up meanwhile: the task holds them.
+            let held = self
+                .raid
+                .me
+                .get()
+                .and_then(Weak::upgrade)
+                .map(|me| self.hand_over(me, true));
+            self.raid.drop_failed_apart(failed, held).await?;
         }
         if !ok {
             return Err(BlockError::Offline("raid1: no in-sync member".into()));
         }
         self.raid.drops_committed().await
+    }
+}
+
+impl Unsettled<'_> {
+    /// The write's in-flight marks and passes, for a task to release;
+    /// `finished`: every member answered.
+    fn hand_over(&mut self, me: Arc<Raid1>, finished: bool) -> Held {
+        if let Some(inflight) = self.inflight.take() {
+            inflight.detach();
+        }
+        Held {
+            stripes: self
+                .locks
+                .take()
+                .map(RegionGuards::detach)
+                .unwrap_or_default(),
+            regions: self.regions,
+            finished,
+            raid: me.clone(),
+            _counted: Background::start(me),
+        }
     }
 }
 
@@ -147,30 +176,17 @@ impl Drop for Unsettled<'_> {
         };
         debug!(regions = ?self.regions, "raid1 write given up by its caller; finished in the background");
         // The marks and passes go to the task, which releases them.
-        if let Some(inflight) = self.inflight.take() {
-            inflight.detach();
-        }
-        let held = Held {
-            stripes: self
-                .locks
-                .take()
-                .map(RegionGuards::detach)
-                .unwrap_or_default(),
-            regions: self.regions,
-            finished: false,
-            raid: me.clone(),
-            _counted: Background::start(me),
-        };
+        let mut held = self.hand_over(me, false);
         let live = self.live.clone();
         runtime.spawn(async move {
-            let mut held = held;
             let (_, failed) = io.await.outcome(&live);
+            held.finished = true;
             if !failed.is_empty() {
-                if let Err(e) = held.raid.drop_failed_apart(failed).await {
+                let raid = held.raid.clone();
+                if let Err(e) = raid.drop_failed_apart(failed, Some(held)).await {
                     warn!(error = %e, "raid1 write given up by its caller failed");
                 }
             }
-            held.finished = true;
         });
     }
 }
@@ -221,8 +237,9 @@ impl Raid1 {
     /// Drop the members that failed a write (still the same joins), in a
     /// task of its own that this waits for: a caller giving up meanwhile
     /// cannot leave a drop applied but not recorded, or a member that left
-    /// not told so.
-    async fn drop_failed_apart(&self, failed: Vec<Failure>) -> BlockResult<()> {
+    /// not told so. `held`, the write's regions, is released once the drop
+    /// is made.
+    async fn drop_failed_apart(&self, failed: Vec<Failure>, held: Option<Held>) -> BlockResult<()> {
         let Some(me) = self.me.get().and_then(Weak::upgrade) else {
             return Err(BlockError::Offline("raid1: the array is closing".into()));
         };
@@ -231,6 +248,7 @@ impl Raid1 {
         let counted = Background::start(me.clone());
         let record = async move {
             let _counted = counted;
+            let _held = held;
             let mut meta = me.meta.lock().await;
             let live = me.live();
             let failed = failed
