@@ -15,14 +15,14 @@ fn refs(m: &[Arc<FaultDevice>]) -> Vec<DeviceRef> {
     m.iter().map(|d| d.clone() as DeviceRef).collect()
 }
 
-fn opts() -> Raid1Options {
+pub(super) fn opts() -> Raid1Options {
     Raid1Options {
         region_bytes: 256 << 10,
         ..Default::default()
     }
 }
 
-fn block(v: u8) -> Bytes {
+pub(super) fn block(v: u8) -> Bytes {
     Bytes::from(vec![v; 4096])
 }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::tests::{block, opts};
 use super::*;
 use crate::fault::FaultDevice;
 use crate::task::RateLimit;
@@ -11,29 +12,22 @@ use crate::MemoryDevice;
 
 const MB: u64 = 1 << 20;
 
-fn opts() -> Raid1Options {
-    Raid1Options {
-        region_bytes: 256 << 10,
-        ..Default::default()
-    }
-}
-
-fn block(v: u8) -> Bytes {
-    Bytes::from(vec![v; 4096])
-}
-
 fn memory() -> DeviceRef {
     Arc::new(MemoryDevice::new(8 * MB, 4096))
 }
 
 /// A memory device whose writes can be made to fail slowly, whose reads
-/// can be made to fail, and whose writes below a block can be held.
+/// can be made to fail, whose writes below a block can be held, and whose
+/// next write can be delayed and carried out apart from its future (as an
+/// io_uring op or a remote command is: dropping the future does not stop
+/// it).
 struct Controlled {
     inner: DeviceRef,
     fail_writes: AtomicBool,
     fail_reads: AtomicBool,
     hold_below: AtomicU64,
     release: Notify,
+    delay_next_ms: AtomicU64,
 }
 
 impl Controlled {
@@ -44,6 +38,7 @@ impl Controlled {
             fail_reads: AtomicBool::new(false),
             hold_below: AtomicU64::new(0),
             release: Notify::new(),
+            delay_next_ms: AtomicU64::new(0),
         })
     }
 }
@@ -70,6 +65,16 @@ impl BlockDevice for Controlled {
         if lba < self.hold_below.load(Ordering::SeqCst) {
             self.release.notified().await;
         }
+        let delay = self.delay_next_ms.swap(0, Ordering::SeqCst);
+        if delay > 0 {
+            let inner = self.inner.clone();
+            return tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                inner.write(lba, data).await
+            })
+            .await
+            .map_err(|e| BlockError::Offline(e.to_string()))?;
+        }
         self.inner.write(lba, data).await
     }
     async fn flush(&self) -> BlockResult<()> {
@@ -92,6 +97,46 @@ async fn four_reads(raid: &Raid1, lba: u64) -> Vec<u8> {
     seen
 }
 
+/// A two-way mirror over a memory device and `b`, block 5 holding 1s,
+/// flushed.
+async fn mirror_over(b: DeviceRef) -> Arc<Raid1> {
+    let raid = Raid1::create(vec![memory(), b], &opts()).await.unwrap();
+    raid.write(5, block(1)).await.unwrap();
+    raid.flush().await.unwrap();
+    raid
+}
+
+/// Gives up on writing 2s to block 5 after `after`.
+async fn give_up_writing_2(raid: &Raid1, after: Duration) {
+    let w = tokio::time::timeout(after, raid.write(5, block(2))).await;
+    assert!(w.is_err(), "the caller gave up");
+}
+
+/// After three flushes, every read of block 5 finds 2s and the member
+/// that failed the write has left.
+async fn twos_on_the_member_left(raid: &Raid1) {
+    for _ in 0..3 {
+        raid.flush().await.unwrap();
+    }
+    let seen = four_reads(raid, 5).await;
+    let st = raid.status().await;
+    assert!(seen.iter().all(|&v| v == 2), "{seen:?}; {st:?}");
+    assert!(st.degraded, "the member that failed the write left: {st:?}");
+}
+
+/// Three flushes leave region 0 dirty while its given-up write is being
+/// finished; then waits for it.
+async fn kept_dirty_until_finished(raid: &Raid1) {
+    for _ in 0..3 {
+        raid.flush().await.unwrap();
+    }
+    assert!(
+        raid.intent.dirty.get(0),
+        "region 0 clean while its write runs"
+    );
+    finished(raid).await;
+}
+
 /// Waits until the writes given up have been finished in the background.
 async fn finished(raid: &Raid1) {
     tokio::time::timeout(Duration::from_secs(10), raid.background_writes_done())
@@ -105,31 +150,12 @@ async fn finished(raid: &Raid1) {
 #[tokio::test]
 async fn a_write_its_caller_gave_up_on_still_drops_the_member_that_failed_it() {
     let b = Controlled::new(memory());
-    let raid = Raid1::create(vec![memory(), b.clone() as DeviceRef], &opts())
-        .await
-        .unwrap();
-    raid.write(5, block(1)).await.unwrap();
-    raid.flush().await.unwrap();
+    let raid = mirror_over(b.clone()).await;
     b.fail_writes.store(true, Ordering::SeqCst);
-    let w = tokio::time::timeout(Duration::from_millis(50), raid.write(5, block(2))).await;
-    assert!(w.is_err(), "the caller gave up");
-    // No bit is cleared while it is being finished.
-    for _ in 0..3 {
-        raid.flush().await.unwrap();
-    }
-    assert!(
-        raid.intent.dirty.get(0),
-        "region 0 clean while its write runs"
-    );
-    finished(&raid).await;
+    give_up_writing_2(&raid, Duration::from_millis(50)).await;
+    kept_dirty_until_finished(&raid).await;
     b.fail_writes.store(false, Ordering::SeqCst);
-    for _ in 0..3 {
-        raid.flush().await.unwrap();
-    }
-    let seen = four_reads(&raid, 5).await;
-    let st = raid.status().await;
-    assert!(seen.iter().all(|&v| v == 2), "{seen:?}; {st:?}");
-    assert!(st.degraded, "the member that failed the write left: {st:?}");
+    twos_on_the_member_left(&raid).await;
 }
 
 /// The same when the caller gives up while the write waits to record the
@@ -137,25 +163,14 @@ async fn a_write_its_caller_gave_up_on_still_drops_the_member_that_failed_it() {
 #[tokio::test]
 async fn a_write_given_up_while_recording_a_drop_still_records_it() {
     let b = Arc::new(FaultDevice::new(memory()));
-    let raid = Raid1::create(vec![memory(), b.clone() as DeviceRef], &opts())
-        .await
-        .unwrap();
-    raid.write(5, block(1)).await.unwrap();
-    raid.flush().await.unwrap();
+    let raid = mirror_over(b.clone()).await;
     let meta = raid.meta.lock().await;
     b.fail_after_writes(0);
-    let w = tokio::time::timeout(Duration::from_millis(50), raid.write(5, block(2))).await;
-    assert!(w.is_err(), "the caller gave up");
+    give_up_writing_2(&raid, Duration::from_millis(50)).await;
     drop(meta);
     b.set_failed(false);
     finished(&raid).await;
-    for _ in 0..3 {
-        raid.flush().await.unwrap();
-    }
-    let seen = four_reads(&raid, 5).await;
-    let st = raid.status().await;
-    assert!(seen.iter().all(|&v| v == 2), "{seen:?}; {st:?}");
-    assert!(st.degraded, "{st:?}");
+    twos_on_the_member_left(&raid).await;
 }
 
 /// A write that went only to the members left after a drop is not
@@ -231,71 +246,16 @@ async fn a_failed_resync_pass_is_tried_again() {
     task.stop().await.unwrap();
 }
 
-/// A member whose writes are carried out apart from their futures, as an
-/// io_uring op or a remote command is: dropping the future does not stop
-/// the write. Its next write can be delayed.
-struct Detached {
-    inner: DeviceRef,
-    delay_next_ms: AtomicU64,
-}
-
-#[async_trait]
-impl BlockDevice for Detached {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    async fn read(&self, lba: u64, buf: BytesMut) -> BlockResult<BytesMut> {
-        self.inner.read(lba, buf).await
-    }
-    async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
-        let delay = self.delay_next_ms.swap(0, Ordering::SeqCst);
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            inner.write(lba, data).await
-        })
-        .await
-        .map_err(|e| BlockError::Offline(e.to_string()))?
-    }
-    async fn flush(&self) -> BlockResult<()> {
-        self.inner.flush().await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        self.inner.write_zeroes(lba, blocks).await
-    }
-    async fn discard(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        self.inner.discard(lba, blocks).await
-    }
-}
-
 /// A write given up while one member's part of it is still under way
 /// (in the kernel, say) keeps its region's bit until that part landed;
 /// then the members agree.
 #[tokio::test]
 async fn a_given_up_write_still_landing_keeps_its_bit_until_it_landed() {
-    let b = Arc::new(Detached {
-        inner: memory(),
-        delay_next_ms: AtomicU64::new(0),
-    });
-    let raid = Raid1::create(vec![memory(), b.clone() as DeviceRef], &opts())
-        .await
-        .unwrap();
-    raid.write(5, block(1)).await.unwrap();
-    raid.flush().await.unwrap();
+    let b = Controlled::new(memory());
+    let raid = mirror_over(b.clone()).await;
     b.delay_next_ms.store(300, Ordering::SeqCst);
-    let w = tokio::time::timeout(Duration::from_millis(20), raid.write(5, block(2))).await;
-    assert!(w.is_err(), "the caller gave up");
-    for _ in 0..3 {
-        raid.flush().await.unwrap();
-    }
-    assert!(
-        raid.intent.dirty.get(0),
-        "region 0 clean while a member's write is under way"
-    );
-    finished(&raid).await;
+    give_up_writing_2(&raid, Duration::from_millis(20)).await;
+    kept_dirty_until_finished(&raid).await;
     let seen = four_reads(&raid, 5).await;
     assert!(seen.iter().all(|&v| v == 2), "{seen:?}");
 }
@@ -305,10 +265,7 @@ async fn a_given_up_write_still_landing_keeps_its_bit_until_it_landed() {
 #[tokio::test]
 async fn a_given_up_discard_drops_the_member_that_failed_it() {
     let b = Arc::new(FaultDevice::new(memory()));
-    let raid = Raid1::create(vec![memory(), b.clone() as DeviceRef], &opts())
-        .await
-        .unwrap();
-    raid.write(5, block(1)).await.unwrap();
+    let raid = mirror_over(b.clone()).await;
     let meta = raid.meta.lock().await;
     b.fail_after_writes(0);
     // The discard fails on b and waits for `meta` to drop it.
