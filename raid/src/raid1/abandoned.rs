@@ -134,9 +134,7 @@ impl<'a> Unsettled<'a> {
         }
         self.raid.drops_committed().await
     }
-}
 
-impl Unsettled<'_> {
     /// The write's in-flight marks and passes, for a task to release;
     /// `finished`: every member answered.
     fn hand_over(&mut self, me: Arc<Raid1>, finished: bool) -> Held {

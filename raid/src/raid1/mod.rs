@@ -39,9 +39,9 @@
 //!   member's copy one event behind, while leaving the in-sync state is
 //!   always recorded on the other members first.
 //! * The steady-state write (one region already dirty, its stripe open, a
-//!   two-way mirror) and every read run in the trait method's own future:
-//!   no lock to wait for, no allocation, no nested future. The rest takes
-//!   the general, boxed path.
+//!   two-way mirror) waits for no lock and allocates only its members'
+//!   I/O as one owned future; every read runs in the trait method's own
+//!   future, with no nested one. The rest takes the general, boxed path.
 //!
 //! Decisions: a new array is assumed clean (the thin pool above zeroes or
 //! copies every block before first use, and fresh extents are zeroed), so
@@ -1364,39 +1364,6 @@ impl Raid1 {
     }
 }
 
-impl Raid1 {
-    /// A write. The steady state of a two-way mirror is handled here,
-    /// without a nested future; everything else goes the general (boxed)
-    /// way.
-    async fn write_now(&self, lba: u64, blocks: u64, data: Bytes) -> BlockResult<()> {
-        let region = self.geo.region_of(lba);
-        if let Some((inflight, locks)) = (blocks > 0)
-            .then(|| self.admit_now(region, self.geo.region_of(lba + blocks - 1)))
-            .flatten()
-        {
-            let live = self.live();
-            if live.len() == 2 {
-                let at = lba + self.geo.data_offset;
-                let members = live.clone();
-                let io: MemberWrites = Box::pin(async move {
-                    let (a, b) = (&members[0], &members[1]);
-                    let (ra, rb) = join2(
-                        a.dev.as_ref().write(at, data.clone()),
-                        b.dev.as_ref().write(at, data),
-                    )
-                    .await;
-                    MemberResults::Two([ra, rb])
-                });
-                let write = Unsettled::new(self, live, (region, region), io, inflight, locks);
-                return write.run().await;
-            }
-            // Not a two-way mirror: let go before the general path waits.
-            drop((inflight, locks));
-        }
-        Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
-    }
-}
-
 #[async_trait]
 impl BlockDevice for Raid1 {
     fn block_size(&self) -> u32 {
@@ -1427,7 +1394,33 @@ impl BlockDevice for Raid1 {
 
     async fn write(&self, lba: u64, data: Bytes) -> BlockResult<()> {
         let blocks = check_io(self, lba, data.len())?;
-        self.write_now(lba, blocks, data).await
+        // The steady state of a two-way mirror is admitted here without
+        // waiting; everything else goes the general (boxed) way.
+        let region = self.geo.region_of(lba);
+        if let Some((inflight, locks)) = (blocks > 0)
+            .then(|| self.admit_now(region, self.geo.region_of(lba + blocks - 1)))
+            .flatten()
+        {
+            let live = self.live();
+            if live.len() == 2 {
+                let at = lba + self.geo.data_offset;
+                let members = live.clone();
+                let io: MemberWrites = Box::pin(async move {
+                    let (a, b) = (&members[0], &members[1]);
+                    let (ra, rb) = join2(
+                        a.dev.as_ref().write(at, data.clone()),
+                        b.dev.as_ref().write(at, data),
+                    )
+                    .await;
+                    MemberResults::Two([ra, rb])
+                });
+                let write = Unsettled::new(self, live, (region, region), io, inflight, locks);
+                return write.run().await;
+            }
+            // Not a two-way mirror: let go before the general path waits.
+            drop((inflight, locks));
+        }
+        Box::pin(self.write_op(lba, blocks, Op::Write(data))).await
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64) -> BlockResult<()> {
